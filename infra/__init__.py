@@ -1,0 +1,1 @@
+"""Pulumi components that stand up the flux-neuron platform on AWS."""
