@@ -1,5 +1,42 @@
-"""Every external version the platform deploys, pinned in one place."""
+"""Every external version the platform deploys, pinned in one place.
+
+Bumping a pin is a reviewed change: the plan diff of every stack shows what it touches.
+"""
 
 # Neuron Deep Learning Container the serving/compile image is built FROM (last trn1/inf2 SDK).
 NEURON_DLC_IMAGE = "public.ecr.aws/neuron/pytorch-inference-neuronx:2.9.0-neuronx-py312-sdk2.31.1-ubuntu24.04"
 NEURON_SDK_VERSION = "2.31.1"
+
+KARPENTER_CHART_REPO = "oci://public.ecr.aws/karpenter"
+KARPENTER_VERSION = "1.14.1"
+# AL2023 alias: Karpenter resolves the accelerated (Neuron) AMI variant of this release.
+AL2023_AMI_ALIAS = "al2023@v20251108"
+
+NEURON_CHART_REPO = "oci://public.ecr.aws/neuron"
+NEURON_CHART_VERSION = "1.3.0"
+KUBE_SCHEDULER_IMAGE_REPO = "public.ecr.aws/eks-distro/kubernetes/kube-scheduler"
+
+AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO = "https://aws.github.io/eks-charts"
+AWS_LOAD_BALANCER_CONTROLLER_VERSION = "1.14.0"
+
+# Per Kubernetes minor: what EKS ships for that minor. The supported minors are exactly these keys.
+KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
+    "1.33": {
+        "kube-scheduler": "v1.33.5-eks-1-33-19",
+        "vpc-cni": "v1.20.4-eksbuild.1",
+        "coredns": "v1.12.4-eksbuild.1",
+        "kube-proxy": "v1.33.5-eksbuild.2",
+        "eks-pod-identity-agent": "v1.3.9-eksbuild.3",
+        "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
+        "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
+    },
+    "1.34": {
+        "kube-scheduler": "v1.34.1-eks-1-34-6",
+        "vpc-cni": "v1.20.4-eksbuild.1",
+        "coredns": "v1.12.4-eksbuild.1",
+        "kube-proxy": "v1.34.1-eksbuild.2",
+        "eks-pod-identity-agent": "v1.3.9-eksbuild.3",
+        "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
+        "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
+    },
+}

@@ -1,0 +1,101 @@
+"""EKS in API authentication mode, a small managed node group for controllers, core add-ons,
+and the one Kubernetes provider every other component uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_eks as eks
+import pulumi_kubernetes as k8s
+
+from infra import iam, versions
+from infra.config import SystemNodes
+from infra.naming import SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE
+from infra.network import KARPENTER_DISCOVERY_TAG
+
+CORE_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent")
+SYSTEM_NODE_POLICIES = (
+    "AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryPullOnly",
+    "AmazonSSMManagedInstanceCore",
+)
+
+
+@dataclass
+class ClusterArgs:
+    cluster_name: str
+    kubernetes_version: str
+    vpc_id: pulumi.Input[str]
+    private_subnet_ids: pulumi.Input[list[str]]
+    public_subnet_ids: pulumi.Input[list[str]]
+    system_nodes: SystemNodes
+
+
+class Cluster(pulumi.ComponentResource):
+    name: pulumi.Output[str]
+    kubeconfig_json: pulumi.Output[str]
+    node_security_group_id: pulumi.Output[str]
+    provider: k8s.Provider
+    workload_namespace: pulumi.Output[str]
+    addons: list[aws.eks.Addon]
+
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flux-neuron:infra:Cluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        releases = versions.KUBERNETES_RELEASES[args.kubernetes_version]
+        cluster = eks.Cluster(
+            name,
+            name=args.cluster_name,
+            version=args.kubernetes_version,
+            vpc_id=args.vpc_id,
+            private_subnet_ids=args.private_subnet_ids,
+            public_subnet_ids=args.public_subnet_ids,
+            authentication_mode=eks.AuthenticationMode.API,
+            endpoint_private_access=True,
+            endpoint_public_access=True,
+            enabled_cluster_log_types=["api", "audit", "authenticator"],
+            skip_default_node_group=True,
+            create_oidc_provider=False,  # Pod Identity everywhere: no IRSA
+            # The add-ons below are EKS managed add-ons with pinned versions; pulumi-eks must not manage them too.
+            use_default_vpc_cni=True,
+            coredns_addon_options=eks.CoreDnsAddonOptionsArgs(enabled=False),
+            kube_proxy_addon_options=eks.KubeProxyAddonOptionsArgs(enabled=False),
+            node_security_group_tags={KARPENTER_DISCOVERY_TAG: args.cluster_name},
+            opts=child,
+        )
+        # pulumi-eks names the EKS cluster exactly `name=`; taking it through one of the component's
+        # outputs makes everything that uses the name wait until the cluster exists.
+        self.name = cluster.kubeconfig_json.apply(lambda _: args.cluster_name)
+        node_role = iam.role(f"{name}-system-nodes", trust=iam.EC2_TRUST, parent=self,
+                             managed_policies=SYSTEM_NODE_POLICIES)
+        # The Karpenter controller and the Neuron scheduler run here, never on capacity Karpenter manages.
+        system_nodes = aws.eks.NodeGroup(
+            f"{name}-system",
+            cluster_name=self.name,
+            node_role_arn=node_role.arn,
+            instance_types=[args.system_nodes.instance_type],
+            ami_type="AL2023_x86_64_STANDARD",
+            subnet_ids=args.private_subnet_ids,
+            labels=SYSTEM_NODE_LABEL,
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                min_size=args.system_nodes.min_size, desired_size=args.system_nodes.desired_size,
+                max_size=args.system_nodes.max_size),
+            opts=child,
+        )
+        self.addons = [
+            aws.eks.Addon(
+                f"{name}-{addon}", cluster_name=self.name, addon_name=addon, addon_version=releases[addon],
+                resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[system_nodes]))
+            for addon in CORE_ADDONS
+        ]
+        self.kubeconfig_json = cluster.kubeconfig_json
+        self.node_security_group_id = cluster.node_security_group_id
+        self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=cluster.kubeconfig_json,
+                                     enable_server_side_apply=True, opts=child)
+        namespace = k8s.core.v1.Namespace(
+            WORKLOAD_NAMESPACE, metadata=k8s.meta.v1.ObjectMetaArgs(name=WORKLOAD_NAMESPACE),
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider))
+        self.workload_namespace = namespace.metadata.name
+        self.register_outputs({"name": self.name, "kubeconfig_json": self.kubeconfig_json})

@@ -1,0 +1,404 @@
+"""The stack config schema: every key, its default and its rule, validated before any resource exists.
+
+`load_stack_config` takes the raw Pulumi config (``namespace:key`` -> string, objects as JSON)
+and returns a typed `StackConfig`, or raises `ConfigError` naming the key, the bad value and
+what is allowed. `CONFIG_KEYS` is also what the README's config reference is checked against.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import pulumi
+
+from infra import catalog, versions
+from infra.naming import PROJECT
+from model.shapes import DTYPES, Shape, parse_dtype, parse_shape
+
+CAPACITY_TYPES = ("on-demand", "spot", "reserved")
+MAX_TEXT_LENGTH = 512  # T5's limit for FLUX.1
+MAX_REPLICAS = 100
+_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_REVISION = re.compile(r"^[0-9a-f]{40}$")
+_VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
+_SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_SYSTEM_INSTANCE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+
+
+class ConfigError(pulumi.RunError):
+    """A stack config value is not allowed; Pulumi prints the message without a traceback."""
+
+    def __init__(self, key: str, value: object, allowed: str):
+        shown = json.dumps(value) if not isinstance(value, str) else repr(value)
+        super().__init__(f"config {key}: {shown} is not allowed: {allowed}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    id: str
+    revision: str
+    max_text_length: int
+
+
+@dataclass(frozen=True)
+class NeuronPool:
+    family: str
+    instance_types: tuple[str, ...]
+    capacity_types: tuple[str, ...]
+    max_devices: int
+
+    @property
+    def valid_device_counts(self) -> tuple[int, ...]:
+        return catalog.valid_device_counts(self.family, self.instance_types)
+
+    @property
+    def cores_per_device(self) -> int:
+        return catalog.instance(self.instance_types[0]).cores_per_device
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    pool: str
+    devices: int
+    tensor_parallel: int
+    timeout_minutes: int
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    pool: str
+    devices: int
+    replicas: int
+    max_replicas: int
+    queue_size: int
+    request_timeout_seconds: int
+
+
+@dataclass(frozen=True)
+class ExistingVpc:
+    vpc_id: str
+    private_subnet_ids: tuple[str, ...]
+    public_subnet_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    cidr: str
+    availability_zones: int
+
+
+@dataclass(frozen=True)
+class SystemNodes:
+    instance_type: str
+    min_size: int
+    desired_size: int
+    max_size: int
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    region: str
+    kubernetes_version: str
+    model: ModelSource
+    dtype: str
+    neuron_pools: dict[str, NeuronPool]
+    compile: CompileSettings
+    serving: ServingSettings
+    shapes: tuple[Shape, ...]
+    network: NetworkSettings
+    existing_vpc: ExistingVpc | None
+    system_nodes: SystemNodes
+
+    @property
+    def serving_pool(self) -> NeuronPool:
+        return self.neuron_pools[self.serving.pool]
+
+    @property
+    def compile_pool(self) -> NeuronPool:
+        return self.neuron_pools[self.compile.pool]
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One documented key: the README's config reference lists exactly these."""
+
+    name: str
+    default: object
+    rule: str
+
+
+def _key(name: str) -> str:
+    return name if ":" in name else f"{PROJECT}:{name}"
+
+
+CONFIG_KEYS: tuple[ConfigKey, ...] = (
+    ConfigKey("aws:region", None, "required; an AWS region such as us-west-2"),
+    ConfigKey("kubernetesVersion", "1.33", f"one of {', '.join(versions.KUBERNETES_RELEASES)}"),
+    ConfigKey("model", {"id": "black-forest-labs/FLUX.1-dev", "maxTextLength": 128},
+              "{id, revision (40-hex commit, required), maxTextLength (1-512)}"),
+    ConfigKey("dtype", "bfloat16", f"one of {', '.join(DTYPES)}"),
+    ConfigKey("neuronPools", None,
+              "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
+              + ") -> {instanceTypes (of that family; default all), capacityTypes "
+              f"({', '.join(CAPACITY_TYPES)}; default [on-demand]), maxDevices (NodePool limit, required)}}"),
+    ConfigKey("compile", {"timeoutMinutes": 360},
+              "{pool (a neuronPools family), devices (valid for the pool), tensorParallel "
+              "(1-32, at most the devices' cores), timeoutMinutes (10-1440)}"),
+    ConfigKey("serving", {"replicas": 1, "queueSize": 4, "requestTimeoutSeconds": 120},
+              "{pool, devices (valid for the pool, enough cores for compile.tensorParallel), "
+              "replicas (1-100), maxReplicas (replicas-100; default replicas), queueSize (0-64), "
+              "requestTimeoutSeconds (1-3600)}"),
+    ConfigKey("shapes", None, "required; non-empty list of distinct shapes 'HxW' (height x width), "
+              "each side a multiple of 16 in 64-2048"),
+    ConfigKey("network", {"cidr": "10.0.0.0/16", "availabilityZones": 3},
+              "{cidr (IPv4 /16-/20), availabilityZones (2-3)}; ignored with existingVpc"),
+    ConfigKey("existingVpc", None, "optional {vpcId, privateSubnetIds (>=2), publicSubnetIds (>=2)}"),
+    ConfigKey("systemNodes", {"instanceType": "m7i.xlarge", "minSize": 2, "desiredSize": 2, "maxSize": 4},
+              "{instanceType, minSize (1-10), desiredSize (min-max), maxSize (min-10)}"),
+)
+_KNOWN = {_key(key.name) for key in CONFIG_KEYS}
+
+
+class _Reader:
+    """Reads one config value with a key path for messages."""
+
+    def __init__(self, raw: Mapping[str, Any]):
+        self._raw = raw
+
+    def value(self, name: str, default: object = None) -> object:
+        full = _key(name)
+        text = self._raw.get(full)
+        if text is None:
+            if default is None:
+                raise ConfigError(full, None, "this key is required: " + _rule(name))
+            return default
+        if not isinstance(text, str):
+            return text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+
+def _rule(name: str) -> str:
+    return next(key.rule for key in CONFIG_KEYS if key.name == name)
+
+
+def _check(key: str, value: object, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _int(key: str, value: object, low: int, high: int) -> int:
+    _check(key, value, isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+           f"an integer from {low} to {high}")
+    return value  # type: ignore[return-value]
+
+
+def _object(key: str, value: object, allowed_fields: tuple[str, ...]) -> dict:
+    _check(key, value, isinstance(value, dict), f"an object with fields {', '.join(allowed_fields)}")
+    unknown = sorted(set(value) - set(allowed_fields))  # type: ignore[arg-type]
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", value[unknown[0]],  # type: ignore[index]
+                          f"unknown field; allowed fields are {', '.join(allowed_fields)}")
+    return value  # type: ignore[return-value]
+
+
+def _string_list(key: str, value: object, pattern: re.Pattern[str], minimum: int, what: str) -> tuple[str, ...]:
+    ok = isinstance(value, list) and len(value) >= minimum and all(
+        isinstance(item, str) and pattern.match(item) for item in value)
+    _check(key, value, ok, f"a list of at least {minimum} {what}")
+    return tuple(value)  # type: ignore[arg-type]
+
+
+def _parsed(key: str, value: object, parse: Callable[[object], Any]) -> Any:
+    try:
+        return parse(value)
+    except ValueError as error:
+        raise ConfigError(key, value, str(error).split(": expected ", 1)[-1]) from None
+
+
+def _model(reader: _Reader) -> ModelSource:
+    key = _key("model")
+    merged = {"id": "black-forest-labs/FLUX.1-dev", "maxTextLength": 128,
+              **_object(key, reader.value("model", {}), ("id", "revision", "maxTextLength"))}
+    _check(f"{key}.id", merged["id"], isinstance(merged["id"], str) and merged["id"].count("/") == 1,
+           "a HuggingFace model id 'owner/name'")
+    revision = merged.get("revision")
+    _check(f"{key}.revision", revision, isinstance(revision, str) and bool(_REVISION.match(revision)),
+           "the 40-hex commit of the model revision (pinned so graphs never go stale)")
+    return ModelSource(merged["id"], revision,  # type: ignore[arg-type]
+                       _int(f"{key}.maxTextLength", merged["maxTextLength"], 1, MAX_TEXT_LENGTH))
+
+
+def _pools(reader: _Reader) -> dict[str, NeuronPool]:
+    key = _key("neuronPools")
+    raw = reader.value("neuronPools")
+    _check(key, raw, isinstance(raw, dict) and bool(raw),
+           "a non-empty map keyed by family: " + ", ".join(catalog.NEURON_FAMILIES))
+    pools = {}
+    for family, settings in raw.items():  # type: ignore[union-attr]
+        path = f"{key}.{family}"
+        _check(path, family, family in catalog.NEURON_FAMILIES,
+               "a Neuron family: " + ", ".join(catalog.NEURON_FAMILIES))
+        settings = _object(path, settings, ("instanceTypes", "capacityTypes", "maxDevices"))
+        family_types = [instance.name for instance in catalog.NEURON_FAMILIES[family]]
+        instance_types = settings.get("instanceTypes", family_types)
+        _check(f"{path}.instanceTypes", instance_types,
+               isinstance(instance_types, list) and bool(instance_types)
+               and all(name in family_types for name in instance_types),
+               f"a non-empty list of {family} types: {', '.join(family_types)}")
+        capacity_types = settings.get("capacityTypes", ["on-demand"])
+        _check(f"{path}.capacityTypes", capacity_types,
+               isinstance(capacity_types, list) and bool(capacity_types)
+               and all(kind in CAPACITY_TYPES for kind in capacity_types),
+               f"a non-empty list of {', '.join(CAPACITY_TYPES)}")
+        _check(f"{path}.maxDevices", settings.get("maxDevices"), "maxDevices" in settings,
+               "required: the NodePool's limit on Neuron devices")
+        pools[family] = NeuronPool(family, tuple(instance_types), tuple(capacity_types),
+                                   _int(f"{path}.maxDevices", settings["maxDevices"], 1, 4096))
+    return pools
+
+
+def _pool_ref(key: str, value: object, pools: dict[str, NeuronPool]) -> NeuronPool:
+    _check(key, value, value in pools, "one of the configured neuronPools: " + ", ".join(pools))
+    return pools[value]  # type: ignore[index]
+
+
+def _devices(key: str, value: object, pool: NeuronPool) -> int:
+    counts = pool.valid_device_counts
+    _check(key, value, value in counts and not isinstance(value, bool),
+           f"a device count that schedules on {pool.family} ({', '.join(pool.instance_types)}): "
+           + ", ".join(map(str, counts)))
+    _check(key, value, value <= pool.max_devices,
+           f"at most the pool's maxDevices ({pool.max_devices})")
+    return value  # type: ignore[return-value]
+
+
+def _tensor_parallel_fits(key: str, devices: int, pool: NeuronPool, tensor_parallel: int) -> None:
+    cores = devices * pool.cores_per_device
+    _check(key, devices, cores >= tensor_parallel,
+           f"enough devices for tensorParallel {tensor_parallel}: {devices} {pool.family} devices "
+           f"have {cores} NeuronCores")
+
+
+def _compile(reader: _Reader, pools: dict[str, NeuronPool]) -> CompileSettings:
+    key = _key("compile")
+    settings = {"timeoutMinutes": 360, **_object(
+        key, reader.value("compile"), ("pool", "devices", "tensorParallel", "timeoutMinutes"))}
+    pool = _pool_ref(f"{key}.pool", settings.get("pool"), pools)
+    devices = _devices(f"{key}.devices", settings.get("devices"), pool)
+    tensor_parallel = _int(f"{key}.tensorParallel", settings.get("tensorParallel"), 1, 32)
+    _tensor_parallel_fits(f"{key}.devices", devices, pool, tensor_parallel)
+    return CompileSettings(pool.family, devices, tensor_parallel,
+                           _int(f"{key}.timeoutMinutes", settings["timeoutMinutes"], 10, 1440))
+
+
+def _serving(reader: _Reader, pools: dict[str, NeuronPool], tensor_parallel: int) -> ServingSettings:
+    key = _key("serving")
+    settings = {"replicas": 1, "queueSize": 4, "requestTimeoutSeconds": 120, **_object(
+        key, reader.value("serving"),
+        ("pool", "devices", "replicas", "maxReplicas", "queueSize", "requestTimeoutSeconds"))}
+    pool = _pool_ref(f"{key}.pool", settings.get("pool"), pools)
+    devices = _devices(f"{key}.devices", settings.get("devices"), pool)
+    _tensor_parallel_fits(f"{key}.devices", devices, pool, tensor_parallel)
+    replicas = _int(f"{key}.replicas", settings["replicas"], 1, MAX_REPLICAS)
+    max_replicas = _int(f"{key}.maxReplicas", settings.get("maxReplicas", replicas), replicas, MAX_REPLICAS)
+    return ServingSettings(pool.family, devices, replicas, max_replicas,
+                           _int(f"{key}.queueSize", settings["queueSize"], 0, 64),
+                           _int(f"{key}.requestTimeoutSeconds", settings["requestTimeoutSeconds"], 1, 3600))
+
+
+def _shapes(reader: _Reader) -> tuple[Shape, ...]:
+    key = _key("shapes")
+    raw = reader.value("shapes")
+    _check(key, raw, isinstance(raw, list) and bool(raw), "a non-empty list of shapes 'HxW'")
+    shapes = tuple(_parsed(f"{key}[{index}]", text, parse_shape) for index, text in enumerate(raw))  # type: ignore[arg-type]
+    for index, shape in enumerate(shapes):
+        _check(f"{key}[{index}]", str(shape), shape not in shapes[:index], "each shape once")
+    return shapes
+
+
+def _network(reader: _Reader) -> NetworkSettings:
+    key = _key("network")
+    settings = {"cidr": "10.0.0.0/16", "availabilityZones": 3,
+                **_object(key, reader.value("network", {}), ("cidr", "availabilityZones"))}
+    try:
+        network = ipaddress.IPv4Network(settings["cidr"])
+    except (ValueError, TypeError):
+        network = None
+    _check(f"{key}.cidr", settings["cidr"], network is not None and 16 <= network.prefixlen <= 20,
+           "an IPv4 network from /16 to /20, e.g. 10.0.0.0/16")
+    return NetworkSettings(settings["cidr"], _int(f"{key}.availabilityZones", settings["availabilityZones"], 2, 3))
+
+
+def _existing_vpc(reader: _Reader) -> ExistingVpc | None:
+    key = _key("existingVpc")
+    raw = reader.value("existingVpc", {})
+    if raw == {}:
+        return None
+    settings = _object(key, raw, ("vpcId", "privateSubnetIds", "publicSubnetIds"))
+    _check(f"{key}.vpcId", settings.get("vpcId"), bool(_VPC_ID.match(str(settings.get("vpcId")))),
+           "a VPC id such as vpc-0123456789abcdef0")
+    return ExistingVpc(
+        settings["vpcId"],
+        _string_list(f"{key}.privateSubnetIds", settings.get("privateSubnetIds"), _SUBNET_ID, 2, "subnet ids"),
+        _string_list(f"{key}.publicSubnetIds", settings.get("publicSubnetIds"), _SUBNET_ID, 2, "subnet ids"),
+    )
+
+
+def _system_nodes(reader: _Reader) -> SystemNodes:
+    key = _key("systemNodes")
+    settings = {"instanceType": "m7i.xlarge", "minSize": 2, "desiredSize": 2, "maxSize": 4, **_object(
+        key, reader.value("systemNodes", {}), ("instanceType", "minSize", "desiredSize", "maxSize"))}
+    instance_type = settings["instanceType"]
+    _check(f"{key}.instanceType", instance_type,
+           isinstance(instance_type, str) and bool(_SYSTEM_INSTANCE.match(instance_type))
+           and catalog.family_of(instance_type) not in catalog.NEURON_FAMILIES,
+           "a general-purpose EC2 instance type such as m7i.xlarge (not a Neuron type)")
+    min_size = _int(f"{key}.minSize", settings["minSize"], 1, 10)
+    max_size = _int(f"{key}.maxSize", settings["maxSize"], min_size, 10)
+    desired = _int(f"{key}.desiredSize", settings["desiredSize"], min_size, max_size)
+    return SystemNodes(instance_type, min_size, desired, max_size)
+
+
+def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
+    """Validate the raw config of one stack; the first problem raises ConfigError."""
+    for full_key in sorted(raw):
+        if full_key.startswith(f"{PROJECT}:"):
+            _check(full_key, raw[full_key], full_key in _KNOWN,
+                   "unknown key; known keys are " + ", ".join(sorted(_KNOWN)))
+    reader = _Reader(raw)
+    region = reader.value("aws:region")
+    _check("aws:region", region, isinstance(region, str) and bool(_REGION.match(region)),
+           "an AWS region such as us-west-2")
+    kubernetes_version = str(reader.value("kubernetesVersion", "1.33"))
+    _check(_key("kubernetesVersion"), kubernetes_version, kubernetes_version in versions.KUBERNETES_RELEASES,
+           "one of " + ", ".join(versions.KUBERNETES_RELEASES) + " (the minors whose add-ons are pinned)")
+    model = _model(reader)
+    dtype = _parsed(_key("dtype"), reader.value("dtype", "bfloat16"), parse_dtype)
+    pools = _pools(reader)
+    compile_settings = _compile(reader, pools)
+    return StackConfig(
+        region=region,  # type: ignore[arg-type]
+        kubernetes_version=kubernetes_version,
+        model=model,
+        dtype=dtype,
+        neuron_pools=pools,
+        compile=compile_settings,
+        serving=_serving(reader, pools, compile_settings.tensor_parallel),
+        shapes=_shapes(reader),
+        network=_network(reader),
+        existing_vpc=_existing_vpc(reader),
+        system_nodes=_system_nodes(reader),
+    )
+
+
+def raw_pulumi_config() -> dict[str, Any]:
+    """Every config key of the running stack, as Pulumi hands them to the program."""
+    return {**pulumi.runtime.config.get_config_env(), **pulumi.runtime.config.CONFIG.get()}

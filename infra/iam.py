@@ -1,0 +1,75 @@
+"""IAM building blocks shared by the components: one way to write a role, one way to trust a pod."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import pulumi
+import pulumi_aws as aws
+
+# EKS Pod Identity assumes roles with both actions; the agent tags the session with pod attributes.
+POD_IDENTITY_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{
+        "Effect": "Allow",
+        "Principal": {"Service": "pods.eks.amazonaws.com"},
+        "Action": ["sts:AssumeRole", "sts:TagSession"],
+    }],
+}
+
+EC2_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+
+AWS_MANAGED_POLICY = "arn:aws:iam::aws:policy/"
+
+
+def policy_document(statements: Sequence[dict[str, Any]]) -> pulumi.Output[str]:
+    """A policy document from statements whose values may be Outputs."""
+    return pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def role(
+    name: str,
+    *,
+    trust: dict[str, Any],
+    parent: pulumi.Resource,
+    managed_policies: Sequence[str] = (),
+    inline_policy: pulumi.Input[str] | None = None,
+) -> aws.iam.Role:
+    """A role with AWS managed policies (by name) and at most one inline policy, children of `parent`."""
+    opts = pulumi.ResourceOptions(parent=parent)
+    created = aws.iam.Role(name, assume_role_policy=json.dumps(trust), opts=opts)
+    for policy in managed_policies:
+        aws.iam.RolePolicyAttachment(
+            f"{name}-{policy.lower()}", role=created.name, policy_arn=AWS_MANAGED_POLICY + policy, opts=opts)
+    if inline_policy is not None:
+        aws.iam.RolePolicy(f"{name}-inline", role=created.id, policy=inline_policy, opts=opts)
+    return created
+
+
+def pod_identity_role(
+    name: str,
+    *,
+    cluster_name: pulumi.Input[str],
+    namespace: str,
+    service_account: str,
+    parent: pulumi.Resource,
+    managed_policies: Sequence[str] = (),
+    inline_policy: pulumi.Input[str] | None = None,
+    associate: bool = True,
+) -> aws.iam.Role:
+    """A role a Kubernetes ServiceAccount assumes through EKS Pod Identity.
+
+    EKS add-ons take the association in their own `pod_identity_associations`: pass
+    associate=False for those so the association is not declared twice.
+    """
+    created = role(name, trust=POD_IDENTITY_TRUST, parent=parent,
+                   managed_policies=managed_policies, inline_policy=inline_policy)
+    if associate:
+        aws.eks.PodIdentityAssociation(
+            name, cluster_name=cluster_name, namespace=namespace, service_account=service_account,
+            role_arn=created.arn, opts=pulumi.ResourceOptions(parent=parent))
+    return created

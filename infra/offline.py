@@ -1,0 +1,204 @@
+"""Run the real Pulumi program offline: no credentials, no CLI, no plugins.
+
+The program (`__main__.py`) runs under `pulumi.runtime.set_mocks` with a stack's real
+`Pulumi.<stack>.yaml`. Every resource it registers is recorded with its inputs, parent and
+dependencies, and the stack outputs are kept with their secretness. Tests and `infra.plan`
+read what was recorded. The mocks answer like AWS would in shape (ids, ARNs, names), never
+in content: assertions are about the program's wiring, not AWS behaviour.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime.stack import wait_for_rpcs
+from pulumi.runtime.sync_await import _sync_await
+
+from infra.naming import PROJECT
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT_ID = "123456789012"
+
+
+def stack_names() -> list[str]:
+    return sorted(path.name[len("Pulumi."):-len(".yaml")] for path in REPO_ROOT.glob("Pulumi.*.yaml"))
+
+
+def stack_file_config(stack: str) -> tuple[dict[str, str], list[str]]:
+    """The config of Pulumi.<stack>.yaml as the CLI hands it to a program, and its secret keys."""
+    document = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text()) or {}
+    raw, secret_keys = {}, []
+    for key, value in (document.get("config") or {}).items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            secret_keys.append(key)
+            value = value["secure"]
+        raw[key] = value if isinstance(value, str) else json.dumps(value)
+    return raw, secret_keys
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One resource as the program registered it."""
+
+    type: str
+    name: str
+    urn: str
+    parent: str
+    custom: bool
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    dependencies: tuple[str, ...]
+    provider: str
+
+
+@dataclass
+class Rendering:
+    stack: str
+    resources: list[Registered] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+
+    def of_type(self, type_: str) -> list[Registered]:
+        return [resource for resource in self.resources if resource.type == type_]
+
+    def one(self, type_: str, name: str) -> Registered:
+        matches = [resource for resource in self.of_type(type_) if resource.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} resources of type {type_} named {name}")
+        return matches[0]
+
+    def by_urn(self, urn: str) -> Registered:
+        return next(resource for resource in self.resources if resource.urn == urn)
+
+    def kubernetes_objects(self) -> list[Registered]:
+        """Kubernetes objects the program declares (Helm releases install charts, not objects)."""
+        return [resource for resource in self.resources
+                if resource.type.startswith("kubernetes:") and resource.type != "kubernetes:helm.sh/v3:Release"
+                and resource.type != "pulumi:providers:kubernetes"]
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    """Shapes of provider answers: enough for the program's wiring to resolve."""
+
+    def __init__(self, stack: str, region: str):
+        self.stack = stack
+        self.region = region
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        inputs = dict(args.inputs)
+        name = args.name
+        state: dict[str, Any] = {**inputs}
+        kind = args.typ
+        if kind == "aws:iam/role:Role":
+            role_name = inputs.get("name", f"{name}-role")
+            state.update(name=role_name, arn=f"arn:aws:iam::{ACCOUNT_ID}:role/{role_name}")
+        elif kind == "aws:iam/policy:Policy":
+            state["arn"] = f"arn:aws:iam::{ACCOUNT_ID}:policy/{inputs.get('name', name)}"
+        elif kind == "aws:sqs/queue:Queue":
+            queue_name = inputs.get("name", name)
+            state.update(name=queue_name, arn=f"arn:aws:sqs:{self.region}:{ACCOUNT_ID}:{queue_name}",
+                         url=f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT_ID}/{queue_name}")
+        elif kind == "aws:s3/bucket:Bucket":
+            bucket = inputs.get("bucket", f"{name}-0a1b2c3d")
+            state.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}")
+        elif kind == "aws:ecr/repository:Repository":
+            state["repositoryUrl"] = f"{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com/{inputs.get('name', name)}"
+        elif kind == "eks:index:Cluster":
+            state.update(self._cluster_outputs(inputs))
+        elif kind.startswith("aws:"):
+            state.setdefault("arn", f"arn:aws:{kind.split(':')[1].split('/')[0]}:{self.region}:{ACCOUNT_ID}:{name}")
+        return f"{name}-id", state
+
+    @staticmethod
+    def _cluster_outputs(inputs: dict[str, Any]) -> dict[str, Any]:
+        """pulumi-eks is a remote component: under mocks it has no children, so model its outputs."""
+        cluster_name = inputs["name"]
+        kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [
+            {"name": cluster_name, "cluster": {"server": f"https://{cluster_name}.eks.amazonaws.com"}}]}
+        return {
+            "kubeconfig": kubeconfig,
+            "kubeconfigJson": json.dumps(kubeconfig),
+            "nodeSecurityGroupId": f"sg-{cluster_name}-nodes",
+            "clusterSecurityGroupId": f"sg-{cluster_name}-cluster",
+        }
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        token = args.token
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/deployer", "userId": "AIDA"}
+        if token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}
+        if token == "aws:index/getRegion:getRegion":
+            return {"name": self.region, "region": self.region}
+        if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": [f"{self.region}{zone}" for zone in "abcd"], "zoneIds": []}
+        raise LookupError(f"the offline run has no answer for {token}")
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: _Mocks):
+        super().__init__(mocks)
+        self.registrations: list[tuple[Any, str]] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        self.registrations.append((request, response.urn))
+        return response
+
+
+def _plain(value: Any) -> Any:
+    """Protobuf structs as plain Python, keeping Pulumi's secret markers."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_program(stack: str, overrides: dict[str, Any] | None = None) -> Rendering:
+    """Run __main__.py for one stack (config overrides: key -> value, objects as Python)."""
+    raw, secret_keys = stack_file_config(stack)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value if isinstance(value, str) else json.dumps(value)
+    return contextvars.Context().run(_run_isolated, stack, raw, secret_keys)
+
+
+def _run_isolated(stack: str, raw: dict[str, str], secret_keys: list[str]) -> Rendering:
+    mocks = _Mocks(stack, raw.get("aws:region", "us-west-2"))
+    monitor = _RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(raw, secret_keys)
+    runpy.run_path(str(REPO_ROOT / "__main__.py"), run_name="__main__")
+    exported = {name: pulumi.Output.from_input(value)
+                for name, value in pulumi.runtime.settings.get_root_resource().outputs.items()}
+    _sync_await(wait_for_rpcs())
+    rendering = _rendering(stack, monitor)
+    for name, output in exported.items():
+        rendering.outputs[name] = _plain(_sync_await(output.future()))
+        if _sync_await(output.is_secret()):
+            rendering.secret_outputs.add(name)
+    return rendering
+
+
+def _rendering(stack: str, monitor: _RecordingMonitor) -> Rendering:
+    from google.protobuf import json_format
+
+    rendering = Rendering(stack)
+    for request, urn in monitor.registrations:
+        if request.type == "pulumi:pulumi:Stack":
+            continue
+        registration = monitor.resources.get(urn)
+        rendering.resources.append(Registered(
+            type=request.type, name=request.name, urn=urn, parent=request.parent, custom=request.custom,
+            inputs=_plain(json_format.MessageToDict(request.object)),
+            outputs=_plain(registration.state if registration else {}),
+            dependencies=tuple(request.dependencies), provider=request.provider,
+        ))
+    return rendering
