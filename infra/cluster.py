@@ -16,10 +16,6 @@ from infra.naming import SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE
 from infra.network import KARPENTER_DISCOVERY_TAG
 
 CORE_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent")
-SYSTEM_NODE_POLICIES = (
-    "AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryPullOnly",
-    "AmazonSSMManagedInstanceCore",
-)
 
 
 @dataclass
@@ -68,7 +64,7 @@ class Cluster(pulumi.ComponentResource):
         # outputs makes everything that uses the name wait until the cluster exists.
         self.name = cluster.kubeconfig_json.apply(lambda _: args.cluster_name)
         node_role = iam.role(f"{name}-system-nodes", trust=iam.EC2_TRUST, parent=self,
-                             managed_policies=SYSTEM_NODE_POLICIES)
+                             managed_policies=iam.NODE_POLICIES)
         # The Karpenter controller and the Neuron scheduler run here, never on capacity Karpenter manages.
         system_nodes = aws.eks.NodeGroup(
             f"{name}-system",

@@ -24,6 +24,11 @@ EC2_TRUST = {
 }
 
 AWS_MANAGED_POLICY = "arn:aws:iam::aws:policy/"
+# What every EKS node needs: join the cluster, pod networking, image pulls, SSM for debugging.
+NODE_POLICIES = (
+    "AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryPullOnly",
+    "AmazonSSMManagedInstanceCore",
+)
 
 
 def policy_document(statements: Sequence[dict[str, Any]]) -> pulumi.Output[str]:

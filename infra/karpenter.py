@@ -1,0 +1,241 @@
+"""Karpenter v1: controller (Pod Identity), node role with its access entry, interruption queue,
+the two Helm releases, one EC2NodeClass, a NodePool per Neuron family and a CPU NodePool."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra import iam, versions
+from infra.config import NeuronPool
+from infra.naming import (
+    CPU_NODEPOOL, EC2_NODECLASS, KARPENTER_NAMESPACE, NEURON_DEVICE_RESOURCE, NEURON_TAINT_EFFECT,
+    NEURON_TAINT_KEY, SYSTEM_NODE_LABEL, neuron_nodepool,
+)
+
+SERVICE_ACCOUNT = "karpenter"
+# Root volume for nodes that pull a multi-GB Neuron DLC image; graphs live in S3, scratch on NVMe.
+ROOT_VOLUME = {"volumeSize": "300Gi", "volumeType": "gp3", "iops": 6000, "throughput": 500,
+               "encrypted": True, "deleteOnTermination": True}
+# Every event Karpenter acts on before AWS takes an instance away.
+INTERRUPTION_EVENTS = {
+    "health": {"source": ["aws.health"], "detail-type": ["AWS Health Event"]},
+    "spot-interruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
+    "rebalance": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]},
+    "instance-state": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]},
+    "capacity-reservation": {"source": ["aws.ec2"],
+                             "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"]},
+}
+NODECLASS_REF = {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": EC2_NODECLASS}
+NEURON_FAMILY_LABEL = "flux-neuron.io/neuron-family"
+
+
+@dataclass
+class KarpenterArgs:
+    cluster_name: pulumi.Input[str]
+    region: str
+    private_subnet_ids: pulumi.Input[list[str]]
+    node_security_group_id: pulumi.Input[str]
+    neuron_pools: dict[str, NeuronPool]
+    provider: k8s.Provider
+    depends_on: list[pulumi.Resource]
+
+
+def neuron_nodepool_spec(pool: NeuronPool) -> dict:
+    return {
+        "template": {
+            "metadata": {"labels": {NEURON_FAMILY_LABEL: pool.family}},
+            "spec": {
+                "nodeClassRef": NODECLASS_REF,
+                "requirements": [
+                    {"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": [pool.family]},
+                    {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": list(pool.instance_types)},
+                    {"key": "karpenter.sh/capacity-type", "operator": "In", "values": list(pool.capacity_types)},
+                ],
+                "taints": [{"key": NEURON_TAINT_KEY, "effect": NEURON_TAINT_EFFECT}],
+                "expireAfter": "720h",
+            },
+        },
+        "limits": {NEURON_DEVICE_RESOURCE: pool.max_devices},
+        # Accelerator nodes are expensive and slow to warm (multi-GB image, graph cache): remove
+        # them once empty, one at a time, and never consolidate running work onto others.
+        "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "10m",
+                       "budgets": [{"nodes": "1"}]},
+    }
+
+
+CPU_NODEPOOL_SPEC = {
+    "template": {
+        "spec": {
+            "nodeClassRef": NODECLASS_REF,
+            "requirements": [
+                {"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["c", "m", "r"]},
+                {"key": "karpenter.k8s.aws/instance-generation", "operator": "Gt", "values": ["5"]},
+                {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
+                {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["on-demand", "spot"]},
+            ],
+            "expireAfter": "720h",
+        },
+    },
+    "limits": {"cpu": "256", "memory": "1024Gi"},
+    "disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "1m",
+                   "budgets": [{"nodes": "10%"}]},
+}
+
+
+def controller_policy(cluster_name: str, region: str, account: str, queue_arn: str, node_role_arn: str) -> dict:
+    """Karpenter v1's controller permissions, scoped to this cluster's tags, region and resources."""
+    ec2 = f"arn:aws:ec2:{region}"
+    owned = {f"aws:RequestTag/kubernetes.io/cluster/{cluster_name}": "owned",
+             "aws:RequestTag/eks:eks-cluster-name": cluster_name}
+    tagged_owned = {f"aws:ResourceTag/kubernetes.io/cluster/{cluster_name}": "owned"}
+    instance_profile = f"arn:aws:iam::{account}:instance-profile/*"
+    launched = [f"{ec2}:{account}:{kind}/*" for kind in
+                ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")]
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "AllowScopedEC2InstanceAccessActions", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
+         "Resource": [f"{ec2}::image/*", f"{ec2}::snapshot/*", f"{ec2}:{account}:security-group/*",
+                      f"{ec2}:{account}:subnet/*", f"{ec2}:{account}:capacity-reservation/*"]},
+        {"Sid": "AllowScopedEC2LaunchTemplateAccessActions", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:CreateFleet"], "Resource": f"{ec2}:{account}:launch-template/*",
+         "Condition": {"StringEquals": tagged_owned,
+                       "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"}}},
+        {"Sid": "AllowScopedEC2InstanceActionsWithTags", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:CreateFleet", "ec2:CreateLaunchTemplate"], "Resource": launched,
+         "Condition": {"StringEquals": owned, "StringLike": {"aws:RequestTag/karpenter.sh/nodepool": "*"}}},
+        {"Sid": "AllowScopedResourceCreationTagging", "Effect": "Allow", "Action": "ec2:CreateTags",
+         "Resource": launched,
+         "Condition": {"StringEquals": {**owned, "ec2:CreateAction": ["RunInstances", "CreateFleet",
+                                                                       "CreateLaunchTemplate"]},
+                       "StringLike": {"aws:RequestTag/karpenter.sh/nodepool": "*"}}},
+        {"Sid": "AllowScopedResourceTagging", "Effect": "Allow", "Action": "ec2:CreateTags",
+         "Resource": f"{ec2}:{account}:instance/*",
+         "Condition": {"StringEquals": tagged_owned,
+                       "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"},
+                       "ForAllValues:StringEquals": {"aws:TagKeys": ["eks:eks-cluster-name", "karpenter.sh/nodeclaim",
+                                                                     "Name"]}}},
+        {"Sid": "AllowScopedDeletion", "Effect": "Allow",
+         "Action": ["ec2:TerminateInstances", "ec2:DeleteLaunchTemplate"],
+         "Resource": [f"{ec2}:{account}:instance/*", f"{ec2}:{account}:launch-template/*"],
+         "Condition": {"StringEquals": tagged_owned,
+                       "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"}}},
+        {"Sid": "AllowRegionalReadActions", "Effect": "Allow",
+         "Action": ["ec2:DescribeAvailabilityZones", "ec2:DescribeCapacityReservations", "ec2:DescribeImages",
+                    "ec2:DescribeInstances", "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes",
+                    "ec2:DescribeLaunchTemplates", "ec2:DescribeSecurityGroups", "ec2:DescribeSpotPriceHistory",
+                    "ec2:DescribeSubnets"],
+         # EC2 Describe* calls have no resource-level permissions: "*" is the only valid resource.
+         "Resource": "*", "Condition": {"StringEquals": {"aws:RequestedRegion": region}}},
+        {"Sid": "AllowSSMReadActions", "Effect": "Allow", "Action": "ssm:GetParameter",
+         "Resource": f"arn:aws:ssm:{region}::parameter/aws/service/*"},
+        # The Price List API has no resources to scope to.
+        {"Sid": "AllowPricingReadActions", "Effect": "Allow", "Action": "pricing:GetProducts", "Resource": "*"},
+        {"Sid": "AllowInterruptionQueueActions", "Effect": "Allow",
+         "Action": ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"], "Resource": queue_arn},
+        {"Sid": "AllowPassingInstanceRole", "Effect": "Allow", "Action": "iam:PassRole", "Resource": node_role_arn,
+         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
+        {"Sid": "AllowScopedInstanceProfileCreationActions", "Effect": "Allow",
+         "Action": ["iam:CreateInstanceProfile", "iam:TagInstanceProfile"], "Resource": instance_profile,
+         "Condition": {"StringEquals": {**owned, "aws:RequestTag/topology.kubernetes.io/region": region},
+                       "StringLike": {"aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*"}}},
+        {"Sid": "AllowScopedInstanceProfileActions", "Effect": "Allow",
+         "Action": ["iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile",
+                    "iam:DeleteInstanceProfile"], "Resource": instance_profile,
+         "Condition": {"StringEquals": {**tagged_owned, "aws:ResourceTag/topology.kubernetes.io/region": region},
+                       "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*"}}},
+        {"Sid": "AllowInstanceProfileReadActions", "Effect": "Allow", "Action": "iam:GetInstanceProfile",
+         "Resource": instance_profile},
+        {"Sid": "AllowAPIServerEndpointDiscovery", "Effect": "Allow", "Action": "eks:DescribeCluster",
+         "Resource": f"arn:aws:eks:{region}:{account}:cluster/{cluster_name}"},
+    ]}
+
+
+class Karpenter(pulumi.ComponentResource):
+    node_role_name: pulumi.Output[str]
+    queue_name: pulumi.Output[str]
+    nodepool_names: list[str]
+
+    def __init__(self, name: str, args: KarpenterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flux-neuron:infra:Karpenter", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        account = aws.get_caller_identity().account_id
+
+        node_role = iam.role(f"{name}-node", trust=iam.EC2_TRUST, parent=self, managed_policies=iam.NODE_POLICIES)
+        aws.eks.AccessEntry(f"{name}-node", cluster_name=args.cluster_name, principal_arn=node_role.arn,
+                            type="EC2_LINUX", opts=child)
+
+        queue = aws.sqs.Queue(name, name=args.cluster_name, message_retention_seconds=300,
+                              sqs_managed_sse_enabled=True, opts=child)
+        aws.sqs.QueuePolicy(name, queue_url=queue.url, policy=iam.policy_document([
+            {"Sid": "EventBridgeDelivers", "Effect": "Allow", "Action": "sqs:SendMessage", "Resource": queue.arn,
+             "Principal": {"Service": ["events.amazonaws.com", "sqs.amazonaws.com"]}},
+            {"Sid": "DenyHTTP", "Effect": "Deny", "Action": "sqs:*", "Resource": queue.arn, "Principal": "*",
+             "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+        ]), opts=child)
+        for event, pattern in INTERRUPTION_EVENTS.items():
+            rule = aws.cloudwatch.EventRule(f"{name}-{event}", event_pattern=json.dumps(pattern), opts=child)
+            aws.cloudwatch.EventTarget(f"{name}-{event}", rule=rule.name, arn=queue.arn, opts=child)
+
+        controller_role = iam.pod_identity_role(
+            f"{name}-controller", cluster_name=args.cluster_name, namespace=KARPENTER_NAMESPACE,
+            service_account=SERVICE_ACCOUNT, parent=self,
+            inline_policy=pulumi.Output.all(args.cluster_name, account, queue.arn, node_role.arn).apply(
+                lambda values: json.dumps(controller_policy(values[0], args.region, values[1], values[2], values[3]))))
+
+        in_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on)
+        crds = k8s.helm.v3.Release(
+            f"{name}-crd", name="karpenter-crd", chart=f"{versions.KARPENTER_CHART_REPO}/karpenter-crd",
+            version=versions.KARPENTER_VERSION, namespace=KARPENTER_NAMESPACE, create_namespace=True,
+            opts=in_cluster)
+        controller = k8s.helm.v3.Release(
+            name, name="karpenter", chart=f"{versions.KARPENTER_CHART_REPO}/karpenter",
+            version=versions.KARPENTER_VERSION, namespace=KARPENTER_NAMESPACE, skip_crds=True,
+            values={
+                "settings": {"clusterName": args.cluster_name, "interruptionQueue": queue.name},
+                "serviceAccount": {"name": SERVICE_ACCOUNT},
+                "nodeSelector": SYSTEM_NODE_LABEL,
+                "replicas": 2,
+                "controller": {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                             "limits": {"cpu": "1", "memory": "1Gi"}}},
+            },
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
+                                        depends_on=[crds, controller_role, *args.depends_on]))
+
+        # Custom resources wait for the release that installs their CRDs (and are deleted before it).
+        custom = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[crds, controller])
+        node_class = k8s.apiextensions.CustomResource(
+            f"{name}-{EC2_NODECLASS}", api_version="karpenter.k8s.aws/v1", kind="EC2NodeClass",
+            metadata={"name": EC2_NODECLASS},
+            spec={
+                "role": node_role.name,
+                "amiSelectorTerms": [{"alias": versions.AL2023_AMI_ALIAS}],
+                "subnetSelectorTerms": pulumi.Output.from_input(args.private_subnet_ids).apply(
+                    lambda ids: [{"id": subnet} for subnet in ids]),
+                "securityGroupSelectorTerms": [{"id": args.node_security_group_id}],
+                "metadataOptions": {"httpEndpoint": "enabled", "httpProtocolIPv6": "disabled",
+                                    "httpPutResponseHopLimit": 2, "httpTokens": "required"},
+                "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": ROOT_VOLUME}],
+                # trn1.32xlarge carries 8 TB of NVMe: striped, it holds container images and compile scratch.
+                "instanceStorePolicy": "RAID0",
+                "tags": {"eks:eks-cluster-name": args.cluster_name},
+            },
+            opts=custom)
+        nodepools = {neuron_nodepool(family): neuron_nodepool_spec(pool) for family, pool in args.neuron_pools.items()}
+        nodepools[CPU_NODEPOOL] = CPU_NODEPOOL_SPEC
+        for pool_name, spec in nodepools.items():
+            k8s.apiextensions.CustomResource(
+                f"{name}-{pool_name}", api_version="karpenter.sh/v1", kind="NodePool",
+                metadata={"name": pool_name}, spec=spec,
+                opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
+                                            depends_on=[crds, controller, node_class]))
+
+        self.node_role_name = node_role.name
+        self.queue_name = queue.name
+        self.nodepool_names = list(nodepools)
+        self.register_outputs({"node_role_name": self.node_role_name, "queue_name": self.queue_name,
+                               "nodepool_names": self.nodepool_names})

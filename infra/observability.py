@@ -1,0 +1,38 @@
+"""Container Insights through the amazon-cloudwatch-observability add-on, which also collects
+NeuronCore utilisation, device memory and execution errors once the device plugin runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from infra import iam, versions
+
+ADDON = "amazon-cloudwatch-observability"
+AGENT_NAMESPACE = "amazon-cloudwatch"
+AGENT_SERVICE_ACCOUNT = "cloudwatch-agent"
+
+
+@dataclass
+class ObservabilityArgs:
+    cluster_name: pulumi.Input[str]
+    kubernetes_version: str
+    depends_on: list[pulumi.Resource]
+
+
+class Observability(pulumi.ComponentResource):
+    def __init__(self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flux-neuron:infra:Observability", name, None, opts)
+        agent_role = iam.pod_identity_role(
+            f"{name}-agent", cluster_name=args.cluster_name, namespace=AGENT_NAMESPACE,
+            service_account=AGENT_SERVICE_ACCOUNT, parent=self, associate=False,
+            managed_policies=("CloudWatchAgentServerPolicy",))
+        self.addon = aws.eks.Addon(
+            name, cluster_name=args.cluster_name, addon_name=ADDON,
+            addon_version=versions.KUBERNETES_RELEASES[args.kubernetes_version][ADDON],
+            pod_identity_associations=[{"role_arn": agent_role.arn, "service_account": AGENT_SERVICE_ACCOUNT}],
+            resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on))
+        self.register_outputs({"addon": self.addon.addon_name})

@@ -1,0 +1,123 @@
+"""The S3 graph cache, the Mountpoint for Amazon S3 CSI driver, and the volumes that mount it:
+read-write for compile Jobs, read-only with a local cache for serving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra import iam, versions
+from infra.naming import PROJECT, GRAPHS_BUCKET_PREFIX, GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, SYSTEM_NAMESPACE
+
+CSI_DRIVER = "s3.csi.aws.com"
+CSI_ADDON = "aws-mountpoint-s3-csi-driver"
+CSI_SERVICE_ACCOUNT = "s3-csi-driver-sa"
+# Mountpoint ignores capacity, but a PersistentVolume must state one.
+NOMINAL_CAPACITY = "1Ti"
+SERVING_CACHE_LIMIT = "100Gi"
+# Processes in the image run as this non-root user; Mountpoint presents files as theirs.
+CONTAINER_UID = 1000
+
+
+@dataclass
+class StorageArgs:
+    cluster_name: pulumi.Input[str]
+    region: str
+    kubernetes_version: str
+    namespace: pulumi.Input[str]
+    provider: k8s.Provider
+    depends_on: list[pulumi.Resource]
+
+
+def graphs_mount_options(region: str, *, read_only: bool) -> list[str]:
+    common = [f"region {region}", f"prefix {GRAPHS_BUCKET_PREFIX}", "allow-other",
+              f"uid {CONTAINER_UID}", f"gid {CONTAINER_UID}"]
+    # Published artifacts never change (their key is their path), so metadata can be cached forever.
+    return common + ["read-only", "metadata-ttl indefinite"] if read_only else common
+
+
+class Storage(pulumi.ComponentResource):
+    bucket_name: pulumi.Output[str]
+    read_write_claim: pulumi.Output[str]
+    read_only_claim: pulumi.Output[str]
+
+    def __init__(self, name: str, args: StorageArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flux-neuron:infra:Storage", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        bucket = aws.s3.Bucket(name, bucket_prefix=f"{PROJECT}-{pulumi.get_stack()}-graphs-", opts=child)
+        aws.s3.BucketPublicAccessBlock(name, bucket=bucket.id, block_public_acls=True, block_public_policy=True,
+                                       ignore_public_acls=True, restrict_public_buckets=True, opts=child)
+        aws.s3.BucketOwnershipControls(name, bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"},
+                                       opts=child)
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            name, bucket=bucket.id, rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "aws:kms"},
+                                            "bucket_key_enabled": True}], opts=child)
+        aws.s3.BucketLifecycleConfiguration(
+            name, bucket=bucket.id, rules=[{"id": "abort-incomplete-multipart-uploads", "status": "Enabled",
+                                            "filter": {"prefix": ""},
+                                            "abort_incomplete_multipart_upload": {"days_after_initiation": 1}}],
+            opts=child)
+        aws.s3.BucketPolicy(name, bucket=bucket.id, policy=iam.policy_document([
+            {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+             "Resource": [bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],
+             "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+        ]), opts=child)
+
+        # Compile Jobs write new objects and never delete or overwrite, so no s3:DeleteObject.
+        driver_role = iam.pod_identity_role(
+            f"{name}-csi", cluster_name=args.cluster_name, namespace=SYSTEM_NAMESPACE,
+            service_account=CSI_SERVICE_ACCOUNT, parent=self, associate=False,
+            inline_policy=iam.policy_document([
+                {"Sid": "ListGraphs", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket.arn,
+                 "Condition": {"StringLike": {"s3:prefix": [f"{GRAPHS_BUCKET_PREFIX}*"]}}},
+                {"Sid": "ReadWriteGraphs", "Effect": "Allow",
+                 "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+                 "Resource": pulumi.Output.concat(bucket.arn, f"/{GRAPHS_BUCKET_PREFIX}*")},
+            ]))
+        driver = aws.eks.Addon(
+            f"{name}-csi", cluster_name=args.cluster_name, addon_name=CSI_ADDON,
+            addon_version=versions.KUBERNETES_RELEASES[args.kubernetes_version][CSI_ADDON],
+            pod_identity_associations=[{"role_arn": driver_role.arn, "service_account": CSI_SERVICE_ACCOUNT}],
+            resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on))
+
+        in_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[driver])
+        self.read_write_claim = self._volume(
+            GRAPHS_PV_READ_WRITE, bucket.bucket, args, "ReadWriteMany",
+            graphs_mount_options(args.region, read_only=False), {}, in_cluster)
+        self.read_only_claim = self._volume(
+            GRAPHS_PV_READ_ONLY, bucket.bucket, args, "ReadOnlyMany",
+            graphs_mount_options(args.region, read_only=True),
+            {"cache": "emptyDir", "cacheEmptyDirSizeLimit": SERVING_CACHE_LIMIT}, in_cluster)
+        self.bucket_name = bucket.bucket
+        self.register_outputs({"bucket_name": self.bucket_name, "read_write_claim": self.read_write_claim,
+                               "read_only_claim": self.read_only_claim})
+
+    def _volume(self, volume_name: str, bucket_name: pulumi.Output[str], args: StorageArgs, access_mode: str,
+                mount_options: list[str], cache_attributes: dict[str, str],
+                opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        """A static PersistentVolume on the bucket and the claim bound to it, both named `volume_name`."""
+        volume = k8s.core.v1.PersistentVolume(
+            volume_name,
+            metadata={"name": volume_name},
+            spec={
+                "capacity": {"storage": NOMINAL_CAPACITY},
+                "accessModes": [access_mode],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "claimRef": {"namespace": args.namespace, "name": volume_name},
+                "mountOptions": mount_options,
+                "csi": {"driver": CSI_DRIVER, "volumeHandle": volume_name,
+                        "volumeAttributes": {"bucketName": bucket_name, **cache_attributes}},
+            },
+            opts=opts)
+        claim = k8s.core.v1.PersistentVolumeClaim(
+            volume_name,
+            metadata={"name": volume_name, "namespace": args.namespace},
+            spec={"accessModes": [access_mode], "storageClassName": "", "volumeName": volume.metadata.name,
+                  "resources": {"requests": {"storage": NOMINAL_CAPACITY}}},
+            opts=opts)
+        return claim.metadata.name
