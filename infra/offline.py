@@ -155,8 +155,17 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
 
 
 def _plain(value: Any) -> Any:
-    """Protobuf structs as plain Python, keeping Pulumi's secret markers."""
-    return json.loads(json.dumps(value, default=str))
+    """Protobuf structs as plain Python, keeping Pulumi's secret markers.
+
+    Protobuf carries every number as a double: whole numbers come back as ints, as declared.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def run_program(stack: str, overrides: dict[str, Any] | None = None) -> Rendering:
@@ -198,7 +207,12 @@ def _rendering(stack: str, monitor: _RecordingMonitor) -> Rendering:
         rendering.resources.append(Registered(
             type=request.type, name=request.name, urn=urn, parent=request.parent, custom=request.custom,
             inputs=_plain(json_format.MessageToDict(request.object)),
-            outputs=_plain(registration.state if registration else {}),
+            outputs=_plain(json.loads(json.dumps(registration.state if registration else {}, default=str))),
             dependencies=tuple(request.dependencies), provider=request.provider,
         ))
     return rendering
+
+
+def manifest(resource: Registered) -> dict[str, Any]:
+    """A declared Kubernetes object as it would be applied (what `kubectl get -o yaml` shows of its spec)."""
+    return {key: value for key, value in resource.inputs.items() if not key.startswith("__")}
