@@ -1,0 +1,48 @@
+"""The image's build recipe, checked as text: there is no Docker engine in CI."""
+
+import re
+from pathlib import Path
+
+from infra.versions import NEURON_DLC_IMAGE
+from serving.endpoints import DEFAULT_PORT
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = (REPO / "serving" / "Dockerfile").read_text()
+INSTRUCTIONS = [
+    line.strip()
+    for line in re.sub(r"\\\n", " ", DOCKERFILE).splitlines()
+    if line.strip() and not line.lstrip().startswith("#")
+]
+
+
+def instructions(keyword: str) -> list[str]:
+    return [line[len(keyword):].strip() for line in INSTRUCTIONS if line.split()[0] == keyword]
+
+
+def test_base_image_defaults_to_the_pinned_dlc():
+    assert INSTRUCTIONS[0] == f"ARG BASE_IMAGE={NEURON_DLC_IMAGE}"
+    assert instructions("FROM") == ["${BASE_IMAGE}"]
+
+
+def test_copies_model_and_serving_packages():
+    assert "model/ model/" in instructions("COPY")
+    assert "serving/ serving/" in instructions("COPY")
+
+
+def test_installs_the_pinned_serving_requirements_without_upgrading():
+    installs = [run for run in instructions("RUN") if "pip install" in run]
+    assert len(installs) == 1
+    assert "-r serving/requirements.txt" in installs[0]
+    assert " -U" not in installs[0] and "--upgrade" not in installs[0]
+    for line in (REPO / "serving" / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert "==" in line, f"unpinned requirement {line!r}"
+
+
+def test_replaces_the_dlc_entrypoint_and_runs_as_a_numeric_non_root_user():
+    assert instructions("ENTRYPOINT") == ['["python", "-m", "serving", "--host", "0.0.0.0"]']
+    assert instructions("CMD") == []
+    (user,) = instructions("USER")
+    uid, gid = user.split(":")
+    assert int(uid) > 0 and int(gid) > 0
+    assert instructions("EXPOSE") == [str(DEFAULT_PORT)]
