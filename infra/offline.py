@@ -10,6 +10,7 @@ in content: assertions are about the program's wiring, not AWS behaviour.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import json
 import runpy
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class Registered:
     type: str
     name: str
     urn: str
+    id: str
     parent: str
     custom: bool
     inputs: dict[str, Any]
@@ -85,6 +87,15 @@ class Rendering:
                 and resource.type != "pulumi:providers:kubernetes"]
 
 
+# Resource types whose ids AWS shapes (and CRD schemas check): prefix + 17 hex digits.
+_EC2_ID_PREFIXES = {"aws:ec2/subnet:Subnet": "subnet", "aws:ec2/vpc:Vpc": "vpc",
+                    "aws:ec2/securityGroup:SecurityGroup": "sg"}
+
+
+def _ec2_id(prefix: str, name: str) -> str:
+    return f"{prefix}-{hashlib.sha256(name.encode()).hexdigest()[:17]}"
+
+
 class _Mocks(pulumi.runtime.Mocks):
     """Shapes of provider answers: enough for the program's wiring to resolve."""
 
@@ -114,8 +125,10 @@ class _Mocks(pulumi.runtime.Mocks):
         elif kind == "eks:index:Cluster":
             state.update(self._cluster_outputs(inputs))
         elif kind.startswith("aws:"):
+            state.setdefault("name", name)
             state.setdefault("arn", f"arn:aws:{kind.split(':')[1].split('/')[0]}:{self.region}:{ACCOUNT_ID}:{name}")
-        return f"{name}-id", state
+        resource_id = _ec2_id(_EC2_ID_PREFIXES[kind], name) if kind in _EC2_ID_PREFIXES else f"{name}-id"
+        return resource_id, state
 
     @staticmethod
     def _cluster_outputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +139,8 @@ class _Mocks(pulumi.runtime.Mocks):
         return {
             "kubeconfig": kubeconfig,
             "kubeconfigJson": json.dumps(kubeconfig),
-            "nodeSecurityGroupId": f"sg-{cluster_name}-nodes",
-            "clusterSecurityGroupId": f"sg-{cluster_name}-cluster",
+            "nodeSecurityGroupId": _ec2_id("sg", f"{cluster_name}-nodes"),
+            "clusterSecurityGroupId": _ec2_id("sg", f"{cluster_name}-cluster"),
         }
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -205,7 +218,8 @@ def _rendering(stack: str, monitor: _RecordingMonitor) -> Rendering:
             continue
         registration = monitor.resources.get(urn)
         rendering.resources.append(Registered(
-            type=request.type, name=request.name, urn=urn, parent=request.parent, custom=request.custom,
+            type=request.type, name=request.name, urn=urn, id=registration.id if registration else "",
+            parent=request.parent, custom=request.custom,
             inputs=_plain(json_format.MessageToDict(request.object)),
             outputs=_plain(json.loads(json.dumps(registration.state if registration else {}, default=str))),
             dependencies=tuple(request.dependencies), provider=request.provider,

@@ -1,0 +1,252 @@
+"""The platform layer (issue 2), as the real program registers it for every real stack file."""
+
+import json
+
+import yaml
+
+from infra import versions
+from infra.cluster import CORE_ADDONS
+from infra.iam import POD_IDENTITY_TRUST
+from infra.karpenter import INTERRUPTION_EVENTS
+from infra.naming import (
+    CPU_NODEPOOL, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, neuron_nodepool,
+)
+from infra.offline import REPO_ROOT, manifest
+
+COMPONENTS = ("Network", "Cluster", "Karpenter", "Storage", "Neuron", "Observability")
+NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
+NODECLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+ROLE = "aws:iam/role:Role"
+
+
+def release(rendering, chart_name):
+    return next(r for r in rendering.of_type(RELEASE) if r.inputs["name"] == chart_name)
+
+
+def role_named(rendering, role_name):
+    return next(r for r in rendering.of_type(ROLE) if r.outputs["name"] == role_name)
+
+
+def role_by_arn(rendering, arn):
+    return next(r for r in rendering.of_type(ROLE) if r.outputs["arn"] == arn)
+
+
+def test_each_capability_is_one_component_owning_its_resources(rendering):
+    for component in COMPONENTS:
+        assert len(rendering.of_type(f"flux-neuron:infra:{component}")) == 1, component
+    component_urns = {r.urn for r in rendering.resources if r.type.startswith("flux-neuron:infra:")}
+    for resource in rendering.resources:
+        if not resource.type.startswith("flux-neuron:infra:"):
+            assert resource.parent in component_urns, f"{resource.type} {resource.name} is not inside a component"
+
+
+def test_cluster_uses_api_authentication_and_the_configured_version(rendering, stack_config):
+    cluster = rendering.one("eks:index:Cluster", "cluster")
+    assert cluster.inputs["authenticationMode"] == "API"
+    assert cluster.inputs["version"] == stack_config.kubernetes_version
+    assert cluster.inputs["skipDefaultNodeGroup"] is True
+    assert cluster.inputs["name"] == rendering.outputs["clusterName"]
+
+
+def test_system_node_group_is_labelled_for_controllers(rendering, stack_config):
+    group = rendering.one("aws:eks/nodeGroup:NodeGroup", "cluster-system")
+    assert group.inputs["labels"] == SYSTEM_NODE_LABEL
+    assert group.inputs["instanceTypes"] == [stack_config.system_nodes.instance_type]
+    assert group.inputs["clusterName"] == rendering.outputs["clusterName"]
+
+
+def test_core_addons_are_pinned_for_the_cluster_minor(rendering, stack_config):
+    addons = {a.inputs["addonName"]: a for a in rendering.of_type("aws:eks/addon:Addon")}
+    pins = versions.KUBERNETES_RELEASES[stack_config.kubernetes_version]
+    for name in (*CORE_ADDONS, "aws-mountpoint-s3-csi-driver", "amazon-cloudwatch-observability"):
+        assert addons[name].inputs["addonVersion"] == pins[name]
+        assert addons[name].inputs["clusterName"] == rendering.outputs["clusterName"]
+
+
+def test_kubernetes_objects_go_through_the_cluster_provider_only(rendering, stack):
+    provider = rendering.one("pulumi:providers:kubernetes", "cluster-k8s")
+    cluster = rendering.one("eks:index:Cluster", "cluster")
+    assert provider.inputs["kubeconfig"] == cluster.outputs["kubeconfigJson"]
+    for resource in rendering.resources:
+        if resource.type.startswith("kubernetes:"):
+            assert resource.provider.startswith(provider.urn + "::"), resource.name
+    stack_file = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())
+    assert "kubernetes" in stack_file["config"]["pulumi:disable-default-providers"]
+
+
+def test_karpenter_settings_name_the_real_cluster_and_queue(rendering):
+    values = release(rendering, "karpenter").inputs["values"]
+    queue = rendering.one("aws:sqs/queue:Queue", "karpenter")
+    assert values["settings"] == {"clusterName": rendering.outputs["clusterName"],
+                                  "interruptionQueue": queue.outputs["name"]}
+    assert values["nodeSelector"] == SYSTEM_NODE_LABEL
+    assert release(rendering, "karpenter").inputs["version"] == versions.KARPENTER_VERSION
+
+
+def test_interruption_events_all_reach_the_queue(rendering):
+    queue = rendering.one("aws:sqs/queue:Queue", "karpenter")
+    rules = rendering.of_type("aws:cloudwatch/eventRule:EventRule")
+    targets = rendering.of_type("aws:cloudwatch/eventTarget:EventTarget")
+    assert sorted(json.loads(rule.inputs["eventPattern"])["detail-type"][0] for rule in rules) == sorted(
+        pattern["detail-type"][0] for pattern in INTERRUPTION_EVENTS.values())
+    assert sorted(t.inputs["rule"] for t in targets) == sorted(r.outputs["name"] for r in rules)
+    assert all(t.inputs["arn"] == queue.outputs["arn"] for t in targets)
+
+
+def test_node_class_role_is_the_role_with_the_ec2_linux_access_entry(rendering):
+    node_class = manifest(rendering.one(NODECLASS, "karpenter-default"))
+    entry = rendering.one("aws:eks/accessEntry:AccessEntry", "karpenter-node")
+    assert entry.inputs["type"] == "EC2_LINUX"
+    assert role_by_arn(rendering, entry.inputs["principalArn"]).outputs["name"] == node_class["spec"]["role"]
+
+
+def test_node_class_is_hardened_and_sized_for_neuron_images(rendering):
+    spec = manifest(rendering.one(NODECLASS, "karpenter-default"))["spec"]
+    assert spec["amiSelectorTerms"] == [{"alias": versions.AL2023_AMI_ALIAS}]
+    assert spec["metadataOptions"]["httpTokens"] == "required"
+    assert spec["metadataOptions"]["httpPutResponseHopLimit"] == 2
+    root = spec["blockDeviceMappings"][0]["ebs"]
+    assert root["encrypted"] is True and root["volumeType"] == "gp3" and int(root["volumeSize"][:-2]) >= 200
+    assert spec["instanceStorePolicy"] == "RAID0"
+    cluster = rendering.one("eks:index:Cluster", "cluster")
+    assert spec["securityGroupSelectorTerms"] == [{"id": cluster.outputs["nodeSecurityGroupId"]}]
+
+
+def test_one_tainted_nodepool_per_neuron_family_and_a_cpu_pool(rendering, stack_config):
+    pools = {manifest(p)["metadata"]["name"]: manifest(p)["spec"] for p in rendering.of_type(NODEPOOL)}
+    expected = {neuron_nodepool(family) for family in stack_config.neuron_pools} | {CPU_NODEPOOL}
+    assert set(pools) == expected
+    assert sorted(rendering.outputs["nodePools"]) == sorted(expected)
+    node_class_name = manifest(rendering.one(NODECLASS, "karpenter-default"))["metadata"]["name"]
+    for name, spec in pools.items():
+        assert spec["template"]["spec"]["nodeClassRef"]["name"] == node_class_name
+    for family, pool in stack_config.neuron_pools.items():
+        spec = pools[neuron_nodepool(family)]
+        assert spec["template"]["spec"]["taints"] == [{"key": NEURON_TAINT_KEY, "effect": "NoSchedule"}]
+        requirements = {r["key"]: r["values"] for r in spec["template"]["spec"]["requirements"]}
+        assert requirements["karpenter.k8s.aws/instance-family"] == [family]
+        assert requirements["node.kubernetes.io/instance-type"] == list(pool.instance_types)
+        assert spec["limits"] == {"aws.amazon.com/neuron": pool.max_devices}
+    assert "taints" not in pools[CPU_NODEPOOL]["template"]["spec"]
+
+
+def test_custom_resources_depend_on_the_releases_that_install_their_crds(rendering):
+    crd_release = release(rendering, "karpenter-crd")
+    controller = release(rendering, "karpenter")
+    for resource in (*rendering.of_type(NODEPOOL), *rendering.of_type(NODECLASS)):
+        assert crd_release.urn in resource.dependencies and controller.urn in resource.dependencies
+    assert crd_release.urn in controller.dependencies
+    assert controller.inputs["skipCrds"] is True
+
+
+def test_pod_identity_roles_trust_only_eks_pods(rendering):
+    associations = [(a.inputs["roleArn"], a.inputs["namespace"], a.inputs["serviceAccount"])
+                    for a in rendering.of_type("aws:eks/podIdentityAssociation:PodIdentityAssociation")]
+    for addon in rendering.of_type("aws:eks/addon:Addon"):
+        associations += [(p["roleArn"], None, p["serviceAccount"])
+                         for p in addon.inputs.get("podIdentityAssociations", [])]
+    assert {sa for _, _, sa in associations} >= {"karpenter", "s3-csi-driver-sa", "cloudwatch-agent"}
+    for role_arn, _, _ in associations:
+        trust = json.loads(role_by_arn(rendering, role_arn).inputs["assumeRolePolicy"])
+        assert trust == POD_IDENTITY_TRUST
+        assert sorted(trust["Statement"][0]["Action"]) == ["sts:AssumeRole", "sts:TagSession"]
+
+
+def test_graph_volumes_mount_the_bucket(rendering, stack_config):
+    bucket = rendering.one("aws:s3/bucket:Bucket", "graphs").outputs["bucket"]
+    assert rendering.outputs["graphsBucket"] == bucket
+    volumes = {manifest(v)["metadata"]["name"]: manifest(v)["spec"]
+               for v in rendering.of_type("kubernetes:core/v1:PersistentVolume")}
+    claims = {manifest(c)["metadata"]["name"]: manifest(c)
+              for c in rendering.of_type("kubernetes:core/v1:PersistentVolumeClaim")}
+    assert set(volumes) == set(claims) == {"flux-graphs-rw", "flux-graphs-ro"}
+    for name, spec in volumes.items():
+        assert spec["csi"]["driver"] == "s3.csi.aws.com"
+        assert spec["csi"]["volumeAttributes"]["bucketName"] == bucket
+        assert f"region {stack_config.region}" in spec["mountOptions"]
+        assert spec["claimRef"] == {"namespace": WORKLOAD_NAMESPACE, "name": name}
+        assert claims[name]["spec"]["volumeName"] == name
+        assert claims[name]["metadata"]["namespace"] == WORKLOAD_NAMESPACE
+    assert "read-only" in volumes["flux-graphs-ro"]["mountOptions"]
+    assert volumes["flux-graphs-ro"]["csi"]["volumeAttributes"]["cache"] == "emptyDir"
+    assert "read-only" not in volumes["flux-graphs-rw"]["mountOptions"]
+    assert volumes["flux-graphs-rw"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_bucket_is_private_encrypted_tls_only_and_cleans_up_uploads(rendering):
+    block = rendering.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "graphs").inputs
+    assert all(block[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
+                                          "restrictPublicBuckets"))
+    encryption = rendering.one("aws:s3/bucketServerSideEncryptionConfiguration:"
+                               "BucketServerSideEncryptionConfiguration", "graphs").inputs
+    assert encryption["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "aws:kms"
+    policy = json.loads(rendering.one("aws:s3/bucketPolicy:BucketPolicy", "graphs").inputs["policy"])
+    assert policy["Statement"][0]["Effect"] == "Deny"
+    assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    lifecycle = rendering.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "graphs").inputs
+    assert lifecycle["rules"][0]["abortIncompleteMultipartUpload"] == {"daysAfterInitiation": 1}
+
+
+def test_csi_driver_role_reaches_only_the_graph_prefix(rendering):
+    bucket_arn = rendering.one("aws:s3/bucket:Bucket", "graphs").outputs["arn"]
+    policy = json.loads(rendering.one("aws:iam/rolePolicy:RolePolicy", "graphs-csi-inline").inputs["policy"])
+    actions = {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert actions == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"}
+    assert {json.dumps(s["Resource"]) for s in policy["Statement"]} == {
+        json.dumps(bucket_arn), json.dumps(f"{bucket_arn}/graphs/*")}
+
+
+def test_neuron_scheduler_runs_on_eks_with_the_matching_kube_scheduler(rendering, stack_config):
+    chart = release(rendering, "neuron-helm-chart")
+    assert chart.inputs["version"] == versions.NEURON_CHART_VERSION
+    values = chart.inputs["values"]
+    assert values["npd"] == {"enabled": False}
+    scheduler = values["scheduler"]
+    assert scheduler["enabled"] is True
+    assert scheduler["nodeSelector"] == SYSTEM_NODE_LABEL  # not the chart's master-node selector
+    assert scheduler["customScheduler"]["fullnameOverride"] == NEURON_SCHEDULER_NAME
+    tag = scheduler["customScheduler"]["image"]["tag"]
+    assert tag.startswith(f"v{stack_config.kubernetes_version}.")
+
+
+def test_container_insights_agent_can_publish_metrics(rendering):
+    addon = next(a for a in rendering.of_type("aws:eks/addon:Addon")
+                 if a.inputs["addonName"] == "amazon-cloudwatch-observability")
+    role = role_by_arn(rendering, addon.inputs["podIdentityAssociations"][0]["roleArn"])
+    attachments = [a.inputs["policyArn"] for a in rendering.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+                   if a.inputs["role"] == role.outputs["name"]]
+    assert attachments == ["arn:aws:iam::aws:policy/CloudWatchAgentServerPolicy"]
+
+
+def test_network_tags_subnets_for_karpenter_and_load_balancers(rendering, stack_config):
+    subnets = rendering.of_type("aws:ec2/subnet:Subnet")
+    public = [s for s in subnets if s.inputs["tags"].get("kubernetes.io/role/elb") == "1"]
+    private = [s for s in subnets if s.inputs["tags"].get("kubernetes.io/role/internal-elb") == "1"]
+    assert len(public) == len(private) == stack_config.network.availability_zones
+    assert all(s.inputs["tags"]["karpenter.sh/discovery"] == rendering.outputs["clusterName"] for s in private)
+    node_class = manifest(rendering.one(NODECLASS, "karpenter-default"))["spec"]
+    assert sorted(term["id"] for term in node_class["subnetSelectorTerms"]) == sorted(s.id for s in private)
+    assert len(rendering.of_type("aws:ec2/natGateway:NatGateway")) == stack_config.network.availability_zones
+
+
+def test_existing_vpc_is_used_as_is():
+    from infra.offline import run_program
+
+    existing = {"vpcId": "vpc-0123456789abcdef0",
+                "privateSubnetIds": ["subnet-0000000000000000a", "subnet-0000000000000000b"],
+                "publicSubnetIds": ["subnet-0000000000000000c", "subnet-0000000000000000d"]}
+    rendering = run_program("dev", {"flux-neuron:existingVpc": existing})
+    assert rendering.of_type("aws:ec2/vpc:Vpc") == [] and rendering.of_type("aws:ec2/subnet:Subnet") == []
+    cluster = rendering.one("eks:index:Cluster", "cluster").inputs
+    assert cluster["vpcId"] == existing["vpcId"]
+    assert cluster["privateSubnetIds"] == existing["privateSubnetIds"]
+    node_class = manifest(rendering.one(NODECLASS, "karpenter-default"))["spec"]
+    assert node_class["subnetSelectorTerms"] == [{"id": s} for s in existing["privateSubnetIds"]]
+
+
+def test_stack_outputs_and_the_kubeconfig_is_secret(rendering, stack_config):
+    assert {"region", "clusterName", "kubeconfig", "graphsBucket", "nodePools"} <= set(rendering.outputs)
+    assert rendering.outputs["region"] == stack_config.region
+    assert "kubeconfig" in rendering.secret_outputs
+    assert json.loads(rendering.outputs["kubeconfig"])["kind"] == "Config"
