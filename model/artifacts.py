@@ -1,0 +1,178 @@
+"""The artifact directory: publishing it under Mountpoint-for-S3 rules, and reading it back verified.
+
+Mountpoint lets a client write a file only sequentially, only as a new file, and makes
+it visible only when it is closed; there is no rename and no lock, and two writers of
+one object are not coordinated (the last upload wins, atomically). So a compile:
+
+1. builds everything in local scratch;
+2. copies each finished file sequentially into a fresh ``attempts/<id>/`` directory
+   that nobody else writes (so nothing is ever overwritten or renamed);
+3. writes ``manifest.json`` last: the key, the attempt it points at, and every file's
+   size and sha256.
+
+A manifest therefore means "complete", and it is a single small object: whichever of
+two concurrent compiles writes it, it points at a complete attempt. Files without a
+manifest are an interrupted compile; the next compile ignores them and publishes a new
+attempt beside them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+ATTEMPTS_DIR = "attempts"
+_CHUNK_BYTES = 8 << 20
+
+
+class ArtifactError(Exception):
+    """An artifact directory is unpublished, incomplete or corrupted; the message says which file and how."""
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    # "x" = O_CREAT | O_EXCL: never overwrite. fsync before close makes Mountpoint finish
+    # the upload (and report its failure) and orders the data before the manifest on disks.
+    with path.open("xb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _copy_new_file(source: Path, destination: Path) -> tuple[int, str]:
+    """Copy sequentially into a new file; return the size and sha256 of the bytes written."""
+    digest, size = hashlib.sha256(), 0
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("rb") as reader, destination.open("xb") as writer:
+        while chunk := reader.read(_CHUNK_BYTES):
+            writer.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return size, digest.hexdigest()
+
+
+def new_attempt_name() -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{ATTEMPTS_DIR}/{stamp}-{uuid.uuid4().hex[:12]}"
+
+
+def unfinished_attempts(artifact_dir: Path) -> list[str]:
+    """Attempt directories of an artifact that has no manifest (interrupted or still running compiles)."""
+    attempts = artifact_dir / ATTEMPTS_DIR
+    if (artifact_dir / MANIFEST_NAME).exists() or not attempts.is_dir():
+        return []
+    return sorted(f"{ATTEMPTS_DIR}/{entry.name}" for entry in attempts.iterdir())
+
+
+def publish(staged: Path, artifact_dir: Path, manifest: dict) -> bool:
+    """Copy every file under ``staged`` into a fresh attempt, then write the manifest.
+
+    Returns False when another compile's manifest appeared first: its attempt is as
+    complete as ours, so ours is left unreferenced.
+    """
+    attempt = new_attempt_name()
+    attempt_dir = artifact_dir / attempt
+    attempt_dir.mkdir(parents=True)
+    files = []
+    for path in sorted(path for path in staged.rglob("*") if path.is_file()):
+        relative = path.relative_to(staged).as_posix()
+        size, sha256 = _copy_new_file(path, attempt_dir / relative)
+        files.append({"path": relative, "size": size, "sha256": sha256})
+    document = {"format": MANIFEST_FORMAT, **manifest, "attempt": attempt, "files": files}
+    manifest_path = artifact_dir / MANIFEST_NAME
+    try:
+        _write_new_file(manifest_path, json.dumps(document, indent=2, sort_keys=True).encode())
+    except OSError:
+        # Locally the loser gets EEXIST; Mountpoint refuses to reopen an existing object.
+        if manifest_path.exists():
+            return False
+        raise
+    return True
+
+
+def read_manifest(artifact_dir: Path) -> dict:
+    path = Path(artifact_dir) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ArtifactError(f"{MANIFEST_NAME} missing in {artifact_dir}: not published (or still compiling)") from None
+    except (ValueError, OSError) as error:
+        raise ArtifactError(f"{MANIFEST_NAME} in {artifact_dir} is unreadable: {error}") from None
+    missing = {"format", "key", "attempt", "files"} - set(manifest) if isinstance(manifest, dict) else {"everything"}
+    if missing:
+        raise ArtifactError(f"{MANIFEST_NAME} in {artifact_dir} lacks {', '.join(sorted(missing))}")
+    if manifest["format"] != MANIFEST_FORMAT:
+        raise ArtifactError(
+            f"{MANIFEST_NAME} in {artifact_dir} has format {manifest['format']}, this code reads {MANIFEST_FORMAT}"
+        )
+    return manifest
+
+
+class VerifiedArtifact:
+    """Reads a published artifact's files, each once, checking size and sha256 as it goes.
+
+    Callers get the verified bytes themselves (never a path to reopen), so what is
+    checked is exactly what is loaded, and nothing is read from storage twice.
+    """
+
+    def __init__(self, artifact_dir: Path):
+        self.manifest = read_manifest(artifact_dir)
+        self.root = Path(artifact_dir) / self.manifest["attempt"]
+        self._entries = {entry["path"]: entry for entry in self.manifest["files"]}
+        self._unread = set(self._entries)
+
+    def paths_under(self, folder: str) -> list[str]:
+        return sorted(path for path in self._entries if path.startswith(f"{folder}/"))
+
+    def read(self, path: str) -> bytes:
+        entry = self._entries.get(path)
+        if entry is None:
+            raise ArtifactError(f"{path}: not listed in {MANIFEST_NAME} of {self.root.parent.parent}")
+        data = _read_verified(self.root / path, path, entry["size"], entry["sha256"])
+        self._unread.discard(path)
+        return data
+
+    def verify_unread(self) -> None:
+        """Verify the listed files nobody has read, so a load checks the whole artifact."""
+        for path in sorted(self._unread):
+            self.read(path)
+
+
+def _read_verified(file_path: Path, name: str, size: int, sha256: str) -> bytes:
+    try:
+        file = file_path.open("rb")
+    except FileNotFoundError:
+        raise ArtifactError(f"{name}: missing (expected at {file_path})") from None
+    with file:
+        actual_size = os.fstat(file.fileno()).st_size
+        if actual_size != size:
+            raise ArtifactError(f"{name}: {actual_size} bytes, the manifest says {size} (truncated or replaced)")
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        digest = hashlib.sha256()
+        filled = 0
+        # Hash each chunk on a helper thread while the next one is read: both release the
+        # GIL, so verification costs about max(read, hash) rather than their sum.
+        with ThreadPoolExecutor(max_workers=1) as hasher:
+            hashing: Future | None = None
+            while filled < size:
+                count = file.readinto(view[filled : filled + _CHUNK_BYTES])
+                if not count:
+                    raise ArtifactError(f"{name}: ended after {filled} of {size} bytes while reading")
+                if hashing is not None:
+                    hashing.result()
+                hashing = hasher.submit(digest.update, view[filled : filled + count])
+                filled += count
+            if hashing is not None:
+                hashing.result()
+    if digest.hexdigest() != sha256:
+        raise ArtifactError(f"{name}: sha256 {digest.hexdigest()} does not match the manifest's {sha256} (corrupted)")
+    return bytes(buffer)

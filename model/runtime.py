@@ -1,0 +1,172 @@
+"""Load a published artifact, verified, and generate images from its compiled graphs.
+
+The pipeline is diffusers' FluxPipeline with each model replaced by a thin wrapper
+around a compiled graph, as the walkthrough does: tokenization, the scheduler, latent
+packing and image post-processing stay diffusers' own code, running on the CPU.
+Nothing here touches the network or the HuggingFace token.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+from PIL import Image
+from transformers import CLIPTokenizer, T5TokenizerFast
+
+from model.artifacts import ArtifactError, VerifiedArtifact
+from model.backends import Graph, get_backend
+from model.components import (
+    COMPONENTS,
+    PIPELINE_CONFIG_NAME,
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    TORCH_DTYPES,
+    TRANSFORMER,
+    VAE_DECODER,
+)
+from model.shapes import Shape, parse_shape
+
+
+class _CompiledClipTextEncoder:
+    """Answers FluxPipeline's CLIP call: ``text_encoder(ids, output_hidden_states=False).pooler_output``."""
+
+    def __init__(self, graph: Graph, dtype: torch.dtype):
+        self._graph = graph
+        self.dtype = dtype
+
+    def __call__(self, input_ids: torch.Tensor, output_hidden_states: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(pooler_output=self._graph(input_ids))
+
+
+class _CompiledT5Encoder:
+    """Answers FluxPipeline's T5 call: ``text_encoder_2(ids, output_hidden_states=False)[0]``."""
+
+    def __init__(self, graph: Graph, dtype: torch.dtype):
+        self._graph = graph
+        self.dtype = dtype
+
+    def __call__(self, input_ids: torch.Tensor, output_hidden_states: bool = False) -> tuple[torch.Tensor]:
+        return (self._graph(input_ids),)
+
+
+class _CompiledTransformer:
+    def __init__(self, graph: Graph, dtype: torch.dtype, config: dict):
+        self._graph = graph
+        self.dtype = dtype
+        self.config = SimpleNamespace(**config)
+
+    def __call__(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        guidance: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        txt_ids: torch.Tensor,
+        img_ids: torch.Tensor,
+        joint_attention_kwargs: dict | None = None,
+        return_dict: bool = False,
+    ) -> tuple[torch.Tensor]:
+        # txt_ids / img_ids are the compiled shape's own: the graph holds their rotary tables.
+        return (self._graph(hidden_states, encoder_hidden_states, pooled_projections, timestep, guidance),)
+
+
+class _CompiledVaeDecoder:
+    def __init__(self, graph: Graph, config: dict):
+        self._graph = graph
+        self.config = SimpleNamespace(**config)
+
+    def decode(self, latents: torch.Tensor, return_dict: bool = False) -> tuple[torch.Tensor]:
+        return (self._graph(latents),)
+
+
+class _CpuFluxPipeline(FluxPipeline):
+    @property
+    def _execution_device(self) -> torch.device:
+        # The wrappers are not nn.Modules, so diffusers cannot infer a device; latents,
+        # noise and every tensor handed to the graphs live on the CPU.
+        return torch.device("cpu")
+
+
+class FluxGenerator:
+    """Text-to-image for one compiled shape. Not thread-safe: the caller runs one generate at a time."""
+
+    def __init__(
+        self,
+        pipeline: FluxPipeline,
+        shape: Shape,
+        manifest: dict,
+        max_text_length: int,
+        staging: tempfile.TemporaryDirectory,
+    ):
+        self.shape = shape
+        self.manifest = manifest
+        self._pipeline = pipeline
+        self._max_text_length = max_text_length
+        # Local copies some loaders need as files; they live as long as the graphs do.
+        self._staging = staging
+
+    def generate(self, prompt: str, num_inference_steps: int, guidance_scale: float, seed: int) -> Image.Image:
+        """Deterministic for a given seed: the noise comes from a CPU generator seeded here."""
+        result = self._pipeline(
+            prompt=prompt,
+            height=self.shape.height,
+            width=self.shape.width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            max_sequence_length=self._max_text_length,
+            output_type="pil",
+        )
+        return result.images[0]
+
+
+def _stage_folder(artifact: VerifiedArtifact, folder: str, staging: Path) -> Path:
+    """Write the verified files of one folder locally, for loaders that only take a directory."""
+    for path in artifact.paths_under(folder):
+        destination = staging / path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(artifact.read(path))
+    return staging / folder
+
+
+def load_generator(artifact_dir: Path) -> FluxGenerator:
+    """Load a published artifact; every file is read once and checked against the manifest.
+
+    Raises ArtifactError (naming the file) for a missing manifest, a missing, truncated or
+    corrupted file, or graphs this artifact's backend cannot load.
+    """
+    artifact = VerifiedArtifact(Path(artifact_dir))
+    config = json.loads(artifact.read(PIPELINE_CONFIG_NAME))
+    if set(config["graphs"]) != set(COMPONENTS):
+        raise ArtifactError(f"{PIPELINE_CONFIG_NAME}: graphs {sorted(config['graphs'])}, expected {list(COMPONENTS)}")
+    backend = get_backend(artifact.manifest["key"]["backend"])
+    staging = tempfile.TemporaryDirectory(prefix="flux-artifact-")
+    staging_dir = Path(staging.name)
+    graphs = {
+        component: backend.load_graph(spec["layout"], spec["files"], artifact.read, staging_dir / component)
+        for component, spec in config["graphs"].items()
+    }
+    tokenizer = CLIPTokenizer.from_pretrained(_stage_folder(artifact, "tokenizer", staging_dir))
+    tokenizer_2 = T5TokenizerFast.from_pretrained(_stage_folder(artifact, "tokenizer_2", staging_dir))
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        json.loads(artifact.read("scheduler/scheduler_config.json"))
+    )
+    artifact.verify_unread()
+    dtype = TORCH_DTYPES[config["dtype"]]
+    pipeline = _CpuFluxPipeline(
+        scheduler=scheduler,
+        vae=_CompiledVaeDecoder(graphs[VAE_DECODER], config["vae"]),
+        text_encoder=_CompiledClipTextEncoder(graphs[TEXT_ENCODER], dtype),
+        tokenizer=tokenizer,
+        text_encoder_2=_CompiledT5Encoder(graphs[TEXT_ENCODER_2], dtype),
+        tokenizer_2=tokenizer_2,
+        transformer=_CompiledTransformer(graphs[TRANSFORMER], dtype, config["transformer"]),
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return FluxGenerator(pipeline, parse_shape(config["shape"]), artifact.manifest, config["max_text_length"], staging)
