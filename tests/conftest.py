@@ -1,0 +1,32 @@
+"""Fixtures shared by the model and serving tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model.compile import CompileOptions, ensure_compiled
+from model.shapes import Shape
+
+
+@pytest.fixture(scope="session")
+def tiny_compile_options() -> CompileOptions:
+    """The tiny model on CPU: non-square (catches height/width swaps), float32 (exact against
+    eager), a short text length (fast). Compiling it takes a few seconds."""
+    return CompileOptions(
+        model="tiny",
+        revision=None,
+        shape=Shape(height=128, width=96),
+        dtype="float32",
+        backend="cpu",
+        tp_degree=1,
+        max_text_length=32,
+        target=None,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact_dir(tmp_path_factory: pytest.TempPathFactory, tiny_compile_options: CompileOptions) -> Path:
+    """A published artifact directory of the tiny model. Treat it as read-only: copy it to damage it."""
+    return ensure_compiled(tiny_compile_options, tmp_path_factory.mktemp("artifacts"))
