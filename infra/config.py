@@ -2,7 +2,7 @@
 
 `load_stack_config` takes the raw Pulumi config (``namespace:key`` -> string, objects as JSON)
 and returns a typed `StackConfig`, or raises `ConfigError` naming the key, the bad value and
-what is allowed. `CONFIG_KEYS` is also what the README's config reference is checked against.
+what is allowed. `CONFIG_KEYS` is what docs/config.md documents (see infra.config_reference).
 """
 
 from __future__ import annotations
@@ -125,11 +125,17 @@ class StackConfig:
 
 @dataclass(frozen=True)
 class ConfigKey:
-    """One documented key: the README's config reference lists exactly these."""
+    """One documented key: docs/config.md lists exactly these. A key the program cannot do without
+    has a rule starting "required" (its default, if any, is that of the fields it may leave out)."""
 
     name: str
     default: object
     rule: str
+
+    @property
+    def full_name(self) -> str:
+        """The key as the stack file spells it: project keys are namespaced."""
+        return _key(self.name)
 
 
 def _key(name: str) -> str:
@@ -140,19 +146,19 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("aws:region", None, "required; an AWS region such as us-west-2"),
     ConfigKey("kubernetesVersion", "1.33", f"one of {', '.join(versions.KUBERNETES_RELEASES)}"),
     ConfigKey("model", {"id": "black-forest-labs/FLUX.1-dev", "maxTextLength": 128},
-              "{id, revision (40-hex commit, required), maxTextLength (1-512)}"),
+              "required; {id, revision (40-hex commit, required), maxTextLength (1-512)}"),
     ConfigKey("dtype", "bfloat16", f"one of {', '.join(DTYPES)}"),
     ConfigKey("neuronPools", None,
               "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
               + ") -> {instanceTypes (of that family; default all), capacityTypes "
               f"({', '.join(CAPACITY_TYPES)}; default [on-demand]), maxDevices (NodePool limit, required)}}"),
     ConfigKey("compile", {"timeoutMinutes": 360},
-              "{pool (a neuronPools family), devices (valid for the pool), tensorParallel "
+              "required; {pool (a neuronPools family), devices (valid for the pool), tensorParallel "
               "(1-32, at most the devices' cores), timeoutMinutes (10-1440)}"),
     ConfigKey("serving", {"replicas": 1, "queueSize": 4, "requestTimeoutSeconds": 120},
-              "{pool, devices (valid for the pool, enough cores for compile.tensorParallel), "
-              "replicas (1-100), maxReplicas (replicas-100; default replicas), queueSize (0-64), "
-              "requestTimeoutSeconds (1-3600)}"),
+              "required; {pool (a neuronPools family), devices (valid for the pool, enough cores for "
+              "compile.tensorParallel), replicas (1-100), maxReplicas (replicas-100; default replicas), "
+              "queueSize (0-64), requestTimeoutSeconds (1-3600)}"),
     ConfigKey("shapes", None, "required; non-empty list of distinct shapes 'HxW' (height x width), "
               "each side a multiple of 16 in 64-2048"),
     ConfigKey("network", {"cidr": "10.0.0.0/16", "availabilityZones": 3},
@@ -161,7 +167,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("systemNodes", {"instanceType": "m7i.xlarge", "minSize": 2, "desiredSize": 2, "maxSize": 4},
               "{instanceType, minSize (1-10), desiredSize (min-max), maxSize (min-10)}"),
 )
-_KNOWN = {_key(key.name) for key in CONFIG_KEYS}
+_KNOWN = {key.full_name for key in CONFIG_KEYS}
 
 
 class _Reader:
@@ -170,13 +176,19 @@ class _Reader:
     def __init__(self, raw: Mapping[str, Any]):
         self._raw = raw
 
-    def value(self, name: str, default: object = None) -> object:
+    def text(self, name: str, default: object = None) -> object:
+        """The value as given: scalar keys stay strings ("1.30" is not the number 1.3)."""
         full = _key(name)
         text = self._raw.get(full)
         if text is None:
             if default is None:
-                raise ConfigError(full, None, "this key is required: " + _rule(name))
+                raise ConfigError(full, None, _rule(name))
             return default
+        return text
+
+    def value(self, name: str, default: object = None) -> object:
+        """The value with objects and lists decoded from JSON."""
+        text = self.text(name, default)
         if not isinstance(text, str):
             return text
         try:
@@ -194,9 +206,9 @@ def _check(key: str, value: object, ok: bool, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
-def _int(key: str, value: object, low: int, high: int) -> int:
+def _int(key: str, value: object, low: int, high: int, allowed: str = "") -> int:
     _check(key, value, isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
-           f"an integer from {low} to {high}")
+           allowed or f"an integer from {low} to {high}")
     return value  # type: ignore[return-value]
 
 
@@ -226,7 +238,7 @@ def _parsed(key: str, value: object, parse: Callable[[object], Any]) -> Any:
 def _model(reader: _Reader) -> ModelSource:
     key = _key("model")
     merged = {"id": "black-forest-labs/FLUX.1-dev", "maxTextLength": 128,
-              **_object(key, reader.value("model", {}), ("id", "revision", "maxTextLength"))}
+              **_object(key, reader.value("model"), ("id", "revision", "maxTextLength"))}
     _check(f"{key}.id", merged["id"], isinstance(merged["id"], str) and merged["id"].count("/") == 1,
            "a HuggingFace model id 'owner/name'")
     revision = merged.get("revision")
@@ -257,7 +269,7 @@ def _pools(reader: _Reader) -> dict[str, NeuronPool]:
         _check(f"{path}.capacityTypes", capacity_types,
                isinstance(capacity_types, list) and bool(capacity_types)
                and all(kind in CAPACITY_TYPES for kind in capacity_types),
-               f"a non-empty list of {', '.join(CAPACITY_TYPES)}")
+               f"a non-empty list of capacity types: {', '.join(CAPACITY_TYPES)}")
         _check(f"{path}.maxDevices", settings.get("maxDevices"), "maxDevices" in settings,
                "required: the NodePool's limit on Neuron devices")
         pools[family] = NeuronPool(family, tuple(instance_types), tuple(capacity_types),
@@ -266,7 +278,8 @@ def _pools(reader: _Reader) -> dict[str, NeuronPool]:
 
 
 def _pool_ref(key: str, value: object, pools: dict[str, NeuronPool]) -> NeuronPool:
-    _check(key, value, value in pools, "one of the configured neuronPools: " + ", ".join(pools))
+    _check(key, value, isinstance(value, str) and value in pools,
+           "one of the configured neuronPools: " + ", ".join(pools))
     return pools[value]  # type: ignore[index]
 
 
@@ -280,13 +293,6 @@ def _devices(key: str, value: object, pool: NeuronPool) -> int:
     return value  # type: ignore[return-value]
 
 
-def _tensor_parallel_fits(key: str, devices: int, pool: NeuronPool, tensor_parallel: int) -> None:
-    cores = devices * pool.cores_per_device
-    _check(key, devices, cores >= tensor_parallel,
-           f"enough devices for tensorParallel {tensor_parallel}: {devices} {pool.family} devices "
-           f"have {cores} NeuronCores")
-
-
 def _compile(reader: _Reader, pools: dict[str, NeuronPool]) -> CompileSettings:
     key = _key("compile")
     settings = {"timeoutMinutes": 360, **_object(
@@ -294,7 +300,9 @@ def _compile(reader: _Reader, pools: dict[str, NeuronPool]) -> CompileSettings:
     pool = _pool_ref(f"{key}.pool", settings.get("pool"), pools)
     devices = _devices(f"{key}.devices", settings.get("devices"), pool)
     tensor_parallel = _int(f"{key}.tensorParallel", settings.get("tensorParallel"), 1, 32)
-    _tensor_parallel_fits(f"{key}.devices", devices, pool, tensor_parallel)
+    cores = devices * pool.cores_per_device
+    _check(f"{key}.tensorParallel", tensor_parallel, tensor_parallel <= cores,
+           f"at most the NeuronCores of compile.devices: {devices} {pool.family} devices have {cores}")
     return CompileSettings(pool.family, devices, tensor_parallel,
                            _int(f"{key}.timeoutMinutes", settings["timeoutMinutes"], 10, 1440))
 
@@ -306,9 +314,13 @@ def _serving(reader: _Reader, pools: dict[str, NeuronPool], tensor_parallel: int
         ("pool", "devices", "replicas", "maxReplicas", "queueSize", "requestTimeoutSeconds"))}
     pool = _pool_ref(f"{key}.pool", settings.get("pool"), pools)
     devices = _devices(f"{key}.devices", settings.get("devices"), pool)
-    _tensor_parallel_fits(f"{key}.devices", devices, pool, tensor_parallel)
+    cores = devices * pool.cores_per_device
+    _check(f"{key}.devices", devices, cores >= tensor_parallel,
+           f"enough NeuronCores for compile.tensorParallel {tensor_parallel}: {devices} {pool.family} devices "
+           f"have {cores}")
     replicas = _int(f"{key}.replicas", settings["replicas"], 1, MAX_REPLICAS)
-    max_replicas = _int(f"{key}.maxReplicas", settings.get("maxReplicas", replicas), replicas, MAX_REPLICAS)
+    max_replicas = _int(f"{key}.maxReplicas", settings.get("maxReplicas", replicas), replicas, MAX_REPLICAS,
+                        f"an integer from serving.replicas ({replicas}) to {MAX_REPLICAS}")
     return ServingSettings(pool.family, devices, replicas, max_replicas,
                            _int(f"{key}.queueSize", settings["queueSize"], 0, 64),
                            _int(f"{key}.requestTimeoutSeconds", settings["requestTimeoutSeconds"], 1, 3600))
@@ -362,8 +374,10 @@ def _system_nodes(reader: _Reader) -> SystemNodes:
            and catalog.family_of(instance_type) not in catalog.NEURON_FAMILIES,
            "a general-purpose EC2 instance type such as m7i.xlarge (not a Neuron type)")
     min_size = _int(f"{key}.minSize", settings["minSize"], 1, 10)
-    max_size = _int(f"{key}.maxSize", settings["maxSize"], min_size, 10)
-    desired = _int(f"{key}.desiredSize", settings["desiredSize"], min_size, max_size)
+    max_size = _int(f"{key}.maxSize", settings["maxSize"], min_size, 10,
+                    f"an integer from systemNodes.minSize ({min_size}) to 10")
+    desired = _int(f"{key}.desiredSize", settings["desiredSize"], min_size, max_size,
+                   f"an integer from systemNodes.minSize ({min_size}) to systemNodes.maxSize ({max_size})")
     return SystemNodes(instance_type, min_size, desired, max_size)
 
 
@@ -374,14 +388,15 @@ def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
             _check(full_key, raw[full_key], full_key in _KNOWN,
                    "unknown key; known keys are " + ", ".join(sorted(_KNOWN)))
     reader = _Reader(raw)
-    region = reader.value("aws:region")
+    region = reader.text("aws:region")
     _check("aws:region", region, isinstance(region, str) and bool(_REGION.match(region)),
            "an AWS region such as us-west-2")
-    kubernetes_version = str(reader.value("kubernetesVersion", "1.33"))
-    _check(_key("kubernetesVersion"), kubernetes_version, kubernetes_version in versions.KUBERNETES_RELEASES,
+    kubernetes_version = reader.text("kubernetesVersion", "1.33")
+    _check(_key("kubernetesVersion"), kubernetes_version,
+           isinstance(kubernetes_version, str) and kubernetes_version in versions.KUBERNETES_RELEASES,
            "one of " + ", ".join(versions.KUBERNETES_RELEASES) + " (the minors whose add-ons are pinned)")
     model = _model(reader)
-    dtype = _parsed(_key("dtype"), reader.value("dtype", "bfloat16"), parse_dtype)
+    dtype = _parsed(_key("dtype"), reader.text("dtype", "bfloat16"), parse_dtype)
     pools = _pools(reader)
     compile_settings = _compile(reader, pools)
     return StackConfig(

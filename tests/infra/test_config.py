@@ -1,0 +1,271 @@
+"""The stack config schema (infra/config.py) and its reference (docs/config.md).
+
+The real stack files load with the values they state; every bad config derived from the dev stack
+file stops the program with one line naming the key, the bad value and what is allowed.
+"""
+
+import json
+import re
+
+import pulumi
+import pytest
+import yaml
+
+from infra.config import (
+    CONFIG_KEYS, CompileSettings, ConfigError, ModelSource, NetworkSettings, NeuronPool, ServingSettings,
+    StackConfig, SystemNodes, load_stack_config,
+)
+from infra.config_reference import DOC, REFRESH, with_table
+from infra.offline import REPO_ROOT, run_program, stack_file_config, stack_names
+from model.shapes import Shape
+
+REVISION = "3de623fc3c33e44ffbe2bad470d0f45bccf2eb21"
+SHAPE_RULE = "'HxW' (height x width in pixels), each side a multiple of 16 between 64 and 2048"
+DEV_RAW = stack_file_config("dev")[0]
+
+STATED = {
+    "dev": StackConfig(
+        region="us-west-2",
+        kubernetes_version="1.33",
+        model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 128),
+        dtype="bfloat16",
+        neuron_pools={"trn1": NeuronPool("trn1", ("trn1.32xlarge",), ("on-demand",), 64)},
+        compile=CompileSettings("trn1", devices=8, tensor_parallel=8, timeout_minutes=360),
+        serving=ServingSettings("trn1", devices=8, replicas=1, max_replicas=2, queue_size=4,
+                                request_timeout_seconds=120),
+        shapes=(Shape(1024, 576), Shape(256, 144), Shape(512, 512)),
+        network=NetworkSettings("10.0.0.0/16", 3),
+        existing_vpc=None,
+        system_nodes=SystemNodes("m7i.xlarge", min_size=2, desired_size=2, max_size=4),
+    ),
+    "prod": StackConfig(
+        region="us-east-1",
+        kubernetes_version="1.34",
+        model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 256),
+        dtype="bfloat16",
+        neuron_pools={
+            "trn1": NeuronPool("trn1", ("trn1.32xlarge",), ("on-demand",), 32),
+            "inf2": NeuronPool("inf2", ("inf2.24xlarge", "inf2.48xlarge"), ("on-demand", "spot"), 192),
+        },
+        compile=CompileSettings("trn1", devices=8, tensor_parallel=8, timeout_minutes=480),
+        serving=ServingSettings("inf2", devices=6, replicas=3, max_replicas=10, queue_size=8,
+                                request_timeout_seconds=120),
+        shapes=(Shape(1024, 1024), Shape(1024, 576), Shape(576, 1024)),
+        network=NetworkSettings("10.40.0.0/16", 3),
+        existing_vpc=None,
+        system_nodes=SystemNodes("m7i.xlarge", min_size=3, desired_size=3, max_size=6),
+    ),
+}
+
+
+def dev(name):
+    """One object or list of the dev stack file, to derive a bad value from."""
+    return json.loads(DEV_RAW[f"flux-neuron:{name}"])
+
+
+def dev_with(changes):
+    """The dev stack file's raw config with keys changed (None removes one), as the CLI hands it over."""
+    raw = dict(DEV_RAW)
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key)
+        else:
+            raw[key] = value if isinstance(value, str) else json.dumps(value)
+    return raw
+
+
+@pytest.mark.parametrize("stack", stack_names())
+def test_real_stack_files_load_with_the_values_they_state(stack):
+    assert stack in STATED, f"Pulumi.{stack}.yaml is new: state its values in STATED"
+    assert load_stack_config(stack_file_config(stack)[0]) == STATED[stack]
+
+
+VPC = "vpc-0123456789abcdef0"
+SUBNETS = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+KNOWN_KEYS = ("aws:region, flux-neuron:compile, flux-neuron:dtype, flux-neuron:existingVpc, "
+              "flux-neuron:kubernetesVersion, flux-neuron:model, flux-neuron:network, flux-neuron:neuronPools, "
+              "flux-neuron:serving, flux-neuron:shapes, flux-neuron:systemNodes")
+
+# (change to the dev stack file, key named, bad value as shown, what is allowed)
+BAD_CONFIGS = {
+    "shape-side-not-multiple-of-16": (
+        {"flux-neuron:shapes": ["65x64"]}, "flux-neuron:shapes[0]", "'65x64'", SHAPE_RULE),
+    "shape-without-width": (
+        {"flux-neuron:shapes": ["1024"]}, "flux-neuron:shapes[0]", "'1024'", SHAPE_RULE),
+    "shape-side-too-large": (
+        {"flux-neuron:shapes": ["4096x16"]}, "flux-neuron:shapes[0]", "'4096x16'", SHAPE_RULE),
+    "duplicate-shape": (
+        {"flux-neuron:shapes": [*dev("shapes"), "512x512"]}, "flux-neuron:shapes[3]", "'512x512'",
+        "each shape once"),
+    "no-shapes": (
+        {"flux-neuron:shapes": []}, "flux-neuron:shapes", "[]", "a non-empty list of shapes 'HxW'"),
+    "shapes-set-as-one-string": (
+        {"flux-neuron:shapes": "1024x576"}, "flux-neuron:shapes", "'1024x576'", "a non-empty list of shapes 'HxW'"),
+    "dtype-float16": (
+        {"flux-neuron:dtype": "float16"}, "flux-neuron:dtype", "'float16'", "one of bfloat16, float32"),
+    "devices-3-on-trn1.32xlarge": (
+        {"flux-neuron:compile": {**dev("compile"), "devices": 3}}, "flux-neuron:compile.devices", "3",
+        "a device count that schedules on trn1 (trn1.32xlarge): 1, 4, 8, 16"),
+    "devices-over-maxDevices": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "maxDevices": 4}}},
+        "flux-neuron:compile.devices", "8", "at most the pool's maxDevices (4)"),
+    "devices-7-on-inf2.24xlarge": (
+        {"flux-neuron:neuronPools": {**dev("neuronPools"), "inf2": {"instanceTypes": ["inf2.24xlarge"],
+                                                                    "maxDevices": 48}},
+         "flux-neuron:serving": {**dev("serving"), "pool": "inf2", "devices": 7}},
+        "flux-neuron:serving.devices", "7", "a device count that schedules on inf2 (inf2.24xlarge): 1, 2, 3, 4, 5, 6"),
+    "tensorParallel-over-the-cores": (
+        {"flux-neuron:compile": {**dev("compile"), "tensorParallel": 32}}, "flux-neuron:compile.tensorParallel", "32",
+        "at most the NeuronCores of compile.devices: 8 trn1 devices have 16"),
+    "serving-devices-too-few-cores-for-tensorParallel": (
+        {"flux-neuron:serving": {**dev("serving"), "devices": 1}}, "flux-neuron:serving.devices", "1",
+        "enough NeuronCores for compile.tensorParallel 8: 1 trn1 devices have 2"),
+    "pool-of-an-unconfigured-family": (
+        {"flux-neuron:serving": {**dev("serving"), "pool": "inf2"}}, "flux-neuron:serving.pool", "'inf2'",
+        "one of the configured neuronPools: trn1"),
+    "pool-as-a-list": (
+        {"flux-neuron:serving": {**dev("serving"), "pool": ["trn1"]}}, "flux-neuron:serving.pool", '["trn1"]',
+        "one of the configured neuronPools: trn1"),
+    "family-p5": (
+        {"flux-neuron:neuronPools": {**dev("neuronPools"), "p5": {"maxDevices": 8}}}, "flux-neuron:neuronPools.p5",
+        "'p5'", "a Neuron family: trn1, trn1n, trn2, inf2"),
+    "instance-type-of-another-family": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "instanceTypes": ["inf2.48xlarge"]}}},
+        "flux-neuron:neuronPools.trn1.instanceTypes", '["inf2.48xlarge"]',
+        "a non-empty list of trn1 types: trn1.2xlarge, trn1.32xlarge"),
+    "capacityType-preemptible": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["preemptible"]}}},
+        "flux-neuron:neuronPools.trn1.capacityTypes", '["preemptible"]',
+        "a non-empty list of capacity types: on-demand, spot, reserved"),
+    "pool-without-maxDevices": (
+        {"flux-neuron:neuronPools": {"trn1": {"instanceTypes": ["trn1.32xlarge"]}}},
+        "flux-neuron:neuronPools.trn1.maxDevices", "null", "required: the NodePool's limit on Neuron devices"),
+    "replicas-0": (
+        {"flux-neuron:serving": {**dev("serving"), "replicas": 0}}, "flux-neuron:serving.replicas", "0",
+        "an integer from 1 to 100"),
+    "maxReplicas-below-replicas": (
+        {"flux-neuron:serving": {**dev("serving"), "replicas": 3}}, "flux-neuron:serving.maxReplicas", "2",
+        "an integer from serving.replicas (3) to 100"),
+    "kubernetesVersion-1.20": (
+        {"flux-neuron:kubernetesVersion": "1.20"}, "flux-neuron:kubernetesVersion", "'1.20'", "one of 1.33, 1.34"),
+    "bad-region": (
+        {"aws:region": "us-west"}, "aws:region", "'us-west'", "an AWS region such as us-west-2"),
+    "missing-region": (
+        {"aws:region": None}, "aws:region", "null", "required; an AWS region such as us-west-2"),
+    "unpinned-model-revision": (
+        {"flux-neuron:model": {**dev("model"), "revision": "main"}}, "flux-neuron:model.revision", "'main'",
+        "the 40-hex commit of the model revision"),
+    "maxTextLength-over-T5s-limit": (
+        {"flux-neuron:model": {**dev("model"), "maxTextLength": 1024}}, "flux-neuron:model.maxTextLength", "1024",
+        "an integer from 1 to 512"),
+    "cidr-prefix-8": (
+        {"flux-neuron:network": {"cidr": "10.0.0.0/8"}}, "flux-neuron:network.cidr", "'10.0.0.0/8'",
+        "an IPv4 network from /16 to /20"),
+    "cidr-not-a-network": (
+        {"flux-neuron:network": {"cidr": "10.0.0/16"}}, "flux-neuron:network.cidr", "'10.0.0/16'",
+        "an IPv4 network from /16 to /20"),
+    "existingVpc-with-one-private-subnet": (
+        {"flux-neuron:existingVpc": {"vpcId": VPC, "privateSubnetIds": SUBNETS[:1], "publicSubnetIds": SUBNETS}},
+        "flux-neuron:existingVpc.privateSubnetIds", json.dumps(SUBNETS[:1]), "a list of at least 2 subnet ids"),
+    "bad-vpc-id": (
+        {"flux-neuron:existingVpc": {"vpcId": "vpc-xyz", "privateSubnetIds": SUBNETS, "publicSubnetIds": SUBNETS}},
+        "flux-neuron:existingVpc.vpcId", "'vpc-xyz'", "a VPC id such as vpc-0123456789abcdef0"),
+    "top-level-key-typo": (
+        {"flux-neuron:shapes": None, "flux-neuron:shape": dev("shapes")}, "flux-neuron:shape",
+        repr(json.dumps(dev("shapes"))), f"unknown key; known keys are {KNOWN_KEYS}"),
+    "unknown-field": (
+        {"flux-neuron:serving": {**dev("serving"), "replica": 2}}, "flux-neuron:serving.replica", "2",
+        "unknown field; allowed fields are pool, devices, replicas, maxReplicas, queueSize, requestTimeoutSeconds"),
+    "system-nodes-on-a-neuron-type": (
+        {"flux-neuron:systemNodes": {"instanceType": "inf2.xlarge"}}, "flux-neuron:systemNodes.instanceType",
+        "'inf2.xlarge'", "a general-purpose EC2 instance type such as m7i.xlarge (not a Neuron type)"),
+    "system-nodes-desired-over-max": (
+        {"flux-neuron:systemNodes": {"desiredSize": 5}}, "flux-neuron:systemNodes.desiredSize", "5",
+        "an integer from systemNodes.minSize (2) to systemNodes.maxSize (4)"),
+    "missing-neuronPools": (
+        {"flux-neuron:neuronPools": None}, "flux-neuron:neuronPools", "null",
+        "required; map of family (trn1, trn1n, trn2, inf2)"),
+}
+
+
+@pytest.mark.parametrize(("changes", "key", "shown", "allowed"), BAD_CONFIGS.values(), ids=BAD_CONFIGS)
+def test_a_bad_config_names_the_key_the_value_and_what_is_allowed(changes, key, shown, allowed):
+    with pytest.raises(ConfigError) as raised:
+        load_stack_config(dev_with(changes))
+    assert raised.value.key == key
+    message = str(raised.value)
+    assert message.startswith(f"config {key}: {shown} is not allowed: "), message
+    assert allowed in message.split(" is not allowed: ", 1)[1], message
+
+
+def test_config_errors_are_run_errors_that_pulumi_prints_without_a_traceback():
+    assert issubclass(ConfigError, pulumi.RunError)
+
+
+def test_the_program_stops_on_a_bad_config_before_any_resource(monkeypatch):
+    constructed = []
+    construct = pulumi.Resource.__init__
+
+    def recording(self, type_, name, *args, **kwargs):
+        constructed.append(type_)
+        construct(self, type_, name, *args, **kwargs)
+
+    monkeypatch.setattr(pulumi.Resource, "__init__", recording)
+    with pytest.raises(ConfigError, match=r"^config flux-neuron:shapes\[0\]: '65x64' is not allowed: "):
+        run_program("dev", {"flux-neuron:shapes": ["65x64"]})
+    assert constructed == ["pulumi:pulumi:Stack"]
+
+
+@pytest.mark.parametrize("key", CONFIG_KEYS, ids=lambda key: key.name)
+def test_a_key_is_required_exactly_when_its_rule_says_so(key):
+    raw = dev_with({})
+    raw.pop(key.full_name, None)
+    if key.rule.startswith("required"):
+        with pytest.raises(ConfigError, match=re.escape(f"config {key.full_name}: null is not allowed: {key.rule}")):
+            load_stack_config(raw)
+    else:
+        load_stack_config(raw)
+
+
+def _attribute(name):
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+@pytest.mark.parametrize("key", [key for key in CONFIG_KEYS if key.default is not None], ids=lambda key: key.name)
+def test_the_documented_defaults_are_the_ones_applied(key):
+    raw = dev_with({})
+    if isinstance(key.default, dict):
+        stated = json.loads(raw.get(key.full_name, "{}"))
+        raw[key.full_name] = json.dumps({field: value for field, value in stated.items() if field not in key.default})
+        section = getattr(load_stack_config(raw), _attribute(key.name))
+        assert {field: getattr(section, _attribute(field)) for field in key.default} == key.default
+    else:
+        raw.pop(key.full_name)
+        assert getattr(load_stack_config(raw), _attribute(key.name)) == key.default
+
+
+def test_docs_config_md_is_the_schema_reference():
+    document = DOC.read_text()
+    assert document == with_table(document), f"docs/config.md is out of date with infra/config.py: run {REFRESH}"
+
+
+def _field_names(value):
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield name
+            yield from _field_names(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _field_names(item)
+
+
+@pytest.mark.parametrize("stack", stack_names())
+def test_every_key_of_the_stack_files_is_documented(stack):
+    document = DOC.read_text()
+    rules = {key.full_name: key.rule for key in CONFIG_KEYS}
+    stated = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    for name, value in stated.items():
+        assert f"`{name}`" in document, f"{name} (Pulumi.{stack}.yaml) is not in docs/config.md"
+        for field in _field_names(value):
+            assert re.search(rf"\b{re.escape(field)}\b", rules.get(name, "")), \
+                f"{name}.{field} (Pulumi.{stack}.yaml) is not in the rule of {name}"
