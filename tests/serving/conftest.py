@@ -1,0 +1,171 @@
+"""Real uvicorn servers on 127.0.0.1 for the serving tests, and a gate to hold generations.
+
+Tests that need "the pipeline is busy" do not rely on a generation being slow: they
+close a gate in front of the real generator, so a request stays in flight exactly
+until the test opens it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from model.runtime import FluxGenerator, load_generator
+from serving import endpoints
+from serving.app import create_app
+
+# A deadline for conditions that do come true, so a regression fails instead of hanging.
+WAIT_S = 60.0
+CLIENT_TIMEOUT_S = 120.0
+
+
+def wait_for(condition: Callable[[], object], what: str) -> object:
+    deadline = time.monotonic() + WAIT_S
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {WAIT_S:g} s waiting for {what}")
+        time.sleep(0.02)
+    return result
+
+
+class RunningServer:
+    def __init__(self, app, sock: socket.socket):
+        self.url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.client = httpx.Client(base_url=self.url, timeout=CLIENT_TIMEOUT_S)
+
+    def generate(self, **body) -> httpx.Response:
+        """POST /generate on a connection of its own, so calls from several threads run concurrently."""
+        return httpx.post(self.url + endpoints.GENERATE, json={"prompt": "a red fox", "num_inference_steps": 2, **body},
+                          timeout=CLIENT_TIMEOUT_S)
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = self.client.get(endpoints.METRICS).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
+    def wait_for_metric(self, name: str, value: float) -> None:
+        wait_for(lambda: self.metric(name) == value, f"{name} == {value}")
+
+    def wait_until_settled(self) -> httpx.Response:
+        """The /readyz answer once loading and warm-up are over, successful or not."""
+        def settled():
+            response = self.client.get(endpoints.READYZ)
+            return response if response.json()["status"] in ("ready", "failed") else None
+        return wait_for(settled, "the model to finish loading")
+
+    def refuses_connections(self) -> bool:
+        try:
+            httpx.get(self.url + endpoints.HEALTHZ, timeout=5)
+        except httpx.ConnectError:
+            return True
+        return False
+
+    def begin_shutdown(self) -> None:
+        """What uvicorn's SIGTERM handler does (signals only reach the main thread)."""
+        self.server.should_exit = True
+
+    def stop(self) -> None:
+        self.begin_shutdown()
+        self.thread.join(WAIT_S)
+        self.client.close()
+        assert not self.thread.is_alive(), "the server did not shut down"
+
+
+@contextmanager
+def serve(app) -> Iterator[RunningServer]:
+    """Run ``app`` on a real uvicorn bound to an ephemeral port of 127.0.0.1."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        running = RunningServer(app, sock)
+        running.thread.start()
+        wait_for(lambda: running.server.started, "uvicorn to start")
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+class GatedGenerator:
+    """The real generator, whose generations wait until ``gate`` is open."""
+
+    def __init__(self, generator: FluxGenerator, gate: threading.Event):
+        self._generator = generator
+        self.gate = gate
+        self.shape = generator.shape
+        self.manifest = generator.manifest
+        self.calls = 0
+
+    def generate(self, *args, **kwargs):
+        self.calls += 1
+        self.gate.wait()
+        return self._generator.generate(*args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_artifact_dir: Path) -> FluxGenerator:
+    """One loaded generator for the tests that do not test loading; servers using it run one at a time."""
+    return load_generator(tiny_artifact_dir)
+
+
+@pytest.fixture(scope="session")
+def serve_app():
+    return serve
+
+
+@pytest.fixture(scope="session")
+def png_size() -> Callable[[str], tuple[int, int]]:
+    """Decode a base64 PNG; return its PIL size, which is (width, height)."""
+    def size(b64: str) -> tuple[int, int]:
+        image = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
+        assert image.format == "PNG"
+        return image.size
+    return size
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., RunningServer]]:
+    """``start_server(load, queue_size=, request_timeout=)``: a server for this test only."""
+    with ExitStack() as servers:
+        def start(load: Callable[[], FluxGenerator], *, queue_size: int = 2, request_timeout: float = 60.0):
+            return servers.enter_context(serve(create_app(load, queue_size=queue_size, request_timeout=request_timeout)))
+        yield start
+
+
+@pytest.fixture
+def background() -> Iterator[ThreadPoolExecutor]:
+    """Threads for requests that must be in flight while the test goes on."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        yield pool
+
+
+@pytest.fixture
+def gate(start_server, background) -> Iterator[threading.Event]:
+    """Open unless a test closes it. Set up after the servers and the request threads, so it
+    reopens before either is waited for, even when a test fails with the gate closed."""
+    event = threading.Event()
+    event.set()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def gated_generator(tiny_generator: FluxGenerator, gate: threading.Event) -> GatedGenerator:
+    return GatedGenerator(tiny_generator, gate)
+
