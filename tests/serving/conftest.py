@@ -71,12 +71,14 @@ class RunningServer:
             return response if response.json()["status"] in ("ready", "failed") else None
         return wait_for(settled, "the model to finish loading")
 
-    def refuses_connections(self) -> bool:
-        try:
-            httpx.get(self.url + endpoints.HEALTHZ, timeout=5)
-        except httpx.ConnectError:
-            return True
-        return False
+    def wait_until_refusing_connections(self) -> None:
+        def refused() -> bool:
+            try:
+                httpx.get(self.url + endpoints.HEALTHZ, timeout=5)
+            except httpx.ConnectError:
+                return True
+            return False
+        wait_for(refused, "the server to stop accepting connections")
 
     def begin_shutdown(self) -> None:
         """What uvicorn's SIGTERM handler does (signals only reach the main thread)."""
