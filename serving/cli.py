@@ -1,0 +1,167 @@
+"""``python -m serving``: pick the artifact directory, then serve it with uvicorn.
+
+Three ways to name the artifact, exactly one per process:
+
+* ``--graphs DIR``: an artifact directory (what ``python -m model.compile`` printed);
+* ``--graphs-root ROOT --shape S --model M ...``: the directory the compile options
+  resolve to under ROOT, so a pod finds exactly the key its compile Job published;
+* ``--local [--shape S]``: compile the tiny model on the CPU if it is not cached yet,
+  then serve it (no AWS, no Neuron, no HuggingFace Hub).
+
+A directory without a manifest (nothing published there) stops the process with exit
+status 1 before it listens. Anything wrong inside a published artifact is found by the
+verified load in the background: the server then stays up, never ready, with the reason
+in its log and in ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from functools import partial
+from pathlib import Path
+
+import uvicorn
+
+from model.artifacts import MANIFEST_NAME, ArtifactError
+from model.backends import BACKENDS, NEURON_TARGETS, BackendUnavailable
+from model.compile import CompileOptions, ensure_compiled, resolve_artifact_dir
+from model.runtime import load_generator
+from model.shapes import DTYPES, parse_shape
+from model.sources import SourceUnavailable
+from serving.app import create_app
+from serving.endpoints import DEFAULT_PORT
+
+PROG = "python -m serving"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_QUEUE_SIZE = 4
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
+LOCAL_SHAPE = "256x144"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "flux-neuron"
+EXIT_NOT_SERVABLE = 1
+
+log = logging.getLogger(__name__)
+
+_COMPILE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(CompileOptions)}
+
+
+class NotPublished(Exception):
+    pass
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that name the artifact to serve (shared with bench/http_latency.py)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--graphs", type=Path, metavar="DIR", help="a published artifact directory")
+    source.add_argument(
+        "--graphs-root", type=Path, metavar="ROOT",
+        help="root of the artifact cache: serve the directory the compile options below resolve to",
+    )
+    source.add_argument(
+        "--local", action="store_true",
+        help=f"compile the tiny model on the CPU into --cache-dir if absent, then serve it (shape {LOCAL_SHAPE} unless --shape)",
+    )
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="artifact cache of --local (default: %(default)s)")
+    # Compile options for --graphs-root: same names and defaults as `python -m model.compile`,
+    # the defaults taken from CompileOptions itself so the two can never resolve different keys.
+    options = parser.add_argument_group("compile options (with --graphs-root; --shape also with --local)")
+    options.add_argument("--shape", help="HxW in pixels, height first")
+    options.add_argument("--model", help="'tiny' or a HuggingFace model id")
+    options.add_argument("--revision", help="full commit hash of a HuggingFace model")
+    options.add_argument("--dtype", choices=DTYPES, help=f"default: {_COMPILE_DEFAULTS['dtype']}")
+    options.add_argument("--backend", choices=BACKENDS, help=f"default: {_COMPILE_DEFAULTS['backend']}")
+    options.add_argument("--tp-degree", type=int, help=f"default: {_COMPILE_DEFAULTS['tp_degree']}")
+    options.add_argument("--max-text-length", type=int, help=f"default: {_COMPILE_DEFAULTS['max_text_length']}")
+    options.add_argument("--target", choices=NEURON_TARGETS, help="Neuron instance family (neuron backend)")
+
+
+def _compile_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CompileOptions | None:
+    """The compile options the flags name; None with --graphs, whose directory is the artifact itself."""
+    given = {
+        name: getattr(args, name)
+        for name in ("dtype", "backend", "tp_degree", "max_text_length", "target")
+        if getattr(args, name) is not None
+    }
+    named_model = args.model is not None or args.revision is not None
+    if args.graphs is not None:
+        if given or named_model or args.shape is not None:
+            parser.error("--graphs takes no compile options: the directory is the artifact")
+        return None
+    if args.local and (given or named_model):
+        parser.error("--local serves the tiny model on the CPU: of the compile options it takes --shape only")
+    if not args.local and (args.shape is None or args.model is None):
+        parser.error("--graphs-root needs at least --shape and --model")
+    try:
+        if args.local:
+            return CompileOptions(
+                model="tiny", revision=None, shape=parse_shape(args.shape or LOCAL_SHAPE), dtype="float32", backend="cpu"
+            )
+        return CompileOptions(model=args.model, revision=args.revision, shape=parse_shape(args.shape), **given)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def artifact_dir_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    """The published artifact directory the flags name; compiles the tiny model first with --local.
+
+    Exits through ``parser.error`` for bad options; raises NotPublished, ArtifactError,
+    BackendUnavailable or SourceUnavailable when there is nothing to serve.
+    """
+    options = _compile_options(args, parser)
+    if args.local:
+        log.info("local mode: compiling the tiny model into %s unless it is there already", args.cache_dir)
+        return ensure_compiled(options, args.cache_dir)
+    artifact_dir = args.graphs if options is None else resolve_artifact_dir(options, args.graphs_root)
+    if not (artifact_dir / MANIFEST_NAME).is_file():
+        raise NotPublished(f"nothing published at {artifact_dir} (no {MANIFEST_NAME}): run the compile for these options first")
+    return artifact_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Serve one compiled FLUX.1 image shape over HTTP.")
+    add_artifact_arguments(parser)
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s; the image passes 0.0.0.0)")
+    server.add_argument("--port", type=int, default=DEFAULT_PORT, help="default: %(default)s")
+    server.add_argument(
+        "--queue-size", type=_non_negative_int, default=DEFAULT_QUEUE_SIZE,
+        help="requests that may wait behind the running generation; more get 429 (default: %(default)s)",
+    )
+    server.add_argument(
+        "--request-timeout", type=_positive_float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
+        help="queueing plus generation; longer gets 504 (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        artifact_dir = artifact_dir_from_args(args, parser)
+    except (NotPublished, ArtifactError, BackendUnavailable, SourceUnavailable) as error:
+        log.error("not serving: %s", error)
+        return EXIT_NOT_SERVABLE
+    log.info("serving %s on http://%s:%d", artifact_dir, args.host, args.port)
+    app = create_app(partial(load_generator, artifact_dir), queue_size=args.queue_size, request_timeout=args.request_timeout)
+    # log_config=None: uvicorn's access and error lines go through the root handler above,
+    # one format for the whole process. Uvicorn drains in-flight requests on SIGTERM.
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
+    return 0

@@ -1,0 +1,116 @@
+"""``python -m serving``: choosing the artifact, refusing to start without one, and the local mode."""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model.shapes import parse_shape
+from serving import endpoints
+from serving.cli import LOCAL_SHAPE, NotPublished, artifact_dir_from_args, build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def resolve(argv: list[str]) -> Path:
+    parser = build_parser()
+    return artifact_dir_from_args(parser.parse_args(argv), parser)
+
+
+def graphs_root_argv(root: Path, options) -> list[str]:
+    """The flags a serving pod passes for the options its compile Job used (tiny: no revision)."""
+    return [
+        "--graphs-root", str(root), "--shape", str(options.shape), "--model", options.model,
+        "--dtype", options.dtype, "--backend", options.backend, "--tp-degree", str(options.tp_degree),
+        "--max-text-length", str(options.max_text_length),
+    ]
+
+
+def test_graphs_names_a_published_artifact_directory(tiny_artifact_dir):
+    assert resolve(["--graphs", str(tiny_artifact_dir)]) == tiny_artifact_dir
+
+
+def test_graphs_root_finds_exactly_the_directory_the_compile_options_resolve_to(tiny_artifact_dir, tiny_compile_options):
+    assert resolve(graphs_root_argv(tiny_artifact_dir.parent, tiny_compile_options)) == tiny_artifact_dir
+
+
+def test_refuses_to_start_when_nothing_is_published(tiny_artifact_dir, tiny_compile_options, tmp_path, caplog):
+    with pytest.raises(NotPublished, match="no manifest.json"):
+        resolve(["--graphs", str(tmp_path)])
+    # One option differs from the compile's, so the key (and directory) differs: never a stale load.
+    argv = graphs_root_argv(tiny_artifact_dir.parent, tiny_compile_options)
+    argv[argv.index("--max-text-length") + 1] = "64"
+    with caplog.at_level(logging.ERROR):
+        assert main(argv) == 1
+    assert "not serving: nothing published at" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "one of the arguments --graphs --graphs-root --local is required"),
+        (["--graphs", "dir", "--graphs-root", "root"], "not allowed with argument"),
+        (["--graphs", "dir", "--shape", "256x144"], "--graphs takes no compile options"),
+        (["--local", "--model", "black-forest-labs/FLUX.1-dev"], "--local serves the tiny model"),
+        (["--graphs-root", "root", "--shape", "256x144"], "needs at least --shape and --model"),
+        (["--graphs-root", "root", "--shape", "65x64", "--model", "tiny"], "has height 65"),
+        (["--graphs", "dir", "--queue-size", "-1"], "-1 is negative"),
+        (["--graphs", "dir", "--request-timeout", "0"], "0 is not a positive number"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        resolve(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_local_mode_compiles_the_tiny_model_then_serves_it_on_loopback(tmp_path, png_size):
+    """The README's "no AWS" quickstart, as a user runs it, then stopped the way Kubernetes stops it."""
+    command = [sys.executable, "-m", "serving", "--local", "--cache-dir", str(tmp_path), "--port", "0"]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    log_lines: list[str] = []
+    listening = threading.Event()
+
+    def read_log():
+        for line in process.stderr:
+            log_lines.append(line)
+            if "Uvicorn running on" in line:
+                listening.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(120), "".join(log_lines)
+        (url,) = re.findall(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", "".join(log_lines))
+        with httpx.Client(base_url=url, timeout=60) as client:
+            _wait_ready(client)
+            response = client.post(endpoints.GENERATE, json={"prompt": "a red fox", "num_inference_steps": 2})
+        assert response.status_code == 200
+        shape = parse_shape(LOCAL_SHAPE)
+        assert png_size(response.json()["image"]) == (shape.width, shape.height)
+        process.send_signal(signal.SIGTERM)
+        # Uvicorn shuts down gracefully, then re-raises the signal so the exit status tells why.
+        assert process.wait(60) == -signal.SIGTERM
+    finally:
+        process.kill()
+        reader.join(10)
+    assert any("Application shutdown complete" in line for line in log_lines)
+    assert any("published" in line for line in log_lines), "the tiny model was compiled into the cache"
+    assert list(tmp_path.glob("*/manifest.json"))
+
+
+def _wait_ready(client: httpx.Client) -> None:
+    deadline = time.monotonic() + 60
+    while client.get(endpoints.READYZ).status_code != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.1)
