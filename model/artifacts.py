@@ -22,6 +22,7 @@ import datetime
 import hashlib
 import json
 import os
+import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -73,11 +74,13 @@ def unfinished_attempts(artifact_dir: Path) -> list[str]:
 
 
 def publish(staged: Path, artifact_dir: Path, manifest: dict) -> bool:
-    """Copy every file under ``staged`` into a fresh attempt, then write the manifest.
+    """Copy every file under ``staged`` into a fresh attempt, then write the manifest
+    (``manifest`` plus the attempt, the file list and the copy time in its "timings").
 
     Returns False when another compile's manifest appeared first: its attempt is as
     complete as ours, so ours is left unreferenced.
     """
+    started = time.perf_counter()
     attempt = new_attempt_name()
     attempt_dir = artifact_dir / attempt
     attempt_dir.mkdir(parents=True)
@@ -86,7 +89,8 @@ def publish(staged: Path, artifact_dir: Path, manifest: dict) -> bool:
         relative = path.relative_to(staged).as_posix()
         size, sha256 = _copy_new_file(path, attempt_dir / relative)
         files.append({"path": relative, "size": size, "sha256": sha256})
-    document = {"format": MANIFEST_FORMAT, **manifest, "attempt": attempt, "files": files}
+    timings = {**manifest["timings"], "copy_s": round(time.perf_counter() - started, 3)}
+    document = {"format": MANIFEST_FORMAT, **manifest, "timings": timings, "attempt": attempt, "files": files}
     manifest_path = artifact_dir / MANIFEST_NAME
     try:
         _write_new_file(manifest_path, json.dumps(document, indent=2, sort_keys=True).encode())
@@ -106,7 +110,9 @@ def read_manifest(artifact_dir: Path) -> dict:
         raise ArtifactError(f"{MANIFEST_NAME} missing in {artifact_dir}: not published (or still compiling)") from None
     except (ValueError, OSError) as error:
         raise ArtifactError(f"{MANIFEST_NAME} in {artifact_dir} is unreadable: {error}") from None
-    missing = {"format", "key", "attempt", "files"} - set(manifest) if isinstance(manifest, dict) else {"everything"}
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{MANIFEST_NAME} in {artifact_dir} is not a JSON object")
+    missing = {"format", "key", "attempt", "files"} - set(manifest)
     if missing:
         raise ArtifactError(f"{MANIFEST_NAME} in {artifact_dir} lacks {', '.join(sorted(missing))}")
     if manifest["format"] != MANIFEST_FORMAT:

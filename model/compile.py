@@ -19,6 +19,7 @@ import re
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,9 @@ EXIT_USAGE = 2
 EXIT_NOT_PUBLISHED = 3
 
 log = logging.getLogger(__name__)
+# torch.jit tracing keeps process-global state and fails when two threads trace at once
+# (IndexError: unordered_map::at): compiles in one process take turns; publishing need not.
+_TRACING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,8 @@ def ensure_compiled(options: CompileOptions, out_root: Path, scratch: Path | Non
         Path(scratch).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="flux-compile-", dir=scratch) as work:
         staged = Path(work, "artifact")
-        timings = _compile_into(staged, Path(work, "compiler"), options, backend)
+        with _TRACING:
+            timings = _compile_into(staged, Path(work, "compiler"), options, backend)
         won = publish(staged, artifact_dir, _manifest_fields(artifact_dir.name, key, backend, timings))
     if won:
         log.info("published %s", artifact_dir)
