@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(lambda: generator, queue_size=0, request_timeout=STARTUP_TIMEOUT_S)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     with socket.create_server(("127.0.0.1", 0)) as sock:
-        url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         try:
@@ -63,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             thread.join()
 
     in_process_p50, http_p50 = statistics.median(in_process), statistics.median(over_http)
-    print(f"artifact {artifact_dir} (shape {generator.shape}), {args.steps} steps, {args.iterations} calls of each, alternating")
+    print(f"artifact {artifact_dir} (shape {generator.shape})")
+    print(f"{args.steps} steps, {args.iterations} calls of each kind, alternating")
     for name, samples in (("in-process generate", in_process), (f"HTTP POST {endpoints.GENERATE}", over_http)):
-        print(f"{name:<22} p50 {statistics.median(samples) * 1e3:9.1f} ms   p90 {percentile(samples, 0.9) * 1e3:9.1f} ms")
+        print(
+            f"{name:<22} p50 {statistics.median(samples) * 1e3:9.1f} ms   p90 {percentile(samples, 0.9) * 1e3:9.1f} ms"
+        )
     print(f"HTTP / in-process p50 ratio: {http_p50 / in_process_p50:.3f} (+{(http_p50 - in_process_p50) * 1e3:.1f} ms)")
     return 0
 

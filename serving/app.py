@@ -81,7 +81,9 @@ class Pipeline:
         return self.generator
 
 
-def render_png(generator: FluxGenerator, prompt: str, steps: int, guidance_scale: float, seed: int) -> tuple[str, float]:
+def render_png(
+    generator: FluxGenerator, prompt: str, steps: int, guidance_scale: float, seed: int
+) -> tuple[str, float]:
     """Generate on the worker thread; return the base64 PNG and the seconds spent generating."""
     started = time.perf_counter()
     image = generator.generate(prompt, steps, guidance_scale, seed)
@@ -138,12 +140,13 @@ def create_app(load: Callable[[], FluxGenerator], *, queue_size: int, request_ti
         """The OpenAI images API subset: one b64_json image of the served shape, 'HxW' height first."""
         served_shape = str(pipeline.ready_generator().shape)
         if request.size is not None and request.size != served_shape:
-            raise RequestValidationError([{
+            mismatch = {
                 "type": "value_error",
                 "loc": ("body", "size"),
                 "msg": f"size must be '{served_shape}' (height x width), the only shape this server generates",
                 "input": request.size,
-            }])
+            }
+            raise RequestValidationError([mismatch])
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         image, _ = await generate_png(request.prompt, DEFAULT_STEPS, DEFAULT_GUIDANCE_SCALE, seed)
         return ImagesResponse(created=int(time.time()), data=[ImageData(b64_json=image)])

@@ -70,14 +70,19 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--graphs", type=Path, metavar="DIR", help="a published artifact directory")
     source.add_argument(
-        "--graphs-root", type=Path, metavar="ROOT",
+        "--graphs-root",
+        type=Path,
+        metavar="ROOT",
         help="root of the artifact cache: serve the directory the compile options below resolve to",
     )
     source.add_argument(
-        "--local", action="store_true",
-        help=f"compile the tiny model on the CPU into --cache-dir if absent, then serve it (shape {LOCAL_SHAPE} unless --shape)",
+        "--local",
+        action="store_true",
+        help=f"compile the tiny model on the CPU into --cache-dir if absent, then serve it (--shape or {LOCAL_SHAPE})",
     )
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="artifact cache of --local (default: %(default)s)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="artifact cache of --local (default: %(default)s)"
+    )
     # Compile options for --graphs-root: same names and defaults as `python -m model.compile`,
     # the defaults taken from CompileOptions itself so the two can never resolve different keys.
     options = parser.add_argument_group("compile options (with --graphs-root; --shape also with --local)")
@@ -110,7 +115,11 @@ def _compile_options(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     try:
         if args.local:
             return CompileOptions(
-                model="tiny", revision=None, shape=parse_shape(args.shape or LOCAL_SHAPE), dtype="float32", backend="cpu"
+                model="tiny",
+                revision=None,
+                shape=parse_shape(args.shape or LOCAL_SHAPE),
+                dtype="float32",
+                backend="cpu",
             )
         return CompileOptions(model=args.model, revision=args.revision, shape=parse_shape(args.shape), **given)
     except ValueError as error:
@@ -129,7 +138,9 @@ def artifact_dir_from_args(args: argparse.Namespace, parser: argparse.ArgumentPa
         return ensure_compiled(options, args.cache_dir)
     artifact_dir = args.graphs if options is None else resolve_artifact_dir(options, args.graphs_root)
     if not (artifact_dir / MANIFEST_NAME).is_file():
-        raise NotPublished(f"nothing published at {artifact_dir} (no {MANIFEST_NAME}): run the compile for these options first")
+        raise NotPublished(
+            f"nothing published at {artifact_dir} (no {MANIFEST_NAME}): run the compile for these options first"
+        )
     return artifact_dir
 
 
@@ -137,14 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Serve one compiled FLUX.1 image shape over HTTP.")
     add_artifact_arguments(parser)
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s; the image passes 0.0.0.0)")
+    server.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s; the image passes 0.0.0.0)"
+    )
     server.add_argument("--port", type=int, default=DEFAULT_PORT, help="default: %(default)s")
     server.add_argument(
-        "--queue-size", type=_non_negative_int, default=DEFAULT_QUEUE_SIZE,
+        "--queue-size",
+        type=_non_negative_int,
+        default=DEFAULT_QUEUE_SIZE,
         help="requests that may wait behind the running generation; more get 429 (default: %(default)s)",
     )
     server.add_argument(
-        "--request-timeout", type=_positive_float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
+        "--request-timeout",
+        type=_positive_float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="SECONDS",
         help="queueing plus generation; longer gets 504 (default: %(default)s)",
     )
     return parser
@@ -160,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("not serving: %s", error)
         return EXIT_NOT_SERVABLE
     log.info("serving %s on http://%s:%d", artifact_dir, args.host, args.port)
-    app = create_app(partial(load_generator, artifact_dir), queue_size=args.queue_size, request_timeout=args.request_timeout)
+    app = create_app(
+        partial(load_generator, artifact_dir), queue_size=args.queue_size, request_timeout=args.request_timeout
+    )
     # log_config=None: uvicorn's access and error lines go through the root handler above,
     # one format for the whole process. Uvicorn drains in-flight requests on SIGTERM.
     uvicorn.run(app, host=args.host, port=args.port, log_config=None)

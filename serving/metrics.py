@@ -19,18 +19,27 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "flux_http_requests", "HTTP requests by route and status code.",
-            ["route", "status"], registry=self.registry,
+            "flux_http_requests",
+            "HTTP requests by route and status code.",
+            ["route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "flux_http_request_duration_seconds", "HTTP request latency by route, queueing included.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "flux_http_request_duration_seconds",
+            "HTTP request latency by route, queueing included.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "flux_queue_depth", "Admitted generations waiting for the pipeline.", registry=self.registry,
+            "flux_queue_depth",
+            "Admitted generations waiting for the pipeline.",
+            registry=self.registry,
         )
         self.in_flight = Gauge(
-            "flux_generations_in_flight", "Generations running on the pipeline (0 or 1).", registry=self.registry,
+            "flux_generations_in_flight",
+            "Generations running on the pipeline (0 or 1).",
+            registry=self.registry,
         )
 
 

@@ -24,7 +24,6 @@ MAX_GUIDANCE_SCALE = 20.0
 MAX_SEED = 2**32 - 1
 
 
-
 def _has_text(prompt: str) -> str:
     if not prompt.strip():
         raise PydanticCustomError("blank_prompt", "prompt must contain non-whitespace text")
@@ -38,7 +37,11 @@ Prompt = Annotated[
 ]
 Seed = Annotated[
     int | None,
-    Field(ge=0, le=MAX_SEED, description="0..2**32-1: the same seed, prompt and settings give the same image. Random when absent."),
+    Field(
+        ge=0,
+        le=MAX_SEED,
+        description="0..2**32-1: the same seed, prompt and settings give the same image. Random when absent.",
+    ),
 ]
 
 
@@ -50,7 +53,10 @@ class GenerateRequest(_StrictBody):
     prompt: Prompt
     num_inference_steps: int = Field(ge=MIN_STEPS, le=MAX_STEPS, description="Denoising steps.")
     guidance_scale: float = Field(
-        DEFAULT_GUIDANCE_SCALE, ge=0.0, le=MAX_GUIDANCE_SCALE, allow_inf_nan=False,
+        DEFAULT_GUIDANCE_SCALE,
+        ge=0.0,
+        le=MAX_GUIDANCE_SCALE,
+        allow_inf_nan=False,
         description="FLUX.1-dev's distilled guidance.",
     )
     seed: Seed = None

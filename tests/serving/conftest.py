@@ -43,15 +43,18 @@ def wait_for(condition: Callable[[], object], what: str) -> object:
 
 class RunningServer:
     def __init__(self, app, sock: socket.socket):
-        self.url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.client = httpx.Client(base_url=self.url, timeout=CLIENT_TIMEOUT_S)
 
     def generate(self, **body) -> httpx.Response:
         """POST /generate on a connection of its own, so calls from several threads run concurrently."""
-        return httpx.post(self.url + endpoints.GENERATE, json={"prompt": "a red fox", "num_inference_steps": 2, **body},
-                          timeout=CLIENT_TIMEOUT_S)
+        return httpx.post(
+            self.url + endpoints.GENERATE,
+            json={"prompt": "a red fox", "num_inference_steps": 2, **body},
+            timeout=CLIENT_TIMEOUT_S,
+        )
 
     def metric(self, name: str, **labels: str) -> float:
         text = self.client.get(endpoints.METRICS).text
@@ -66,9 +69,11 @@ class RunningServer:
 
     def wait_until_settled(self) -> httpx.Response:
         """The /readyz answer once loading and warm-up are over, successful or not."""
+
         def settled():
             response = self.client.get(endpoints.READYZ)
             return response if response.json()["status"] in ("ready", "failed") else None
+
         return wait_for(settled, "the model to finish loading")
 
     def wait_until_refusing_connections(self) -> None:
@@ -78,6 +83,7 @@ class RunningServer:
             except httpx.ConnectError:
                 return True
             return False
+
         wait_for(refused, "the server to stop accepting connections")
 
     def begin_shutdown(self) -> None:
@@ -134,10 +140,12 @@ def serve_app():
 @pytest.fixture(scope="session")
 def png_size() -> Callable[[str], tuple[int, int]]:
     """Decode a base64 PNG; return its PIL size, which is (width, height)."""
+
     def size(b64: str) -> tuple[int, int]:
         image = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
         assert image.format == "PNG"
         return image.size
+
     return size
 
 
@@ -145,8 +153,12 @@ def png_size() -> Callable[[str], tuple[int, int]]:
 def start_server() -> Iterator[Callable[..., RunningServer]]:
     """``start_server(load, queue_size=, request_timeout=)``: a server for this test only."""
     with ExitStack() as servers:
+
         def start(load: Callable[[], FluxGenerator], *, queue_size: int = 2, request_timeout: float = 60.0):
-            return servers.enter_context(serve(create_app(load, queue_size=queue_size, request_timeout=request_timeout)))
+            return servers.enter_context(
+                serve(create_app(load, queue_size=queue_size, request_timeout=request_timeout))
+            )
+
         yield start
 
 
@@ -170,4 +182,3 @@ def gate(start_server, background) -> Iterator[threading.Event]:
 @pytest.fixture
 def gated_generator(tiny_generator: FluxGenerator, gate: threading.Event) -> GatedGenerator:
     return GatedGenerator(tiny_generator, gate)
-

@@ -38,7 +38,9 @@ def test_probes_and_docs(api, shape):
     assert (ready.status_code, ready.json()) == (200, {"status": "ready", "shape": str(shape)})
     assert api.client.get("/docs").status_code == 200
     paths = api.client.get("/openapi.json").json()["paths"]
-    assert {endpoints.GENERATE, endpoints.OPENAI_IMAGES, endpoints.HEALTHZ, endpoints.READYZ, endpoints.METRICS} <= set(paths)
+    assert {endpoints.GENERATE, endpoints.OPENAI_IMAGES, endpoints.HEALTHZ, endpoints.READYZ, endpoints.METRICS} <= set(
+        paths
+    )
 
 
 def test_generate_returns_a_png_of_the_served_shape(api, shape, png_size):

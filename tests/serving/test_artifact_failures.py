@@ -47,7 +47,9 @@ def corrupt_file(artifact_dir: Path) -> str:
 
 
 @pytest.mark.parametrize("damage", [remove_manifest, remove_file, truncate_file, corrupt_file])
-def test_damaged_artifact_is_never_ready_and_the_reason_is_logged(damage, tiny_artifact_dir, tmp_path, start_server, caplog):
+def test_damaged_artifact_is_never_ready_and_the_reason_is_logged(
+    damage, tiny_artifact_dir, tmp_path, start_server, caplog
+):
     artifact_dir = tmp_path / "artifact"
     shutil.copytree(tiny_artifact_dir, artifact_dir)
     reason = damage(artifact_dir)

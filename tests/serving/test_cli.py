@@ -29,9 +29,20 @@ def resolve(argv: list[str]) -> Path:
 def graphs_root_argv(root: Path, options) -> list[str]:
     """The flags a serving pod passes for the options its compile Job used (tiny: no revision)."""
     return [
-        "--graphs-root", str(root), "--shape", str(options.shape), "--model", options.model,
-        "--dtype", options.dtype, "--backend", options.backend, "--tp-degree", str(options.tp_degree),
-        "--max-text-length", str(options.max_text_length),
+        "--graphs-root",
+        str(root),
+        "--shape",
+        str(options.shape),
+        "--model",
+        options.model,
+        "--dtype",
+        options.dtype,
+        "--backend",
+        options.backend,
+        "--tp-degree",
+        str(options.tp_degree),
+        "--max-text-length",
+        str(options.max_text_length),
     ]
 
 
@@ -39,7 +50,9 @@ def test_graphs_names_a_published_artifact_directory(tiny_artifact_dir):
     assert resolve(["--graphs", str(tiny_artifact_dir)]) == tiny_artifact_dir
 
 
-def test_graphs_root_finds_exactly_the_directory_the_compile_options_resolve_to(tiny_artifact_dir, tiny_compile_options):
+def test_graphs_root_finds_exactly_the_directory_the_compile_options_resolve_to(
+    tiny_artifact_dir, tiny_compile_options
+):
     assert resolve(graphs_root_argv(tiny_artifact_dir.parent, tiny_compile_options)) == tiny_artifact_dir
 
 

@@ -16,7 +16,7 @@ INSTRUCTIONS = [
 
 
 def instructions(keyword: str) -> list[str]:
-    return [line[len(keyword):].strip() for line in INSTRUCTIONS if line.split()[0] == keyword]
+    return [line[len(keyword) :].strip() for line in INSTRUCTIONS if line.split()[0] == keyword]
 
 
 def test_base_image_defaults_to_the_pinned_dlc():

@@ -98,4 +98,3 @@ def test_shutdown_drains_the_running_and_the_queued_request(start_server, gated_
     assert queued.result().status_code == 200
     server.thread.join(60)
     assert not server.thread.is_alive()
-
