@@ -1,6 +1,9 @@
 """The image's build recipe, checked as text: there is no Docker engine in CI."""
 
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from infra.versions import NEURON_DLC_IMAGE
@@ -24,9 +27,41 @@ def test_base_image_defaults_to_the_pinned_dlc():
     assert instructions("FROM") == ["${BASE_IMAGE}"]
 
 
+def copied_sources() -> list[str]:
+    """Every repository path the image copies (the last word of a COPY is its destination)."""
+    return [source for copy in instructions("COPY") for source in copy.split()[:-1]]
+
+
 def test_copies_model_and_serving_packages():
     assert "model/ model/" in instructions("COPY")
     assert "serving/ serving/" in instructions("COPY")
+
+
+def test_the_build_context_lets_in_everything_the_image_copies():
+    # The ignore file excludes everything ("*"), then re-includes paths with "!".
+    ignore_lines = (REPO / "serving" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore_lines
+    included = [line[1:] for line in ignore_lines if line.startswith("!")]
+    for source in copied_sources():
+        assert any(source == path or source.startswith(path) for path in included), source
+
+
+def test_both_entrypoints_import_from_what_the_image_copies(tmp_path):
+    for source in copied_sources():
+        destination = tmp_path / source
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / source).is_dir():
+            shutil.copytree(REPO / source, destination, dirs_exist_ok=True)
+        else:
+            shutil.copy(REPO / source, destination)
+    imports = subprocess.run(
+        [sys.executable, "-c", "import serving.cli, model.compile"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert imports.returncode == 0, imports.stderr
 
 
 def test_installs_the_pinned_serving_requirements_without_upgrading():
