@@ -30,3 +30,37 @@ def neuron_nodepool(family: str) -> str:
 GRAPHS_PV_READ_WRITE = "flux-graphs-rw"
 GRAPHS_PV_READ_ONLY = "flux-graphs-ro"
 GRAPHS_BUCKET_PREFIX = "graphs/"
+
+# Workloads: one compile Job and one serving Deployment per configured shape.
+APP_NAME = "flux"
+COMPILE = "compile"
+SERVE = "serve"
+COMPILE_SERVICE_ACCOUNT = "flux-compile"
+SERVE_SERVICE_ACCOUNT = "flux-serve"
+HF_TOKEN_SECRET = "hf-token"
+HF_TOKEN_SECRET_KEY = "token"
+INGRESS_NAME = "flux"
+# Public path of a shape's endpoint on the load balancer: /flux/<shape>/generate, ...
+ENDPOINT_PATH_PREFIX = "/flux"
+# Prometheus and its adapter: the request metric the serving autoscaler scales on.
+METRICS_NAMESPACE = "monitoring"
+LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT = "aws-load-balancer-controller"
+
+
+def workload_name(component: str, shape: object) -> str:
+    """`flux-compile-1024x576`, `flux-serve-1024x576`: a valid DNS label for every allowed shape."""
+    return f"{APP_NAME}-{component}-{shape}"
+
+
+def workload_labels(component: str, shape: object) -> dict[str, str]:
+    """The labels of one shape's pods; Services, PDBs and the scrape config select on exactly these."""
+    return {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/instance": workload_name(component, shape),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": PROJECT,
+    }
+
+
+def endpoint_path(shape: object) -> str:
+    return f"{ENDPOINT_PATH_PREFIX}/{shape}"

@@ -17,7 +17,15 @@ NEURON_CHART_VERSION = "1.3.0"
 KUBE_SCHEDULER_IMAGE_REPO = "public.ecr.aws/eks-distro/kubernetes/kube-scheduler"
 
 AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO = "https://aws.github.io/eks-charts"
-AWS_LOAD_BALANCER_CONTROLLER_VERSION = "1.14.0"
+# Chart 1.14.1 = controller v2.14.1, the first with ALB URL rewrite (`alb.ingress.kubernetes.io/transforms.*`),
+# which strips /flux/<shape> before requests reach the servers.
+AWS_LOAD_BALANCER_CONTROLLER_VERSION = "1.14.1"
+
+# The serving autoscaler's metric pipeline: Prometheus scrapes the servers, the adapter serves
+# the result to the HPA through the custom metrics API.
+PROMETHEUS_CHART_REPO = "https://prometheus-community.github.io/helm-charts"
+PROMETHEUS_CHART_VERSION = "27.13.0"
+PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 
 # Per Kubernetes minor: what EKS ships for that minor. The supported minors are exactly these keys.
 KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
