@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import pulumi
@@ -27,6 +27,15 @@ _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _SYSTEM_INSTANCE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+# registry/repository@sha256:<digest>: a tag can move, a digest cannot.
+_IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+@sha256:[0-9a-f]{64}$")
+# HuggingFace access tokens: "hf_" and letters and digits.
+_HF_TOKEN = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
+_CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:(?P<region>[a-z0-9-]+):[0-9]{12}:certificate/[0-9a-f-]{36}$")
+
+
+class SecretText(str):
+    """A config value Pulumi holds as a secret (`pulumi config set --secret`): never echoed in messages."""
 
 
 class ConfigError(pulumi.RunError):
@@ -101,6 +110,12 @@ class SystemNodes:
 
 
 @dataclass(frozen=True)
+class IngressSettings:
+    certificate_arn: str | None = None
+    internal: bool = False
+
+
+@dataclass(frozen=True)
 class StackConfig:
     region: str
     kubernetes_version: str
@@ -113,6 +128,10 @@ class StackConfig:
     network: NetworkSettings
     existing_vpc: ExistingVpc | None
     system_nodes: SystemNodes
+    image_uri: str | None = None
+    ingress: IngressSettings = IngressSettings()
+    # Never printed; equal configs deploy the same things whichever token fetches the weights.
+    hf_token: SecretText = field(default=SecretText(""), repr=False, compare=False)
 
     @property
     def serving_pool(self) -> NeuronPool:
@@ -166,6 +185,15 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("existingVpc", None, "optional {vpcId, privateSubnetIds (>=2), publicSubnetIds (>=2)}"),
     ConfigKey("systemNodes", {"instanceType": "m7i.xlarge", "minSize": 2, "desiredSize": 2, "maxSize": 4},
               "{instanceType, minSize (1-10), desiredSize (min-max), maxSize (min-10)}"),
+    ConfigKey("image", None,
+              "optional {uri}: a prebuilt image pinned by digest, 'registry/repository@sha256:<64 hex>'; "
+              "without it `pulumi up` builds serving/Dockerfile and pushes it to the stack's ECR repository"),
+    ConfigKey("hfToken", None,
+              "required; a secret (`pulumi config set --secret hfToken hf_...`): a HuggingFace access token "
+              "that can read the model, 'hf_' then letters and digits; only compile Jobs receive it"),
+    ConfigKey("ingress", {"internal": False},
+              "{certificateArn (an ACM certificate ARN in the stack's region: HTTPS on 443, HTTP redirects to it), "
+              "internal (true: an internal load balancer, reachable from the VPC only)}"),
 )
 _KNOWN = {key.full_name for key in CONFIG_KEYS}
 
@@ -381,12 +409,44 @@ def _system_nodes(reader: _Reader) -> SystemNodes:
     return SystemNodes(instance_type, min_size, desired, max_size)
 
 
+def _image_uri(reader: _Reader) -> str | None:
+    key = _key("image")
+    settings = _object(key, reader.value("image", {}), ("uri",))
+    uri = settings.get("uri")
+    _check(f"{key}.uri", uri, uri is None or (isinstance(uri, str) and bool(_IMAGE_BY_DIGEST.match(uri))),
+           "an image pinned by digest, 'registry/repository@sha256:<64 hex>' (a tag can move)")
+    return uri
+
+
+def _ingress(reader: _Reader, region: str) -> IngressSettings:
+    key = _key("ingress")
+    settings = {"internal": False, **_object(key, reader.value("ingress", {}), ("certificateArn", "internal"))}
+    arn = settings.get("certificateArn")
+    match = _CERTIFICATE_ARN.match(arn) if isinstance(arn, str) else None
+    _check(f"{key}.certificateArn", arn, arn is None or (match is not None and match["region"] == region),
+           f"an ACM certificate ARN in {region} (a load balancer uses certificates of its own region), "
+           f"arn:aws:acm:{region}:<account>:certificate/<id>")
+    _check(f"{key}.internal", settings["internal"], isinstance(settings["internal"], bool), "true or false")
+    return IngressSettings(arn, settings["internal"])
+
+
+def _hf_token(reader: _Reader) -> SecretText:
+    key = _key("hfToken")
+    token = reader.text("hfToken")
+    # The value itself is never shown: a token pasted in plain text is still a token.
+    if not isinstance(token, SecretText):
+        raise ConfigError(key, "[not shown]", "a secret: set it with `pulumi config set --secret hfToken hf_...`")
+    if not _HF_TOKEN.match(token):
+        raise ConfigError(key, "[secret]", "a HuggingFace access token, 'hf_' then letters and digits")
+    return token
+
+
 def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
     """Validate the raw config of one stack; the first problem raises ConfigError."""
     for full_key in sorted(raw):
         if full_key.startswith(f"{PROJECT}:"):
-            _check(full_key, raw[full_key], full_key in _KNOWN,
-                   "unknown key; known keys are " + ", ".join(sorted(_KNOWN)))
+            shown = "[secret]" if isinstance(raw[full_key], SecretText) else raw[full_key]
+            _check(full_key, shown, full_key in _KNOWN, "unknown key; known keys are " + ", ".join(sorted(_KNOWN)))
     reader = _Reader(raw)
     region = reader.text("aws:region")
     _check("aws:region", region, isinstance(region, str) and bool(_REGION.match(region)),
@@ -411,9 +471,15 @@ def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
         network=_network(reader),
         existing_vpc=_existing_vpc(reader),
         system_nodes=_system_nodes(reader),
+        image_uri=_image_uri(reader),
+        ingress=_ingress(reader, region),  # type: ignore[arg-type]
+        hf_token=_hf_token(reader),
     )
 
 
 def raw_pulumi_config() -> dict[str, Any]:
-    """Every config key of the running stack, as Pulumi hands them to the program."""
-    return {**pulumi.runtime.config.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
+    """Every config key of the running stack, as Pulumi hands them to the program; secrets as SecretText."""
+    raw = {**pulumi.runtime.config.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
+    secret = set(pulumi.runtime.config.get_config_secret_keys_env())
+    return {key: SecretText(value) if key in secret or pulumi.runtime.config.is_config_secret(key) else value
+            for key, value in raw.items()}

@@ -23,10 +23,17 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
+from infra.config import SecretText
 from infra.naming import PROJECT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
+HF_TOKEN_KEY = f"{PROJECT}:hfToken"
+# Stack files hold the real token encrypted (`secure:`), which only the CLI can decrypt: offline
+# runs get this obviously fake one, as a secret like the real one.
+PLACEHOLDER_HF_TOKEN = SecretText("hf_OfflinePlaceholderNotARealToken")
+# Pulumi's wire marker for a secret value (see pulumi.runtime.rpc).
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
 
 def stack_names() -> list[str]:
@@ -34,14 +41,20 @@ def stack_names() -> list[str]:
 
 
 def stack_file_config(stack: str) -> tuple[dict[str, str], list[str]]:
-    """The config of Pulumi.<stack>.yaml as the CLI hands it to a program, and its secret keys."""
+    """The config of Pulumi.<stack>.yaml as the CLI hands it to a program, and its secret keys.
+
+    Secrets are SecretText (ciphertext: only the CLI decrypts them); the HF token is the placeholder.
+    """
     document = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text()) or {}
     raw, secret_keys = {}, []
     for key, value in (document.get("config") or {}).items():
         if isinstance(value, dict) and set(value) == {"secure"}:
             secret_keys.append(key)
-            value = value["secure"]
+            value = SecretText(value["secure"])
         raw[key] = value if isinstance(value, str) else json.dumps(value)
+    raw[HF_TOKEN_KEY] = PLACEHOLDER_HF_TOKEN
+    if HF_TOKEN_KEY not in secret_keys:
+        secret_keys.append(HF_TOKEN_KEY)
     return raw, secret_keys
 
 
@@ -59,6 +72,7 @@ class Registered:
     outputs: dict[str, Any]
     dependencies: tuple[str, ...]
     provider: str
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,6 +138,12 @@ class _Mocks(pulumi.runtime.Mocks):
             state["repositoryUrl"] = f"{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com/{inputs.get('name', name)}"
         elif kind == "eks:index:Cluster":
             state.update(self._cluster_outputs(inputs))
+        elif kind == "docker-build:index:Image":
+            digest = "sha256:" + hashlib.sha256(f"{self.stack}/{name}".encode()).hexdigest()
+            state.update(digest=digest, ref=f"{inputs['tags'][0]}@{digest}")
+        elif kind == "kubernetes:networking.k8s.io/v1:Ingress":
+            hostname = f"k8s-{inputs['metadata']['name']}-0a1b2c3d4e-123456789.{self.region}.elb.amazonaws.com"
+            state["status"] = {"loadBalancer": {"ingress": [{"hostname": hostname}]}}
         elif kind.startswith("aws:"):
             state.setdefault("name", name)
             state.setdefault("arn", f"arn:aws:{kind.split(':')[1].split('/')[0]}:{self.region}:{ACCOUNT_ID}:{name}")
@@ -153,6 +173,10 @@ class _Mocks(pulumi.runtime.Mocks):
             return {"name": self.region, "region": self.region}
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": [f"{self.region}{zone}" for zone in "abcd"], "zoneIds": []}
+        if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            return {"userName": "AWS", "password": "offline-ecr-password", "authorizationToken": "offline",
+                    "proxyEndpoint": f"https://{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com",
+                    "expiresAt": "2100-01-01T00:00:00Z", "id": self.region}
         raise LookupError(f"the offline run has no answer for {token}")
 
 
@@ -182,13 +206,19 @@ def _plain(value: Any) -> Any:
 
 
 def run_program(stack: str, overrides: dict[str, Any] | None = None) -> Rendering:
-    """Run __main__.py for one stack (config overrides: key -> value, objects as Python)."""
+    """Run __main__.py for one stack (config overrides: key -> value, objects as Python).
+
+    An override is a secret exactly when its value is a SecretText, as `pulumi config set --secret` makes it.
+    """
     raw, secret_keys = stack_file_config(stack)
     for key, value in (overrides or {}).items():
+        secret_keys = [secret for secret in secret_keys if secret != key]
         if value is None:
             raw.pop(key, None)
         else:
             raw[key] = value if isinstance(value, str) else json.dumps(value)
+            if isinstance(value, SecretText):
+                secret_keys.append(key)
     return contextvars.Context().run(_run_isolated, stack, raw, secret_keys)
 
 
@@ -223,10 +253,22 @@ def _rendering(stack: str, monitor: _RecordingMonitor) -> Rendering:
             inputs=_plain(json_format.MessageToDict(request.object)),
             outputs=_plain(json.loads(json.dumps(registration.state if registration else {}, default=str))),
             dependencies=tuple(request.dependencies), provider=request.provider,
+            custom_timeouts=_plain(json_format.MessageToDict(request.customTimeouts)),
         ))
     return rendering
 
 
 def manifest(resource: Registered) -> dict[str, Any]:
     """A declared Kubernetes object as it would be applied (what `kubectl get -o yaml` shows of its spec)."""
-    return {key: value for key, value in resource.inputs.items() if not key.startswith("__")}
+    return {key: reveal(value) for key, value in resource.inputs.items() if not key.startswith("__")}
+
+
+def reveal(value: Any) -> Any:
+    """The value with Pulumi's secret wrappers replaced by what they hold (as the API server stores it)."""
+    if isinstance(value, dict):
+        if SECRET_SIG in value:
+            return reveal(value.get("value"))
+        return {key: reveal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [reveal(item) for item in value]
+    return value
