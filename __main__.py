@@ -4,12 +4,15 @@ import pulumi
 
 from infra.cluster import Cluster, ClusterArgs
 from infra.config import load_stack_config, raw_pulumi_config
+from infra.image import Image, ImageArgs
+from infra.ingress import Ingress, IngressArgs
 from infra.karpenter import Karpenter, KarpenterArgs
 from infra.naming import PROJECT
 from infra.network import Network, NetworkArgs
 from infra.neuron import Neuron, NeuronArgs
 from infra.observability import Observability, ObservabilityArgs
 from infra.storage import Storage, StorageArgs
+from infra.workloads import Workloads, WorkloadsArgs
 
 config = load_stack_config(raw_pulumi_config())
 cluster_name = f"{PROJECT}-{pulumi.get_stack()}"
@@ -42,9 +45,36 @@ storage = Storage("graphs", StorageArgs(
 ))
 neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version, cluster.provider, depends_on=cluster.addons))
 Observability("observability", ObservabilityArgs(cluster.name, config.kubernetes_version, depends_on=cluster.addons))
+image = Image("image", ImageArgs(config.image_uri))
+workloads = Workloads("workloads", WorkloadsArgs(
+    config=config,
+    image_ref=image.image_ref,
+    hf_token=pulumi.Output.secret(config.hf_token),
+    namespace=cluster.workload_namespace,
+    read_write_claim=storage.read_write_claim,
+    read_only_claim=storage.read_only_claim,
+    scheduler_name=neuron.scheduler_name,
+    provider=cluster.provider,
+    # Pods need their NodePools and scheduler; on destroy they go first, while Karpenter can still drain.
+    depends_on=[*cluster.addons, karpenter, neuron],
+))
+ingress = Ingress("ingress", IngressArgs(
+    cluster_name=cluster.name,
+    region=config.region,
+    vpc_id=network.vpc_id,
+    namespace=cluster.workload_namespace,
+    services=workloads.services,
+    settings=config.ingress,
+    request_timeout_seconds=config.serving.request_timeout_seconds,
+    provider=cluster.provider,
+    depends_on=cluster.addons,
+))
 
 pulumi.export("region", config.region)
 pulumi.export("clusterName", cluster.name)
 pulumi.export("kubeconfig", pulumi.Output.secret(cluster.kubeconfig_json))
 pulumi.export("graphsBucket", storage.bucket_name)
 pulumi.export("nodePools", karpenter.nodepool_names)
+pulumi.export("image", image.image_ref)
+pulumi.export("endpoints", ingress.endpoints)
+pulumi.export("exampleRequest", ingress.example_request)

@@ -31,6 +31,9 @@ JUSTIFIED_IAM_FINDINGS = {
         "the resources RunInstances/CreateFleet create, split out to require the cluster's request tags",
     ("AllowSSMReadActions", "RESOURCE_MISMATCH"):
         "AWS public parameters (/aws/service/*) belong to no account, so their ARN has an empty account field",
+    ("TagNewLoadBalancers", "UNKNOWN_CONDITION_FOR_ACTION"):
+        "elasticloadbalancing:CreateAction (tag-on-create, in the ELB service authorization reference) is newer "
+        "than parliament's action database; it limits the load balancer controller's AddTags to resources it creates",
 }
 
 

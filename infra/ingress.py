@@ -1,0 +1,231 @@
+"""One Application Load Balancer in front of every shape: the AWS Load Balancer Controller (Pod
+Identity, on the system nodes) and one Ingress routing /flux/<shape>/... to that shape's Service."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra import iam, versions
+from infra.config import IngressSettings
+from infra.naming import (
+    INGRESS_NAME, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, endpoint_path,
+)
+from serving import endpoints
+
+CLUSTER_TAG = "elbv2.k8s.aws/cluster"
+# TLS 1.2 and 1.3 only.
+SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+# The ALB's maximum idle timeout.
+MAX_IDLE_TIMEOUT_SECONDS = 4000
+
+
+def controller_policy(cluster_name: str, region: str, account: str, vpc_id: str) -> dict:
+    """The controller's permissions (its published policy for v2.14), narrowed to this region,
+    account, VPC and the load balancers it tags as this cluster's.
+
+    Left out: WAF, Shield and Cognito (switched off in the chart values), NLBs (no LoadBalancer
+    Services here), IPAM pools, Outposts and IAM server certificates (not used).
+    """
+    ec2 = f"arn:aws:ec2:{region}:{account}"
+    elb = f"arn:aws:elasticloadbalancing:{region}:{account}"
+    load_balancers, target_groups = f"{elb}:loadbalancer/app/*/*", f"{elb}:targetgroup/*/*"
+    # IAM lists listener types of both kinds as alternatives and parliament wants each named.
+    listeners = [f"{elb}:listener/{kind}/*/*/*" for kind in ("app", "net")]
+    rules = [f"{elb}:listener-rule/{kind}/*/*/*" for kind in ("app", "net")]
+    security_groups, vpc = f"{ec2}:security-group/*", f"{ec2}:vpc/{vpc_id}"
+    requested = {f"aws:RequestTag/{CLUSTER_TAG}": cluster_name}
+    owned = {f"aws:ResourceTag/{CLUSTER_TAG}": cluster_name}
+    in_region = {"StringEquals": {"aws:RequestedRegion": region}}
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "CreateElbServiceLinkedRole", "Effect": "Allow", "Action": "iam:CreateServiceLinkedRole",
+         "Resource": f"arn:aws:iam::{account}:role/aws-service-role/elasticloadbalancing.amazonaws.com/"
+                     "AWSServiceRoleForElasticLoadBalancing",
+         "Condition": {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}}},
+        # Describe* calls have no resource-level permissions: "*" is the only valid resource.
+        {"Sid": "DescribeNetworkAndLoadBalancers", "Effect": "Allow", "Resource": "*", "Condition": in_region,
+         "Action": [
+             "ec2:DescribeAccountAttributes", "ec2:DescribeAddresses", "ec2:DescribeAvailabilityZones",
+             "ec2:DescribeInternetGateways", "ec2:DescribeVpcs", "ec2:DescribeVpcPeeringConnections",
+             "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeInstances",
+             "ec2:DescribeNetworkInterfaces", "ec2:DescribeTags", "ec2:DescribeRouteTables",
+             "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeLoadBalancerAttributes",
+             "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeListenerCertificates",
+             "elasticloadbalancing:DescribeListenerAttributes", "elasticloadbalancing:DescribeSSLPolicies",
+             "elasticloadbalancing:DescribeRules", "elasticloadbalancing:DescribeTargetGroups",
+             "elasticloadbalancing:DescribeTargetGroupAttributes", "elasticloadbalancing:DescribeTargetHealth",
+             "elasticloadbalancing:DescribeTags", "elasticloadbalancing:DescribeTrustStores",
+             "elasticloadbalancing:DescribeCapacityReservation", "acm:ListCertificates",
+         ]},
+        {"Sid": "ReadVpcSecurityGroups", "Effect": "Allow", "Action": "ec2:GetSecurityGroupsForVpc",
+         "Resource": vpc},
+        {"Sid": "ReadCertificates", "Effect": "Allow", "Action": "acm:DescribeCertificate",
+         "Resource": f"arn:aws:acm:{region}:{account}:certificate/*"},
+        {"Sid": "CreateSecurityGroupsInTheVpc", "Effect": "Allow", "Action": "ec2:CreateSecurityGroup",
+         "Resource": [vpc, security_groups]},
+        {"Sid": "TagNewSecurityGroups", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": security_groups,
+         "Condition": {"StringEquals": {"ec2:CreateAction": "CreateSecurityGroup", **requested}}},
+        {"Sid": "RetagOwnedSecurityGroups", "Effect": "Allow", "Action": ["ec2:CreateTags", "ec2:DeleteTags"],
+         "Resource": security_groups,
+         "Condition": {"StringEquals": owned, "Null": {f"aws:RequestTag/{CLUSTER_TAG}": "true"}}},
+        # The node security groups are not the controller's: it opens them to the load balancer's.
+        {"Sid": "OpenSecurityGroupsInTheVpc", "Effect": "Allow",
+         "Action": ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"],
+         "Resource": security_groups, "Condition": {"ArnEquals": {"ec2:Vpc": vpc}}},
+        {"Sid": "DeleteOwnedSecurityGroups", "Effect": "Allow", "Action": "ec2:DeleteSecurityGroup",
+         "Resource": security_groups, "Condition": {"StringEquals": owned}},
+        {"Sid": "CreateTaggedLoadBalancers", "Effect": "Allow",
+         "Action": ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"],
+         "Resource": [load_balancers, target_groups], "Condition": {"StringEquals": requested}},
+        {"Sid": "TagNewLoadBalancers", "Effect": "Allow", "Action": "elasticloadbalancing:AddTags",
+         "Resource": [load_balancers, target_groups],
+         "Condition": {"StringEquals": {"elasticloadbalancing:CreateAction": ["CreateTargetGroup",
+                                                                               "CreateLoadBalancer"],
+                                        **requested}}},
+        {"Sid": "RetagOwnedLoadBalancers", "Effect": "Allow",
+         "Action": ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
+         "Resource": [load_balancers, target_groups],
+         "Condition": {"StringEquals": owned, "Null": {f"aws:RequestTag/{CLUSTER_TAG}": "true"}}},
+        {"Sid": "ModifyOwnedLoadBalancers", "Effect": "Allow", "Resource": [load_balancers, target_groups],
+         "Condition": {"StringEquals": owned},
+         "Action": [
+             "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
+             "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",
+             "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:ModifyTargetGroup",
+             "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteTargetGroup",
+             "elasticloadbalancing:ModifyCapacityReservation",
+         ]},
+        # Listeners and rules live on the load balancers above; the controller tags them on creation.
+        {"Sid": "ManageListenersAndRules", "Effect": "Allow", "Resource": [load_balancers, *listeners, *rules],
+         "Action": [
+             "elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener",
+             "elasticloadbalancing:ModifyListener", "elasticloadbalancing:ModifyListenerAttributes",
+             "elasticloadbalancing:AddListenerCertificates", "elasticloadbalancing:RemoveListenerCertificates",
+             "elasticloadbalancing:CreateRule", "elasticloadbalancing:DeleteRule", "elasticloadbalancing:ModifyRule",
+             "elasticloadbalancing:SetRulePriorities",
+             "elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags",
+         ]},
+        {"Sid": "RegisterTargets", "Effect": "Allow",
+         "Action": ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
+         "Resource": target_groups},
+    ]}
+
+
+def chart_values(cluster_name: str, region: str, vpc_id: str) -> dict:
+    return {
+        "clusterName": cluster_name,
+        "region": region,
+        "vpcId": vpc_id,
+        "serviceAccount": {"create": True, "name": LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT},
+        "nodeSelector": SYSTEM_NODE_LABEL,
+        "replicaCount": 2,
+        # Only Ingresses here: leave Services of type LoadBalancer, WAF, Shield alone (and unpermitted).
+        "enableServiceMutatorWebhook": False,
+        "enableShield": False,
+        "enableWaf": False,
+        "enableWafv2": False,
+    }
+
+
+def rewrite_transform(shape: object) -> str:
+    """ALB URL rewrite: /flux/<shape>/generate reaches the server as /generate."""
+    return json.dumps([{"type": "url-rewrite", "urlRewriteConfig": {
+        "rewrites": [{"regex": f"^{endpoint_path(shape)}(/.*)$", "replace": "$1"}]}}])
+
+
+def ingress_annotations(services: dict[str, str], settings: IngressSettings, request_timeout_seconds: int) -> dict:
+    annotations = {
+        "alb.ingress.kubernetes.io/scheme": "internal" if settings.internal else "internet-facing",
+        # Straight to pod IPs: the ALB sees each pod's readiness, no NodePort hop.
+        "alb.ingress.kubernetes.io/target-type": "ip",
+        "alb.ingress.kubernetes.io/healthcheck-path": endpoints.HEALTHZ,
+        # A generation may take the whole request timeout; the ALB's default idle timeout is 60 s.
+        "alb.ingress.kubernetes.io/load-balancer-attributes":
+            f"idle_timeout.timeout_seconds={min(MAX_IDLE_TIMEOUT_SECONDS, request_timeout_seconds + 30)}",
+        **{f"alb.ingress.kubernetes.io/transforms.{service}": rewrite_transform(shape)
+           for shape, service in services.items()},
+    }
+    if settings.certificate_arn:
+        annotations.update({
+            "alb.ingress.kubernetes.io/certificate-arn": settings.certificate_arn,
+            "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTP": 80}, {"HTTPS": 443}]),
+            "alb.ingress.kubernetes.io/ssl-redirect": "443",
+            "alb.ingress.kubernetes.io/ssl-policy": SSL_POLICY,
+        })
+    else:
+        annotations["alb.ingress.kubernetes.io/listen-ports"] = json.dumps([{"HTTP": 80}])
+    return annotations
+
+
+def ingress_spec(services: dict[str, str]) -> dict:
+    return {"ingressClassName": "alb", "rules": [{"http": {"paths": [
+        {"path": endpoint_path(shape), "pathType": "Prefix",
+         "backend": {"service": {"name": service, "port": {"name": "http"}}}}
+        for shape, service in services.items()]}}]}
+
+
+@dataclass
+class IngressArgs:
+    cluster_name: pulumi.Input[str]
+    region: str
+    vpc_id: pulumi.Input[str]
+    namespace: pulumi.Input[str]
+    services: dict[str, pulumi.Output[str]]  # shape -> Service name
+    settings: IngressSettings
+    request_timeout_seconds: int
+    provider: k8s.Provider
+    depends_on: list[pulumi.Resource]
+
+
+class Ingress(pulumi.ComponentResource):
+    endpoints: pulumi.Output[dict[str, str]]
+    example_request: pulumi.Output[str]
+
+    def __init__(self, name: str, args: IngressArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flux-neuron:infra:Ingress", name, None, opts)
+        account = aws.get_caller_identity().account_id
+        controller_role = iam.pod_identity_role(
+            f"{name}-controller", cluster_name=args.cluster_name, namespace=SYSTEM_NAMESPACE,
+            service_account=LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, parent=self, associate=False,
+            inline_policy=pulumi.Output.all(args.cluster_name, args.vpc_id).apply(
+                lambda values: json.dumps(controller_policy(values[0], args.region, account, values[1]))))
+        # Declared here rather than by the helper so the release can wait for it: Pod Identity hands
+        # credentials to pods admitted after the association exists.
+        association = aws.eks.PodIdentityAssociation(
+            f"{name}-controller", cluster_name=args.cluster_name, namespace=SYSTEM_NAMESPACE,
+            service_account=LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, role_arn=controller_role.arn,
+            opts=pulumi.ResourceOptions(parent=self))
+        controller = k8s.helm.v3.Release(
+            f"{name}-controller", name="aws-load-balancer-controller", chart="aws-load-balancer-controller",
+            repository_opts={"repo": versions.AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO},
+            version=versions.AWS_LOAD_BALANCER_CONTROLLER_VERSION, namespace=SYSTEM_NAMESPACE,
+            values=pulumi.Output.all(args.cluster_name, args.vpc_id).apply(
+                lambda values: chart_values(values[0], args.region, values[1])),
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
+                                        depends_on=[*args.depends_on, association]))
+
+        services = pulumi.Output.all(**args.services)
+        # Created after the controller (its webhook validates Ingresses) and so deleted before it:
+        # the controller removes the ALB when the Ingress goes.
+        ingress = k8s.networking.v1.Ingress(
+            name,
+            metadata={"name": INGRESS_NAME, "namespace": args.namespace,
+                      "annotations": services.apply(lambda names: ingress_annotations(
+                          names, args.settings, args.request_timeout_seconds))},
+            spec=services.apply(ingress_spec),
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[controller]))
+
+        scheme = "https" if args.settings.certificate_arn else "http"
+        hostname = ingress.status.apply(lambda status: status.load_balancer.ingress[0].hostname)
+        self.endpoints = hostname.apply(
+            lambda host: {shape: f"{scheme}://{host}{endpoint_path(shape)}" for shape in args.services})
+        first = next(iter(args.services))
+        self.example_request = self.endpoints.apply(lambda urls: (
+            f"curl -sS -X POST {urls[first]}{endpoints.GENERATE} -H 'Content-Type: application/json' "
+            "-d '{\"prompt\": \"a lighthouse at dawn, watercolor\", \"num_inference_steps\": 28, \"seed\": 1}'"
+            " | jq -r .image | base64 -d > flux.png"))
+        self.register_outputs({"endpoints": self.endpoints, "example_request": self.example_request})

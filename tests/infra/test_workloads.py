@@ -1,0 +1,550 @@
+"""The workloads (issue 4) as the real program registers them for every real stack file: the image,
+the HF token, per shape a compile Job and autoscaled serving, the ALB ingress and the endpoints.
+
+Renderings are cached: `rendering` (conftest) per stack file, and three config variants per stack.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from infra import catalog, versions
+from infra.config import ConfigError, SecretText, load_stack_config
+from infra.image import CACHE_TAG, DOCKERFILE, PLATFORM, SOURCE_TAG_PREFIX, image_sources, source_tag
+from infra.naming import (
+    COMPILE, HF_TOKEN_SECRET, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL,
+    SERVE, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, endpoint_path, workload_labels, workload_name,
+)
+from infra.offline import REPO_ROOT, SECRET_SIG, manifest, run_program, stack_file_config
+from infra.storage import CONTAINER_UID
+from infra.validate import kubernetes_schema_problems
+from infra.workloads import (
+    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, HOST_SIZES, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
+)
+from serving import endpoints
+
+JOB = "kubernetes:batch/v1:Job"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+SERVICE = "kubernetes:core/v1:Service"
+PDB = "kubernetes:policy/v1:PodDisruptionBudget"
+HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
+INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
+SECRET = "kubernetes:core/v1:Secret"
+SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
+CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
+NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+WORKLOAD_TYPES = (JOB, DEPLOYMENT, SERVICE, PDB, HPA, INGRESS, SECRET, SERVICE_ACCOUNT)
+DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+KEY_FLAGS = ("--shape", "--model", "--revision", "--backend", "--target", "--tp-degree", "--dtype",
+             "--max-text-length")
+
+RECOGNISABLE_TOKEN = SecretText("hf_RecognisableTestTokenXyzzy0123456789")
+EXTRA_SHAPE = "768x1344"
+PREBUILT_IMAGE = "123456789012.dkr.ecr.us-west-2.amazonaws.com/flux-prebuilt@sha256:" + "ab" * 32
+
+
+def certificate_arn(region):
+    return f"arn:aws:acm:{region}:123456789012:certificate/0a1b2c3d-0a1b-0a1b-0a1b-0a1b2c3d4e5f"
+
+
+_variants = {}
+
+
+def variant(stack, kind):
+    """The stack rendered with one config change set (cached: each run takes seconds)."""
+    if (stack, kind) not in _variants:
+        raw = stack_file_config(stack)[0]
+        shapes = json.loads(raw["flux-neuron:shapes"])
+        overrides = {
+            # A shape more, the token set from config, and the optional ingress settings: only
+            # the shape changes which resources exist.
+            "added": {"flux-neuron:shapes": [*shapes, EXTRA_SHAPE], "flux-neuron:hfToken": RECOGNISABLE_TOKEN,
+                      "flux-neuron:ingress": {"certificateArn": certificate_arn(raw["aws:region"]),
+                                              "internal": True}},
+            "removed": {"flux-neuron:shapes": shapes[1:]},
+            "prebuilt": {"flux-neuron:image": {"uri": PREBUILT_IMAGE}},
+        }[kind]
+        _variants[(stack, kind)] = run_program(stack, overrides)
+    return _variants[(stack, kind)]
+
+
+def declared(rendering, type_):
+    """Kubernetes objects of one type by metadata name, as they would be applied."""
+    return {manifest(r)["metadata"]["name"]: manifest(r) for r in rendering.of_type(type_)}
+
+
+def pod_specs(rendering):
+    """(kind, name, pod spec, pod labels) of every Job and Deployment."""
+    for type_ in (JOB, DEPLOYMENT):
+        for name, obj in declared(rendering, type_).items():
+            template = obj["spec"]["template"]
+            yield obj["kind"], name, template["spec"], template["metadata"]["labels"]
+
+
+def containers(spec):
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def key_options(command):
+    return {flag: command[command.index(flag) + 1] for flag in KEY_FLAGS}
+
+
+def release(rendering, chart_name):
+    return next(r for r in rendering.of_type(RELEASE) if r.inputs["name"] == chart_name)
+
+
+def tolerates(tolerations, taint):
+    return any(
+        toleration.get("key") in (None, taint["key"])
+        and toleration.get("effect") in (None, taint["effect"])
+        and (toleration.get("operator") == "Exists" or toleration.get("value") == taint.get("value"))
+        for toleration in tolerations)
+
+
+def minutes(duration):
+    assert duration.endswith("m"), duration
+    return int(duration[:-1])
+
+
+# --- per shape: what exists and how it is wired ------------------------------------------------------
+
+def test_every_shape_has_a_compile_job_and_its_serving_objects(rendering, stack_config):
+    shapes = [str(shape) for shape in stack_config.shapes]
+    assert set(declared(rendering, JOB)) == {workload_name(COMPILE, shape) for shape in shapes}
+    for type_ in (DEPLOYMENT, SERVICE, PDB, HPA):
+        assert set(declared(rendering, type_)) == {workload_name(SERVE, shape) for shape in shapes}, type_
+    for type_ in WORKLOAD_TYPES:
+        for obj in declared(rendering, type_).values():
+            assert obj["metadata"]["namespace"] == WORKLOAD_NAMESPACE
+
+
+def test_workload_objects_match_the_kubernetes_schemas(rendering, stack_config):
+    objects = [obj for type_ in WORKLOAD_TYPES for obj in declared(rendering, type_).values()]
+    assert [p for obj in objects for p in kubernetes_schema_problems(obj, stack_config.kubernetes_version)] == []
+
+
+def test_every_container_runs_the_built_image_by_digest(rendering):
+    repository = rendering.one("aws:ecr/repository:Repository", "image")
+    image_ref = rendering.outputs["image"]
+    assert DIGEST_REF.match(image_ref) and image_ref.startswith(repository.outputs["repositoryUrl"] + "@")
+    for _, name, spec, _ in pod_specs(rendering):
+        for container in containers(spec):
+            assert container["image"] == image_ref, name
+            # The DLC's entrypoint never exits after a command and ours serves: always say what runs.
+            assert container["command"][:3] in (["python", "-m", "model.compile"], ["python", "-m", "serving"],
+                                                ["sh", "-c", WAIT_SCRIPT]), name
+
+
+def test_the_image_is_built_for_neuron_hosts_and_pushed_with_a_registry_cache(rendering):
+    repository = rendering.one("aws:ecr/repository:Repository", "image").inputs
+    assert repository["imageScanningConfiguration"] == {"scanOnPush": True}
+    assert repository["imageTagMutability"] == "IMMUTABLE_WITH_EXCLUSION"
+    assert repository["imageTagMutabilityExclusionFilters"] == [{"filter": CACHE_TAG, "filterType": "WILDCARD"}]
+    assert json.loads(rendering.one("aws:ecr/lifecyclePolicy:LifecyclePolicy", "image").inputs["policy"])["rules"]
+    build = rendering.one("docker-build:index:Image", "image").inputs
+    assert build["platforms"] == [PLATFORM] == ["linux/amd64"]
+    assert build["push"] is True and build["dockerfile"] == {"location": DOCKERFILE}
+    assert build["context"] == {"location": "."}
+    repository_url = rendering.one("aws:ecr/repository:Repository", "image").outputs["repositoryUrl"]
+    (tag,) = build["tags"]
+    assert re.fullmatch(re.escape(f"{repository_url}:{SOURCE_TAG_PREFIX}") + "[0-9a-f]{20}", tag)
+    cache = build["cacheTo"][0]["registry"]
+    assert cache["ref"].endswith(f":{CACHE_TAG}") and cache["imageManifest"] and cache["ociMediaTypes"]
+    assert build["cacheFrom"] == [{"registry": {"ref": cache["ref"]}}]
+    registry = build["registries"][0]
+    assert registry["username"] == "AWS" and SECRET_SIG in registry["password"]
+
+
+def test_a_prebuilt_image_from_config_replaces_the_build():
+    rendering = variant("dev", "prebuilt")
+    assert rendering.of_type("aws:ecr/repository:Repository") == []
+    assert rendering.of_type("docker-build:index:Image") == []
+    assert rendering.outputs["image"] == PREBUILT_IMAGE
+    for _, _, spec, _ in pod_specs(rendering):
+        assert {container["image"] for container in containers(spec)} == {PREBUILT_IMAGE}
+
+
+def test_the_image_tag_hashes_the_build_context(tmp_path, monkeypatch):
+    copied = {path.relative_to(REPO_ROOT).parts[0] for path in image_sources()}
+    assert {"model", "serving", DOCKERFILE.split("/")[0]} <= copied
+    (tmp_path / "serving").mkdir()
+    (tmp_path / DOCKERFILE).write_text("FROM scratch\n")
+    (tmp_path / f"{DOCKERFILE}.dockerignore").write_text("*\n!serving/\n!pins.py\n**/__pycache__\n")
+    (tmp_path / "pins.py").write_text("X = 1\n")
+    (tmp_path / "other.py").write_text("")
+    monkeypatch.setattr("infra.image.REPO_ROOT", tmp_path)
+    tag = source_tag()
+    (tmp_path / "other.py").write_text("outside the context")
+    (tmp_path / "serving" / "__pycache__").mkdir()
+    (tmp_path / "serving" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    assert source_tag() == tag
+    (tmp_path / "pins.py").write_text("X = 2\n")
+    assert source_tag() != tag
+
+
+def test_claims_secrets_and_service_accounts_the_pods_name_exist(rendering):
+    claims = declared(rendering, CLAIM)
+    secrets = declared(rendering, SECRET)
+    accounts = declared(rendering, SERVICE_ACCOUNT)
+    for _, name, spec, _ in pod_specs(rendering):
+        for volume in spec["volumes"]:
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims, name
+        for container in containers(spec):
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets[ref["name"]]["stringData"], name
+            mounted = {volume["name"] for volume in spec["volumes"]}
+            assert {mount["name"] for mount in container.get("volumeMounts", [])} <= mounted, name
+        assert spec["serviceAccountName"] in accounts, name
+        assert spec["automountServiceAccountToken"] is False
+        assert accounts[spec["serviceAccountName"]]["automountServiceAccountToken"] is False
+    compile_accounts = {spec["serviceAccountName"] for kind, _, spec, _ in pod_specs(rendering) if kind == "Job"}
+    serve_accounts = {spec["serviceAccountName"] for kind, _, spec, _ in pod_specs(rendering) if kind == "Deployment"}
+    assert len(compile_accounts) == len(serve_accounts) == 1 and not compile_accounts & serve_accounts
+
+
+def test_neuron_pods_use_the_neuron_scheduler_and_fit_a_tolerated_pool(rendering):
+    installed = release(rendering, "neuron-helm-chart").inputs["values"]["scheduler"]["customScheduler"]
+    nodepools = declared(rendering, NODEPOOL)
+    for _, name, spec, _ in pod_specs(rendering):
+        assert spec["schedulerName"] == installed["fullnameOverride"], name
+        pool = nodepools[spec["nodeSelector"][NODEPOOL_LABEL]]["spec"]["template"]["spec"]
+        for taint in pool["taints"]:
+            assert tolerates(spec["tolerations"], taint), name
+        requirements = {r["key"]: r["values"] for r in pool["requirements"]}
+        family = requirements["karpenter.k8s.aws/instance-family"][0]
+        counts = catalog.valid_device_counts(family, tuple(requirements["node.kubernetes.io/instance-type"]))
+        resources = next(c for c in spec["containers"])["resources"]
+        devices = int(resources["limits"][NEURON_DEVICE_RESOURCE])
+        assert resources["requests"][NEURON_DEVICE_RESOURCE] == str(devices) and devices in counts, name
+
+
+def test_every_neuron_instance_type_has_a_known_host_size():
+    assert set(HOST_SIZES) == {i.name for family in catalog.NEURON_FAMILIES.values() for i in family}
+
+
+def test_pods_run_non_root_with_guaranteed_cpu_and_memory(rendering):
+    for _, name, spec, _ in pod_specs(rendering):
+        security = spec["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] == CONTAINER_UID, name
+        for container in containers(spec):
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            resources = container["resources"]
+            for kind in ("cpu", "memory"):
+                assert resources["requests"][kind] and resources["limits"][kind], name
+        # Guaranteed QoS: every container's cpu and memory requests equal its limits.
+        for container in containers(spec):
+            resources = container["resources"]
+            assert {k: resources["requests"][k] for k in resources["limits"]} == resources["limits"], name
+
+
+def test_compile_jobs_run_once_within_their_deadline_and_pulumi_waits_longer(rendering, stack_config):
+    jobs = {r.name: r for r in rendering.of_type(JOB)}
+    for name, job in declared(rendering, JOB).items():
+        spec = job["spec"]
+        assert spec["backoffLimit"] <= 1 and spec["ttlSecondsAfterFinished"] > 0
+        assert spec["activeDeadlineSeconds"] == stack_config.compile.timeout_minutes * 60
+        timeouts = jobs[name].custom_timeouts
+        assert minutes(timeouts["create"]) * 60 > spec["activeDeadlineSeconds"]
+        assert minutes(timeouts["update"]) * 60 > spec["activeDeadlineSeconds"]
+        template = spec["template"]
+        assert template["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+        pod = template["spec"]
+        assert pod["restartPolicy"] == "Never"
+        assert pod["nodeSelector"][NODEPOOL_LABEL] == f"neuron-{stack_config.compile.pool}"
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        (container,) = pod["containers"]
+        mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}
+        assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
+        graphs = mounts[container["command"][container["command"].index("--out") + 1]]
+        assert graphs["persistentVolumeClaim"] == {"claimName": "flux-graphs-rw", "readOnly": False}
+        token = next(env for env in container["env"] if env["name"] == "HF_TOKEN")
+        assert token["valueFrom"]["secretKeyRef"]["name"] == HF_TOKEN_SECRET
+        assert int(container["resources"]["limits"][NEURON_DEVICE_RESOURCE]) == stack_config.compile.devices
+
+
+def test_serving_waits_for_published_graphs_and_serves_the_same_key(rendering, stack_config):
+    jobs = declared(rendering, JOB)
+    for name, deployment in declared(rendering, DEPLOYMENT).items():
+        shape = name.removeprefix(workload_name(SERVE, ""))
+        pod = deployment["spec"]["template"]["spec"]
+        (wait,), (server,) = pod["initContainers"], pod["containers"]
+        compile_command = jobs[workload_name(COMPILE, shape)]["spec"]["template"]["spec"]["containers"][0]["command"]
+        expected = {"--shape": shape, "--model": stack_config.model.id, "--revision": stack_config.model.revision,
+                    "--backend": "neuron", "--target": stack_config.serving.pool,
+                    "--tp-degree": str(stack_config.compile.tensor_parallel), "--dtype": stack_config.dtype,
+                    "--max-text-length": str(stack_config.model.max_text_length)}
+        for command in (compile_command, wait["command"], server["command"]):
+            assert key_options(command) == expected, name
+        assert "--resolve" in wait["command"]
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        # Published artifacts are found through the volume without the indefinite metadata cache.
+        (wait_mount,) = wait["volumeMounts"]
+        assert wait_mount["readOnly"] and volumes[wait_mount["name"]]["persistentVolumeClaim"]["claimName"] == \
+            "flux-graphs-rw"
+        graphs = next(m for m in server["volumeMounts"] if m["mountPath"] == "/graphs")
+        assert graphs["readOnly"] and volumes[graphs["name"]]["persistentVolumeClaim"] == {
+            "claimName": "flux-graphs-ro", "readOnly": True}
+        assert "env" not in server or all("valueFrom" not in env for env in server["env"])
+        assert server["command"][server["command"].index("--queue-size") + 1] == str(stack_config.serving.queue_size)
+
+
+def test_the_commands_are_accepted_by_the_real_command_lines(rendering):
+    from model.compile import EXIT_USAGE, main as compile_main
+    from serving.cli import _compile_options, build_parser
+
+    deployment = next(iter(declared(rendering, DEPLOYMENT).values()))
+    pod = deployment["spec"]["template"]["spec"]
+    parser = build_parser()
+    command = pod["containers"][0]["command"]
+    options = _compile_options(parser.parse_args(command[3:]), parser)
+    stated = key_options(command)
+    assert (str(options.shape), options.model, options.revision, options.backend, options.target,
+            options.tp_degree, options.dtype, options.max_text_length) == (
+        stated["--shape"], stated["--model"], stated["--revision"], stated["--backend"], stated["--target"],
+        int(stated["--tp-degree"]), stated["--dtype"], int(stated["--max-text-length"]))
+    resolve = pod["initContainers"][0]["command"]
+    # Parsing succeeds; without the Neuron SDK here the resolve then stops short of usage errors.
+    assert compile_main(resolve[resolve.index("model.compile") + 1:]) != EXIT_USAGE
+
+
+@pytest.mark.parametrize("answers, status", [([0], 0), ([EXIT_NOT_PUBLISHED, EXIT_NOT_PUBLISHED, 0], 0), ([2], 2)])
+def test_the_wait_loop_retries_only_while_unpublished(tmp_path, answers, status):
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    fake = f'n=$(($(wc -l < {calls}))); echo x >> {calls}; set -- {" ".join(map(str, answers))}; shift "$n"; exit "$1"'
+    script = WAIT_SCRIPT.replace("sleep 30", "sleep 0")
+    result = subprocess.run(["sh", "-c", script, "wait", "sh", "-c", fake], timeout=10)
+    assert result.returncode == status
+    assert len(calls.read_text().split()) == len(answers)
+
+
+def test_probes_target_the_server_routes_on_its_port(rendering):
+    for name, deployment in declared(rendering, DEPLOYMENT).items():
+        (server,) = deployment["spec"]["template"]["spec"]["containers"]
+        ports = {port["name"]: port["containerPort"] for port in server["ports"]}
+        command = server["command"]
+        assert ports["http"] == int(command[command.index("--port") + 1]) == endpoints.DEFAULT_PORT
+        assert server["readinessProbe"]["httpGet"] == {"port": "http", "path": endpoints.READYZ}
+        assert server["livenessProbe"]["httpGet"] == {"port": "http", "path": endpoints.HEALTHZ}
+        startup = server["startupProbe"]
+        assert startup["httpGet"]["path"] == endpoints.READYZ
+        # Loading the graphs and warming up takes minutes, not the probe's default 30 seconds.
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60
+        assert deployment["spec"]["progressDeadlineSeconds"] > startup["periodSeconds"] * startup["failureThreshold"]
+        assert deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+
+
+def test_services_pdbs_and_autoscalers_select_their_shape_pods(rendering, stack_config):
+    deployments = declared(rendering, DEPLOYMENT)
+    services, budgets, autoscalers = declared(rendering, SERVICE), declared(rendering, PDB), declared(rendering, HPA)
+    for name, deployment in deployments.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selector = services[name]["spec"]["selector"]
+        selected = [other for other, d in deployments.items()
+                    if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert selected == [name]
+        assert labels == workload_labels(SERVE, name.removeprefix(workload_name(SERVE, "")))
+        port_names = {port["name"] for port in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        assert {port["targetPort"] for port in services[name]["spec"]["ports"]} <= port_names
+        assert budgets[name]["spec"]["selector"] == deployment["spec"]["selector"]
+        assert budgets[name]["spec"]["maxUnavailable"] == 1
+        scaler = autoscalers[name]["spec"]
+        assert scaler["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert (scaler["minReplicas"], scaler["maxReplicas"]) == (stack_config.serving.replicas,
+                                                                  stack_config.serving.max_replicas)
+        assert scaler["metrics"][0]["pods"]["metric"]["name"] == AUTOSCALING_METRIC
+        # The HPA owns the replica count.
+        assert "replicas" not in deployment["spec"]
+
+
+def test_the_autoscaling_metric_is_served_from_what_the_servers_export(rendering):
+    from serving.metrics import Metrics
+
+    exported = {metric.name for metric in Metrics().registry.collect()}
+    assert {QUEUE_DEPTH_METRIC, IN_FLIGHT_METRIC} <= exported
+    adapter = release(rendering, "prometheus-adapter").inputs
+    assert adapter["version"] == versions.PROMETHEUS_ADAPTER_CHART_VERSION
+    (rule,) = adapter["values"]["rules"]["custom"]
+    assert rule["name"]["as"] == AUTOSCALING_METRIC
+    assert QUEUE_DEPTH_METRIC in rule["metricsQuery"] and IN_FLIGHT_METRIC in rule["metricsQuery"]
+    prometheus = release(rendering, "prometheus").inputs
+    assert prometheus["version"] == versions.PROMETHEUS_CHART_VERSION
+    assert adapter["values"]["prometheus"]["url"] == \
+        f"http://{prometheus['name']}-server.{prometheus['namespace']}.svc"
+    (job,) = prometheus["values"]["serverFiles"]["prometheus.yml"]["scrape_configs"]
+    assert job["metrics_path"] == endpoints.METRICS
+    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [WORKLOAD_NAMESPACE]
+    keep = {rule["source_labels"][0]: rule["regex"] for rule in job["relabel_configs"] if rule.get("action") == "keep"}
+    label = "__meta_kubernetes_pod_label_" + re.sub(r"[./-]", "_", "app.kubernetes.io/component")
+    assert keep[label] == workload_labels(SERVE, "x")["app.kubernetes.io/component"]
+    for values in (adapter["values"], prometheus["values"]["server"]):
+        assert values["nodeSelector"] == SYSTEM_NODE_LABEL
+
+
+# --- ingress and outputs ---------------------------------------------------------------------------
+
+def test_one_alb_ingress_routes_each_shape_to_its_service(rendering, stack_config):
+    (ingress,) = declared(rendering, INGRESS).values()
+    services = declared(rendering, SERVICE)
+    assert ingress["spec"]["ingressClassName"] == "alb"
+    annotations = ingress["metadata"]["annotations"]
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert {path["path"] for path in paths} == {endpoint_path(shape) for shape in stack_config.shapes}
+    for path in paths:
+        backend = path["backend"]["service"]
+        assert path["pathType"] == "Prefix"
+        assert backend["port"]["name"] in {port["name"] for port in services[backend["name"]]["spec"]["ports"]}
+        (rewrite,) = json.loads(annotations[f"alb.ingress.kubernetes.io/transforms.{backend['name']}"])
+        (rule,) = rewrite["urlRewriteConfig"]["rewrites"]
+        rewritten = re.sub(rule["regex"], rule["replace"].replace("$1", r"\1"), path["path"] + endpoints.GENERATE)
+        assert rewritten == endpoints.GENERATE
+    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internet-facing"
+    assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
+    assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == endpoints.HEALTHZ
+    assert json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}]
+    idle = annotations["alb.ingress.kubernetes.io/load-balancer-attributes"]
+    assert int(idle.removeprefix("idle_timeout.timeout_seconds=")) > stack_config.serving.request_timeout_seconds
+
+
+def test_tls_and_an_internal_load_balancer_come_from_config(stack):
+    rendering = variant(stack, "added")
+    (ingress,) = declared(rendering, INGRESS).values()
+    annotations = ingress["metadata"]["annotations"]
+    region = stack_file_config(stack)[0]["aws:region"]
+    assert annotations["alb.ingress.kubernetes.io/certificate-arn"] == certificate_arn(region)
+    assert {"HTTPS": 443} in json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"])
+    assert annotations["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internal"
+    assert all(url.startswith("https://") for url in rendering.outputs["endpoints"].values())
+
+
+def test_the_load_balancer_controller_runs_on_system_nodes_with_its_own_role(rendering):
+    controller = release(rendering, "aws-load-balancer-controller")
+    assert controller.inputs["version"] == versions.AWS_LOAD_BALANCER_CONTROLLER_VERSION
+    assert controller.inputs["repositoryOpts"]["repo"] == versions.AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO
+    values = controller.inputs["values"]
+    assert values["clusterName"] == rendering.outputs["clusterName"]
+    assert values["region"] == rendering.outputs["region"]
+    vpc_id = rendering.one("eks:index:Cluster", "cluster").inputs["vpcId"]
+    assert values["vpcId"] == vpc_id
+    assert values["nodeSelector"] == SYSTEM_NODE_LABEL
+    association = next(r for r in rendering.of_type("aws:eks/podIdentityAssociation:PodIdentityAssociation")
+                       if r.inputs["serviceAccount"] == LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT)
+    assert association.inputs["namespace"] == controller.inputs["namespace"] == SYSTEM_NAMESPACE
+    assert values["serviceAccount"]["name"] == LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT
+    assert association.urn in controller.dependencies
+    role = next(r for r in rendering.of_type("aws:iam/role:Role") if r.outputs["arn"] == association.inputs["roleArn"])
+    policy = next(r for r in rendering.of_type("aws:iam/rolePolicy:RolePolicy") if r.inputs["role"] == role.id)
+    assert vpc_id in policy.inputs["policy"] and rendering.outputs["clusterName"] in policy.inputs["policy"]
+    ingress = rendering.one(INGRESS, "ingress")
+    assert controller.urn in ingress.dependencies
+
+
+def test_endpoints_and_the_example_request_point_at_the_load_balancer(rendering, stack_config):
+    from serving.schemas import GenerateRequest
+
+    hostname = rendering.one(INGRESS, "ingress").outputs["status"]["loadBalancer"]["ingress"][0]["hostname"]
+    urls = rendering.outputs["endpoints"]
+    assert urls == {str(shape): f"http://{hostname}{endpoint_path(shape)}" for shape in stack_config.shapes}
+    words = shlex.split(rendering.outputs["exampleRequest"].split("|")[0])
+    assert words[:2] == ["curl", "-sS"]
+    assert urls[str(stack_config.shapes[0])] + endpoints.GENERATE in words
+    GenerateRequest(**json.loads(words[words.index("-d") + 1]))
+
+
+# --- config changes -------------------------------------------------------------------------------
+
+def resource_keys(rendering):
+    return {(r.type, r.name) for r in rendering.resources}
+
+
+def shape_resources(shape):
+    return {(JOB, workload_name(COMPILE, shape))} | {
+        (type_, workload_name(SERVE, shape)) for type_ in (DEPLOYMENT, SERVICE, PDB, HPA)}
+
+
+def test_adding_a_shape_adds_exactly_its_resources(rendering, stack):
+    added = variant(stack, "added")
+    assert resource_keys(added) - resource_keys(rendering) == shape_resources(EXTRA_SHAPE)
+    assert resource_keys(rendering) - resource_keys(added) == set()
+    assert EXTRA_SHAPE in added.outputs["endpoints"]
+
+
+def test_removing_a_shape_removes_exactly_its_resources(rendering, stack, stack_config):
+    removed = variant(stack, "removed")
+    assert resource_keys(rendering) - resource_keys(removed) == shape_resources(stack_config.shapes[0])
+    assert resource_keys(removed) - resource_keys(rendering) == set()
+
+
+def plaintext_paths(value, secret, path="$"):
+    """Where `secret` appears in `value` outside Pulumi's secret wrappers."""
+    if isinstance(value, dict):
+        if SECRET_SIG in value:
+            return []
+        return [p for key, item in value.items() for p in plaintext_paths(item, secret, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [p for index, item in enumerate(value) for p in plaintext_paths(item, secret, f"{path}[{index}]")]
+    return [path] if secret in str(value) else []
+
+
+def test_the_hf_token_stays_a_secret_everywhere(stack):
+    rendering = variant(stack, "added")
+    # Resource inputs are what goes to the engine and into state; the mocks' outputs only echo them.
+    leaks = [f"{r.type} {r.name} {p}" for r in rendering.resources for p in plaintext_paths(r.inputs, RECOGNISABLE_TOKEN)]
+    leaks += [name for name, value in rendering.outputs.items()
+              if name not in rendering.secret_outputs and RECOGNISABLE_TOKEN in json.dumps(value)]
+    assert leaks == []
+    secret = rendering.one(SECRET, HF_TOKEN_SECRET)
+    assert SECRET_SIG in secret.inputs["stringData"]
+    assert manifest(secret)["stringData"] == {"token": RECOGNISABLE_TOKEN}
+    # Only the compile pods get it.
+    for kind, name, spec, _ in pod_specs(rendering):
+        refers = HF_TOKEN_SECRET in json.dumps(spec)
+        assert refers == (kind == "Job"), name
+
+
+DEV_RAW = stack_file_config("dev")[0]
+
+
+@pytest.mark.parametrize("changes, key, allowed", [
+    ({"flux-neuron:image": {"uri": "123456789012.dkr.ecr.us-west-2.amazonaws.com/flux:latest"}},
+     "flux-neuron:image.uri", "pinned by digest"),
+    ({"flux-neuron:image": {"url": PREBUILT_IMAGE}}, "flux-neuron:image.url", "unknown field"),
+    ({"flux-neuron:hfToken": str(RECOGNISABLE_TOKEN)}, "flux-neuron:hfToken", "a secret"),
+    ({"flux-neuron:hfToken": SecretText("hf_short")}, "flux-neuron:hfToken", "'hf_' then letters and digits"),
+    ({"flux-neuron:hfToken": None}, "flux-neuron:hfToken", "pulumi config set --secret hfToken"),
+    ({"flux-neuron:ingress": {"certificateArn": certificate_arn("eu-west-1")}}, "flux-neuron:ingress.certificateArn",
+     "an ACM certificate ARN in us-west-2"),
+    ({"flux-neuron:ingress": {"internal": "yes"}}, "flux-neuron:ingress.internal", "true or false"),
+])
+def test_bad_workload_settings_are_named_without_echoing_the_token(changes, key, allowed):
+    raw = dict(DEV_RAW)
+    for name, value in changes.items():
+        if value is None:
+            raw.pop(name)
+        else:
+            raw[name] = value if isinstance(value, str) else json.dumps(value)
+    with pytest.raises(ConfigError) as raised:
+        load_stack_config(raw)
+    assert raised.value.key == key and allowed in str(raised.value)
+    assert "hf_R" not in str(raised.value) and "hf_short" not in str(raised.value)
+
+
+def test_a_secret_under_a_misspelt_key_is_not_echoed():
+    with pytest.raises(ConfigError) as raised:
+        load_stack_config({**DEV_RAW, "flux-neuron:hftoken": RECOGNISABLE_TOKEN})
+    assert raised.value.key == "flux-neuron:hftoken" and RECOGNISABLE_TOKEN not in str(raised.value)
+
+
+def test_a_token_in_plain_text_config_is_refused_before_any_resource():
+    with pytest.raises(ConfigError, match="config flux-neuron:hfToken: .* a secret"):
+        run_program("dev", {"flux-neuron:hfToken": str(RECOGNISABLE_TOKEN)})
