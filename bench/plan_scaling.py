@@ -1,0 +1,58 @@
+"""How the offline plan scales with the number of shapes a stack serves.
+
+    python -m bench.plan_scaling                 # dev with 3, 12 and 48 shapes
+    python -m bench.plan_scaling --stack prod --counts 3 96
+
+Each count runs the real program once under mocks with `flux-neuron:shapes` overridden, then
+renders the files and runs every check, as `python -m infra.plan --out --check` would. One run
+per count: the numbers are an order of magnitude, not a benchmark to compare commits by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from infra import plan
+from infra.offline import run_program, stack_names
+from model.shapes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, parse_shape
+
+
+def shapes(count: int) -> list[str]:
+    """`count` distinct valid shapes, landscape and portrait, the most common sizes first."""
+    sides = range(1024, MIN_SIDE - 1, -8 * SIDE_MULTIPLE)
+    candidates = [f"{height}x{width}" for height in sides for width in sides]
+    if count > len(candidates):
+        raise SystemExit(f"at most {len(candidates)} shapes between {MIN_SIDE} and {MAX_SIDE}")
+    chosen = candidates[:count]
+    for shape in chosen:
+        parse_shape(shape)  # the program would reject an invalid one: fail here, with its message
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", default="dev", choices=stack_names())
+    parser.add_argument("--counts", type=int, nargs="+", default=[3, 12, 48])
+    args = parser.parse_args()
+    # Untimed: the first run also imports the program's modules and reads the CRD schemas.
+    plan.check(run_program(args.stack))
+    print(f"stack {args.stack}: one run per shape count")
+    print(f"{'shapes':>6} {'resources':>9} {'program s':>9} {'render s':>8} {'check s':>7} {'total s':>7} "
+          f"{'per shape ms':>12}")
+    for count in args.counts:
+        start = time.perf_counter()
+        rendering = run_program(args.stack, {"flux-neuron:shapes": shapes(count)})
+        ran = time.perf_counter()
+        plan.render_files(rendering)
+        rendered = time.perf_counter()
+        problems = plan.check(rendering)
+        checked = time.perf_counter()
+        total = checked - start
+        print(f"{count:>6} {len(rendering.resources):>9} {ran - start:>9.2f} {rendered - ran:>8.2f} "
+              f"{checked - rendered:>7.2f} {total:>7.2f} {1000 * total / count:>12.0f}"
+              + (f"  ({len(problems)} problems)" if problems else ""))
+
+
+if __name__ == "__main__":
+    main()
