@@ -19,7 +19,7 @@ CSI_SERVICE_ACCOUNT = "s3-csi-driver-sa"
 NOMINAL_CAPACITY = "1Ti"
 SERVING_CACHE_LIMIT = "100Gi"
 # Processes in the image run as this non-root user; Mountpoint presents files as theirs.
-CONTAINER_UID = 1000
+CONTAINER_UID = 10001
 
 
 @dataclass

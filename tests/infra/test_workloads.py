@@ -231,6 +231,11 @@ def test_every_neuron_instance_type_has_a_known_host_size():
     assert set(HOST_SIZES) == {i.name for family in catalog.NEURON_FAMILIES.values() for i in family}
 
 
+def test_the_image_user_is_the_uid_pods_and_graph_volumes_use():
+    dockerfile = (REPO_ROOT / DOCKERFILE).read_text()
+    assert re.search(rf"^USER {CONTAINER_UID}:{CONTAINER_UID}$", dockerfile, re.MULTILINE)
+
+
 def test_pods_run_non_root_with_guaranteed_cpu_and_memory(rendering):
     for _, name, spec, _ in pod_specs(rendering):
         security = spec["securityContext"]
