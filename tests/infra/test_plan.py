@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from infra import plan
-from infra.naming import NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, WORKLOAD_NAMESPACE, neuron_nodepool
-from infra.offline import REPO_ROOT, Registered
+from infra.naming import (
+    HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, NODEPOOL_LABEL, WORKLOAD_NAMESPACE,
+)
+from infra.offline import REPO_ROOT
 
 PLANS = REPO_ROOT / "plans"
 # Seeded defects need one stack: reuse its cached rendering rather than running the program again.
@@ -62,59 +64,41 @@ def test_rendered_files_are_repeatable_and_hold_no_secret_value(rendering):
     assert plan.SECRET_SIG not in text
 
 
-def _added(rendering, *objects):
-    """A copy of the rendering that also declares `objects`, as the program would register them."""
+JOB = "kubernetes:batch/v1:Job"
+
+
+def _messages(changed, check, baseline):
+    """What `check` reports on the changed copy beyond what it reports on the rendering it came from."""
+    before = set(plan.check(baseline))
+    return [problem.message for problem in plan.check(changed) if problem.check == check and problem not in before]
+
+
+def _first(rendering, type_):
+    """The inputs of the first object of `type_` by name, so every run seeds the same one."""
+    return min(rendering.of_type(type_), key=lambda r: r.name).inputs
+
+
+def _seeded(rendering, type_, seed):
+    """A copy of the rendering with `seed` applied to its first object of `type_`, and how the
+    checks name that object."""
     changed = copy.deepcopy(rendering)
-    for obj in objects:
-        group_version = obj["apiVersion"] if "/" in obj["apiVersion"] else f"core/{obj['apiVersion']}"
-        type_ = f"kubernetes:{group_version}:{obj['kind']}"
-        name = obj["metadata"]["name"]
-        changed.resources.append(Registered(
-            type=type_, name=name, urn=f"urn:pulumi:{rendering.stack}::flux-neuron::{type_}::{name}", id=name,
-            parent="", custom=True, inputs=copy.deepcopy(obj), outputs={}, dependencies=(), provider=""))
-    return changed
-
-
-def compile_job():
-    """A Job wired like a compile Job: Neuron scheduler, Neuron NodePool and its taint, the graphs PVC."""
-    limits = {"cpu": "4", "memory": "16Gi", "aws.amazon.com/neuron": 8}
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": "seeded", "namespace": WORKLOAD_NAMESPACE},
-        "spec": {"template": {"metadata": {"labels": {"app": "seeded"}}, "spec": {
-            "restartPolicy": "Never",
-            "schedulerName": NEURON_SCHEDULER_NAME,
-            "nodeSelector": {"karpenter.sh/nodepool": neuron_nodepool("trn1")},
-            "tolerations": [{"key": NEURON_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
-            "volumes": [{"name": "graphs", "persistentVolumeClaim": {"claimName": "flux-graphs-rw"}}],
-            "containers": [{
-                "name": "compile", "image": "example.com/flux@sha256:" + "0" * 64,
-                "securityContext": {"allowPrivilegeEscalation": False},
-                "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": limits},
-                "volumeMounts": [{"name": "graphs", "mountPath": "/graphs"}],
-            }],
-        }}},
-    }
+    obj = _first(changed, type_)
+    seed(obj)
+    metadata = obj["metadata"]
+    return changed, f"{obj['kind']} {metadata['namespace']}/{metadata['name']}"
 
 
 def _pod(job):
     return job["spec"]["template"]["spec"]
 
 
-def _messages(changed, check, baseline):
-    """What `check` reports on the changed copy beyond what it reports on the rendering it came from,
-    so each test sees its own seeded defect whatever state the real program is in."""
-    before = set(plan.check(baseline))
-    return [problem.message for problem in plan.check(changed) if problem.check == check and problem not in before]
-
-
-@DEV
-def test_the_seeded_job_is_clean_so_each_defect_below_is_the_only_problem(rendering):
-    assert set(plan.check(_added(rendering, compile_job()))) == set(plan.check(rendering))
+def _container(job):
+    return _pod(job)["containers"][0]
 
 
 def _dangling_claim(job):
-    _pod(job)["volumes"][0]["persistentVolumeClaim"]["claimName"] = "flux-graphs-typo"
+    claim = next(v["persistentVolumeClaim"] for v in _pod(job)["volumes"] if "persistentVolumeClaim" in v)
+    claim["claimName"] = "flux-graphs-typo"
 
 
 def _wrong_scheduler(job):
@@ -125,94 +109,104 @@ def _no_toleration(job):
     _pod(job)["tolerations"] = []
 
 
+def _env(job, variable):
+    _container(job).setdefault("env", []).append(variable)
+
+
+def _missing_secret(job):
+    _env(job, {"name": "EXTRA", "valueFrom": {"secretKeyRef": {"name": "no-such-secret", "key": "token"}}})
+
+
 def _missing_secret_key(job):
-    _pod(job)["containers"][0]["env"] = [
-        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
+    _env(job, {"name": "EXTRA", "valueFrom": {"secretKeyRef": {"name": HF_TOKEN_SECRET, "key": "no-such-key"}}})
 
 
 def _literal_token(job):
-    _pod(job)["containers"][0]["env"] = [{"name": "HF_TOKEN", "value": "hf_abcdefghijklmnopqrstuvwxyz"}]
+    _env(job, {"name": "API_TOKEN", "value": "hf_abcdefghijklmnopqrstuvwxyz"})
 
 
 def _inlined_secret(job):
-    _pod(job)["containers"][0]["env"] = [{"name": "MODEL", "value": SECRET}]
+    _env(job, {"name": "MODEL_REVISION", "value": SECRET})
 
 
 def _privileged(job):
-    _pod(job)["containers"][0]["securityContext"] = {"privileged": True}
+    _container(job)["securityContext"]["privileged"] = True
 
 
 def _no_limits(job):
-    del _pod(job)["containers"][0]["resources"]["limits"]
+    del _container(job)["resources"]["limits"]
 
 
 @DEV
 @pytest.mark.parametrize("seed, check, message", [
     (_dangling_claim, "Cross-references",
-     "Job flux/seeded: PersistentVolumeClaim 'flux-graphs-typo' does not exist in namespace flux"),
+     "{job}: PersistentVolumeClaim 'flux-graphs-typo' does not exist in namespace flux"),
     (_wrong_scheduler, "Cross-references",
-     "Job flux/seeded: schedulerName 'neuron-scheduler' is neither 'default-scheduler' "
+     "{job}: schedulerName 'neuron-scheduler' is neither 'default-scheduler' "
      f"nor the Neuron scheduler '{NEURON_SCHEDULER_NAME}'"),
-    (_no_toleration, "Cross-references",
-     f"Job flux/seeded: does not tolerate taint {NEURON_TAINT_KEY}:NoSchedule of NodePool 'neuron-trn1'"),
-    (_missing_secret_key, "Cross-references", "Job flux/seeded: Secret 'hf' does not exist in namespace flux"),
+    (_no_toleration, "Cross-references", f"{{job}}: does not tolerate taint {NEURON_TAINT_KEY}:NoSchedule "
+                                         "of NodePool '{pool}'"),
+    (_missing_secret, "Cross-references", "{job}: Secret 'no-such-secret' does not exist in namespace flux"),
+    (_missing_secret_key, "Cross-references", f"{{job}}: Secret '{HF_TOKEN_SECRET}' has no key 'no-such-key'"),
     (_literal_token, "Security posture",
-     "Job flux/seeded container 'compile': env HF_TOKEN is a literal; take it from a secretKeyRef"),
+     "{job} container '{container}': env API_TOKEN is a literal; take it from a secretKeyRef"),
     (_inlined_secret, "Security posture",
-     "Job flux/seeded: a secret value is written into the object (reference a Secret instead)"),
-    (_privileged, "Security posture", "Job flux/seeded container 'compile': runs privileged"),
-    (_no_limits, "Security posture", "Job flux/seeded container 'compile': no limits for cpu, memory"),
+     "{job}: a secret value is written into the object (reference a Secret instead)"),
+    (_privileged, "Security posture", "{job} container '{container}': runs privileged"),
+    (_no_limits, "Security posture", "{job} container '{container}': no limits for cpu, memory"),
 ])
 def test_a_seeded_pod_defect_fails_the_check_by_name(rendering, seed, check, message):
-    job = compile_job()
-    seed(job)
-    assert message in _messages(_added(rendering, job), check, rendering)
+    changed, job = _seeded(rendering, JOB, seed)
+    original = _first(rendering, JOB)
+    expected = message.format(job=job, container=_container(original)["name"],
+                              pool=_pod(original)["nodeSelector"][NODEPOOL_LABEL])
+    assert _messages(changed, check, rendering) == [expected]
 
 
 @DEV
 def test_the_neuron_scheduler_needs_the_release_that_installs_it(rendering):
-    without_release = _added(rendering, compile_job())
-    without_release.resources = [r for r in without_release.resources if r.type != plan.HELM_RELEASE
+    without_release = copy.deepcopy(rendering)
+    without_release.resources = [r for r in rendering.resources if r.type != plan.HELM_RELEASE
                                  or not r.inputs["chart"].endswith(plan.NEURON_CHART)]
-    expected = (f"Job flux/seeded: schedulerName '{NEURON_SCHEDULER_NAME}' "
+    job = _first(rendering, JOB)["metadata"]
+    expected = (f"Job {job['namespace']}/{job['name']}: schedulerName '{NEURON_SCHEDULER_NAME}' "
                 "but no neuron-helm-chart release installs that scheduler")
     assert expected in _messages(without_release, "Cross-references", rendering)
 
 
-def hf_secret(value):
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": "hf", "namespace": WORKLOAD_NAMESPACE}, "stringData": {"token": value}}
-
-
 @DEV
-def test_secret_keys_must_exist_and_secret_values_must_be_pulumi_secrets(rendering):
-    job = compile_job()
-    _missing_secret_key(job)
-    _pod(job)["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["key"] = "hf-token"
-    assert _messages(_added(rendering, job, hf_secret(SECRET)), "Cross-references", rendering) == [
-        "Job flux/seeded: Secret 'hf' has no key 'hf-token'"]
-    assert _messages(_added(rendering, hf_secret("hf_abcdefghijklmnopqrstuvwxyz")), "Security posture",
-                     rendering) == [
-        "Secret flux/hf: stringData.token is plaintext in the program (take it from a secret config value)"]
-    rendered = plan.render_files(_added(rendering, hf_secret(SECRET)))["kubernetes/secret-flux-hf.yaml"]
-    assert "token: '[secret]'" in rendered and "hf_" not in rendered
+def test_a_secret_value_must_be_a_pulumi_secret_and_is_never_rendered(rendering):
+    secret = f"kubernetes/secret-{WORKLOAD_NAMESPACE}-{HF_TOKEN_SECRET}.yaml"
+    assert f"{HF_TOKEN_SECRET_KEY}: '[secret]'" in plan.render_files(rendering)[secret]
+
+    def plaintext(obj):
+        obj["stringData"] = {HF_TOKEN_SECRET_KEY: "hf_abcdefghijklmnopqrstuvwxyz"}
+
+    changed, where = _seeded(rendering, "kubernetes:core/v1:Secret", plaintext)
+    assert _messages(changed, "Security posture", rendering) == [
+        f"{where}: stringData.{HF_TOKEN_SECRET_KEY} is plaintext in the program (take it from a secret config value)"]
 
 
 @DEV
 def test_services_and_ingresses_must_reach_pods(rendering):
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "flux-512x512", "namespace": "flux"},
-               "spec": {"selector": {"app": "nothing"}, "ports": [{"name": "http", "port": 80}]}}
-    ingress = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-               "metadata": {"name": "flux", "namespace": "flux"},
-               "spec": {"rules": [{"http": {"paths": [
-                   {"path": "/flux/512x512", "pathType": "Prefix",
-                    "backend": {"service": {"name": "flux-512x512", "port": {"number": 8080}}}},
-                   {"path": "/flux/1024x576", "pathType": "Prefix",
-                    "backend": {"service": {"name": "flux-1024x576", "port": {"number": 80}}}}]}}]}}
-    assert _messages(_added(rendering, compile_job(), service, ingress), "Cross-references", rendering) == [
-        "Ingress flux/flux: backend Service 'flux-1024x576' does not exist",
-        "Ingress flux/flux: backend Service 'flux-512x512' has no port {'number': 8080}",
-        "Service flux/flux-512x512: selector {'app': 'nothing'} matches no pod",
+    def select_nothing(service):
+        service["spec"]["selector"] = {"app": "nothing"}
+
+    changed, service = _seeded(rendering, "kubernetes:core/v1:Service", select_nothing)
+    assert _messages(changed, "Cross-references", rendering) == [
+        f"{service}: selector {{'app': 'nothing'}} matches no pod"]
+
+    def break_backends(ingress):
+        first, second = ingress["spec"]["rules"][0]["http"]["paths"][:2]
+        first["backend"]["service"]["name"] = "no-such-service"
+        second["backend"]["service"]["port"] = {"number": 8081}
+
+    changed, ingress = _seeded(rendering, "kubernetes:networking.k8s.io/v1:Ingress", break_backends)
+    original = _first(rendering, "kubernetes:networking.k8s.io/v1:Ingress")
+    second_service = original["spec"]["rules"][0]["http"]["paths"][1]["backend"]["service"]["name"]
+    assert _messages(changed, "Cross-references", rendering) == [
+        f"{ingress}: backend Service '{second_service}' has no port {{'number': 8081}}",
+        f"{ingress}: backend Service 'no-such-service' does not exist",
     ]
 
 
@@ -240,13 +234,15 @@ def test_an_invalid_karpenter_field_fails_the_check(rendering):
 
 @DEV
 def test_the_cli_reports_problems_grouped_by_check_and_exits_nonzero(rendering, monkeypatch, capsys):
-    job = compile_job()
-    _dangling_claim(job)
-    _privileged(job)
-    monkeypatch.setattr(plan, "run_program", lambda stack: _added(rendering, job))
+    def two_defects(job):
+        _dangling_claim(job)
+        _privileged(job)
+
+    changed, job = _seeded(rendering, JOB, two_defects)
+    container = _container(_first(rendering, JOB))["name"]
+    monkeypatch.setattr(plan, "run_program", lambda stack: changed)
     assert plan.main(["--stack", "dev", "--check"]) == 1
     printed = capsys.readouterr().out
-    assert printed.startswith("dev: ") and " problem(s) (" in printed.splitlines()[0]
-    assert "\n  Cross-references:\n    - Job flux/seeded: PersistentVolumeClaim 'flux-graphs-typo'" in printed
-    security = printed.split("\n  Security posture:\n")[1]
-    assert "    - Job flux/seeded container 'compile': runs privileged\n" in security
+    assert printed.startswith("dev: 2 problem(s) (")
+    assert f"\n  Cross-references:\n    - {job}: PersistentVolumeClaim 'flux-graphs-typo'" in printed
+    assert f"\n  Security posture:\n    - {job} container '{container}': runs privileged\n" in printed
