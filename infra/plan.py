@@ -226,7 +226,8 @@ class _Objects:
 
 def kubernetes_version(rendering: Rendering) -> str:
     """The cluster's minor, as the program asks EKS for it."""
-    return revealed(rendering.one("eks:index:Cluster", "cluster").inputs["version"])
+    [cluster] = rendering.of_type("eks:index:Cluster")
+    return revealed(cluster.inputs["version"])
 
 
 def _schema_problems(objects: list[dict[str, Any]], version: str) -> list[Problem]:
@@ -317,10 +318,10 @@ def _pod_reference_problems(pod: PodTemplate, objects: _Objects, rendering: Rend
     where, namespace, spec = _where(pod.owner), pod.namespace, pod.spec
     found = []
 
-    def need(kind: str, name: str, key: str | None = None, optional: bool = False, scope: str = namespace):
-        obj = objects.get(kind, scope, name)
+    def need(kind: str, name: str, key: str | None = None, optional: bool = False):
+        obj = objects.get(kind, namespace, name)
         if obj is None and not optional:
-            found.append(f"{where}: {kind} {name!r} does not exist" + (f" in namespace {scope}" if scope else ""))
+            found.append(f"{where}: {kind} {name!r} does not exist in namespace {namespace}")
         elif obj is not None and key is not None and kind == "Secret" and key not in _secret_keys(obj):
             found.append(f"{where}: Secret {name!r} has no key {key!r}")
         elif obj is not None and key is not None and kind == "ConfigMap" and key not in (obj.get("data") or {}):
@@ -379,8 +380,12 @@ def _pod_reference_problems(pod: PodTemplate, objects: _Objects, rendering: Rend
     return found
 
 
-def _selects_pods(selector: dict[str, str], namespace: str, pods: list[PodTemplate]) -> bool:
-    return any(pod.namespace == namespace and selector.items() <= pod.labels.items() for pod in pods)
+def _selected(selector: dict[str, str], namespace: str, pods: list[PodTemplate]) -> list[PodTemplate]:
+    return [pod for pod in pods if pod.namespace == namespace and selector.items() <= pod.labels.items()]
+
+
+def _port_names(pod: PodTemplate) -> set[str]:
+    return {port["name"] for container in pod.containers() for port in container.get("ports", []) if "name" in port}
 
 
 def _reference_problems(objects: _Objects, pods: list[PodTemplate], rendering: Rendering) -> list[Problem]:
@@ -409,11 +414,16 @@ def _reference_problems(objects: _Objects, pods: list[PodTemplate], rendering: R
             found.append(f"{_where(pool)}: {ref.get('kind')} {ref.get('name')!r} does not exist")
     for service in objects.of_kind("Service"):
         selector = service["spec"].get("selector")
-        if selector and not _selects_pods(selector, _key(service)[1], pods):
+        selected = _selected(selector, _key(service)[1], pods) if selector else []
+        if selector and not selected:
             found.append(f"{_where(service)}: selector {selector} matches no pod")
+        for port in service["spec"].get("ports", []) if selected else []:
+            target = port.get("targetPort")
+            if isinstance(target, str) and not any(target in _port_names(pod) for pod in selected):
+                found.append(f"{_where(service)}: targetPort {target!r} is not a named port of the pods it selects")
     for budget in objects.of_kind("PodDisruptionBudget"):
         selector = (budget["spec"].get("selector") or {}).get("matchLabels") or {}
-        if not _selects_pods(selector, _key(budget)[1], pods):
+        if not _selected(selector, _key(budget)[1], pods):
             found.append(f"{_where(budget)}: selector {selector} matches no pod")
     for autoscaler in objects.of_kind("HorizontalPodAutoscaler"):
         target = autoscaler["spec"]["scaleTargetRef"]

@@ -196,6 +196,13 @@ def test_services_and_ingresses_must_reach_pods(rendering):
     assert _messages(changed, "Cross-references", rendering) == [
         f"{service}: selector {{'app': 'nothing'}} matches no pod"]
 
+    def target_unnamed_port(service):
+        service["spec"]["ports"][0]["targetPort"] = "no-such-port"
+
+    changed, service = _seeded(rendering, "kubernetes:core/v1:Service", target_unnamed_port)
+    assert _messages(changed, "Cross-references", rendering) == [
+        f"{service}: targetPort 'no-such-port' is not a named port of the pods it selects"]
+
     def break_backends(ingress):
         first, second = ingress["spec"]["rules"][0]["http"]["paths"][:2]
         first["backend"]["service"]["name"] = "no-such-service"
