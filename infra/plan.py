@@ -51,6 +51,7 @@ BUILTIN_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"
 DEFAULT_SCHEDULER = "default-scheduler"
 NEURON_CHART = "neuron-helm-chart"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC")
 # Env var names that carry credentials: their value must come from a Secret, never a literal.
 SECRET_ENV_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
 
@@ -455,8 +456,14 @@ def _ingress_problems(ingress: dict[str, Any], objects: _Objects) -> list[str]:
 def _security_problems(rendering: Rendering, pods: list[PodTemplate]) -> list[Problem]:
     found = []
     for pod in pods:
+        # Host namespaces and host paths reach the node as surely as privileged mode does.
+        found += [f"{_where(pod.owner)}: uses {field}" for field in HOST_NAMESPACES if pod.spec.get(field)]
+        found += [f"{_where(pod.owner)}: mounts host path {volume['hostPath'].get('path')}"
+                  for volume in pod.spec.get("volumes", []) if "hostPath" in volume]
         for container in pod.containers():
             where = f"{_where(pod.owner)} container {container.get('name')!r}"
+            if "@sha256:" not in container.get("image", ""):
+                found.append(f"{where}: image {container.get('image')!r} is not pinned by digest")
             context = container.get("securityContext") or {}
             if context.get("privileged"):
                 found.append(f"{where}: runs privileged")

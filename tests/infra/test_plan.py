@@ -137,6 +137,18 @@ def _no_limits(job):
     del _container(job)["resources"]["limits"]
 
 
+def _host_network(job):
+    _pod(job)["hostNetwork"] = True
+
+
+def _host_path(job):
+    _pod(job)["volumes"].append({"name": "docker", "hostPath": {"path": "/var/run/docker.sock"}})
+
+
+def _mutable_tag(job):
+    _container(job)["image"] = "public.ecr.aws/neuron/flux:latest"
+
+
 @DEV
 @pytest.mark.parametrize("seed, check, message", [
     (_dangling_claim, "Cross-references",
@@ -154,6 +166,10 @@ def _no_limits(job):
      "{job}: a secret value is written into the object (reference a Secret instead)"),
     (_privileged, "Security posture", "{job} container '{container}': runs privileged"),
     (_no_limits, "Security posture", "{job} container '{container}': no limits for cpu, memory"),
+    (_host_network, "Security posture", "{job}: uses hostNetwork"),
+    (_host_path, "Security posture", "{job}: mounts host path /var/run/docker.sock"),
+    (_mutable_tag, "Security posture",
+     "{job} container '{container}': image 'public.ecr.aws/neuron/flux:latest' is not pinned by digest"),
 ])
 def test_a_seeded_pod_defect_fails_the_check_by_name(rendering, seed, check, message):
     changed, job = _seeded(rendering, JOB, seed)
