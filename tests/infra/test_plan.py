@@ -137,6 +137,10 @@ def _no_limits(job):
     del _container(job)["resources"]["limits"]
 
 
+def _misspelt_field(job):
+    _container(job)["resource"] = _container(job).pop("resources")
+
+
 def _host_network(job):
     _pod(job)["hostNetwork"] = True
 
@@ -151,6 +155,8 @@ def _mutable_tag(job):
 
 @DEV
 @pytest.mark.parametrize("seed, check, message", [
+    (_misspelt_field, "Kubernetes schemas",
+     "{job}: Additional properties are not allowed ('resource' was unexpected) at spec/template/spec/containers/0"),
     (_dangling_claim, "Cross-references",
      "{job}: PersistentVolumeClaim 'flux-graphs-typo' does not exist in namespace flux"),
     (_wrong_scheduler, "Cross-references",
