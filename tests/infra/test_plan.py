@@ -38,6 +38,17 @@ def test_the_committed_plans_are_current(rendering, tmp_path):
     assert not stale, f"plans/{rendering.stack} is stale ({', '.join(stale)}): run `{plan.REFRESH_COMMAND}`"
 
 
+@DEV
+def test_writing_a_plan_replaces_what_the_previous_one_left(rendering, tmp_path, monkeypatch, capsys):
+    removed = tmp_path / "dev" / "kubernetes" / "job-flux-flux-compile-64x64.yaml"
+    removed.parent.mkdir(parents=True)
+    removed.write_text("a shape the config no longer has")
+    monkeypatch.setattr(plan, "run_program", lambda stack: rendering)
+    assert plan.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"dev: wrote {tmp_path / 'dev'}\n"
+    assert _tree(tmp_path / "dev") == plan.render_files(rendering)
+
+
 def _secret_values(value, inside_secret=False):
     """Every string Pulumi holds as (part of) a secret."""
     if plan.is_secret(value):
