@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import pulumi
 import yaml
 
 from infra.naming import NEURON_SCHEDULER_NAME, NODEPOOL_LABEL
@@ -540,7 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("nothing to do: pass --out DIR, --check, or both")
     failed = False
     for stack in stack_names() if args.stack == "all" else [args.stack]:
-        rendering = run_program(stack)
+        try:
+            rendering = run_program(stack)
+        except pulumi.RunError as error:  # a config the program rejects: its one-line message, no traceback
+            print(f"{stack}: {error}")
+            failed = True
+            continue
         if args.out:
             print(f"{stack}: wrote {write_plan(rendering, args.out)}")
         if args.check:

@@ -14,7 +14,7 @@ from infra import plan
 from infra.naming import (
     HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, NODEPOOL_LABEL, WORKLOAD_NAMESPACE,
 )
-from infra.offline import REPO_ROOT
+from infra.offline import REPO_ROOT, run_program
 
 PLANS = REPO_ROOT / "plans"
 # Seeded defects need one stack: reuse its cached rendering rather than running the program again.
@@ -36,6 +36,14 @@ def test_the_committed_plans_are_current(rendering, tmp_path):
     committed = _tree(PLANS / rendering.stack)
     stale = sorted(path for path in fresh.keys() | committed.keys() if fresh.get(path) != committed.get(path))
     assert not stale, f"plans/{rendering.stack} is stale ({', '.join(stale)}): run `{plan.REFRESH_COMMAND}`"
+
+
+def test_a_rejected_config_is_reported_in_one_line(monkeypatch, capsys):
+    override = {"flux-neuron:shapes": ["1000x1000"]}
+    monkeypatch.setattr(plan, "run_program", lambda stack: run_program(stack, override))
+    assert plan.main(["--stack", "dev", "--check"]) == 1
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith("dev: config flux-neuron:shapes") and "'1000x1000'" in line
 
 
 @DEV
