@@ -122,63 +122,51 @@ def read_manifest(artifact_dir: Path) -> dict:
     return manifest
 
 
-class VerifiedArtifact:
-    """Reads a published artifact's files, each once, checking size and sha256 as it goes.
+def copy_verified(artifact_dir: Path, destination: Path) -> dict:
+    """Copy a published artifact's files into a private local ``destination``; return its manifest.
 
-    Callers get the verified bytes themselves (never a path to reopen), so what is
-    checked is exactly what is loaded, and nothing is read from storage twice.
+    Each file is read once, and its size and sha256 are checked on the way. Loaders then
+    read the local copy: what they load is exactly what was verified (nobody else writes
+    there), torch.jit.load reads a path several times faster than a buffer, and
+    parallel_model_load insists on a directory anyway. Raises ArtifactError naming the
+    first missing, truncated or corrupted file.
     """
-
-    def __init__(self, artifact_dir: Path):
-        self.manifest = read_manifest(artifact_dir)
-        self.root = Path(artifact_dir) / self.manifest["attempt"]
-        self._entries = {entry["path"]: entry for entry in self.manifest["files"]}
-        self._unread = set(self._entries)
-
-    def paths_under(self, folder: str) -> list[str]:
-        return sorted(path for path in self._entries if path.startswith(f"{folder}/"))
-
-    def read(self, path: str) -> bytes:
-        entry = self._entries.get(path)
-        if entry is None:
-            raise ArtifactError(f"{path}: not listed in {MANIFEST_NAME} of {self.root.parent.parent}")
-        data = _read_verified(self.root / path, path, entry["size"], entry["sha256"])
-        self._unread.discard(path)
-        return data
-
-    def verify_unread(self) -> None:
-        """Verify the listed files nobody has read, so a load checks the whole artifact."""
-        for path in sorted(self._unread):
-            self.read(path)
+    manifest = read_manifest(artifact_dir)
+    attempt_dir = Path(artifact_dir) / manifest["attempt"]
+    root = destination.resolve()
+    for entry in manifest["files"]:
+        target = root / entry["path"]
+        if not target.resolve().is_relative_to(root):
+            raise ArtifactError(f"{entry['path']}: listed in {MANIFEST_NAME} but outside the artifact")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _copy_verified_file(attempt_dir / entry["path"], target, entry["path"], entry["size"], entry["sha256"])
+    return manifest
 
 
-def _read_verified(file_path: Path, name: str, size: int, sha256: str) -> bytes:
+def _copy_verified_file(source: Path, target: Path, name: str, size: int, sha256: str) -> None:
     try:
-        file = file_path.open("rb")
+        reader = source.open("rb", buffering=0)
     except FileNotFoundError:
-        raise ArtifactError(f"{name}: missing (expected at {file_path})") from None
-    with file:
-        actual_size = os.fstat(file.fileno()).st_size
+        raise ArtifactError(f"{name}: missing (expected at {source})") from None
+    with reader, target.open("xb") as writer, ThreadPoolExecutor(max_workers=1) as hasher:
+        actual_size = os.fstat(reader.fileno()).st_size
         if actual_size != size:
             raise ArtifactError(f"{name}: {actual_size} bytes, the manifest says {size} (truncated or replaced)")
-        buffer = bytearray(size)
-        view = memoryview(buffer)
         digest = hashlib.sha256()
-        filled = 0
-        # Hash each chunk on a helper thread while the next one is read: both release the
-        # GIL, so verification costs about max(read, hash) rather than their sum.
-        with ThreadPoolExecutor(max_workers=1) as hasher:
-            hashing: Future | None = None
-            while filled < size:
-                count = file.readinto(view[filled : filled + _CHUNK_BYTES])
-                if not count:
-                    raise ArtifactError(f"{name}: ended after {filled} of {size} bytes while reading")
-                if hashing is not None:
-                    hashing.result()
-                hashing = hasher.submit(digest.update, view[filled : filled + count])
-                filled += count
+        hashing: Future | None = None
+        copied = 0
+        while copied < size:
+            chunk = reader.read(min(_CHUNK_BYTES, size - copied))
+            if not chunk:
+                raise ArtifactError(f"{name}: ended after {copied} of {size} bytes while reading")
+            # Hash on a helper thread while this chunk is written and the next one read:
+            # both release the GIL, so verifying costs little more than copying.
             if hashing is not None:
                 hashing.result()
+            hashing = hasher.submit(digest.update, chunk)
+            writer.write(chunk)
+            copied += len(chunk)
+        if hashing is not None:
+            hashing.result()
     if digest.hexdigest() != sha256:
         raise ArtifactError(f"{name}: sha256 {digest.hexdigest()} does not match the manifest's {sha256} (corrupted)")
-    return bytes(buffer)

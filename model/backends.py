@@ -9,7 +9,6 @@ without them.
 
 from __future__ import annotations
 
-import io
 import warnings
 from functools import partial
 from pathlib import Path
@@ -46,8 +45,8 @@ class Backend(Protocol):
     ) -> str:
         """Trace ``spec`` into files under ``destination``; return the layout."""
 
-    def load_graph(self, layout: str, paths: list[str], read: Callable[[str], bytes], staging: Path) -> Graph:
-        """Load a graph from its files; ``read`` returns a file's verified bytes, ``staging`` is private scratch."""
+    def load_graph(self, layout: str, files: list[Path]) -> Graph:
+        """Load a graph from its files (local, verified copies)."""
 
 
 def _trace_quietly(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
@@ -71,11 +70,11 @@ class CpuBackend:
         torch.jit.save(_trace_quietly(spec.build(), spec.example_inputs), destination / "model.pt")
         return TORCHSCRIPT
 
-    def load_graph(self, layout: str, paths: list[str], read: Callable[[str], bytes], staging: Path) -> Graph:
+    def load_graph(self, layout: str, files: list[Path]) -> Graph:
         if layout != TORCHSCRIPT:
             raise ArtifactError(f"the cpu backend cannot load {layout!r} graphs")
-        (path,) = paths
-        return torch.jit.load(io.BytesIO(read(path)), map_location="cpu")
+        (path,) = files
+        return torch.jit.load(path, map_location="cpu")
 
 
 # The components too large for one NeuronCore, sharded across tp_degree cores as the
@@ -179,19 +178,17 @@ class NeuronBackend:
         torch.jit.save(traced, destination / "model.pt")
         return TORCHSCRIPT
 
-    def load_graph(self, layout: str, paths: list[str], read: Callable[[str], bytes], staging: Path) -> Graph:
+    def load_graph(self, layout: str, files: list[Path]) -> Graph:
         if layout == TORCHSCRIPT:
             # torch_neuronx is imported (in __init__), which registers the neuron:: ops.
-            (path,) = paths
-            return torch.jit.load(io.BytesIO(read(path)))
+            (path,) = files
+            return torch.jit.load(path)
         if layout != TENSOR_PARALLEL:
             raise ArtifactError(f"the neuron backend cannot load {layout!r} graphs")
-        # parallel_model_load only takes a directory (and loads every file in it): give it
-        # a private one holding exactly the verified rank files.
-        staging.mkdir(parents=True)
-        for path in paths:
-            (staging / Path(path).name).write_bytes(read(path))
-        return self._neuronx_distributed.trace.parallel_model_load(str(staging))
+        # parallel_model_load takes a directory and loads every file in it: the component's
+        # directory of the verified copy holds exactly its rank files.
+        (directory,) = {path.parent for path in files}
+        return self._neuronx_distributed.trace.parallel_model_load(str(directory))
 
 
 def get_backend(name: str) -> Backend:

@@ -18,7 +18,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from PIL import Image
 from transformers import CLIPTokenizer, T5TokenizerFast
 
-from model.artifacts import ArtifactError, VerifiedArtifact
+from model.artifacts import ArtifactError, copy_verified
 from model.backends import Graph, get_backend
 from model.components import (
     COMPONENTS,
@@ -108,7 +108,7 @@ class FluxGenerator:
         self.manifest = manifest
         self._pipeline = pipeline
         self._max_text_length = max_text_length
-        # Local copies some loaders need as files; they live as long as the graphs do.
+        # The verified local copy the graphs were loaded from; lazy loaders may still read it.
         self._staging = staging
 
     def generate(self, prompt: str, num_inference_steps: int, guidance_scale: float, seed: int) -> Image.Image:
@@ -126,47 +126,42 @@ class FluxGenerator:
         return result.images[0]
 
 
-def _stage_folder(artifact: VerifiedArtifact, folder: str, staging: Path) -> Path:
-    """Write the verified files of one folder locally, for loaders that only take a directory."""
-    for path in artifact.paths_under(folder):
-        destination = staging / path
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(artifact.read(path))
-    return staging / folder
-
-
 def load_generator(artifact_dir: Path) -> FluxGenerator:
-    """Load a published artifact; every file is read once and checked against the manifest.
+    """Load a published artifact, every file read once and checked against the manifest.
 
-    Raises ArtifactError (naming the file) for a missing manifest, a missing, truncated or
-    corrupted file, or graphs this artifact's backend cannot load.
+    The files are copied, verified, into a private temporary directory (under TMPDIR) that
+    lives as long as the generator, and loaded from there. Raises ArtifactError naming the
+    file for a missing manifest, a missing, truncated or corrupted file, or graphs this
+    artifact's backend cannot load.
     """
-    artifact = VerifiedArtifact(Path(artifact_dir))
-    config = json.loads(artifact.read(PIPELINE_CONFIG_NAME))
+    staging = tempfile.TemporaryDirectory(prefix="flux-artifact-")
+    try:
+        return _load(Path(artifact_dir), Path(staging.name), staging)
+    except BaseException:
+        staging.cleanup()
+        raise
+
+
+def _load(artifact_dir: Path, local: Path, staging: tempfile.TemporaryDirectory) -> FluxGenerator:
+    manifest = copy_verified(artifact_dir, local)
+    config = json.loads((local / PIPELINE_CONFIG_NAME).read_text())
     if set(config["graphs"]) != set(COMPONENTS):
         raise ArtifactError(f"{PIPELINE_CONFIG_NAME}: graphs {sorted(config['graphs'])}, expected {list(COMPONENTS)}")
-    backend = get_backend(artifact.manifest["key"]["backend"])
-    staging = tempfile.TemporaryDirectory(prefix="flux-artifact-")
-    staging_dir = Path(staging.name)
+    backend = get_backend(manifest["key"]["backend"])
     graphs = {
-        component: backend.load_graph(spec["layout"], spec["files"], artifact.read, staging_dir / component)
+        component: backend.load_graph(spec["layout"], [local / path for path in spec["files"]])
         for component, spec in config["graphs"].items()
     }
-    tokenizer = CLIPTokenizer.from_pretrained(_stage_folder(artifact, "tokenizer", staging_dir))
-    tokenizer_2 = T5TokenizerFast.from_pretrained(_stage_folder(artifact, "tokenizer_2", staging_dir))
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-        json.loads(artifact.read("scheduler/scheduler_config.json"))
-    )
-    artifact.verify_unread()
     dtype = TORCH_DTYPES[config["dtype"]]
+    scheduler_config = json.loads((local / "scheduler" / "scheduler_config.json").read_text())
     pipeline = _CpuFluxPipeline(
-        scheduler=scheduler,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(scheduler_config),
         vae=_CompiledVaeDecoder(graphs[VAE_DECODER], config["vae"]),
         text_encoder=_CompiledClipTextEncoder(graphs[TEXT_ENCODER], dtype),
-        tokenizer=tokenizer,
+        tokenizer=CLIPTokenizer.from_pretrained(local / "tokenizer"),
         text_encoder_2=_CompiledT5Encoder(graphs[TEXT_ENCODER_2], dtype),
-        tokenizer_2=tokenizer_2,
+        tokenizer_2=T5TokenizerFast.from_pretrained(local / "tokenizer_2"),
         transformer=_CompiledTransformer(graphs[TRANSFORMER], dtype, config["transformer"]),
     )
     pipeline.set_progress_bar_config(disable=True)
-    return FluxGenerator(pipeline, parse_shape(config["shape"]), artifact.manifest, config["max_text_length"], staging)
+    return FluxGenerator(pipeline, parse_shape(config["shape"]), manifest, config["max_text_length"], staging)

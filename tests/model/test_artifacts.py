@@ -12,7 +12,7 @@ from model.artifacts import (
     ATTEMPTS_DIR,
     MANIFEST_NAME,
     ArtifactError,
-    VerifiedArtifact,
+    copy_verified,
     publish,
     read_manifest,
     unfinished_attempts,
@@ -64,11 +64,12 @@ def test_a_second_publisher_loses_to_the_first_manifest_and_overwrites_nothing(
     assert len(list((published / ATTEMPTS_DIR).iterdir())) == 2
 
 
-def test_verified_reads_return_the_published_bytes(published: Path, files: dict[str, bytes]) -> None:
-    artifact = VerifiedArtifact(published)
-    assert artifact.paths_under("graphs") == ["graphs/big.bin"]
+def test_verified_copy_holds_the_published_bytes(tmp_path: Path, published: Path, files: dict[str, bytes]) -> None:
+    manifest = copy_verified(published, tmp_path / "copy")
+    assert manifest == read_manifest(published)
+    assert {path.relative_to(tmp_path / "copy").as_posix() for path in (tmp_path / "copy").rglob("*") if path.is_file()} == set(files)
     for name, data in files.items():
-        assert artifact.read(name) == data
+        assert (tmp_path / "copy" / name).read_bytes() == data
 
 
 def _damage(published: Path, name: str, how: str) -> None:
@@ -87,30 +88,27 @@ def _damage(published: Path, name: str, how: str) -> None:
 @pytest.mark.parametrize(
     "how, message", [("missing", "missing"), ("truncated", "bytes"), ("extended", "bytes"), ("corrupted", "sha256")]
 )
-def test_damaged_files_raise_artifact_error_naming_the_file(published: Path, how: str, message: str) -> None:
+def test_damaged_files_raise_artifact_error_naming_the_file(
+    tmp_path: Path, published: Path, how: str, message: str
+) -> None:
     _damage(published, "graphs/big.bin", how)
-    artifact = VerifiedArtifact(published)
-    assert artifact.read("a.bin") == b"alpha"
-    with pytest.raises(ArtifactError, match=rf"graphs/big\.bin.*{message}"):
-        artifact.read("graphs/big.bin")
+    with pytest.raises(ArtifactError, match=rf"^graphs/big\.bin: .*{message}"):
+        copy_verified(published, tmp_path / "copy")
 
 
-def test_verify_unread_checks_the_files_nobody_asked_for(published: Path) -> None:
-    _damage(published, "graphs/big.bin", "corrupted")
-    artifact = VerifiedArtifact(published)
-    artifact.read("a.bin")
-    with pytest.raises(ArtifactError, match=r"graphs/big\.bin"):
-        artifact.verify_unread()
-
-
-def test_reading_a_file_the_manifest_does_not_list_is_refused(published: Path) -> None:
-    with pytest.raises(ArtifactError, match="not listed"):
-        VerifiedArtifact(published).read("../manifest.json")
+def test_files_listed_outside_the_artifact_are_refused(tmp_path: Path, published: Path) -> None:
+    manifest = read_manifest(published)
+    manifest["files"][0]["path"] = "../escaped.bin"
+    (published / MANIFEST_NAME).unlink()
+    (published / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="outside the artifact"):
+        copy_verified(published, tmp_path / "copy")
+    assert not (tmp_path / "escaped.bin").exists()
 
 
 def test_no_manifest_means_not_published(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match=f"{MANIFEST_NAME} missing"):
-        VerifiedArtifact(tmp_path)
+        copy_verified(tmp_path, tmp_path / "copy")
 
 
 @pytest.mark.parametrize(
