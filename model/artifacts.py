@@ -46,18 +46,37 @@ def _write_new_file(path: Path, data: bytes) -> None:
         os.fsync(file.fileno())
 
 
-def _copy_new_file(source: Path, destination: Path) -> tuple[int, str]:
-    """Copy sequentially into a new file; return the size and sha256 of the bytes written."""
-    digest, size = hashlib.sha256(), 0
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with source.open("rb") as reader, destination.open("xb") as writer:
-        while chunk := reader.read(_CHUNK_BYTES):
+def _copy_and_hash(reader, writer, size: int, name: str) -> str:
+    """Copy exactly ``size`` bytes sequentially from reader to writer; return their sha256."""
+    digest = hashlib.sha256()
+    hashing: Future | None = None
+    copied = 0
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        while copied < size:
+            chunk = reader.read(min(_CHUNK_BYTES, size - copied))
+            if not chunk:
+                raise ArtifactError(f"{name}: ended after {copied} of {size} bytes while reading")
+            # Hash on a helper thread while this chunk is written and the next one read:
+            # both release the GIL, so hashing costs little on top of copying.
+            if hashing is not None:
+                hashing.result()
+            hashing = hasher.submit(digest.update, chunk)
             writer.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
+            copied += len(chunk)
+        if hashing is not None:
+            hashing.result()
+    return digest.hexdigest()
+
+
+def _copy_new_file(source: Path, destination: Path) -> tuple[int, str]:
+    """Copy into a new file; return the size and sha256 of the bytes written."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("rb", buffering=0) as reader, destination.open("xb") as writer:
+        size = os.fstat(reader.fileno()).st_size
+        sha256 = _copy_and_hash(reader, writer, size, str(source))
         writer.flush()
         os.fsync(writer.fileno())
-    return size, digest.hexdigest()
+    return size, sha256
 
 
 def new_attempt_name() -> str:
@@ -148,25 +167,10 @@ def _copy_verified_file(source: Path, target: Path, name: str, size: int, sha256
         reader = source.open("rb", buffering=0)
     except FileNotFoundError:
         raise ArtifactError(f"{name}: missing (expected at {source})") from None
-    with reader, target.open("xb") as writer, ThreadPoolExecutor(max_workers=1) as hasher:
+    with reader, target.open("xb") as writer:
         actual_size = os.fstat(reader.fileno()).st_size
         if actual_size != size:
             raise ArtifactError(f"{name}: {actual_size} bytes, the manifest says {size} (truncated or replaced)")
-        digest = hashlib.sha256()
-        hashing: Future | None = None
-        copied = 0
-        while copied < size:
-            chunk = reader.read(min(_CHUNK_BYTES, size - copied))
-            if not chunk:
-                raise ArtifactError(f"{name}: ended after {copied} of {size} bytes while reading")
-            # Hash on a helper thread while this chunk is written and the next one read:
-            # both release the GIL, so verifying costs little more than copying.
-            if hashing is not None:
-                hashing.result()
-            hashing = hasher.submit(digest.update, chunk)
-            writer.write(chunk)
-            copied += len(chunk)
-        if hashing is not None:
-            hashing.result()
-    if digest.hexdigest() != sha256:
-        raise ArtifactError(f"{name}: sha256 {digest.hexdigest()} does not match the manifest's {sha256} (corrupted)")
+        actual_sha256 = _copy_and_hash(reader, writer, size, name)
+    if actual_sha256 != sha256:
+        raise ArtifactError(f"{name}: sha256 {actual_sha256} does not match the manifest's {sha256} (corrupted)")

@@ -19,7 +19,7 @@ from torch import nn
 
 from infra.versions import NEURON_DLC_IMAGE, NEURON_SDK_VERSION
 from model.artifacts import ArtifactError
-from model.components import TEXT_ENCODER_2, TRANSFORMER, VAE_DECODER, GraphSpec
+from model.components import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, VAE_DECODER, GraphSpec
 
 BACKENDS = ("cpu", "neuron")
 NEURON_TARGETS = ("trn1", "trn1n", "trn2", "inf2")
@@ -80,8 +80,14 @@ class CpuBackend:
 # The components too large for one NeuronCore, sharded across tp_degree cores as the
 # walkthrough does; CLIP and the VAE decoder fit on one core.
 NEURON_TENSOR_PARALLEL = (TEXT_ENCODER_2, TRANSFORMER)
-# The walkthrough's compiler settings: unet-inference for the transformer and VAE.
-NEURON_MODEL_TYPES = {TRANSFORMER: "unet-inference", VAE_DECODER: "unet-inference"}
+# neuronx-cc --model-type per component: the walkthrough's unet-inference for the
+# transformer and the VAE decoder, transformer for the text encoders.
+NEURON_MODEL_TYPES = {
+    TEXT_ENCODER: "transformer",
+    TEXT_ENCODER_2: "transformer",
+    TRANSFORMER: "unet-inference",
+    VAE_DECODER: "unet-inference",
+}
 
 
 def shard_linear_layers(module: nn.Module) -> nn.Module:
@@ -155,7 +161,7 @@ class NeuronBackend:
             "--target",
             target,
             "--model-type",
-            NEURON_MODEL_TYPES.get(spec.component, "transformer"),
+            NEURON_MODEL_TYPES[spec.component],
             "--enable-fast-loading-neuron-binaries",
         ]
         # The compiler's work directory stays in scratch: it must never reach the artifact.

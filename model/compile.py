@@ -32,7 +32,7 @@ import transformers
 from infra.versions import NEURON_SDK_VERSION
 from model.artifacts import MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
 from model.backends import BACKENDS, NEURON_TARGETS, Backend, BackendUnavailable, get_backend
-from model.components import PIPELINE_CONFIG_NAME, TORCH_DTYPES, graph_specs
+from model.components import PIPELINE_CONFIG_NAME, TORCH_DTYPES, VAE_SCALE_FACTOR, graph_specs
 from model.shapes import DTYPES, Shape, parse_dtype, parse_shape
 from model.sources import SourceUnavailable, check_revision, key_revision, open_source
 
@@ -168,6 +168,8 @@ def _compile_into(staged: Path, workdir: Path, options: CompileOptions, backend:
     transformer_config, vae_config = source.config("transformer"), source.config("vae")
     if not transformer_config["guidance_embeds"]:
         raise ValueError(f"{options.model} has no guidance embedding: only guidance-distilled FLUX.1 (dev) is supported")
+    if 2 ** (len(vae_config["block_out_channels"]) - 1) != VAE_SCALE_FACTOR:
+        raise ValueError(f"{options.model}'s VAE does not scale by {VAE_SCALE_FACTOR}, which image shapes assume")
     tokenizer, tokenizer_2 = source.tokenizers()
     timings = {"source_s": round(time.perf_counter() - started, 3), "graphs_s": {}}
     graphs = {}
@@ -178,7 +180,8 @@ def _compile_into(staged: Path, workdir: Path, options: CompileOptions, backend:
         started = time.perf_counter()
         log.info("compiling %s (%s backend)", spec.component, backend.name)
         layout = backend.compile_graph(spec, staged / spec.component, workdir, options.target, options.tp_degree)
-        files = sorted(path.relative_to(staged).as_posix() for path in (staged / spec.component).rglob("*"))
+        written = (staged / spec.component).rglob("*")
+        files = sorted(path.relative_to(staged).as_posix() for path in written if path.is_file())
         graphs[spec.component] = {"layout": layout, "files": files}
         timings["graphs_s"][spec.component] = round(time.perf_counter() - started, 3)
     tokenizer.save_pretrained(staged / "tokenizer")
