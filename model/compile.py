@@ -26,7 +26,6 @@ from pathlib import Path
 
 import diffusers
 import tokenizers
-import torch
 import transformers
 
 from infra.versions import NEURON_SDK_VERSION
@@ -167,7 +166,7 @@ def _compile_into(staged: Path, workdir: Path, options: CompileOptions, backend:
     source = open_source(options.model, options.revision)
     transformer_config, vae_config = source.config("transformer"), source.config("vae")
     if not transformer_config["guidance_embeds"]:
-        raise ValueError(f"{options.model} has no guidance embedding: only guidance-distilled FLUX.1 (dev) is supported")
+        raise ValueError(f"{options.model} has no guidance embedding: only guidance-distilled FLUX.1 is supported")
     if 2 ** (len(vae_config["block_out_channels"]) - 1) != VAE_SCALE_FACTOR:
         raise ValueError(f"{options.model}'s VAE does not scale by {VAE_SCALE_FACTOR}, which image shapes assume")
     tokenizer, tokenizer_2 = source.tokenizers()

@@ -1,4 +1,4 @@
-"""Publishing and verified reading, on synthetic files (no model involved)."""
+"""Publishing and the verified copy, on synthetic files (no model involved)."""
 
 from __future__ import annotations
 
@@ -65,11 +65,11 @@ def test_a_second_publisher_loses_to_the_first_manifest_and_overwrites_nothing(
 
 
 def test_verified_copy_holds_the_published_bytes(tmp_path: Path, published: Path, files: dict[str, bytes]) -> None:
-    manifest = copy_verified(published, tmp_path / "copy")
-    assert manifest == read_manifest(published)
-    assert {path.relative_to(tmp_path / "copy").as_posix() for path in (tmp_path / "copy").rglob("*") if path.is_file()} == set(files)
+    copy = tmp_path / "copy"
+    assert copy_verified(published, copy) == read_manifest(published)
+    assert {path.relative_to(copy).as_posix() for path in copy.rglob("*") if path.is_file()} == set(files)
     for name, data in files.items():
-        assert (tmp_path / "copy" / name).read_bytes() == data
+        assert (copy / name).read_bytes() == data
 
 
 def _damage(published: Path, name: str, how: str) -> None:
@@ -113,7 +113,11 @@ def test_no_manifest_means_not_published(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content, message",
-    [(b'{"format": 1, "key"', "unreadable"), (b'{"format": 1}', "lacks attempt, files, key"), (b"[]", "not a JSON object")],
+    [
+        (b'{"format": 1, "key"', "unreadable"),
+        (b'{"format": 1}', "lacks attempt, files, key"),
+        (b"[]", "not a JSON object"),
+    ],
 )
 def test_unusable_manifests_are_reported(tmp_path: Path, content: bytes, message: str) -> None:
     (tmp_path / MANIFEST_NAME).write_bytes(content)

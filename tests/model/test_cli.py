@@ -1,6 +1,7 @@
 """`python -m model.compile` as the Kubernetes Jobs and pods call it: exit codes, last stdout line, one-line errors.
 
-Each case is a real subprocess; independent ones run side by side to keep the suite fast.
+The contract itself runs in real subprocesses, independent ones side by side to keep the
+suite fast; the many ways options can be wrong call main() in-process.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ def _last_line(text: str) -> str:
 
 
 def _options_argv(options: CompileOptions) -> list[str]:
-    return [
-        "--model", options.model, "--backend", options.backend, "--shape", str(options.shape),
-        "--dtype", options.dtype, "--max-text-length", str(options.max_text_length),
-    ]  # fmt: skip
+    flags = {
+        "--model": options.model,
+        "--backend": options.backend,
+        "--shape": str(options.shape),
+        "--dtype": options.dtype,
+        "--max-text-length": str(options.max_text_length),
+    }
+    return [part for flag, value in flags.items() for part in (flag, value)]
 
 
 def test_resolve_and_recompile_of_a_published_artifact_and_clean_usage_errors(
@@ -96,8 +101,8 @@ def test_two_processes_compiling_one_key_publish_one_usable_artifact_and_print_i
 def _main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     try:
         code = main(argv)
-    except SystemExit as exit:
-        code = exit.code
+    except SystemExit as stop:  # argparse's usage errors
+        code = stop.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -140,7 +145,7 @@ def test_neuron_backend_without_the_neuron_sdk_is_one_clear_line(
 
 
 def test_a_manifest_for_another_key_fails_cleanly(tmp_path: Path, capsys) -> None:
-    code, out, _ = _main([*TINY_SMALL, "--out", str(tmp_path), "--resolve"], capsys)
+    _, out, _ = _main([*TINY_SMALL, "--out", str(tmp_path), "--resolve"], capsys)
     artifact_dir = Path(_last_line(out))
     artifact_dir.mkdir()
     (artifact_dir / MANIFEST_NAME).write_text(json.dumps({"format": 1, "key": {}, "attempt": "x", "files": []}))

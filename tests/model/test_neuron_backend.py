@@ -124,7 +124,9 @@ class FakeNeuronSdk:
             parallel_model_save=parallel_model_save,
             parallel_model_load=parallel_model_load,
         )
-        parallel_layers = types.SimpleNamespace(ColumnParallelLinear=ColumnParallelLinear, parallel_state=parallel_state)
+        parallel_layers = types.SimpleNamespace(
+            ColumnParallelLinear=ColumnParallelLinear, parallel_state=parallel_state
+        )
         return {
             "torch_neuronx": types.SimpleNamespace(__version__=VERSIONS["torch-neuronx"], trace=trace),
             "neuronxcc": types.SimpleNamespace(__version__=VERSIONS["neuronx-cc"]),
