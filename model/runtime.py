@@ -132,7 +132,8 @@ def load_generator(artifact_dir: Path) -> FluxGenerator:
     The files are copied, verified, into a private temporary directory (under TMPDIR) that
     lives as long as the generator, and loaded from there. Raises ArtifactError naming the
     file for a missing manifest, a missing, truncated or corrupted file, or graphs this
-    artifact's backend cannot load.
+    artifact's backend cannot load; BackendUnavailable when that backend cannot run here
+    (a neuron artifact without the Neuron SDK).
     """
     staging = tempfile.TemporaryDirectory(prefix="flux-artifact-")
     try:
