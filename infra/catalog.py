@@ -10,18 +10,21 @@ class NeuronInstance:
     name: str
     devices: int
     cores_per_device: int
+    vcpus: int
+    memory_gib: int
 
 
-# Instance families Karpenter may launch for Neuron work, with the devices each type exposes.
+# Instance families Karpenter may launch for Neuron work: devices, NeuronCores per device, and the
+# host's vCPUs and GiB of memory (EC2's published sizes).
 NEURON_FAMILIES: dict[str, tuple[NeuronInstance, ...]] = {
-    "trn1": (NeuronInstance("trn1.2xlarge", 1, 2), NeuronInstance("trn1.32xlarge", 16, 2)),
-    "trn1n": (NeuronInstance("trn1n.32xlarge", 16, 2),),
-    "trn2": (NeuronInstance("trn2.3xlarge", 1, 8), NeuronInstance("trn2.48xlarge", 16, 8)),
+    "trn1": (NeuronInstance("trn1.2xlarge", 1, 2, 8, 32), NeuronInstance("trn1.32xlarge", 16, 2, 128, 512)),
+    "trn1n": (NeuronInstance("trn1n.32xlarge", 16, 2, 128, 512),),
+    "trn2": (NeuronInstance("trn2.3xlarge", 1, 8, 12, 128), NeuronInstance("trn2.48xlarge", 16, 8, 192, 2048)),
     "inf2": (
-        NeuronInstance("inf2.xlarge", 1, 2),
-        NeuronInstance("inf2.8xlarge", 1, 2),
-        NeuronInstance("inf2.24xlarge", 6, 2),
-        NeuronInstance("inf2.48xlarge", 12, 2),
+        NeuronInstance("inf2.xlarge", 1, 2, 4, 16),
+        NeuronInstance("inf2.8xlarge", 1, 2, 32, 128),
+        NeuronInstance("inf2.24xlarge", 6, 2, 96, 384),
+        NeuronInstance("inf2.48xlarge", 12, 2, 192, 768),
     ),
 }
 

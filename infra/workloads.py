@@ -26,12 +26,10 @@ GRAPHS_MOUNT = "/graphs"
 SCRATCH_MOUNT = "/scratch"
 # The FLUX.1-dev download (~34 GB), the traced graphs and the compiler's work files.
 SCRATCH_SIZE = "200Gi"
-# Host vCPUs and GiB of memory per instance type (EC2's published sizes).
-HOST_SIZES = {
-    "trn1.2xlarge": (8, 32), "trn1.32xlarge": (128, 512), "trn1n.32xlarge": (128, 512),
-    "trn2.3xlarge": (12, 128), "trn2.48xlarge": (192, 2048),
-    "inf2.xlarge": (4, 16), "inf2.8xlarge": (32, 128), "inf2.24xlarge": (96, 384), "inf2.48xlarge": (192, 768),
-}
+# load_generator verifies each artifact file while copying it to local disk (TMPDIR), then
+# loads from there: room for one whole FLUX.1-dev artifact, on the node's striped NVMe.
+LOCAL_ARTIFACT_MOUNT = "/var/lib/flux-neuron"
+LOCAL_ARTIFACT_SIZE = "150Gi"
 # A pod gets this part of its devices' share of the host; the rest is for the kubelet's
 # reservations and the node daemons (device plugin, Mountpoint, CloudWatch agent, CNI).
 HOST_SHARE = 0.7
@@ -76,8 +74,8 @@ class HostShare:
 def host_share(pool: NeuronPool, devices: int) -> HostShare:
     """CPU and memory for a pod with `devices` on `pool`: its share of the leanest instance type it fits on."""
     fitting = [catalog.instance(name) for name in pool.instance_types if catalog.instance(name).devices >= devices]
-    cpu = min(HOST_SIZES[instance.name][0] / instance.devices for instance in fitting)
-    memory = min(HOST_SIZES[instance.name][1] / instance.devices for instance in fitting)
+    cpu = min(instance.vcpus / instance.devices for instance in fitting)
+    memory = min(instance.memory_gib / instance.devices for instance in fitting)
     return HostShare(math.floor(cpu * devices * HOST_SHARE), math.floor(memory * devices * HOST_SHARE))
 
 
@@ -121,17 +119,18 @@ def _claim_volume(name: str, claim: str, read_only: bool) -> dict:
     return {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
 
 
-def _neuron_resources(devices: int, share: HostShare) -> dict:
+def _neuron_resources(devices: int, share: HostShare, ephemeral_storage: str) -> dict:
     # Requests equal limits: Guaranteed QoS, so the kubelet never evicts a pod holding accelerators.
+    # Local disk is only requested, so Karpenter picks nodes with room for it.
     limits = {NEURON_DEVICE_RESOURCE: str(devices), **share.resources()}
-    return {"requests": dict(limits), "limits": limits}
+    return {"requests": {**limits, "ephemeral-storage": ephemeral_storage}, "limits": limits}
 
 
 def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str], claim: pulumi.Input[str],
                      scheduler_name: str) -> dict:
     pool = config.compile_pool
     share = host_share(pool, config.compile.devices)
-    resources = _neuron_resources(config.compile.devices, share)
+    resources = _neuron_resources(config.compile.devices, share, ephemeral_storage=SCRATCH_SIZE)
     labels = workload_labels(COMPILE, shape)
     container = {
         "name": COMPILE,
@@ -144,8 +143,7 @@ def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str]
             {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
             HOME_ENV,
         ],
-        "resources": {"requests": {**resources["requests"], "ephemeral-storage": SCRATCH_SIZE},
-                      "limits": resources["limits"]},
+        "resources": resources,
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "graphs", "mountPath": GRAPHS_MOUNT},
                          {"name": "scratch", "mountPath": SCRATCH_MOUNT},
@@ -203,7 +201,7 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
                     "--graphs-root", GRAPHS_MOUNT, *key_args,
                     "--queue-size", str(config.serving.queue_size),
                     "--request-timeout", str(config.serving.request_timeout_seconds)],
-        "env": [HOME_ENV],
+        "env": [HOME_ENV, {"name": "TMPDIR", "value": LOCAL_ARTIFACT_MOUNT}],
         "ports": [{"name": "http", "containerPort": endpoints.DEFAULT_PORT, "protocol": "TCP"}],
         # Startup: graphs loaded and warmed; until then liveness and readiness wait.
         "startupProbe": {"httpGet": http_get, "periodSeconds": PROBE_PERIOD_SECONDS, "timeoutSeconds": 5,
@@ -213,9 +211,10 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
         "livenessProbe": {"httpGet": {"port": "http", "path": endpoints.HEALTHZ}, "periodSeconds": 20,
                           "timeoutSeconds": 5, "failureThreshold": 3},
         "lifecycle": {"preStop": {"sleep": {"seconds": DEREGISTRATION_SECONDS}}},
-        "resources": _neuron_resources(config.serving.devices, share),
+        "resources": _neuron_resources(config.serving.devices, share, ephemeral_storage=LOCAL_ARTIFACT_SIZE),
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "graphs", "mountPath": GRAPHS_MOUNT, "readOnly": True},
+                         {"name": "local-artifact", "mountPath": LOCAL_ARTIFACT_MOUNT},
                          {"name": "shm", "mountPath": "/dev/shm"}],
     }
     spread = [{"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
@@ -241,6 +240,7 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
                 "containers": [server],
                 "volumes": [_claim_volume("graphs", read_only_claim, read_only=True),
                             _claim_volume("graphs-published", read_write_claim, read_only=True),
+                            {"name": "local-artifact", "emptyDir": {"sizeLimit": LOCAL_ARTIFACT_SIZE}},
                             _shm_volume(share.memory_gib)],
             },
         },

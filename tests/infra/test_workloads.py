@@ -24,7 +24,7 @@ from infra.offline import REPO_ROOT, SECRET_SIG, manifest, run_program, stack_fi
 from infra.storage import CONTAINER_UID
 from infra.validate import kubernetes_schema_problems
 from infra.workloads import (
-    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, HOST_SIZES, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
+    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
 )
 from serving import endpoints
 
@@ -227,10 +227,6 @@ def test_neuron_pods_use_the_neuron_scheduler_and_fit_a_tolerated_pool(rendering
         assert resources["requests"][NEURON_DEVICE_RESOURCE] == str(devices) and devices in counts, name
 
 
-def test_every_neuron_instance_type_has_a_known_host_size():
-    assert set(HOST_SIZES) == {i.name for family in catalog.NEURON_FAMILIES.values() for i in family}
-
-
 def test_the_image_user_is_the_uid_pods_and_graph_volumes_use():
     dockerfile = (REPO_ROOT / DOCKERFILE).read_text()
     assert re.search(rf"^USER {CONTAINER_UID}:{CONTAINER_UID}$", dockerfile, re.MULTILINE)
@@ -274,6 +270,17 @@ def test_compile_jobs_run_once_within_their_deadline_and_pulumi_waits_longer(ren
         token = next(env for env in container["env"] if env["name"] == "HF_TOKEN")
         assert token["valueFrom"]["secretKeyRef"]["name"] == HF_TOKEN_SECRET
         assert int(container["resources"]["limits"][NEURON_DEVICE_RESOURCE]) == stack_config.compile.devices
+
+
+def test_neuron_containers_work_on_local_disk_they_requested(rendering):
+    """Compile scratch and the serving loader's verified copy (TMPDIR) live on sized emptyDirs."""
+    for _, name, spec, _ in pod_specs(rendering):
+        container = spec["containers"][0]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        local_dir = env.get("TMPDIR") or container["command"][container["command"].index("--scratch") + 1]
+        mount = next(m for m in container["volumeMounts"] if local_dir.startswith(m["mountPath"]))
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["emptyDir"]["sizeLimit"] == container["resources"]["requests"]["ephemeral-storage"], name
 
 
 def test_serving_waits_for_published_graphs_and_serves_the_same_key(rendering, stack_config):
