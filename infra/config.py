@@ -17,10 +17,9 @@ import pulumi
 
 from infra import catalog, versions
 from infra.naming import PROJECT
-from model.shapes import DTYPES, Shape, parse_dtype, parse_shape
+from model.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
 CAPACITY_TYPES = ("on-demand", "spot", "reserved")
-MAX_TEXT_LENGTH = 512  # T5's limit for FLUX.1
 MAX_REPLICAS = 100
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")

@@ -19,6 +19,7 @@ from infra.naming import (
     SYSTEM_NODE_LABEL, neuron_nodepool, workload_labels, workload_name,
 )
 from infra.storage import CONTAINER_UID
+from model.artifacts import EXIT_NOT_PUBLISHED
 from model.shapes import Shape
 from serving import endpoints
 
@@ -43,7 +44,6 @@ PROBE_PERIOD_SECONDS = 10
 # A rollout waits for a node, the image pull and the startup above.
 ROLLOUT_MINUTES = STARTUP_MINUTES + COMPILE_START_MINUTES
 # What `model.compile --resolve` exits with while the key is not published yet.
-EXIT_NOT_PUBLISHED = 3
 RESOLVE_INTERVAL_SECONDS = 30
 # Retries `"$@"` (the resolve command) until it says published; any other failure stops the pod.
 WAIT_SCRIPT = ('while :; do "$@"; status=$?; [ "$status" -eq 0 ] && exit 0; '

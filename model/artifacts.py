@@ -27,6 +27,10 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+# The exit status of `model.compile --resolve` when the key has no published artifact yet; the
+# serving pods' wait loop (infra/workloads.py) retries on exactly this status.
+EXIT_NOT_PUBLISHED = 3
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 ATTEMPTS_DIR = "attempts"

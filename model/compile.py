@@ -29,22 +29,18 @@ import tokenizers
 import transformers
 
 from infra.versions import NEURON_SDK_VERSION
-from model.artifacts import MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
+from model.artifacts import EXIT_NOT_PUBLISHED, MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
 from model.backends import BACKENDS, NEURON_TARGETS, Backend, BackendUnavailable, get_backend
 from model.components import PIPELINE_CONFIG_NAME, TORCH_DTYPES, VAE_SCALE_FACTOR, graph_specs
-from model.shapes import DTYPES, Shape, parse_dtype, parse_shape
+from model.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 from model.sources import SourceUnavailable, check_revision, key_revision, open_source
 
 # Bump whenever a change here, in components.py or in backends.py changes what gets
 # traced or how it is stored: it is part of the cache key, so old artifacts are never reused.
 COMPILE_CODE_VERSION = 1
-# FluxPipeline refuses longer T5 sequences.
-MAX_TEXT_LENGTH_LIMIT = 512
-DEFAULT_MAX_TEXT_LENGTH = 512
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_NOT_PUBLISHED = 3
 
 log = logging.getLogger(__name__)
 # torch.jit tracing keeps process-global state and fails when two threads trace at once
@@ -60,7 +56,7 @@ class CompileOptions:
     dtype: str = "bfloat16"
     backend: str = "cpu"
     tp_degree: int = 1
-    max_text_length: int = DEFAULT_MAX_TEXT_LENGTH
+    max_text_length: int = MAX_TEXT_LENGTH
     target: str | None = None
 
     def __post_init__(self):
@@ -71,8 +67,8 @@ class CompileOptions:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         check_revision(self.model, self.revision)
-        if not 1 <= self.max_text_length <= MAX_TEXT_LENGTH_LIMIT:
-            raise ValueError(f"max text length {self.max_text_length} is outside 1..{MAX_TEXT_LENGTH_LIMIT}")
+        if not 1 <= self.max_text_length <= MAX_TEXT_LENGTH:
+            raise ValueError(f"max text length {self.max_text_length} is outside 1..{MAX_TEXT_LENGTH}")
         if self.tp_degree < 1:
             raise ValueError(f"tensor-parallel degree {self.tp_degree} must be at least 1")
         if self.backend == "cpu" and (self.tp_degree != 1 or self.target is not None):
@@ -247,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--backend", default="cpu", choices=BACKENDS)
     parser.add_argument("--tp-degree", type=int, default=1, help="NeuronCores for T5 and the transformer")
-    parser.add_argument("--max-text-length", type=int, default=DEFAULT_MAX_TEXT_LENGTH, help="T5 tokens")
+    parser.add_argument("--max-text-length", type=int, default=MAX_TEXT_LENGTH, help="T5 tokens")
     parser.add_argument("--target", choices=NEURON_TARGETS, help="Neuron instance family (neuron backend)")
     parser.add_argument("--out", required=True, type=Path, help="root of the artifact directories")
     parser.add_argument("--scratch", type=Path, help="local directory for compiler work (default: system temp)")

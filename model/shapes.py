@@ -1,4 +1,4 @@
-"""Image shapes, the one definition shared by infra, model and serving.
+"""Image shapes and the other compile-time dimensions, defined once for infra, model and serving.
 
 A shape is written ``HxW``: height first, then width, in pixels (``1024x576`` is
 1024 pixels tall and 576 wide). Both sides must be multiples of 16 (the VAE's
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 SIDE_MULTIPLE = 16
 MIN_SIDE = 64
 MAX_SIDE = 2048
+# FLUX.1's T5 prompt length limit (FluxPipeline refuses longer); compiled graphs fix their length.
+MAX_TEXT_LENGTH = 512
 # Neuron compiles bfloat16; float32 exists for CPU runs of the tiny model.
 DTYPES = ("bfloat16", "float32")
 
