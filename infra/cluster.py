@@ -57,7 +57,9 @@ class Cluster(pulumi.ComponentResource):
             use_default_vpc_cni=True,
             coredns_addon_options=eks.CoreDnsAddonOptionsArgs(enabled=False),
             kube_proxy_addon_options=eks.KubeProxyAddonOptionsArgs(enabled=False),
-            node_security_group_tags={KARPENTER_DISCOVERY_TAG: args.cluster_name},
+            # One security group for the control plane and every node, the one EKS creates: system nodes
+            # (EKS node group) and Karpenter nodes then reach each other's pods (CoreDNS) without extra rules.
+            skip_default_security_groups=True,
             opts=child,
         )
         # pulumi-eks names the EKS cluster exactly `name=`; taking it through one of the component's
@@ -88,6 +90,8 @@ class Cluster(pulumi.ComponentResource):
         ]
         self.kubeconfig_json = cluster.kubeconfig_json
         self.node_security_group_id = cluster.node_security_group_id
+        aws.ec2.Tag(f"{name}-karpenter-discovery", resource_id=self.node_security_group_id,
+                    key=KARPENTER_DISCOVERY_TAG, value=args.cluster_name, opts=child)
         self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=cluster.kubeconfig_json,
                                      enable_server_side_apply=True, opts=child)
         namespace = k8s.core.v1.Namespace(

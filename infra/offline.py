@@ -156,11 +156,14 @@ class _Mocks(pulumi.runtime.Mocks):
         cluster_name = inputs["name"]
         kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [
             {"name": cluster_name, "cluster": {"server": f"https://{cluster_name}.eks.amazonaws.com"}}]}
+        # As documented: without default security groups both ids are the one EKS creates.
+        eks_created = _ec2_id("sg", f"{cluster_name}-eks")
+        separate = not inputs.get("skipDefaultSecurityGroups")
         return {
             "kubeconfig": kubeconfig,
             "kubeconfigJson": json.dumps(kubeconfig),
-            "nodeSecurityGroupId": _ec2_id("sg", f"{cluster_name}-nodes"),
-            "clusterSecurityGroupId": _ec2_id("sg", f"{cluster_name}-cluster"),
+            "nodeSecurityGroupId": _ec2_id("sg", f"{cluster_name}-nodes") if separate else eks_created,
+            "clusterSecurityGroupId": _ec2_id("sg", f"{cluster_name}-cluster") if separate else eks_created,
         }
 
     def call(self, args: pulumi.runtime.MockCallArgs):

@@ -109,8 +109,19 @@ def test_node_class_is_hardened_and_sized_for_neuron_images(rendering):
     root = spec["blockDeviceMappings"][0]["ebs"]
     assert root["encrypted"] is True and root["volumeType"] == "gp3" and int(root["volumeSize"][:-2]) >= 200
     assert spec["instanceStorePolicy"] == "RAID0"
+
+
+
+def test_karpenter_nodes_share_the_eks_security_group_with_the_system_nodes(rendering):
+    """System nodes (an EKS node group) sit in the EKS-created group; so must Karpenter's, or
+    their pods cannot reach CoreDNS on the system nodes."""
     cluster = rendering.one("eks:index:Cluster", "cluster")
-    assert spec["securityGroupSelectorTerms"] == [{"id": cluster.outputs["nodeSecurityGroupId"]}]
+    assert cluster.inputs["skipDefaultSecurityGroups"] is True
+    eks_group = cluster.outputs["clusterSecurityGroupId"]
+    spec = manifest(rendering.one(NODECLASS, "karpenter-default"))["spec"]
+    assert spec["securityGroupSelectorTerms"] == [{"id": eks_group}]
+    tag = rendering.one("aws:ec2/tag:Tag", "cluster-karpenter-discovery").inputs
+    assert tag == {"resourceId": eks_group, "key": "karpenter.sh/discovery", "value": rendering.outputs["clusterName"]}
 
 
 def test_one_tainted_nodepool_per_neuron_family_and_a_cpu_pool(rendering, stack_config):
