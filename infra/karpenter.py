@@ -150,6 +150,9 @@ def controller_policy(cluster_name: str, region: str, account: str, queue_arn: s
                        "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*"}}},
         {"Sid": "AllowInstanceProfileReadActions", "Effect": "Allow", "Action": "iam:GetInstanceProfile",
          "Resource": instance_profile},
+        # Listing finds the profiles it created and no longer needs; IAM list calls take no resource but "*".
+        {"Sid": "AllowUnscopedInstanceProfileListAction", "Effect": "Allow", "Action": "iam:ListInstanceProfiles",
+         "Resource": "*"},
         {"Sid": "AllowAPIServerEndpointDiscovery", "Effect": "Allow", "Action": "eks:DescribeCluster",
          "Resource": f"arn:aws:eks:{region}:{account}:cluster/{cluster_name}"},
     ]}
