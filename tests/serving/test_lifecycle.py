@@ -9,6 +9,17 @@ IN_FLIGHT = "flux_generations_in_flight"
 QUEUE_DEPTH = "flux_queue_depth"
 
 
+def hold_one_running_and_one_queued(server, gated_generator, background):
+    """Fill a one-slot queue behind a held generation; return both pending responses."""
+    server.wait_until_settled()
+    gated_generator.gate.clear()
+    running = background.submit(server.generate, seed=1)
+    server.wait_for_metric(IN_FLIGHT, 1)
+    queued = background.submit(server.generate, seed=2)
+    server.wait_for_metric(QUEUE_DEPTH, 1)
+    return running, queued
+
+
 def test_not_ready_until_loaded_and_warmed_up(start_server, gate, tiny_generator):
     gate.clear()
 
@@ -39,12 +50,7 @@ def test_overload_is_refused_at_once_with_retry_after_while_admitted_requests_su
     start_server, gated_generator, background, png_size
 ):
     server = start_server(lambda: gated_generator, queue_size=1)
-    server.wait_until_settled()
-    gated_generator.gate.clear()
-    running = background.submit(server.generate, seed=1)
-    server.wait_for_metric(IN_FLIGHT, 1)
-    queued = background.submit(server.generate, seed=2)
-    server.wait_for_metric(QUEUE_DEPTH, 1)
+    running, queued = hold_one_running_and_one_queued(server, gated_generator, background)
 
     # Answered while the pipeline is still held: a full queue never makes a client wait.
     refused = server.generate(seed=3)
@@ -84,12 +90,7 @@ def test_timeout_is_504_and_a_job_still_queued_never_runs(start_server, gated_ge
 
 def test_shutdown_drains_the_running_and_the_queued_request(start_server, gated_generator, background):
     server = start_server(lambda: gated_generator, queue_size=1)
-    server.wait_until_settled()
-    gated_generator.gate.clear()
-    running = background.submit(server.generate, seed=1)
-    server.wait_for_metric(IN_FLIGHT, 1)
-    queued = background.submit(server.generate, seed=2)
-    server.wait_for_metric(QUEUE_DEPTH, 1)
+    running, queued = hold_one_running_and_one_queued(server, gated_generator, background)
 
     server.begin_shutdown()
     server.wait_until_refusing_connections()
