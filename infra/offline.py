@@ -214,15 +214,21 @@ def run_program(stack: str, overrides: dict[str, Any] | None = None) -> Renderin
     An override is a secret exactly when its value is a SecretText, as `pulumi config set --secret` makes it.
     """
     raw, secret_keys = stack_file_config(stack)
-    for key, value in (overrides or {}).items():
-        secret_keys = [secret for secret in secret_keys if secret != key]
+    overrides = overrides or {}
+    secret_keys = [key for key in secret_keys if key not in overrides]
+    secret_keys += [key for key, value in overrides.items() if isinstance(value, SecretText)]
+    return contextvars.Context().run(_run_isolated, stack, with_overrides(raw, overrides), secret_keys)
+
+
+def with_overrides(raw: dict[str, str], overrides: dict[str, Any]) -> dict[str, str]:
+    """Raw config with keys changed as the CLI would hand them over: objects as JSON, None removes."""
+    changed = dict(raw)
+    for key, value in overrides.items():
         if value is None:
-            raw.pop(key, None)
+            changed.pop(key, None)
         else:
-            raw[key] = value if isinstance(value, str) else json.dumps(value)
-            if isinstance(value, SecretText):
-                secret_keys.append(key)
-    return contextvars.Context().run(_run_isolated, stack, raw, secret_keys)
+            changed[key] = value if isinstance(value, str) else json.dumps(value)
+    return changed
 
 
 def _run_isolated(stack: str, raw: dict[str, str], secret_keys: list[str]) -> Rendering:

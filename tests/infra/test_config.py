@@ -16,7 +16,7 @@ from infra.config import (
     StackConfig, SystemNodes, load_stack_config,
 )
 from infra.config_reference import DOC, REFRESH, with_table
-from infra.offline import REPO_ROOT, run_program, stack_file_config, stack_names
+from infra.offline import REPO_ROOT, run_program, stack_file_config, stack_names, with_overrides
 from model.shapes import Shape
 
 REVISION = "3de623fc3c33e44ffbe2bad470d0f45bccf2eb21"
@@ -65,13 +65,7 @@ def dev(name):
 
 def dev_with(changes):
     """The dev stack file's raw config with keys changed (None removes one), as the CLI hands it over."""
-    raw = dict(DEV_RAW)
-    for key, value in changes.items():
-        if value is None:
-            raw.pop(key)
-        else:
-            raw[key] = value if isinstance(value, str) else json.dumps(value)
-    return raw
+    return with_overrides(DEV_RAW, changes)
 
 
 @pytest.mark.parametrize("stack", stack_names())

@@ -20,7 +20,7 @@ from infra.naming import (
     COMPILE, HF_TOKEN_SECRET, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL,
     SERVE, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, endpoint_path, workload_labels, workload_name,
 )
-from infra.offline import REPO_ROOT, SECRET_SIG, manifest, run_program, stack_file_config
+from infra.offline import REPO_ROOT, SECRET_SIG, manifest, run_program, stack_file_config, with_overrides
 from infra.storage import CONTAINER_UID
 from infra.validate import kubernetes_schema_problems
 from infra.workloads import (
@@ -539,14 +539,8 @@ DEV_RAW = stack_file_config("dev")[0]
     ({"flux-neuron:ingress": {"internal": "yes"}}, "flux-neuron:ingress.internal", "true or false"),
 ])
 def test_bad_workload_settings_are_named_without_echoing_the_token(changes, key, allowed):
-    raw = dict(DEV_RAW)
-    for name, value in changes.items():
-        if value is None:
-            raw.pop(name)
-        else:
-            raw[name] = value if isinstance(value, str) else json.dumps(value)
     with pytest.raises(ConfigError) as raised:
-        load_stack_config(raw)
+        load_stack_config(with_overrides(DEV_RAW, changes))
     assert raised.value.key == key and allowed in str(raised.value)
     assert "hf_R" not in str(raised.value) and "hf_short" not in str(raised.value)
 
