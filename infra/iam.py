@@ -58,23 +58,30 @@ def role(
 def pod_identity_role(
     name: str,
     *,
+    parent: pulumi.Resource,
+    managed_policies: Sequence[str] = (),
+    inline_policy: pulumi.Input[str] | None = None,
+) -> aws.iam.Role:
+    """A role a Kubernetes ServiceAccount assumes through EKS Pod Identity.
+
+    EKS add-ons take the association in their own `pod_identity_associations`; for anything
+    else, declare it with `pod_identity_association`.
+    """
+    return role(name, trust=POD_IDENTITY_TRUST, parent=parent,
+                managed_policies=managed_policies, inline_policy=inline_policy)
+
+
+def pod_identity_association(
+    name: str,
+    *,
+    role_arn: pulumi.Input[str],
     cluster_name: pulumi.Input[str],
     namespace: str,
     service_account: str,
     parent: pulumi.Resource,
-    managed_policies: Sequence[str] = (),
-    inline_policy: pulumi.Input[str] | None = None,
-    associate: bool = True,
-) -> aws.iam.Role:
-    """A role a Kubernetes ServiceAccount assumes through EKS Pod Identity.
-
-    EKS add-ons take the association in their own `pod_identity_associations`: pass
-    associate=False for those so the association is not declared twice.
-    """
-    created = role(name, trust=POD_IDENTITY_TRUST, parent=parent,
-                   managed_policies=managed_policies, inline_policy=inline_policy)
-    if associate:
-        aws.eks.PodIdentityAssociation(
-            name, cluster_name=cluster_name, namespace=namespace, service_account=service_account,
-            role_arn=created.arn, opts=pulumi.ResourceOptions(parent=parent))
-    return created
+) -> aws.eks.PodIdentityAssociation:
+    """Hands the role to the ServiceAccount's pods. Pods admitted before it exists get no
+    credentials, so whatever installs those pods should depend on it."""
+    return aws.eks.PodIdentityAssociation(
+        name, cluster_name=cluster_name, namespace=namespace, service_account=service_account,
+        role_arn=role_arn, opts=pulumi.ResourceOptions(parent=parent))

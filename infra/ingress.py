@@ -189,16 +189,12 @@ class Ingress(pulumi.ComponentResource):
         super().__init__("flux-neuron:infra:Ingress", name, None, opts)
         account = aws.get_caller_identity().account_id
         controller_role = iam.pod_identity_role(
-            f"{name}-controller", cluster_name=args.cluster_name, namespace=SYSTEM_NAMESPACE,
-            service_account=LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, parent=self, associate=False,
+            f"{name}-controller", parent=self,
             inline_policy=pulumi.Output.all(args.cluster_name, args.vpc_id).apply(
                 lambda values: json.dumps(controller_policy(values[0], args.region, account, values[1]))))
-        # Declared here rather than by the helper so the release can wait for it: Pod Identity hands
-        # credentials to pods admitted after the association exists.
-        association = aws.eks.PodIdentityAssociation(
-            f"{name}-controller", cluster_name=args.cluster_name, namespace=SYSTEM_NAMESPACE,
-            service_account=LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, role_arn=controller_role.arn,
-            opts=pulumi.ResourceOptions(parent=self))
+        association = iam.pod_identity_association(
+            f"{name}-controller", role_arn=controller_role.arn, cluster_name=args.cluster_name,
+            namespace=SYSTEM_NAMESPACE, service_account=LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, parent=self)
         controller = k8s.helm.v3.Release(
             f"{name}-controller", name="aws-load-balancer-controller", chart="aws-load-balancer-controller",
             repository_opts={"repo": versions.AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO},

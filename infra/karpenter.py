@@ -185,10 +185,12 @@ class Karpenter(pulumi.ComponentResource):
             aws.cloudwatch.EventTarget(f"{name}-{event}", rule=rule.name, arn=queue.arn, opts=child)
 
         controller_role = iam.pod_identity_role(
-            f"{name}-controller", cluster_name=args.cluster_name, namespace=KARPENTER_NAMESPACE,
-            service_account=SERVICE_ACCOUNT, parent=self,
+            f"{name}-controller", parent=self,
             inline_policy=pulumi.Output.all(args.cluster_name, account, queue.arn, node_role.arn).apply(
                 lambda values: json.dumps(controller_policy(values[0], args.region, values[1], values[2], values[3]))))
+        association = iam.pod_identity_association(
+            f"{name}-controller", role_arn=controller_role.arn, cluster_name=args.cluster_name,
+            namespace=KARPENTER_NAMESPACE, service_account=SERVICE_ACCOUNT, parent=self)
 
         in_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on)
         crds = k8s.helm.v3.Release(
@@ -207,7 +209,7 @@ class Karpenter(pulumi.ComponentResource):
                                              "limits": {"cpu": "1", "memory": "1Gi"}}},
             },
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
-                                        depends_on=[crds, controller_role, *args.depends_on]))
+                                        depends_on=[crds, association, *args.depends_on]))
 
         # Custom resources wait for the release that installs their CRDs (and are deleted before it).
         custom = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[crds, controller])

@@ -11,7 +11,6 @@ import pulumi_aws as aws
 from infra import iam, versions
 
 ADDON = "amazon-cloudwatch-observability"
-AGENT_NAMESPACE = "amazon-cloudwatch"
 AGENT_SERVICE_ACCOUNT = "cloudwatch-agent"
 
 
@@ -26,8 +25,7 @@ class Observability(pulumi.ComponentResource):
     def __init__(self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flux-neuron:infra:Observability", name, None, opts)
         agent_role = iam.pod_identity_role(
-            f"{name}-agent", cluster_name=args.cluster_name, namespace=AGENT_NAMESPACE,
-            service_account=AGENT_SERVICE_ACCOUNT, parent=self, associate=False,
+            f"{name}-agent", parent=self,
             managed_policies=("CloudWatchAgentServerPolicy",))
         self.addon = aws.eks.Addon(
             name, cluster_name=args.cluster_name, addon_name=ADDON,

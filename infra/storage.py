@@ -10,7 +10,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra import iam, versions
-from infra.naming import PROJECT, GRAPHS_BUCKET_PREFIX, GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, SYSTEM_NAMESPACE
+from infra.naming import GRAPHS_BUCKET_PREFIX, GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, PROJECT
 
 CSI_DRIVER = "s3.csi.aws.com"
 CSI_ADDON = "aws-mountpoint-s3-csi-driver"
@@ -68,8 +68,7 @@ class Storage(pulumi.ComponentResource):
 
         # Compile Jobs write new objects and never delete or overwrite, so no s3:DeleteObject.
         driver_role = iam.pod_identity_role(
-            f"{name}-csi", cluster_name=args.cluster_name, namespace=SYSTEM_NAMESPACE,
-            service_account=CSI_SERVICE_ACCOUNT, parent=self, associate=False,
+            f"{name}-csi", parent=self,
             inline_policy=iam.policy_document([
                 {"Sid": "ListGraphs", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket.arn,
                  "Condition": {"StringLike": {"s3:prefix": [f"{GRAPHS_BUCKET_PREFIX}*"]}}},

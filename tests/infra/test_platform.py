@@ -84,6 +84,15 @@ def test_karpenter_settings_name_the_real_cluster_and_queue(rendering):
     assert release(rendering, "karpenter").inputs["version"] == versions.KARPENTER_VERSION
 
 
+def test_helm_installed_controllers_start_after_their_pod_identity_association(rendering):
+    """Pod Identity only hands credentials to pods admitted after the association exists."""
+    associations = {a.inputs["serviceAccount"]: a
+                    for a in rendering.of_type("aws:eks/podIdentityAssociation:PodIdentityAssociation")}
+    for chart, service_account in (("karpenter", "karpenter"),
+                                   ("aws-load-balancer-controller", "aws-load-balancer-controller")):
+        assert associations[service_account].urn in release(rendering, chart).dependencies, chart
+
+
 def test_interruption_events_all_reach_the_queue(rendering):
     queue = rendering.one("aws:sqs/queue:Queue", "karpenter")
     rules = rendering.of_type("aws:cloudwatch/eventRule:EventRule")
