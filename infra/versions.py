@@ -10,10 +10,10 @@ NEURON_SDK_VERSION = "2.31.1"
 KARPENTER_CHART_REPO = "oci://public.ecr.aws/karpenter"
 KARPENTER_VERSION = "1.14.1"
 # AL2023 alias: Karpenter resolves the accelerated (Neuron) AMI variant of this release.
-AL2023_AMI_ALIAS = "al2023@v20251108"
+AL2023_AMI_ALIAS = "al2023@v20250915"
 
 NEURON_CHART_REPO = "oci://public.ecr.aws/neuron"
-NEURON_CHART_VERSION = "1.3.0"
+NEURON_CHART_VERSION = "1.5.0"
 KUBE_SCHEDULER_IMAGE_REPO = "public.ecr.aws/eks-distro/kubernetes/kube-scheduler"
 
 AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO = "https://aws.github.io/eks-charts"
@@ -28,22 +28,24 @@ PROMETHEUS_CHART_VERSION = "27.13.0"
 PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 
 # Per Kubernetes minor: what EKS ships for that minor. The supported minors are exactly these keys.
+# kube-scheduler tags are EKS Distro releases (public.ecr.aws/eks-distro); the others are EKS
+# add-on versions: confirm a bump with `aws eks describe-addon-versions --kubernetes-version <minor>`.
 KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
     "1.33": {
-        "kube-scheduler": "v1.33.5-eks-1-33-19",
-        "vpc-cni": "v1.20.4-eksbuild.1",
+        "kube-scheduler": "v1.33.7-eks-1-33-23",
+        "vpc-cni": "v1.20.4-eksbuild.2",
         "coredns": "v1.12.4-eksbuild.1",
-        "kube-proxy": "v1.33.5-eksbuild.2",
-        "eks-pod-identity-agent": "v1.3.9-eksbuild.3",
+        "kube-proxy": "v1.33.3-eksbuild.6",
+        "eks-pod-identity-agent": "v1.3.8-eksbuild.2",
         "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
     },
     "1.34": {
-        "kube-scheduler": "v1.34.1-eks-1-34-6",
-        "vpc-cni": "v1.20.4-eksbuild.1",
+        "kube-scheduler": "v1.34.11-eks-1-34-24",
+        "vpc-cni": "v1.20.4-eksbuild.2",
         "coredns": "v1.12.4-eksbuild.1",
-        "kube-proxy": "v1.34.1-eksbuild.2",
-        "eks-pod-identity-agent": "v1.3.9-eksbuild.3",
+        "kube-proxy": "v1.34.0-eksbuild.2",
+        "eks-pod-identity-agent": "v1.3.8-eksbuild.2",
         "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
     },
