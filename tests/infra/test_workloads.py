@@ -26,6 +26,7 @@ from infra.validate import kubernetes_schema_problems
 from infra.workloads import (
     AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
 )
+from model.sources import HF_TOKEN_ENV
 from serving import endpoints
 
 JOB = "kubernetes:batch/v1:Job"
@@ -267,7 +268,7 @@ def test_compile_jobs_run_once_within_their_deadline_and_pulumi_waits_longer(ren
         assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
         graphs = mounts[container["command"][container["command"].index("--out") + 1]]
         assert graphs["persistentVolumeClaim"] == {"claimName": "flux-graphs-rw", "readOnly": False}
-        token = next(env for env in container["env"] if env["name"] == "HF_TOKEN")
+        token = next(env for env in container["env"] if env["name"] == HF_TOKEN_ENV)
         assert token["valueFrom"]["secretKeyRef"]["name"] == HF_TOKEN_SECRET
         assert int(container["resources"]["limits"][NEURON_DEVICE_RESOURCE]) == stack_config.compile.devices
 
