@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import pulumi
 
-from infra import catalog, versions
+from infra import catalog, sizing, versions
 from infra.naming import PROJECT
 from model.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
@@ -66,25 +66,27 @@ class NeuronPool:
 
     @property
     def cores_per_device(self) -> int:
-        return catalog.instance(self.instance_types[0]).cores_per_device
+        return catalog.cores_per_device(self.family)
 
 
 @dataclass(frozen=True)
 class CompileSettings:
     pool: str
-    devices: int
+    devices: int  # what tensor_parallel needs (infra.sizing), unless extra_devices_reason says why more
     tensor_parallel: int
     timeout_minutes: int
+    extra_devices_reason: str | None = None
 
 
 @dataclass(frozen=True)
 class ServingSettings:
     pool: str
-    devices: int
+    devices: int  # as CompileSettings.devices
     replicas: int
     max_replicas: int
     queue_size: int
     request_timeout_seconds: int
+    extra_devices_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,14 @@ class StackConfig:
     def compile_pool(self) -> NeuronPool:
         return self.neuron_pools[self.compile.pool]
 
+    @property
+    def compile_plan(self) -> sizing.CompilePlan:
+        """Workers compiling at once and the memory they need (validation made sure one fits)."""
+        plan = sizing.compile_plan(self.compile_pool.instance_types, self.compile.devices,
+                                   self.compile.tensor_parallel, self.dtype)
+        assert plan is not None, "load_stack_config refuses a compile pool without room for one worker"
+        return plan
+
 
 @dataclass(frozen=True)
 class ConfigKey:
@@ -160,6 +170,9 @@ def _key(name: str) -> str:
     return name if ":" in name else f"{PROJECT}:{name}"
 
 
+_DERIVED_DEVICES = ("the fewest the Neuron scheduler extension places on the pool (trn1, trn1n, trn2: 1, 4, 8, 16; "
+                    "inf2: any) with a NeuronCore per compile.tensorParallel rank")
+
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("aws:region", None, "required; an AWS region such as us-west-2"),
     ConfigKey("kubernetesVersion", "1.33", f"one of {', '.join(versions.KUBERNETES_RELEASES)}"),
@@ -171,12 +184,15 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               + ") -> {instanceTypes (of that family; default all), capacityTypes "
               f"({', '.join(CAPACITY_TYPES)}; default [on-demand]), maxDevices (NodePool limit, required)}}"),
     ConfigKey("compile", {"timeoutMinutes": 360},
-              "required; {pool (a neuronPools family), devices (valid for the pool), tensorParallel "
-              "(1-32, at most the devices' cores), timeoutMinutes (10-1440)}"),
+              "required; {pool (a neuronPools family with an instance type whose memory holds one compile worker), "
+              "tensorParallel (" + ", ".join(map(str, sizing.tensor_parallel_degrees()))
+              + ": divides the attention heads (" + sizing.sharded_heads() + "), and large enough that one rank per NeuronCore fits "
+              "the serving pool's HBM), devices (default: " + _DERIVED_DEVICES + "), extraDevicesReason "
+              "(why devices exceeds that default; required then, refused otherwise), timeoutMinutes (10-1440)}"),
     ConfigKey("serving", {"replicas": 1, "queueSize": 4, "requestTimeoutSeconds": 120},
-              "required; {pool (a neuronPools family), devices (valid for the pool, enough cores for "
-              "compile.tensorParallel), replicas (1-100), maxReplicas (replicas-100; default replicas), "
-              "queueSize (0-64), requestTimeoutSeconds (1-3600)}"),
+              "required; {pool (a neuronPools family), devices (default: " + _DERIVED_DEVICES
+              + "), extraDevicesReason (as compile's), replicas (1-100), maxReplicas (replicas-100; default "
+              "replicas), queueSize (0-64), requestTimeoutSeconds (1-3600)}"),
     ConfigKey("shapes", None, "required; non-empty list of distinct shapes 'HxW' (height x width), "
               "each side a multiple of 16 in 64-2048"),
     ConfigKey("network", {"cidr": "10.0.0.0/16", "availabilityZones": 3},
@@ -310,47 +326,72 @@ def _pool_ref(key: str, value: object, pools: dict[str, NeuronPool]) -> NeuronPo
     return pools[value]  # type: ignore[index]
 
 
-def _devices(key: str, value: object, pool: NeuronPool) -> int:
+def _tensor_parallel(key: str, value: object, serving_pool: NeuronPool, dtype: str) -> int:
+    degrees = sizing.tensor_parallel_degrees()
+    _check(key, value, value in degrees and not isinstance(value, bool),
+           f"one of {', '.join(map(str, degrees))}: a divisor of every sharded component's attention heads "
+           f"(FLUX.1-dev: {sizing.sharded_heads()})")
+    fitting = sizing.fitting_tensor_parallel(serving_pool.family, dtype)
+    per_core = sizing.hbm_bytes_per_core(value, dtype) / sizing.GIB  # type: ignore[arg-type]
+    _check(key, value, value in fitting,
+           f"{' or '.join(map(str, fitting)) or 'no degree'} on {serving_pool.family} in {dtype} (at {value} ranks, one "
+           f"per NeuronCore, core 0 would need {per_core:.1f} GiB of its "
+           f"{catalog.HBM_GIB_PER_CORE[serving_pool.family]} GiB HBM)")
+    return value  # type: ignore[return-value]
+
+
+def _devices(section: str, settings: dict, pool: NeuronPool, tensor_parallel: int) -> tuple[int, str | None]:
+    """The section's device count (derived from tensorParallel unless given) and the reason for more."""
+    key, reason_key = f"{section}.devices", f"{section}.extraDevicesReason"
+    needed = sizing.devices_for(pool.family, pool.instance_types, tensor_parallel)
+    largest = max(catalog.instance(name).devices for name in pool.instance_types) * pool.cores_per_device
+    _check(f"{section}.pool", pool.family, needed is not None,
+           f"a pool with room for compile.tensorParallel {tensor_parallel} (a NeuronCore per rank): "
+           f"{', '.join(pool.instance_types)} have at most {largest}")
+    value = settings.get("devices", needed)
     counts = pool.valid_device_counts
     _check(key, value, value in counts and not isinstance(value, bool),
            f"a device count that schedules on {pool.family} ({', '.join(pool.instance_types)}): "
            + ", ".join(map(str, counts)))
-    _check(key, value, value <= pool.max_devices,
-           f"at most the pool's maxDevices ({pool.max_devices})")
-    return value  # type: ignore[return-value]
+    cores = value * pool.cores_per_device
+    _check(key, value, cores >= tensor_parallel,
+           f"enough NeuronCores for compile.tensorParallel {tensor_parallel}: {value} {pool.family} devices have {cores}")
+    reason = settings.get("extraDevicesReason")
+    _check(reason_key, reason, reason is None or (isinstance(reason, str) and bool(reason.strip())),
+           "a sentence saying why the pod needs more devices than its tensor-parallel ranks")
+    _check(key, value, value == needed or reason is not None,
+           f"{needed} {pool.family} devices hold compile.tensorParallel {tensor_parallel} (one rank per NeuronCore); "
+           f"a larger count needs {reason_key} saying why")
+    _check(reason_key, reason, reason is None or value != needed,
+           f"only with {key} above the {needed} that compile.tensorParallel {tensor_parallel} needs")
+    _check(key, value, value <= pool.max_devices, f"at most the pool's maxDevices ({pool.max_devices})")
+    return value, reason  # type: ignore[return-value]
 
 
-def _compile(reader: _Reader, pools: dict[str, NeuronPool]) -> CompileSettings:
+def _compile(settings: dict, pool: NeuronPool, tensor_parallel: int, dtype: str) -> CompileSettings:
     key = _key("compile")
-    settings = {"timeoutMinutes": 360, **_object(
-        key, reader.value("compile"), ("pool", "devices", "tensorParallel", "timeoutMinutes"))}
-    pool = _pool_ref(f"{key}.pool", settings.get("pool"), pools)
-    devices = _devices(f"{key}.devices", settings.get("devices"), pool)
-    tensor_parallel = _int(f"{key}.tensorParallel", settings.get("tensorParallel"), 1, 32)
-    cores = devices * pool.cores_per_device
-    _check(f"{key}.tensorParallel", tensor_parallel, tensor_parallel <= cores,
-           f"at most the NeuronCores of compile.devices: {devices} {pool.family} devices have {cores}")
+    devices, reason = _devices(key, settings, pool, tensor_parallel)
+    _check(f"{key}.pool", pool.family, sizing.compile_plan(pool.instance_types, devices, tensor_parallel, dtype) is not None,
+           f"a pool with an instance type of at least {sizing.compile_host_gib_needed(tensor_parallel, dtype)} GiB: "
+           "one compile worker builds the whole transformer")
     return CompileSettings(pool.family, devices, tensor_parallel,
-                           _int(f"{key}.timeoutMinutes", settings["timeoutMinutes"], 10, 1440))
+                           _int(f"{key}.timeoutMinutes", settings["timeoutMinutes"], 10, 1440), reason)
 
 
-def _serving(reader: _Reader, pools: dict[str, NeuronPool], tensor_parallel: int) -> ServingSettings:
+def _serving(settings: dict, pool: NeuronPool, tensor_parallel: int) -> ServingSettings:
     key = _key("serving")
-    settings = {"replicas": 1, "queueSize": 4, "requestTimeoutSeconds": 120, **_object(
-        key, reader.value("serving"),
-        ("pool", "devices", "replicas", "maxReplicas", "queueSize", "requestTimeoutSeconds"))}
-    pool = _pool_ref(f"{key}.pool", settings.get("pool"), pools)
-    devices = _devices(f"{key}.devices", settings.get("devices"), pool)
-    cores = devices * pool.cores_per_device
-    _check(f"{key}.devices", devices, cores >= tensor_parallel,
-           f"enough NeuronCores for compile.tensorParallel {tensor_parallel}: {devices} {pool.family} devices "
-           f"have {cores}")
+    devices, reason = _devices(key, settings, pool, tensor_parallel)
     replicas = _int(f"{key}.replicas", settings["replicas"], 1, MAX_REPLICAS)
     max_replicas = _int(f"{key}.maxReplicas", settings.get("maxReplicas", replicas), replicas, MAX_REPLICAS,
                         f"an integer from serving.replicas ({replicas}) to {MAX_REPLICAS}")
     return ServingSettings(pool.family, devices, replicas, max_replicas,
                            _int(f"{key}.queueSize", settings["queueSize"], 0, 64),
-                           _int(f"{key}.requestTimeoutSeconds", settings["requestTimeoutSeconds"], 1, 3600))
+                           _int(f"{key}.requestTimeoutSeconds", settings["requestTimeoutSeconds"], 1, 3600), reason)
+
+
+_COMPILE_FIELDS = ("pool", "devices", "extraDevicesReason", "tensorParallel", "timeoutMinutes")
+_SERVING_FIELDS = ("pool", "devices", "extraDevicesReason", "replicas", "maxReplicas", "queueSize",
+                   "requestTimeoutSeconds")
 
 
 def _shapes(reader: _Reader) -> tuple[Shape, ...]:
@@ -457,15 +498,23 @@ def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
     model = _model(reader)
     dtype = _parsed(_key("dtype"), reader.text("dtype", "bfloat16"), parse_dtype)
     pools = _pools(reader)
-    compile_settings = _compile(reader, pools)
+    compile_key, serving_key = _key("compile"), _key("serving")
+    compile_raw = {"timeoutMinutes": 360, **_object(compile_key, reader.value("compile"), _COMPILE_FIELDS)}
+    serving_raw = {"replicas": 1, "queueSize": 4, "requestTimeoutSeconds": 120,
+                   **_object(serving_key, reader.value("serving"), _SERVING_FIELDS)}
+    compile_pool = _pool_ref(f"{compile_key}.pool", compile_raw.get("pool"), pools)
+    serving_pool = _pool_ref(f"{serving_key}.pool", serving_raw.get("pool"), pools)
+    # One degree for both: the graphs are compiled for the ranks that serve them.
+    tensor_parallel = _tensor_parallel(f"{compile_key}.tensorParallel", compile_raw.get("tensorParallel"),
+                                       serving_pool, dtype)
     return StackConfig(
         region=region,  # type: ignore[arg-type]
         kubernetes_version=kubernetes_version,
         model=model,
         dtype=dtype,
         neuron_pools=pools,
-        compile=compile_settings,
-        serving=_serving(reader, pools, compile_settings.tensor_parallel),
+        compile=_compile(compile_raw, compile_pool, tensor_parallel, dtype),
+        serving=_serving(serving_raw, serving_pool, tensor_parallel),
         shapes=_shapes(reader),
         network=_network(reader),
         existing_vpc=_existing_vpc(reader),

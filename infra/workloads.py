@@ -31,8 +31,9 @@ SCRATCH_SIZE = "200Gi"
 # loads from there: room for one whole FLUX.1-dev artifact, on the node's striped NVMe.
 LOCAL_ARTIFACT_MOUNT = "/var/lib/flux-neuron"
 LOCAL_ARTIFACT_SIZE = "150Gi"
-# A pod gets this part of its devices' share of the host; the rest is for the kubelet's
-# reservations and the node daemons (device plugin, Mountpoint, CloudWatch agent, CNI).
+# A pod gets this part of its devices' share of the host's CPU (and a serving pod of its memory);
+# the rest is for the kubelet's reservations and the node daemons (device plugin, Mountpoint,
+# CloudWatch agent, CNI). A compile pod's memory comes from the sizing model instead.
 HOST_SHARE = 0.7
 # Compiling starts only once Karpenter has a node up and the multi-GB image is pulled.
 COMPILE_START_MINUTES = 30
@@ -119,9 +120,22 @@ def _claim_volume(name: str, claim: str, read_only: bool) -> dict:
     return {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
 
 
+def compile_share(config: StackConfig) -> HostShare:
+    """The compile pod's CPU share, and the memory its tensor-parallel workers need (infra.sizing):
+    workers at once x (the whole transformer each builds + neuronx-cc), e.g. dev:
+    8 x (22.2 GiB bfloat16 transformer + 24 GiB) = 370 GiB of trn1.32xlarge's 512 GiB."""
+    return HostShare(host_share(config.compile_pool, config.compile.devices).cpu, config.compile_plan.memory_gib)
+
+
 def _neuron_resources(devices: int, share: HostShare, ephemeral_storage: str) -> dict:
     # Requests equal limits: Guaranteed QoS, so the kubelet never evicts a pod holding accelerators.
     # Local disk is only requested, so Karpenter picks nodes with room for it.
+    # Whole devices (aws.amazon.com/neuron), not aws.amazon.com/neuroncore: the TP degrees that fit
+    # FLUX.1-dev fill whole devices on trn1/inf2 (2 cores each), so no core idles; the scheduler
+    # extension's placement rules (trn1: 1, 4, 8 or 16 devices; inf2: contiguous) are stated in
+    # devices; Karpenter sizes nodes by the devices EC2 reports per type; and the NodePool `limits`
+    # (infra/karpenter.py) count the same resource. The container sees only the granted devices'
+    # cores, and the TP ranks take them in order.
     limits = {NEURON_DEVICE_RESOURCE: str(devices), **share.resources()}
     return {"requests": {**limits, "ephemeral-storage": ephemeral_storage}, "limits": limits}
 
@@ -129,7 +143,7 @@ def _neuron_resources(devices: int, share: HostShare, ephemeral_storage: str) ->
 def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str], claim: pulumi.Input[str],
                      scheduler_name: str) -> dict:
     pool = config.compile_pool
-    share = host_share(pool, config.compile.devices)
+    share = compile_share(config)
     resources = _neuron_resources(config.compile.devices, share, ephemeral_storage=SCRATCH_SIZE)
     labels = workload_labels(COMPILE, shape)
     container = {
@@ -137,7 +151,8 @@ def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str]
         "image": image,
         # The image's entrypoint serves; the DLC's own would never exit after a command.
         "command": ["python", "-m", "model.compile", *artifact_key_args(config, shape),
-                    "--out", GRAPHS_MOUNT, "--scratch", f"{SCRATCH_MOUNT}/work"],
+                    "--out", GRAPHS_MOUNT, "--scratch", f"{SCRATCH_MOUNT}/work",
+                    "--max-parallel-compilations", str(config.compile_plan.concurrency)],
         "env": [
             {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": HF_TOKEN_SECRET, "key": HF_TOKEN_SECRET_KEY}}},
             {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},

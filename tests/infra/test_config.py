@@ -30,8 +30,8 @@ STATED = {
         model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 128),
         dtype="bfloat16",
         neuron_pools={"trn1": NeuronPool("trn1", ("trn1.32xlarge",), ("on-demand",), 64)},
-        compile=CompileSettings("trn1", devices=8, tensor_parallel=8, timeout_minutes=360),
-        serving=ServingSettings("trn1", devices=8, replicas=1, max_replicas=2, queue_size=4,
+        compile=CompileSettings("trn1", devices=4, tensor_parallel=8, timeout_minutes=360),
+        serving=ServingSettings("trn1", devices=4, replicas=1, max_replicas=2, queue_size=4,
                                 request_timeout_seconds=120),
         shapes=(Shape(1024, 576), Shape(256, 144), Shape(512, 512)),
         network=NetworkSettings("10.0.0.0/16", 3),
@@ -43,12 +43,9 @@ STATED = {
         kubernetes_version="1.34",
         model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 256),
         dtype="bfloat16",
-        neuron_pools={
-            "trn1": NeuronPool("trn1", ("trn1.32xlarge",), ("on-demand",), 32),
-            "inf2": NeuronPool("inf2", ("inf2.24xlarge", "inf2.48xlarge"), ("on-demand", "spot"), 192),
-        },
-        compile=CompileSettings("trn1", devices=8, tensor_parallel=8, timeout_minutes=480),
-        serving=ServingSettings("inf2", devices=6, replicas=3, max_replicas=10, queue_size=8,
+        neuron_pools={"inf2": NeuronPool("inf2", ("inf2.24xlarge", "inf2.48xlarge"), ("on-demand", "spot"), 96)},
+        compile=CompileSettings("inf2", devices=2, tensor_parallel=4, timeout_minutes=480),
+        serving=ServingSettings("inf2", devices=2, replicas=3, max_replicas=10, queue_size=8,
                                 request_timeout_seconds=120),
         shapes=(Shape(1024, 1024), Shape(1024, 576), Shape(576, 1024)),
         network=NetworkSettings("10.40.0.0/16", 3),
@@ -102,19 +99,57 @@ BAD_CONFIGS = {
         {"flux-neuron:compile": {**dev("compile"), "devices": 3}}, "flux-neuron:compile.devices", "3",
         "a device count that schedules on trn1 (trn1.32xlarge): 1, 4, 8, 16"),
     "devices-over-maxDevices": (
-        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "maxDevices": 4}}},
-        "flux-neuron:compile.devices", "8", "at most the pool's maxDevices (4)"),
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "maxDevices": 2}}},
+        "flux-neuron:compile.devices", "4", "at most the pool's maxDevices (2)"),
     "devices-7-on-inf2.24xlarge": (
         {"flux-neuron:neuronPools": {**dev("neuronPools"), "inf2": {"instanceTypes": ["inf2.24xlarge"],
                                                                     "maxDevices": 48}},
          "flux-neuron:serving": {**dev("serving"), "pool": "inf2", "devices": 7}},
         "flux-neuron:serving.devices", "7", "a device count that schedules on inf2 (inf2.24xlarge): 1, 2, 3, 4, 5, 6"),
-    "tensorParallel-over-the-cores": (
-        {"flux-neuron:compile": {**dev("compile"), "tensorParallel": 32}}, "flux-neuron:compile.tensorParallel", "32",
-        "at most the NeuronCores of compile.devices: 8 trn1 devices have 16"),
+    "tensorParallel-not-dividing-the-heads": (
+        {"flux-neuron:compile": {**dev("compile"), "tensorParallel": 3}}, "flux-neuron:compile.tensorParallel", "3",
+        "one of 1, 2, 4, 8: a divisor of every sharded component's attention heads "
+        "(FLUX.1-dev: T5-XXL encoder 64, transformer 24)"),
+    "tensorParallel-16-does-not-divide-24": (
+        {"flux-neuron:compile": {**dev("compile"), "tensorParallel": 16}}, "flux-neuron:compile.tensorParallel", "16",
+        "one of 1, 2, 4, 8"),
+    "tensorParallel-2-too-small-for-bf16-FLUX.1-dev-in-16GiB-cores": (
+        {"flux-neuron:compile": {**dev("compile"), "tensorParallel": 2}}, "flux-neuron:compile.tensorParallel", "2",
+        "4 or 8 on trn1 in bfloat16 (at 2 ranks, one per NeuronCore, core 0 would need 22.0 GiB of its 16 GiB HBM)"),
+    "tensorParallel-4-too-small-in-float32": (
+        {"flux-neuron:dtype": "float32", "flux-neuron:compile": {**dev("compile"), "tensorParallel": 4}},
+        "flux-neuron:compile.tensorParallel", "4",
+        "8 on trn1 in float32 (at 4 ranks, one per NeuronCore, core 0 would need 22.2 GiB of its 16 GiB HBM)"),
     "serving-devices-too-few-cores-for-tensorParallel": (
         {"flux-neuron:serving": {**dev("serving"), "devices": 1}}, "flux-neuron:serving.devices", "1",
         "enough NeuronCores for compile.tensorParallel 8: 1 trn1 devices have 2"),
+    "serving-devices-above-what-tensorParallel-needs": (
+        {"flux-neuron:serving": {**dev("serving"), "devices": 8}}, "flux-neuron:serving.devices", "8",
+        "4 trn1 devices hold compile.tensorParallel 8 (one rank per NeuronCore); a larger count needs "
+        "flux-neuron:serving.extraDevicesReason saying why"),
+    "compile-devices-above-what-tensorParallel-needs": (
+        {"flux-neuron:compile": {**dev("compile"), "devices": 16}}, "flux-neuron:compile.devices", "16",
+        "4 trn1 devices hold compile.tensorParallel 8 (one rank per NeuronCore); a larger count needs "
+        "flux-neuron:compile.extraDevicesReason saying why"),
+    "extraDevicesReason-without-extra-devices": (
+        {"flux-neuron:serving": {**dev("serving"), "extraDevicesReason": "room for a sidecar"}},
+        "flux-neuron:serving.extraDevicesReason", "'room for a sidecar'",
+        "only with flux-neuron:serving.devices above the 4 that compile.tensorParallel 8 needs"),
+    "extraDevicesReason-empty": (
+        {"flux-neuron:serving": {**dev("serving"), "devices": 8, "extraDevicesReason": " "}},
+        "flux-neuron:serving.extraDevicesReason", "' '",
+        "a sentence saying why the pod needs more devices than its tensor-parallel ranks"),
+    "tensorParallel-8-on-a-one-device-pool": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "instanceTypes": ["trn1.2xlarge"]}}},
+        "flux-neuron:compile.pool", "'trn1'",
+        "a pool with room for compile.tensorParallel 8 (a NeuronCore per rank): trn1.2xlarge have at most 2"),
+    "compile-pool-without-memory-for-one-worker": (
+        {"flux-neuron:neuronPools": {"trn1": {"instanceTypes": ["trn1.2xlarge"], "maxDevices": 4},
+                                     "trn2": {"instanceTypes": ["trn2.3xlarge"], "maxDevices": 4}},
+         "flux-neuron:compile": {**dev("compile"), "tensorParallel": 2},
+         "flux-neuron:serving": {**dev("serving"), "pool": "trn2"}},
+        "flux-neuron:compile.pool", "'trn1'",
+        "a pool with an instance type of at least 63 GiB: one compile worker builds the whole transformer"),
     "pool-of-an-unconfigured-family": (
         {"flux-neuron:serving": {**dev("serving"), "pool": "inf2"}}, "flux-neuron:serving.pool", "'inf2'",
         "one of the configured neuronPools: trn1"),
@@ -170,7 +205,8 @@ BAD_CONFIGS = {
         repr(json.dumps(dev("shapes"))), f"unknown key; known keys are {KNOWN_KEYS}"),
     "unknown-field": (
         {"flux-neuron:serving": {**dev("serving"), "replica": 2}}, "flux-neuron:serving.replica", "2",
-        "unknown field; allowed fields are pool, devices, replicas, maxReplicas, queueSize, requestTimeoutSeconds"),
+        "unknown field; allowed fields are pool, devices, extraDevicesReason, replicas, maxReplicas, queueSize, "
+        "requestTimeoutSeconds"),
     "system-nodes-on-a-neuron-type": (
         {"flux-neuron:systemNodes": {"instanceType": "inf2.xlarge"}}, "flux-neuron:systemNodes.instanceType",
         "'inf2.xlarge'", "a general-purpose EC2 instance type such as m7i.xlarge (not a Neuron type)"),
