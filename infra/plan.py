@@ -1,6 +1,6 @@
 """Credential-free plan: render a stack offline, check the rendering, write it as reviewable YAML.
 
-    python -m infra.plan --stack dev --out plans      # writes plans/dev/
+    python -m infra.plan --stack dev --out plans      # writes plans/dev/ (and its capacity.md)
     python -m infra.plan --stack all --check          # exits 1 with a report if any check fails
 
 The rendering is the real program run under mocks (`infra.offline`). What gets written is
@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import pulumi
 import yaml
 
+from infra import capacity
 from infra.naming import NEURON_SCHEDULER_NAME, NODEPOOL_LABEL
 from infra.offline import Registered, Rendering, run_program, stack_names
 from infra.validate import (
@@ -167,6 +168,7 @@ def write_plan(rendering: Rendering, out: Path) -> Path:
         path = directory / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    (directory / capacity.FILENAME).write_text(capacity.table(rendering))
     return directory
 
 

@@ -29,7 +29,7 @@ STATED = {
         kubernetes_version="1.33",
         model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 128),
         dtype="bfloat16",
-        neuron_pools={"trn1": NeuronPool("trn1", ("trn1.32xlarge",), ("on-demand",), 64)},
+        neuron_pools={"trn1": NeuronPool("trn1", ("trn1.32xlarge",), ("on-demand",), 80)},
         compile=CompileSettings("trn1", devices=4, tensor_parallel=8, timeout_minutes=360),
         serving=ServingSettings("trn1", devices=4, replicas=1, max_replicas=2, queue_size=4,
                                 request_timeout_seconds=120),

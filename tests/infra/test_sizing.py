@@ -1,5 +1,6 @@
-"""The sizing model (infra/sizing.py): component bytes, HBM fit, device counts, compile memory; and
-that no Neuron pod of a real stack asks for more NeuronCores than its TP degree needs."""
+"""The sizing model (infra/sizing.py): component bytes, HBM fit, device counts, compile memory; that
+no Neuron pod of a real stack asks for more NeuronCores than its TP degree needs; and the capacity
+table built from the rendering (infra/capacity.py) with its arithmetic."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import math
 
 import pytest
 
-from infra import catalog, sizing
-from infra.naming import NEURON_DEVICE_RESOURCE
-from infra.offline import manifest
+from infra import capacity, catalog, plan, sizing
+from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, SERVE
+from infra.offline import REPO_ROOT, manifest
 from infra.sizing import GB, GIB
 
 JOB = "kubernetes:batch/v1:Job"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 TRN1 = ("trn1.32xlarge",)
 INF2 = ("inf2.24xlarge", "inf2.48xlarge")
+PLANS = REPO_ROOT / "plans"
 
 
 def test_the_components_are_the_ones_the_compile_traces():
@@ -125,3 +127,68 @@ def test_the_compile_job_memory_and_concurrency_come_from_the_sizing_model(rende
         assert int(command[command.index("--max-parallel-compilations") + 1]) == plan.concurrency, name
     expected = {"dev": (8, 370), "prod": (4, 185)}[rendering.stack]
     assert (plan.concurrency, plan.memory_gib) == expected
+
+
+# --- the capacity table (infra/capacity.py, plans/<stack>/capacity.md) ---------------------------
+
+def _request(devices, instance_types, cpu=22, memory_gib=89):
+    return capacity.PodRequest(SERVE, "neuron-x", instance_types, 2 * devices, devices, cpu, memory_gib, None)
+
+
+def test_four_dev_serving_pods_fit_one_trn1_32xlarge():
+    fit = capacity.pods_per_node(_request(4, TRN1), "trn1.32xlarge")
+    assert (fit.pods, fit.limited_by) == (4, "devices")
+    mix = capacity.cheapest_mix(_request(4, TRN1), 6, "us-west-2")
+    assert str(mix) == "2 x trn1.32xlarge" and mix.price("us-west-2") == 2 * 21.50 and mix.devices() == 32
+
+
+def test_prod_serving_pods_fill_both_inf2_types_without_an_idle_device():
+    for name, pods in (("inf2.24xlarge", 3), ("inf2.48xlarge", 6)):
+        fit = capacity.pods_per_node(_request(2, INF2), name)
+        assert (fit.pods, fit.limited_by) == (pods, "devices")
+        assert fit.pods * 2 == catalog.instance(name).devices
+
+
+def test_memory_limits_a_compile_pod_to_what_the_node_can_hold():
+    # 370 GiB: one per trn1.32xlarge (512 - 16 GiB), although its devices would take four.
+    fit = capacity.pods_per_node(_request(4, TRN1, memory_gib=370), "trn1.32xlarge")
+    assert (fit.pods, fit.limited_by) == (1, "memory")
+
+
+def test_the_cheapest_mix_combines_instance_types():
+    # 4 devices per pod: inf2.24xlarge holds 1, inf2.48xlarge 3; 4 pods cost least as one of each.
+    mix = capacity.cheapest_mix(_request(4, INF2), 4, "us-east-1")
+    assert str(mix) == "1 x inf2.24xlarge + 1 x inf2.48xlarge"
+    assert mix.price("us-east-1") == pytest.approx(6.49063 + 12.98127)
+
+
+def test_a_type_without_a_list_price_shows_as_not_listed_and_packs_by_node_count():
+    trn2 = ("trn2.48xlarge",)
+    mix = capacity.cheapest_mix(_request(1, trn2, cpu=10, memory_gib=100), 20, "us-west-2")
+    assert str(mix) == "2 x trn2.48xlarge" and mix.price("us-west-2") is None
+
+
+def test_the_committed_capacity_tables_are_current(rendering, tmp_path):
+    plan.write_plan(rendering, tmp_path)
+    fresh = (tmp_path / rendering.stack / capacity.FILENAME).read_text()
+    committed = PLANS / rendering.stack / capacity.FILENAME
+    assert committed.exists() and committed.read_text() == fresh, \
+        f"plans/{rendering.stack}/{capacity.FILENAME} is stale: run `{plan.REFRESH_COMMAND}`"
+
+
+def test_the_table_shows_each_pod_with_the_cores_its_tensor_parallel_degree_needs(rendering, stack_config):
+    text = capacity.table(rendering)
+    shapes = ", ".join(sorted(str(shape) for shape in stack_config.shapes))
+    for role, settings, pool in ((COMPILE, stack_config.compile, stack_config.compile_pool),
+                                 (SERVE, stack_config.serving, stack_config.serving_pool)):
+        tp = stack_config.compile.tensor_parallel
+        row = (f"| {role} | {shapes} | neuron-{pool.family} | {tp} | {tp} | {settings.devices} | 0 |")
+        assert row in text, row
+    assert f"| neuron-{stack_config.serving.pool} | {stack_config.serving_pool.max_devices} |" in text
+    assert "| no: " not in text, "a NodePool limit is below what its pods need at max"
+
+
+def test_the_readme_shows_the_dev_table_as_generated():
+    generated = (PLANS / "dev" / capacity.FILENAME).read_text()
+    nodes = generated[generated.index("| what | nodes at min"):generated.index("\n\n## NodePool limits")]
+    assert nodes in (REPO_ROOT / "README.md").read_text(), f"README: copy the dev table from plans/dev/{capacity.FILENAME}"

@@ -1,0 +1,269 @@
+"""The capacity table of a rendered stack: what each Neuron pod requests, how many fit a node of each
+instance type its pool may launch, the nodes at min and max replicas, and their $/hour at on-demand
+list prices (infra/catalog.py). `infra.plan` writes it to plans/<stack>/capacity.md, so every PR
+shows what a change costs.
+
+Everything is read from the rendering (the Jobs, Deployments, autoscalers, NodePools, the system node
+group, NAT gateways and the cluster), not from the config: the table is what would be deployed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from infra import catalog, sizing
+from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL, SERVE, workload_name
+from infra.offline import Rendering, manifest
+
+FILENAME = "capacity.md"
+JOB = "kubernetes:batch/v1:Job"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
+NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+NAT_GATEWAY = "aws:ec2/natGateway:NatGateway"
+CLUSTER = "eks:index:Cluster"
+
+
+@dataclass(frozen=True)
+class PodRequest:
+    """What one Neuron pod asks for; pods of every shape asking the same are one row."""
+
+    role: str
+    nodepool: str
+    instance_types: tuple[str, ...]
+    tensor_parallel: int
+    devices: int
+    cpu: float
+    memory_gib: float
+    parallel_compilations: int | None
+
+    @property
+    def cores(self) -> int:
+        return self.devices * catalog.cores_per_device(catalog.family_of(self.instance_types[0]))
+
+
+@dataclass(frozen=True)
+class Fit:
+    instance_type: str
+    pods: int
+    limited_by: str
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Nodes of each instance type that hold a number of pods, the cheapest way."""
+
+    nodes: tuple[tuple[str, int], ...]
+
+    @property
+    def count(self) -> int:
+        return sum(count for _, count in self.nodes)
+
+    def devices(self) -> int:
+        return sum(catalog.instance(name).devices * count for name, count in self.nodes)
+
+    def price(self, region: str) -> float | None:
+        prices = [(catalog.hourly_price(region, name), count) for name, count in self.nodes]
+        return None if any(price is None for price, _ in prices) else sum(price * count for price, count in prices)
+
+    def __str__(self) -> str:
+        return " + ".join(f"{count} x {name}" for name, count in self.nodes) or "0"
+
+
+def _cpu(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def _gib(quantity: str) -> float:
+    units = {"Gi": 1.0, "Mi": 1 / 1024, "Ti": 1024.0}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def _option(command: list[str], flag: str) -> str | None:
+    return command[command.index(flag) + 1] if flag in command else None
+
+
+def pods_per_node(request: PodRequest, instance_type: str) -> Fit:
+    """How many such pods one node holds, and which resource runs out first."""
+    node = catalog.instance(instance_type)
+    fits = {
+        "devices": node.devices // request.devices,
+        "cpu": math.floor((node.vcpus - sizing.NODE_RESERVED_CPU) / request.cpu),
+        "memory": math.floor((node.memory_gib - sizing.NODE_RESERVED_BYTES / sizing.GIB) / request.memory_gib),
+    }
+    limited_by = min(fits, key=lambda resource: fits[resource])
+    return Fit(instance_type, max(0, fits[limited_by]), limited_by)
+
+
+def cheapest_mix(request: PodRequest, pods: int, region: str) -> Mix:
+    """The nodes that hold `pods` at the lowest list price (the fewest nodes where a type has no
+    price): what Karpenter's bin-packing of pending pods aims for."""
+    fits = [fit for fit in (pods_per_node(request, name) for name in request.instance_types) if fit.pods]
+    prices = {fit.instance_type: catalog.hourly_price(region, fit.instance_type) for fit in fits}
+    priced = all(price is not None for price in prices.values())
+
+    def weight(name: str) -> float:
+        return prices[name] if priced else 1.0  # type: ignore[return-value]
+
+    best: list[tuple[float, tuple[tuple[str, int], ...]]] = [(0.0, ())]
+    for remaining in range(1, pods + 1):
+        options = []
+        for fit in fits:
+            cost, nodes = best[max(0, remaining - fit.pods)]
+            counts = dict(nodes)
+            counts[fit.instance_type] = counts.get(fit.instance_type, 0) + 1
+            options.append((cost + weight(fit.instance_type), tuple(sorted(counts.items()))))
+        best.append(min(options))
+    return Mix(best[pods][1])
+
+
+@dataclass
+class _Group:
+    request: PodRequest
+    shapes: list[str]
+    min_pods: int
+    max_pods: int
+
+
+def _groups(rendering: Rendering) -> list[_Group]:
+    nodepools = {}
+    for resource in rendering.of_type(NODEPOOL):
+        obj = manifest(resource)
+        requirements = {r["key"]: r["values"] for r in obj["spec"]["template"]["spec"]["requirements"]}
+        if "node.kubernetes.io/instance-type" in requirements:  # the Neuron pools name their types
+            nodepools[obj["metadata"]["name"]] = tuple(requirements["node.kubernetes.io/instance-type"])
+    replicas = {}
+    for resource in rendering.of_type(HPA):
+        spec = manifest(resource)["spec"]
+        replicas[spec["scaleTargetRef"]["name"]] = (spec["minReplicas"], spec["maxReplicas"])
+    groups: dict[PodRequest, _Group] = {}
+    for type_, role in ((JOB, COMPILE), (DEPLOYMENT, SERVE)):
+        for resource in rendering.of_type(type_):
+            obj = manifest(resource)
+            name, pod = obj["metadata"]["name"], obj["spec"]["template"]["spec"]
+            container = pod["containers"][0]
+            limits = container["resources"]["limits"]
+            if NEURON_DEVICE_RESOURCE not in limits:
+                continue
+            nodepool = pod["nodeSelector"][NODEPOOL_LABEL]
+            parallel = _option(container["command"], "--max-parallel-compilations")
+            request = PodRequest(role, nodepool, nodepools[nodepool], int(_option(container["command"], "--tp-degree")),
+                                 int(limits[NEURON_DEVICE_RESOURCE]), _cpu(limits["cpu"]), _gib(limits["memory"]),
+                                 int(parallel) if parallel else None)
+            # A Job runs one pod; a Deployment what its autoscaler keeps.
+            low, high = replicas.get(name, (1, 1)) if role == SERVE else (1, 1)
+            group = groups.setdefault(request, _Group(request, [], 0, 0))
+            group.shapes.append(name.removeprefix(workload_name(role, "")))
+            group.min_pods += low
+            group.max_pods += high
+    return list(groups.values())
+
+
+def _pods(group: _Group) -> str:
+    return str(group.min_pods) if group.min_pods == group.max_pods else f"{group.min_pods}-{group.max_pods}"
+
+
+def _money(value: float | None) -> str:
+    return "not listed" if value is None else f"{value:,.2f}"
+
+
+def _sum(values: list[float | None]) -> float | None:
+    return None if any(value is None for value in values) else sum(values)  # type: ignore[arg-type]
+
+
+def _platform(rendering: Rendering, region: str) -> tuple[str, float | None, float | None]:
+    """The always-on part: control plane, system nodes (desired and max size), NAT gateways."""
+    clusters = len(rendering.of_type(CLUSTER))
+    nats = len(rendering.of_type(NAT_GATEWAY))
+    parts, low, high = [f"{clusters} EKS control plane"], [], []
+    control = catalog.hourly_price(region, catalog.EKS_CONTROL_PLANE)
+    low.append(None if control is None else control * clusters)
+    high.append(low[-1])
+    for group in rendering.of_type(NODE_GROUP):
+        (instance_type,) = group.inputs["instanceTypes"]
+        scaling = group.inputs["scalingConfig"]
+        price = catalog.hourly_price(region, instance_type)
+        parts.append(f"{scaling['desiredSize']}-{scaling['maxSize']} x {instance_type} system nodes")
+        low.append(None if price is None else price * scaling["desiredSize"])
+        high.append(None if price is None else price * scaling["maxSize"])
+    if nats:
+        nat = catalog.hourly_price(region, catalog.NAT_GATEWAY)
+        parts.append(f"{nats} NAT gateways (+ data)")
+        low.append(None if nat is None else nat * nats)
+        high.append(low[-1])
+    return ", ".join(parts), _sum(low), _sum(high)
+
+
+def table(rendering: Rendering) -> str:
+    """plans/<stack>/capacity.md: Markdown, the same bytes on every run."""
+    region = rendering.outputs["region"]
+    groups = _groups(rendering)
+    lines = [
+        f"# Capacity and cost: {rendering.stack} ({region})",
+        "",
+        "Written by `python -m infra.plan --stack all --out plans` from the rendered objects (infra/capacity.py);",
+        "the requests come from the sizing model (infra/sizing.py). $/hour: on-demand list prices as of",
+        f"{catalog.PRICES_AS_OF}, Linux, {region}; not a bill (no spot, Savings Plans, storage or data transfer).",
+        "Sources: " + ", ".join(catalog.PRICE_SOURCES) + ".",
+        "",
+        "## Neuron pods",
+        "",
+        "| pod | shapes | NodePool | TP | NeuronCores | devices | idle cores | parallel compilations | cpu | memory "
+        "| pods (min-max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group in groups:
+        request = group.request
+        lines.append(
+            f"| {request.role} | {', '.join(sorted(group.shapes))} | {request.nodepool} | {request.tensor_parallel} "
+            f"| {request.cores} | {request.devices} | {request.cores - request.tensor_parallel} "
+            f"| {request.parallel_compilations or '-'} | {request.cpu:g} | {request.memory_gib:g} GiB "
+            f"| {_pods(group)} |")
+    lines += ["", "## Pods per node", "",
+              "| pod | instance type | devices | pods per node | limited by | $/hour per node | $/hour per pod |",
+              "|---|---|---|---|---|---|---|"]
+    for group in groups:
+        for name in group.request.instance_types:
+            fit = pods_per_node(group.request, name)
+            price = catalog.hourly_price(region, name)
+            per_pod = None if price is None or not fit.pods else price / fit.pods
+            lines.append(f"| {group.request.role} | {name} | {catalog.instance(name).devices} | {fit.pods} "
+                         f"| {fit.limited_by} | {_money(price)} | {_money(per_pod)} |")
+    lines += ["", "## Nodes and $/hour", "",
+              "Each row on nodes of its own (compile and serving pods may share nodes, so this is an upper bound).", "",
+              "| what | nodes at min | $/hour at min | nodes at max | $/hour at max |", "|---|---|---|---|---|"]
+    serving_low, serving_high, compile_cost, needed_devices = [], [], [], {}
+    for group in groups:
+        low = cheapest_mix(group.request, group.min_pods, region)
+        high = cheapest_mix(group.request, group.max_pods, region)
+        what = (f"{group.request.role}: {_pods(group)} pods" if group.request.role == SERVE
+                else f"{group.request.role} Jobs while they run: {_pods(group)}")
+        lines.append(f"| {what} | {low} | {_money(low.price(region))} | {high} | {_money(high.price(region))} |")
+        (serving_low if group.request.role == SERVE else compile_cost).append(low.price(region))
+        if group.request.role == SERVE:
+            serving_high.append(high.price(region))
+        needed_devices.setdefault(group.request.nodepool, []).append((group.request.role, high.devices()))
+    platform, platform_low, platform_high = _platform(rendering, region)
+    lines.append(f"| platform: {platform} | | {_money(platform_low)} | | {_money(platform_high)} |")
+    total_low, total_high = _sum([*serving_low, platform_low]), _sum([*serving_high, platform_high])
+    lines.append(f"| **serving and platform** | | **{_money(total_low)}** | | **{_money(total_high)}** |")
+    with_compile_low = None if total_low is None else _sum([total_low, *compile_cost])
+    with_compile_high = None if total_high is None else _sum([total_high, *compile_cost])
+    lines.append(f"| **while compiling too** | | **{_money(with_compile_low)}** | | **{_money(with_compile_high)}** |")
+    lines += ["", "## NodePool limits", "",
+              "Karpenter counts the devices of the nodes it launches against a NodePool's limit.", "",
+              "| NodePool | limit (devices) | node devices at max, by pod | within the limit |", "|---|---|---|---|"]
+    for resource in rendering.of_type(NODEPOOL):
+        obj = manifest(resource)
+        name = obj["metadata"]["name"]
+        if NEURON_DEVICE_RESOURCE not in obj["spec"].get("limits", {}):
+            continue
+        limit = int(obj["spec"]["limits"][NEURON_DEVICE_RESOURCE])
+        by_role = needed_devices.get(name, [])
+        shown = ", ".join(f"{role} {devices}" for role, devices in by_role) or "-"
+        total = sum(devices for _, devices in by_role)
+        lines.append(f"| {name} | {limit} | {shown} | {'yes' if total <= limit else f'no: {total} needed'} |")
+    return "\n".join(lines) + "\n"
