@@ -186,8 +186,8 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("compile", {"timeoutMinutes": 360},
               "required; {pool (a neuronPools family with an instance type whose memory holds one compile worker), "
               "tensorParallel (" + ", ".join(map(str, sizing.tensor_parallel_degrees()))
-              + ": divides the attention heads (" + sizing.sharded_heads() + "), and large enough that one rank per NeuronCore fits "
-              "the serving pool's HBM), devices (default: " + _DERIVED_DEVICES + "), extraDevicesReason "
+              + ": divides the attention heads (" + sizing.sharded_heads()
+              + "), and large enough that one rank per NeuronCore fits the serving pool's HBM), devices (default: " + _DERIVED_DEVICES + "), extraDevicesReason "
               "(why devices exceeds that default; required then, refused otherwise), timeoutMinutes (10-1440)}"),
     ConfigKey("serving", {"replicas": 1, "queueSize": 4, "requestTimeoutSeconds": 120},
               "required; {pool (a neuronPools family), devices (default: " + _DERIVED_DEVICES
@@ -334,8 +334,8 @@ def _tensor_parallel(key: str, value: object, serving_pool: NeuronPool, dtype: s
     fitting = sizing.fitting_tensor_parallel(serving_pool.family, dtype)
     per_core = sizing.hbm_bytes_per_core(value, dtype) / sizing.GIB  # type: ignore[arg-type]
     _check(key, value, value in fitting,
-           f"{' or '.join(map(str, fitting)) or 'no degree'} on {serving_pool.family} in {dtype} (at {value} ranks, one "
-           f"per NeuronCore, core 0 would need {per_core:.1f} GiB of its "
+           f"{' or '.join(map(str, fitting)) or 'no degree'} on {serving_pool.family} in {dtype} "
+           f"(at {value} ranks, one per NeuronCore, core 0 would need {per_core:.1f} GiB of its "
            f"{catalog.HBM_GIB_PER_CORE[serving_pool.family]} GiB HBM)")
     return value  # type: ignore[return-value]
 
@@ -355,7 +355,8 @@ def _devices(section: str, settings: dict, pool: NeuronPool, tensor_parallel: in
            + ", ".join(map(str, counts)))
     cores = value * pool.cores_per_device
     _check(key, value, cores >= tensor_parallel,
-           f"enough NeuronCores for compile.tensorParallel {tensor_parallel}: {value} {pool.family} devices have {cores}")
+           f"enough NeuronCores for compile.tensorParallel {tensor_parallel}: "
+           f"{value} {pool.family} devices have {cores}")
     reason = settings.get("extraDevicesReason")
     _check(reason_key, reason, reason is None or (isinstance(reason, str) and bool(reason.strip())),
            "a sentence saying why the pod needs more devices than its tensor-parallel ranks")
@@ -371,7 +372,8 @@ def _devices(section: str, settings: dict, pool: NeuronPool, tensor_parallel: in
 def _compile(settings: dict, pool: NeuronPool, tensor_parallel: int, dtype: str) -> CompileSettings:
     key = _key("compile")
     devices, reason = _devices(key, settings, pool, tensor_parallel)
-    _check(f"{key}.pool", pool.family, sizing.compile_plan(pool.instance_types, devices, tensor_parallel, dtype) is not None,
+    plan = sizing.compile_plan(pool.instance_types, devices, tensor_parallel, dtype)
+    _check(f"{key}.pool", pool.family, plan is not None,
            f"a pool with an instance type of at least {sizing.compile_host_gib_needed(tensor_parallel, dtype)} GiB: "
            "one compile worker builds the whole transformer")
     return CompileSettings(pool.family, devices, tensor_parallel,

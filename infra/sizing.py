@@ -138,13 +138,6 @@ class CompilePlan:
         """The compile container's memory request and limit."""
         return math.ceil(self.peak.bytes / GIB)
 
-    @property
-    def arithmetic(self) -> str:
-        """How the memory request is reached, for the capacity table."""
-        return (f"{self.peak.workers} x ({self.peak.component.name} {(self.peak.worker_bytes - COMPILER_BYTES_PER_WORKER) / GIB:.1f} GiB "
-                f"+ {COMPILER_BYTES_PER_WORKER // GIB} GiB compiler) = {self.memory_gib} GiB "
-                f"of {self.instance_type}'s {catalog.instance(self.instance_type).memory_gib} GiB")
-
 
 def compile_plan(instance_types: tuple[str, ...], devices: int, tensor_parallel: int, dtype: str) -> CompilePlan | None:
     """The most workers that fit the roomiest instance type holding `devices`, less the node's

@@ -69,22 +69,22 @@ def test_the_smallest_device_count_the_scheduler_extension_places(family, types,
 
 
 def test_dev_compiles_eight_workers_at_once_within_a_trn1_32xlarge():
-    plan = sizing.compile_plan(TRN1, 4, 8, "bfloat16")
+    compiling = sizing.compile_plan(TRN1, 4, 8, "bfloat16")
     # 8 workers x (23.8 GB bfloat16 transformer + 24 GiB compiler) = 369.3 GiB <= 512 - 16 GiB
-    assert (plan.instance_type, plan.concurrency, plan.peak.component.name) == ("trn1.32xlarge", 8, "transformer")
-    assert plan.memory_gib == math.ceil(8 * (23.8 * GB + 24 * GIB) / GIB) == 370
+    assert (compiling.instance_type, compiling.concurrency, compiling.peak.component.name) == ("trn1.32xlarge", 8, "transformer")
+    assert compiling.memory_gib == math.ceil(8 * (23.8 * GB + 24 * GIB) / GIB) == 370
 
 
 def test_concurrency_drops_until_the_workers_fit_the_host():
     # float32: one worker is 44.3 + 24 GiB; 7 fit in 496 GiB, 8 would not.
-    plan = sizing.compile_plan(TRN1, 4, 8, "float32")
-    assert plan.concurrency == 7 and plan.memory_gib == math.ceil(7 * (47.6 * GB + 24 * GIB) / GIB) == 479
+    compiling = sizing.compile_plan(TRN1, 4, 8, "float32")
+    assert compiling.concurrency == 7 and compiling.memory_gib == math.ceil(7 * (47.6 * GB + 24 * GIB) / GIB) == 479
     assert 8 * (47.6 * GB + 24 * GIB) > (512 - 16) * GIB
 
 
 def test_prod_compiles_on_the_roomiest_inf2_type_holding_its_devices():
-    plan = sizing.compile_plan(INF2, 2, 4, "bfloat16")
-    assert (plan.instance_type, plan.concurrency, plan.memory_gib) == ("inf2.48xlarge", 4, 185)
+    compiling = sizing.compile_plan(INF2, 2, 4, "bfloat16")
+    assert (compiling.instance_type, compiling.concurrency, compiling.memory_gib) == ("inf2.48xlarge", 4, 185)
 
 
 def test_a_host_without_memory_for_one_worker_has_no_plan():
@@ -114,7 +114,7 @@ def test_no_neuron_pod_asks_for_more_cores_than_its_tensor_parallel_degree(rende
 
 
 def test_the_compile_job_memory_and_concurrency_come_from_the_sizing_model(rendering, stack_config):
-    plan = sizing.compile_plan(stack_config.compile_pool.instance_types, stack_config.compile.devices,
+    compiling = sizing.compile_plan(stack_config.compile_pool.instance_types, stack_config.compile.devices,
                                stack_config.compile.tensor_parallel, stack_config.dtype)
     for kind, name, spec in _neuron_pods(rendering):
         if kind != "Job":
@@ -122,11 +122,11 @@ def test_the_compile_job_memory_and_concurrency_come_from_the_sizing_model(rende
         (container,) = spec["containers"]
         resources = container["resources"]
         # Guaranteed QoS: requests equal limits.
-        assert resources["requests"]["memory"] == resources["limits"]["memory"] == f"{plan.memory_gib}Gi", name
+        assert resources["requests"]["memory"] == resources["limits"]["memory"] == f"{compiling.memory_gib}Gi", name
         command = container["command"]
-        assert int(command[command.index("--max-parallel-compilations") + 1]) == plan.concurrency, name
+        assert int(command[command.index("--max-parallel-compilations") + 1]) == compiling.concurrency, name
     expected = {"dev": (8, 370), "prod": (4, 185)}[rendering.stack]
-    assert (plan.concurrency, plan.memory_gib) == expected
+    assert (compiling.concurrency, compiling.memory_gib) == expected
 
 
 # --- the capacity table (infra/capacity.py, plans/<stack>/capacity.md) ---------------------------
@@ -191,4 +191,5 @@ def test_the_table_shows_each_pod_with_the_cores_its_tensor_parallel_degree_need
 def test_the_readme_shows_the_dev_table_as_generated():
     generated = (PLANS / "dev" / capacity.FILENAME).read_text()
     nodes = generated[generated.index("| what | nodes at min"):generated.index("\n\n## NodePool limits")]
-    assert nodes in (REPO_ROOT / "README.md").read_text(), f"README: copy the dev table from plans/dev/{capacity.FILENAME}"
+    assert nodes in (REPO_ROOT / "README.md").read_text(), \
+        f"README: copy the dev table from plans/dev/{capacity.FILENAME}"

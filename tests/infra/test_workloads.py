@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from infra import catalog, versions
-from infra.config import ConfigError, SecretText, load_stack_config
+from infra.config import ConfigError, NeuronPool, SecretText, load_stack_config
 from infra.image import CACHE_TAG, DOCKERFILE, PLATFORM, SOURCE_TAG_PREFIX, image_sources, source_tag
 from infra.naming import (
     COMPILE, HF_TOKEN_SECRET, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL,
@@ -24,7 +24,8 @@ from infra.offline import REPO_ROOT, SECRET_SIG, manifest, run_program, stack_fi
 from infra.storage import CONTAINER_UID
 from infra.validate import kubernetes_schema_problems
 from infra.workloads import (
-    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
+    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT, HostShare, host_share,
+    serving_deployment_spec,
 )
 from model.sources import HF_TOKEN_ENV
 from serving import endpoints
@@ -226,6 +227,39 @@ def test_neuron_pods_use_the_neuron_scheduler_and_fit_a_tolerated_pool(rendering
         resources = next(c for c in spec["containers"])["resources"]
         devices = int(resources["limits"][NEURON_DEVICE_RESOURCE])
         assert resources["requests"][NEURON_DEVICE_RESOURCE] == str(devices) and devices in counts, name
+
+
+# Dev: a trn1.32xlarge device's share is 128/16 = 8 vCPUs and 512/16 = 32 GiB; prod: an inf2 device's
+# is 16 vCPUs and 64 GiB on both types. Serving gets 70 % of its devices' share (4 x 8 x 0.7 = 22.4;
+# 4 x 32 x 0.7 = 89.6); compile that CPU and what its workers need: 8 (dev) or 4 (prod) x
+# (23.8 GB transformer + 24 GiB compiler) = 370 / 185 GiB.
+HOST_SHARES = {"dev": {"Deployment": ("22", "89Gi"), "Job": ("22", "370Gi")},
+               "prod": {"Deployment": ("22", "89Gi"), "Job": ("22", "185Gi")}}
+
+
+def test_neuron_pods_get_their_devices_share_of_the_host_and_compile_the_memory_its_workers_need(rendering):
+    for kind, name, spec, _ in pod_specs(rendering):
+        limits = spec["containers"][0]["resources"]["limits"]
+        assert (limits["cpu"], limits["memory"]) == HOST_SHARES[rendering.stack][kind], name
+
+
+def test_a_pod_shares_the_host_of_the_leanest_type_it_fits_on():
+    pool = NeuronPool("inf2", ("inf2.8xlarge", "inf2.48xlarge"), ("on-demand",), 24)
+    # One device fits both: inf2.48xlarge's 16 vCPUs and 64 GiB per device are the leaner share.
+    assert host_share(pool, 1) == HostShare(cpu=11, memory_gib=44)
+    # Two fit inf2.48xlarge only.
+    assert host_share(pool, 2) == HostShare(cpu=22, memory_gib=89)
+
+
+def test_more_devices_than_tensor_parallel_needs_render_only_with_a_reason():
+    serving = {**json.loads(DEV_RAW["flux-neuron:serving"]), "devices": 8,
+               "extraDevicesReason": "a second model copy per pod"}
+    config = load_stack_config(with_overrides(DEV_RAW, {"flux-neuron:serving": serving}))
+    spec = serving_deployment_spec(config, config.shapes[0], "image", "ro", "rw", "my-scheduler")
+    resources = spec["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"][NEURON_DEVICE_RESOURCE] == resources["limits"][NEURON_DEVICE_RESOURCE] == "8"
+    with pytest.raises(ConfigError, match="extraDevicesReason saying why"):
+        load_stack_config(with_overrides(DEV_RAW, {"flux-neuron:serving": {**serving, "extraDevicesReason": None}}))
 
 
 def test_the_image_user_is_the_uid_pods_and_graph_volumes_use():
