@@ -300,3 +300,13 @@ def test_every_key_of_the_stack_files_is_documented(stack):
         for field in _field_names(value):
             assert re.search(rf"\b{re.escape(field)}\b", rules.get(name, "")), \
                 f"{name}.{field} (Pulumi.{stack}.yaml) is not in the rule of {name}"
+
+
+def test_the_documented_sizing_messages_are_the_ones_given():
+    document = DOC.read_text()
+    for changes in ({"flux-neuron:serving": {**dev("serving"), "devices": 8}},
+                    {"flux-neuron:compile": {**dev("compile"), "tensorParallel": 2}}):
+        with pytest.raises(ConfigError) as raised:
+            load_stack_config(dev_with(changes))
+        message = str(raised.value)
+        assert message in document, f"docs/config.md shows another message than: {message}"
