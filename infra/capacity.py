@@ -62,6 +62,7 @@ class Mix:
     def count(self) -> int:
         return sum(count for _, count in self.nodes)
 
+    @property
     def devices(self) -> int:
         return sum(catalog.instance(name).devices * count for name, count in self.nodes)
 
@@ -245,7 +246,7 @@ def table(rendering: Rendering) -> str:
         (serving_low if group.request.role == SERVE else compile_cost).append(low.price(region))
         if group.request.role == SERVE:
             serving_high.append(high.price(region))
-        needed_devices.setdefault(group.request.nodepool, []).append((group.request.role, high.devices()))
+        needed_devices.setdefault(group.request.nodepool, []).append((group.request.role, high.devices))
     platform, platform_low, platform_high = _platform(rendering, region)
     lines.append(f"| platform: {platform} | | {_money(platform_low)} | | {_money(platform_high)} |")
     total_low, total_high = _sum([*serving_low, platform_low]), _sum([*serving_high, platform_high])

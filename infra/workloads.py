@@ -131,7 +131,8 @@ def _neuron_resources(devices: int, share: HostShare, ephemeral_storage: str) ->
     # Requests equal limits: Guaranteed QoS, so the kubelet never evicts a pod holding accelerators.
     # Local disk is only requested, so Karpenter picks nodes with room for it.
     # Whole devices (aws.amazon.com/neuron), not aws.amazon.com/neuroncore: the TP degrees that fit
-    # FLUX.1-dev fill whole devices on trn1/inf2 (2 cores each), so no core idles; the scheduler
+    # FLUX.1-dev fill whole devices on trn1/inf2 (2 cores each), so no core idles (on trn2, 4
+    # logical cores per device, TP 2 would idle 2: capacity.md shows idle cores); the scheduler
     # extension's placement rules (trn1: 1, 4, 8 or 16 devices; inf2: contiguous) are stated in
     # devices; Karpenter sizes nodes by the devices EC2 reports per type; and the NodePool `limits`
     # (infra/karpenter.py) count the same resource. The container sees only the granted devices'

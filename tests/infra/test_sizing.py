@@ -139,7 +139,7 @@ def test_four_dev_serving_pods_fit_one_trn1_32xlarge():
     fit = capacity.pods_per_node(_request(4, TRN1), "trn1.32xlarge")
     assert (fit.pods, fit.limited_by) == (4, "devices")
     mix = capacity.cheapest_mix(_request(4, TRN1), 6, "us-west-2")
-    assert str(mix) == "2 x trn1.32xlarge" and mix.price("us-west-2") == 2 * 21.50 and mix.devices() == 32
+    assert str(mix) == "2 x trn1.32xlarge" and mix.price("us-west-2") == 2 * 21.50 and mix.devices == 32
 
 
 def test_prod_serving_pods_fill_both_inf2_types_without_an_idle_device():
