@@ -43,7 +43,7 @@ STATED = {
         kubernetes_version="1.34",
         model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 256),
         dtype="bfloat16",
-        neuron_pools={"inf2": NeuronPool("inf2", ("inf2.24xlarge", "inf2.48xlarge"), ("on-demand", "spot"), 96)},
+        neuron_pools={"inf2": NeuronPool("inf2", ("inf2.24xlarge", "inf2.48xlarge"), ("on-demand",), 96)},
         compile=CompileSettings("inf2", devices=2, tensor_parallel=4, timeout_minutes=480),
         serving=ServingSettings("inf2", devices=2, replicas=3, max_replicas=10, queue_size=8,
                                 request_timeout_seconds=120),
