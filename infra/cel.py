@@ -182,9 +182,15 @@ _ENVIRONMENT = celpy.Environment()
 
 
 def _reason(error: Exception) -> str:
-    # cel-python appends the whole activation to unknown-name errors: keep the first clause.
+    """cel-python's message, with the Python error under it when there is one (its message alone can
+    mislead: a failed int('x') says 'return error for overflow')."""
     text = str(error.args[0]) if error.args else type(error).__name__
-    return " ".join(text.split(" (in activation")[0].split())
+    # It appends the whole activation to unknown-name errors: keep the first clause.
+    text = text.split(" (in activation")[0]
+    cause = error.args[2] if len(error.args) > 2 else None
+    if isinstance(cause, tuple) and cause and isinstance(cause[0], str) and cause[0] not in text:
+        text = f"{text}: {cause[0]}"
+    return " ".join(text.split())
 
 
 @functools.lru_cache(maxsize=None)
@@ -274,25 +280,31 @@ def schema_rules(schema: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator
         yield from schema_rules(schema["additionalProperties"], (*path, "{}"))
 
 
-def _failures(schema: dict[str, Any], value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
+def applied_rules(schema: dict[str, Any], value: Any,
+                  path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Rule, Any]]:
+    """Every rule that runs when `value` (defaults applied) is created: its path in the value, the
+    rule, and the value it sees as `self`."""
     for entry in schema.get("x-kubernetes-validations") or []:
         rule = Rule.of(entry)
-        failure = None if is_transition_rule(rule) else rule_failure(rule, value)
-        if failure is not None:
-            yield path, failure
+        if not is_transition_rule(rule):
+            yield path, rule, value
     if isinstance(value, dict):
         properties = schema.get("properties") or {}
         extra = schema.get("additionalProperties")
         for key in sorted(value):
             child = properties.get(key, extra if key not in properties else None)
             if isinstance(child, dict):
-                yield from _failures(child, value[key], (*path, key))
+                yield from applied_rules(child, value[key], (*path, key))
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for index, item in enumerate(value):
-            yield from _failures(schema["items"], item, (*path, str(index)))
+            yield from applied_rules(schema["items"], item, (*path, str(index)))
 
 
 def rule_problems(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
     """Each failing or unevaluable rule for an object being created, as '<problem> at <path>'."""
-    return [f"{problem} at {'/'.join(path) or '(root)'}"
-            for path, problem in _failures(schema, defaulted(schema, obj), ())]
+    found = []
+    for path, rule, value in applied_rules(schema, defaulted(schema, obj)):
+        failure = rule_failure(rule, value)
+        if failure is not None:
+            found.append(f"{failure} at {'/'.join(path) or '(root)'}")
+    return found

@@ -8,6 +8,7 @@ import celpy
 import pytest
 
 from infra import cel, validate
+from infra.offline import manifest
 
 PROVIDED = set(celpy.evaluation.base_functions) | set(cel.KUBERNETES_FUNCTIONS)
 # cel-python evaluates these as macros (min is its extension, matching the Kubernetes list library's).
@@ -134,3 +135,14 @@ def test_a_real_ec2nodeclass_rule_reads_its_node_and_its_items():
                            "subnetSelectorTerms": [{"id": "s"}], "securityGroupSelectorTerms": [{"id": "g"}]}}
     assert validate.karpenter_rule_problems(node_class) == [
         "EC2NodeClass x: windows families may only specify version 'latest' at spec/amiSelectorTerms/0/alias"]
+
+
+def test_the_rendered_karpenter_objects_pass_every_rule_that_applies_to_them(rendering):
+    objects = [manifest(resource) for resource in rendering.kubernetes_objects()]
+    karpenter = [obj for obj in objects if validate.is_karpenter(obj)]
+    assert {obj["kind"] for obj in karpenter} == {"EC2NodeClass", "NodePool"}
+    for obj in karpenter:
+        schema = validate._karpenter_schema(obj)
+        applied = list(cel.applied_rules(schema, cel.defaulted(schema, obj)))
+        assert len(applied) >= 10, f"{obj['kind']}: only {len(applied)} rules ran"
+        assert validate.karpenter_rule_problems(obj) == []
