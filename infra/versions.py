@@ -1,8 +1,9 @@
 """Every external version the platform deploys, pinned in one place.
 
 Bumping a pin is a reviewed change: the plan diff of every stack shows what it touches. Each pin
-names its source. Those with published data committed under `infra/schemas/` are checked by
-`python -m infra.plan --check` ("Published versions"); the others say how to confirm them.
+names its source. The kube-scheduler tags and the AMI alias are checked against release data
+committed under `infra/schemas/published/` by `python -m infra.plan --check` ("Published versions");
+the comments of the others say how to confirm a bump.
 """
 
 # Neuron Deep Learning Container the serving/compile image is built FROM (last trn1/inf2 SDK).
@@ -27,11 +28,10 @@ NEURON_CHART_VERSION = "1.5.0"
 KUBE_SCHEDULER_IMAGE_REPO = "public.ecr.aws/eks-distro/kubernetes/kube-scheduler"
 
 AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO = "https://aws.github.io/eks-charts"
-# Source: github.com/aws/eks-charts, chart aws-load-balancer-controller 1.14.1 (appVersion v2.14.1, whose
-# iam_policy.json is committed in infra/schemas/official/). Chart 1.14.1 = controller v2.14.1, the first with ALB URL rewrite (`alb.ingress.kubernetes.io/transforms.*`),
-# which strips /flux/<shape> before requests reach the servers.
+# Source: github.com/aws/eks-charts, chart aws-load-balancer-controller 1.14.1. It installs controller v2.14.1
+# (the chart's appVersion; its iam_policy.json is committed in infra/schemas/official/), the first with ALB URL
+# rewrite (`alb.ingress.kubernetes.io/transforms.*`), which strips /flux/<shape> before requests reach the servers.
 AWS_LOAD_BALANCER_CONTROLLER_VERSION = "1.14.1"
-# The controller release that chart installs (the chart's appVersion).
 AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION = "2.14.1"
 
 # The serving autoscaler's metric pipeline: Prometheus scrapes the servers, the adapter serves
