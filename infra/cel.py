@@ -4,7 +4,8 @@ evaluates them when an object is created.
 The API server applies the schema's defaults, then evaluates each rule of each schema node against
 every value at that node (`self`): the object's fields, each list item (`items`), each map value
 (`additionalProperties`). Absent fields are not evaluated. Transition rules (those that read
-`oldSelf`) compare an update with the stored object, so on create they do not run.
+`oldSelf`) compare an update with the stored object, so on create they do not run, unless they set
+`optionalOldSelf` (cel-python has no optional values: such a rule is reported as unevaluable).
 
 Expressions are evaluated by cel-python, plus the functions of the Kubernetes CEL environment that
 cel-python lacks (`KUBERNETES_FUNCTIONS`; https://kubernetes.io/docs/reference/using-api/cel/).
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import celpy
+import lark
 import re2
 from celpy import celtypes
 
@@ -168,10 +170,16 @@ class Rule:
     rule: str
     message: str | None = None
     message_expression: str | None = None
+    # A transition rule that also runs on create, with oldSelf an empty optional.
+    optional_old_self: bool = False
 
     @classmethod
     def of(cls, entry: dict[str, Any]) -> Rule:
-        return cls(entry["rule"], entry.get("message"), entry.get("messageExpression"))
+        return cls(entry["rule"], entry.get("message"), entry.get("messageExpression"),
+                   bool(entry.get("optionalOldSelf")))
+
+    def runs_on_create(self) -> bool:
+        return self.optional_old_self or not is_transition_rule(self)
 
 
 class Unevaluable(Exception):
@@ -200,8 +208,8 @@ def _program(expression: str) -> tuple[Any, bool]:
         tree = _ENVIRONMENT.compile(expression)
     except celpy.CELParseError as error:
         raise Unevaluable(f"parse error: {' '.join(str(error).split())}") from None
-    reads_old_self = any(token == OLD_SELF for token in tree.scan_values(lambda value: getattr(value, "type", "")
-                                                                                   == "IDENT"))
+    identifiers = tree.scan_values(lambda value: isinstance(value, lark.Token) and value.type == "IDENT")
+    reads_old_self = OLD_SELF in identifiers
     return _ENVIRONMENT.program(tree, functions=KUBERNETES_FUNCTIONS), reads_old_self
 
 
@@ -286,7 +294,7 @@ def applied_rules(schema: dict[str, Any], value: Any,
     rule, and the value it sees as `self`."""
     for entry in schema.get("x-kubernetes-validations") or []:
         rule = Rule.of(entry)
-        if not is_transition_rule(rule):
+        if rule.runs_on_create():
             yield path, rule, value
     if isinstance(value, dict):
         properties = schema.get("properties") or {}

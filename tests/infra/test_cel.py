@@ -97,6 +97,10 @@ def test_transition_rules_do_not_run_on_create():
     schema = {"type": "object", "properties": {"spec": {
         "type": "object", "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "spec is immutable"}]}}}
     assert cel.rule_problems(schema, {"spec": {"a": 1}}) == []
+    # optionalOldSelf makes it run on create, with an optional cel-python cannot express: never passed silently.
+    schema["properties"]["spec"]["x-kubernetes-validations"][0]["optionalOldSelf"] = True
+    assert cel.rule_problems(schema, {"spec": {"a": 1}}) == [
+        "could not evaluate: self == oldSelf (undeclared reference to 'oldSelf') at spec"]
 
 
 def test_a_rule_that_cannot_be_evaluated_is_reported_never_passed():
