@@ -295,8 +295,10 @@ def _published_version_problems(rendering: Rendering, objects: _Objects) -> list
             if "alias" in term:
                 found += [f"{_where(node_class)}: {text}"
                           for text in ami_alias_problems(term["alias"], versions.NEURON_SDK_VERSION)]
-    # Every pinned minor, not only this stack's: a stack may move to another one.
+    # The other pinned minors too (this stack's is checked above, as rendered): a stack may move to one.
     for pinned_minor, pins in sorted(versions.KUBERNETES_RELEASES.items()):
+        if pinned_minor == minor:
+            continue
         found += [f"infra/versions.py KUBERNETES_RELEASES[{pinned_minor!r}]: {text}"
                   for text in kube_scheduler_tag_problems(pins["kube-scheduler"], pinned_minor)]
     return [Problem(PUBLISHED_VERSIONS, text) for text in found]

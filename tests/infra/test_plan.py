@@ -381,7 +381,7 @@ def test_an_unpublished_kube_scheduler_tag_fails_the_check(rendering, tag, probl
 
 
 @DEV
-def test_every_pinned_kube_scheduler_tag_is_checked_whichever_minor_the_stack_uses(rendering, monkeypatch):
+def test_the_kube_scheduler_tags_pinned_for_other_minors_are_checked_too(rendering, monkeypatch):
     monkeypatch.setitem(versions.KUBERNETES_RELEASES["1.34"], "kube-scheduler", "v1.34.11-eks-1-34-24")
     assert [p.message for p in plan.check(rendering) if p.check == plan.PUBLISHED_VERSIONS] == [
         "infra/versions.py KUBERNETES_RELEASES['1.34']: kube-scheduler tag 'v1.34.11-eks-1-34-24' is in no "
