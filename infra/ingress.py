@@ -15,6 +15,7 @@ from infra.config import IngressSettings
 from infra.naming import (
     INGRESS_NAME, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, endpoint_path,
 )
+from infra.official_iam import CONDITIONS, OMITTED, Difference
 from serving import endpoints
 
 CLUSTER_TAG = "elbv2.k8s.aws/cluster"
@@ -23,14 +24,64 @@ SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 # The ALB's maximum idle timeout.
 MAX_IDLE_TIMEOUT_SECONDS = 4000
 
+# Read-only calls: no resource-level permissions, "*" is the only valid resource.
+DESCRIBE_ACTIONS = (
+    "ec2:DescribeAccountAttributes", "ec2:DescribeAddresses", "ec2:DescribeAvailabilityZones",
+    "ec2:DescribeInternetGateways", "ec2:DescribeVpcs", "ec2:DescribeVpcPeeringConnections",
+    "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeInstances",
+    "ec2:DescribeNetworkInterfaces", "ec2:DescribeTags", "ec2:DescribeRouteTables",
+    "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeLoadBalancerAttributes",
+    "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeListenerCertificates",
+    "elasticloadbalancing:DescribeSSLPolicies", "elasticloadbalancing:DescribeRules",
+    "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetGroupAttributes",
+    "elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DescribeTags",
+    "elasticloadbalancing:DescribeTrustStores", "elasticloadbalancing:DescribeListenerAttributes",
+    "elasticloadbalancing:DescribeCapacityReservation", "acm:ListCertificates",
+)
+SECURITY_GROUP_INGRESS_ACTIONS = ("ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress")
+CREATE_ACTIONS = ("elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup")
+MODIFY_OWNED_ACTIONS = (
+    "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
+    "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",
+    "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:ModifyTargetGroup",
+    "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteTargetGroup",
+    "elasticloadbalancing:ModifyListenerAttributes", "elasticloadbalancing:ModifyCapacityReservation",
+)
+TAG_ACTIONS = ("ec2:CreateTags", "ec2:DeleteTags", "elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags")
+
+# How controller_policy differs from the controller's official iam_policy.json (infra/schemas/official/),
+# beyond resources narrowed to this region, account and VPC. Checked by tests/infra/test_official_iam.py.
+OFFICIAL_POLICY_DIFFERENCES = (
+    Difference(OMITTED, ("wafv2:GetWebACL", "wafv2:GetWebACLForResource", "wafv2:AssociateWebACL",
+                         "wafv2:DisassociateWebACL", "waf-regional:GetWebACL", "waf-regional:GetWebACLForResource",
+                         "waf-regional:AssociateWebACL", "waf-regional:DisassociateWebACL",
+                         "elasticloadbalancing:SetWebAcl"),
+               "WAF is switched off in the chart values (enableWaf, enableWafv2: false)"),
+    Difference(OMITTED, ("shield:GetSubscriptionState", "shield:DescribeProtection", "shield:CreateProtection",
+                         "shield:DeleteProtection"),
+               "Shield is switched off in the chart values (enableShield: false)"),
+    Difference(OMITTED, ("cognito-idp:DescribeUserPoolClient",),
+               "the Ingress authenticates no one through Cognito (no alb.ingress.kubernetes.io/auth-type)"),
+    Difference(OMITTED, ("iam:ListServerCertificates", "iam:GetServerCertificate"),
+               "certificates come from ACM by ARN (ingress.certificateArn), never from IAM"),
+    Difference(OMITTED, ("ec2:GetCoipPoolUsage", "ec2:DescribeCoipPools"),
+               "no Outposts customer-owned IP pools (alb.ingress.kubernetes.io/customer-owned-ipv4-pool)"),
+    Difference(OMITTED, ("ec2:DescribeIpamPools", "elasticloadbalancing:ModifyIpPools"),
+               "no IPAM pools for load balancer addresses (alb.ingress.kubernetes.io/ipam-ipv4-pool-id)"),
+    Difference(CONDITIONS, DESCRIBE_ACTIONS, "only in this region (aws:RequestedRegion)"),
+    Difference(CONDITIONS, SECURITY_GROUP_INGRESS_ACTIONS + ("ec2:DeleteSecurityGroup",),
+               "ingress rules only on security groups of this cluster's VPC (ec2:Vpc), which include the node "
+               "groups the controller opens to its load balancers; deletion only of this cluster's security groups"),
+    Difference(CONDITIONS, CREATE_ACTIONS + MODIFY_OWNED_ACTIONS + TAG_ACTIONS,
+               f"the {CLUSTER_TAG} tag must name this cluster (StringEquals), where the official policy accepts any "
+               "value (Null: false): the controller cannot create, change or tag another cluster's load balancers, "
+               "target groups or security groups"),
+)
+
 
 def controller_policy(cluster_name: str, region: str, account: str, vpc_id: str) -> dict:
-    """The controller's permissions (its published policy for v2.14), narrowed to this region,
-    account, VPC and the load balancers it tags as this cluster's.
-
-    Left out: WAF, Shield and Cognito (switched off in the chart values), NLBs (no LoadBalancer
-    Services here), IPAM pools, Outposts and IAM server certificates (not used).
-    """
+    """The controller's official v2.14.1 policy, less what this program does not use and narrowed to this
+    region, account, VPC and the resources it tags as this cluster's (OFFICIAL_POLICY_DIFFERENCES)."""
     ec2 = f"arn:aws:ec2:{region}:{account}"
     elb = f"arn:aws:elasticloadbalancing:{region}:{account}"
     load_balancers, target_groups = f"{elb}:loadbalancer/app/*/*", f"{elb}:targetgroup/*/*"
@@ -40,75 +91,53 @@ def controller_policy(cluster_name: str, region: str, account: str, vpc_id: str)
     security_groups, vpc = f"{ec2}:security-group/*", f"{ec2}:vpc/{vpc_id}"
     requested = {f"aws:RequestTag/{CLUSTER_TAG}": cluster_name}
     owned = {f"aws:ResourceTag/{CLUSTER_TAG}": cluster_name}
-    in_region = {"StringEquals": {"aws:RequestedRegion": region}}
+    untagging = {"Null": {f"aws:RequestTag/{CLUSTER_TAG}": "true"}}
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "CreateElbServiceLinkedRole", "Effect": "Allow", "Action": "iam:CreateServiceLinkedRole",
          "Resource": f"arn:aws:iam::{account}:role/aws-service-role/elasticloadbalancing.amazonaws.com/"
                      "AWSServiceRoleForElasticLoadBalancing",
          "Condition": {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}}},
-        # Describe* calls have no resource-level permissions: "*" is the only valid resource.
-        {"Sid": "DescribeNetworkAndLoadBalancers", "Effect": "Allow", "Resource": "*", "Condition": in_region,
-         "Action": [
-             "ec2:DescribeAccountAttributes", "ec2:DescribeAddresses", "ec2:DescribeAvailabilityZones",
-             "ec2:DescribeInternetGateways", "ec2:DescribeVpcs", "ec2:DescribeVpcPeeringConnections",
-             "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeInstances",
-             "ec2:DescribeNetworkInterfaces", "ec2:DescribeTags", "ec2:DescribeRouteTables",
-             "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeLoadBalancerAttributes",
-             "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeListenerCertificates",
-             "elasticloadbalancing:DescribeListenerAttributes", "elasticloadbalancing:DescribeSSLPolicies",
-             "elasticloadbalancing:DescribeRules", "elasticloadbalancing:DescribeTargetGroups",
-             "elasticloadbalancing:DescribeTargetGroupAttributes", "elasticloadbalancing:DescribeTargetHealth",
-             "elasticloadbalancing:DescribeTags", "elasticloadbalancing:DescribeTrustStores",
-             "elasticloadbalancing:DescribeCapacityReservation", "acm:ListCertificates",
-         ]},
+        {"Sid": "DescribeNetworkAndLoadBalancers", "Effect": "Allow", "Action": list(DESCRIBE_ACTIONS),
+         "Resource": "*", "Condition": {"StringEquals": {"aws:RequestedRegion": region}}},
         {"Sid": "ReadVpcSecurityGroups", "Effect": "Allow", "Action": "ec2:GetSecurityGroupsForVpc",
          "Resource": vpc},
         {"Sid": "ReadCertificates", "Effect": "Allow", "Action": "acm:DescribeCertificate",
          "Resource": f"arn:aws:acm:{region}:{account}:certificate/*"},
+        # The node security groups are not the controller's: it opens them to the load balancer's.
+        {"Sid": "OpenSecurityGroupsInTheVpc", "Effect": "Allow", "Action": list(SECURITY_GROUP_INGRESS_ACTIONS),
+         "Resource": security_groups, "Condition": {"ArnEquals": {"ec2:Vpc": vpc}}},
         {"Sid": "CreateSecurityGroupsInTheVpc", "Effect": "Allow", "Action": "ec2:CreateSecurityGroup",
          "Resource": [vpc, security_groups]},
         {"Sid": "TagNewSecurityGroups", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": security_groups,
          "Condition": {"StringEquals": {"ec2:CreateAction": "CreateSecurityGroup", **requested}}},
         {"Sid": "RetagOwnedSecurityGroups", "Effect": "Allow", "Action": ["ec2:CreateTags", "ec2:DeleteTags"],
-         "Resource": security_groups,
-         "Condition": {"StringEquals": owned, "Null": {f"aws:RequestTag/{CLUSTER_TAG}": "true"}}},
-        # The node security groups are not the controller's: it opens them to the load balancer's.
-        {"Sid": "OpenSecurityGroupsInTheVpc", "Effect": "Allow",
-         "Action": ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"],
-         "Resource": security_groups, "Condition": {"ArnEquals": {"ec2:Vpc": vpc}}},
+         "Resource": security_groups, "Condition": {"StringEquals": owned, **untagging}},
         {"Sid": "DeleteOwnedSecurityGroups", "Effect": "Allow", "Action": "ec2:DeleteSecurityGroup",
          "Resource": security_groups, "Condition": {"StringEquals": owned}},
-        {"Sid": "CreateTaggedLoadBalancers", "Effect": "Allow",
-         "Action": ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"],
+        {"Sid": "CreateTaggedLoadBalancers", "Effect": "Allow", "Action": list(CREATE_ACTIONS),
          "Resource": [load_balancers, target_groups], "Condition": {"StringEquals": requested}},
+        # Listeners and rules live on the load balancers above (which CreateListener names).
+        {"Sid": "ManageListenersAndRules", "Effect": "Allow",
+         "Action": ["elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener",
+                    "elasticloadbalancing:CreateRule", "elasticloadbalancing:DeleteRule",
+                    "elasticloadbalancing:ModifyListener", "elasticloadbalancing:AddListenerCertificates",
+                    "elasticloadbalancing:RemoveListenerCertificates", "elasticloadbalancing:ModifyRule",
+                    "elasticloadbalancing:SetRulePriorities"],
+         "Resource": [load_balancers, *listeners, *rules]},
+        {"Sid": "RetagOwnedLoadBalancers", "Effect": "Allow",
+         "Action": ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
+         "Resource": [load_balancers, target_groups], "Condition": {"StringEquals": owned, **untagging}},
+        # The controller tags the listeners and rules it creates.
+        {"Sid": "TagListenersAndRules", "Effect": "Allow",
+         "Action": ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
+         "Resource": [*listeners, *rules]},
+        {"Sid": "ModifyOwnedLoadBalancers", "Effect": "Allow", "Action": list(MODIFY_OWNED_ACTIONS),
+         "Resource": [load_balancers, target_groups, *listeners], "Condition": {"StringEquals": owned}},
         {"Sid": "TagNewLoadBalancers", "Effect": "Allow", "Action": "elasticloadbalancing:AddTags",
          "Resource": [load_balancers, target_groups],
          "Condition": {"StringEquals": {"elasticloadbalancing:CreateAction": ["CreateTargetGroup",
                                                                                "CreateLoadBalancer"],
                                         **requested}}},
-        {"Sid": "RetagOwnedLoadBalancers", "Effect": "Allow",
-         "Action": ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
-         "Resource": [load_balancers, target_groups],
-         "Condition": {"StringEquals": owned, "Null": {f"aws:RequestTag/{CLUSTER_TAG}": "true"}}},
-        {"Sid": "ModifyOwnedLoadBalancers", "Effect": "Allow", "Resource": [load_balancers, target_groups],
-         "Condition": {"StringEquals": owned},
-         "Action": [
-             "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
-             "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",
-             "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:ModifyTargetGroup",
-             "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteTargetGroup",
-             "elasticloadbalancing:ModifyCapacityReservation",
-         ]},
-        # Listeners and rules live on the load balancers above; the controller tags them on creation.
-        {"Sid": "ManageListenersAndRules", "Effect": "Allow", "Resource": [load_balancers, *listeners, *rules],
-         "Action": [
-             "elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener",
-             "elasticloadbalancing:ModifyListener", "elasticloadbalancing:ModifyListenerAttributes",
-             "elasticloadbalancing:AddListenerCertificates", "elasticloadbalancing:RemoveListenerCertificates",
-             "elasticloadbalancing:CreateRule", "elasticloadbalancing:DeleteRule", "elasticloadbalancing:ModifyRule",
-             "elasticloadbalancing:SetRulePriorities",
-             "elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags",
-         ]},
         {"Sid": "RegisterTargets", "Effect": "Allow",
          "Action": ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
          "Resource": target_groups},

@@ -11,6 +11,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra import iam, versions
+from infra.official_iam import Difference
 from infra.config import NeuronPool
 from infra.naming import (
     CPU_NODEPOOL, EC2_NODECLASS, KARPENTER_NAMESPACE, NEURON_DEVICE_RESOURCE, NEURON_TAINT_EFFECT,
@@ -87,12 +88,23 @@ CPU_NODEPOOL_SPEC = {
 }
 
 
+# How controller_policy differs from the official v1.14.1 CloudFormation's controller policies
+# (infra/schemas/official/), beyond resources narrowed to this account: nothing.
+OFFICIAL_POLICY_DIFFERENCES: tuple[Difference, ...] = ()
+
+
 def controller_policy(cluster_name: str, region: str, account: str, queue_arn: str, node_role_arn: str) -> dict:
-    """Karpenter v1's controller permissions, scoped to this cluster's tags, region and resources."""
+    """Karpenter v1's controller permissions: the official v1.14.1 policies (the actions and conditions of
+    its CloudFormation), with resources scoped to this account as well as this cluster's tags and region."""
     ec2 = f"arn:aws:ec2:{region}"
+    # Karpenter tags what it creates with both; eks:eks-cluster-name is its own to set (the EC2NodeClass
+    # may not), which is why the conditions can require it.
     owned = {f"aws:RequestTag/kubernetes.io/cluster/{cluster_name}": "owned",
              "aws:RequestTag/eks:eks-cluster-name": cluster_name}
     tagged_owned = {f"aws:ResourceTag/kubernetes.io/cluster/{cluster_name}": "owned"}
+    profile_owned = {**owned, "aws:RequestTag/topology.kubernetes.io/region": region}
+    profile_tagged_owned = {**tagged_owned, "aws:ResourceTag/topology.kubernetes.io/region": region}
+    cluster_arn = f"arn:aws:eks:{region}:{account}:cluster/{cluster_name}"
     instance_profile = f"arn:aws:iam::{account}:instance-profile/*"
     launched = [f"{ec2}:{account}:{kind}/*" for kind in
                 ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")]
@@ -100,7 +112,8 @@ def controller_policy(cluster_name: str, region: str, account: str, queue_arn: s
         {"Sid": "AllowScopedEC2InstanceAccessActions", "Effect": "Allow",
          "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
          "Resource": [f"{ec2}::image/*", f"{ec2}::snapshot/*", f"{ec2}:{account}:security-group/*",
-                      f"{ec2}:{account}:subnet/*", f"{ec2}:{account}:capacity-reservation/*"]},
+                      f"{ec2}:{account}:subnet/*", f"{ec2}:{account}:capacity-reservation/*",
+                      f"{ec2}:{account}:placement-group/*"]},
         {"Sid": "AllowScopedEC2LaunchTemplateAccessActions", "Effect": "Allow",
          "Action": ["ec2:RunInstances", "ec2:CreateFleet"], "Resource": f"{ec2}:{account}:launch-template/*",
          "Condition": {"StringEquals": tagged_owned,
@@ -117,6 +130,7 @@ def controller_policy(cluster_name: str, region: str, account: str, queue_arn: s
          "Resource": f"{ec2}:{account}:instance/*",
          "Condition": {"StringEquals": tagged_owned,
                        "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"},
+                       "StringEqualsIfExists": {"aws:RequestTag/eks:eks-cluster-name": cluster_name},
                        "ForAllValues:StringEquals": {"aws:TagKeys": ["eks:eks-cluster-name", "karpenter.sh/nodeclaim",
                                                                      "Name"]}}},
         {"Sid": "AllowScopedDeletion", "Effect": "Allow",
@@ -125,10 +139,11 @@ def controller_policy(cluster_name: str, region: str, account: str, queue_arn: s
          "Condition": {"StringEquals": tagged_owned,
                        "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"}}},
         {"Sid": "AllowRegionalReadActions", "Effect": "Allow",
-         "Action": ["ec2:DescribeAvailabilityZones", "ec2:DescribeCapacityReservations", "ec2:DescribeImages",
-                    "ec2:DescribeInstances", "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes",
-                    "ec2:DescribeLaunchTemplates", "ec2:DescribeSecurityGroups", "ec2:DescribeSpotPriceHistory",
-                    "ec2:DescribeSubnets"],
+         # DescribeInstanceStatus: instance health checks; DescribePlacementGroups: placementGroupSelector.
+         "Action": ["ec2:DescribeCapacityReservations", "ec2:DescribeImages", "ec2:DescribeInstances",
+                    "ec2:DescribeInstanceStatus", "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes",
+                    "ec2:DescribeLaunchTemplates", "ec2:DescribePlacementGroups", "ec2:DescribeSecurityGroups",
+                    "ec2:DescribeSpotPriceHistory", "ec2:DescribeSubnets"],
          # EC2 Describe* calls have no resource-level permissions: "*" is the only valid resource.
          "Resource": "*", "Condition": {"StringEquals": {"aws:RequestedRegion": region}}},
         {"Sid": "AllowSSMReadActions", "Effect": "Allow", "Action": "ssm:GetParameter",
@@ -138,15 +153,22 @@ def controller_policy(cluster_name: str, region: str, account: str, queue_arn: s
         {"Sid": "AllowInterruptionQueueActions", "Effect": "Allow",
          "Action": ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"], "Resource": queue_arn},
         {"Sid": "AllowPassingInstanceRole", "Effect": "Allow", "Action": "iam:PassRole", "Resource": node_role_arn,
-         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
+         # The official policy names the China partition's EC2 principal too; it matches nothing elsewhere.
+         "Condition": {"StringEquals": {"iam:PassedToService": ["ec2.amazonaws.com", "ec2.amazonaws.com.cn"]}}},
         {"Sid": "AllowScopedInstanceProfileCreationActions", "Effect": "Allow",
-         "Action": ["iam:CreateInstanceProfile", "iam:TagInstanceProfile"], "Resource": instance_profile,
-         "Condition": {"StringEquals": {**owned, "aws:RequestTag/topology.kubernetes.io/region": region},
+         "Action": "iam:CreateInstanceProfile", "Resource": instance_profile,
+         "Condition": {"StringEquals": profile_owned,
                        "StringLike": {"aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*"}}},
+        # Re-tagging only profiles this cluster's Karpenter made, and only with this cluster's tags.
+        {"Sid": "AllowScopedInstanceProfileTagActions", "Effect": "Allow",
+         "Action": "iam:TagInstanceProfile", "Resource": instance_profile,
+         "Condition": {"StringEquals": {**profile_tagged_owned, **profile_owned},
+                       "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*",
+                                      "aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*"}}},
         {"Sid": "AllowScopedInstanceProfileActions", "Effect": "Allow",
          "Action": ["iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile",
                     "iam:DeleteInstanceProfile"], "Resource": instance_profile,
-         "Condition": {"StringEquals": {**tagged_owned, "aws:ResourceTag/topology.kubernetes.io/region": region},
+         "Condition": {"StringEquals": profile_tagged_owned,
                        "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*"}}},
         {"Sid": "AllowInstanceProfileReadActions", "Effect": "Allow", "Action": "iam:GetInstanceProfile",
          "Resource": instance_profile},
@@ -154,7 +176,10 @@ def controller_policy(cluster_name: str, region: str, account: str, queue_arn: s
         {"Sid": "AllowUnscopedInstanceProfileListAction", "Effect": "Allow", "Action": "iam:ListInstanceProfiles",
          "Resource": "*"},
         {"Sid": "AllowAPIServerEndpointDiscovery", "Effect": "Allow", "Action": "eks:DescribeCluster",
-         "Resource": f"arn:aws:eks:{region}:{account}:cluster/{cluster_name}"},
+         "Resource": cluster_arn},
+        # Whether ARC zonal shift has moved traffic away from a zone of this cluster, so Karpenter avoids it.
+        {"Sid": "AllowZonalShiftStatusReadOnly", "Effect": "Allow", "Action": "arc-zonal-shift:GetManagedResource",
+         "Resource": "*", "Condition": {"StringEquals": {"arc-zonal-shift:ResourceIdentifier": cluster_arn}}},
     ]}
 
 
@@ -227,7 +252,8 @@ class Karpenter(pulumi.ComponentResource):
                 "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": ROOT_VOLUME}],
                 # trn1.32xlarge carries 8 TB of NVMe: striped, it holds container images and compile scratch.
                 "instanceStorePolicy": "RAID0",
-                "tags": {"eks:eks-cluster-name": args.cluster_name},
+                # No tags: Karpenter tags instances itself, with eks:eks-cluster-name among others, and the
+                # CRD forbids setting that tag (or kubernetes.io/cluster/*, karpenter.*) here.
             },
             opts=custom)
         nodepools = {neuron_nodepool(family): neuron_nodepool_spec(pool) for family, pool in args.neuron_pools.items()}

@@ -22,11 +22,12 @@ from typing import Any, Iterator
 import pulumi
 import yaml
 
-from infra import capacity
+from infra import capacity, versions
 from infra.naming import NEURON_SCHEDULER_NAME, NODEPOOL_LABEL
 from infra.offline import Registered, Rendering, run_program, stack_names
 from infra.validate import (
-    SchemaNotFound, iam_policy_problems, is_karpenter, karpenter_schema_problems, kubernetes_schema_problems,
+    SchemaNotFound, ami_alias_problems, iam_policy_problems, is_karpenter, karpenter_rule_problems,
+    karpenter_schema_problems, kube_scheduler_tag_problems, kubernetes_schema_problems,
 )
 
 REFRESH_COMMAND = "python -m infra.plan --stack all --out plans"
@@ -40,7 +41,11 @@ REDACTED = "[secret]"
 SOURCE_TAG = re.compile(r":src-[0-9a-f]{20}\b")
 SOURCE_TAG_SHOWN = ":src-<hash of the build context>"
 
-CHECKS = ("Kubernetes schemas", "Karpenter CRD schemas", "IAM policies", "Cross-references", "Security posture")
+KARPENTER_CEL_RULES = "Karpenter CEL rules"
+PUBLISHED_VERSIONS = "Published versions"
+# The check families, in report order.
+CHECKS = ("Kubernetes schemas", "Karpenter CRD schemas", "IAM policies", "Cross-references", "Security posture",
+          KARPENTER_CEL_RULES, PUBLISHED_VERSIONS)
 
 POLICY_INPUTS = {
     "aws:iam/rolePolicy:RolePolicy": "policy",
@@ -253,6 +258,51 @@ def _object_schema_problems(obj_json: str, version: str) -> tuple[str, ...]:
         return tuple(kubernetes_schema_problems(obj, version))
     except SchemaNotFound as error:
         return (str(error),)
+
+
+def _cel_problems(objects: list[dict[str, Any]]) -> list[Problem]:
+    return [Problem(KARPENTER_CEL_RULES, text) for obj in objects if is_karpenter(obj)
+            for text in _object_rule_problems(json.dumps(obj, sort_keys=True))]
+
+
+@functools.lru_cache(maxsize=4096)
+def _object_rule_problems(obj_json: str) -> tuple[str, ...]:
+    """CEL findings of one object, cached by its content like the schema findings."""
+    obj = json.loads(obj_json)
+    try:
+        return tuple(karpenter_rule_problems(obj))
+    except SchemaNotFound:  # reported once, by the Karpenter CRD schemas check
+        return ()
+
+
+def _neuron_scheduler_tags(rendering: Rendering) -> list[tuple[str, str]]:
+    """(release, kube-scheduler image tag) of every neuron-helm-chart release."""
+    tags = []
+    for release in rendering.of_type(HELM_RELEASE):
+        inputs = revealed(release.inputs)
+        if inputs.get("chart", "").endswith("/" + NEURON_CHART):
+            image = (((inputs.get("values") or {}).get("scheduler") or {}).get("customScheduler") or {}).get("image")
+            tags.append((release.name, (image or {}).get("tag", "(chart default)")))
+    return tags
+
+
+def _published_version_problems(rendering: Rendering, objects: _Objects) -> list[Problem]:
+    """What the stack pulls and boots exists in the published release data, and fits together."""
+    minor = kubernetes_version(rendering)
+    found = [f"Release {name}: {text}" for name, tag in _neuron_scheduler_tags(rendering)
+             for text in kube_scheduler_tag_problems(tag, minor)]
+    for node_class in objects.of_kind("EC2NodeClass"):
+        for term in node_class.get("spec", {}).get("amiSelectorTerms", []):
+            if "alias" in term:
+                found += [f"{_where(node_class)}: {text}"
+                          for text in ami_alias_problems(term["alias"], versions.NEURON_SDK_VERSION)]
+    # The other pinned minors too (this stack's is checked above, as rendered): a stack may move to one.
+    for pinned_minor, pins in sorted(versions.KUBERNETES_RELEASES.items()):
+        if pinned_minor == minor:
+            continue
+        found += [f"infra/versions.py KUBERNETES_RELEASES[{pinned_minor!r}]: {text}"
+                  for text in kube_scheduler_tag_problems(pins["kube-scheduler"], pinned_minor)]
+    return [Problem(PUBLISHED_VERSIONS, text) for text in found]
 
 
 def _iam_problems(rendering: Rendering) -> list[Problem]:
@@ -514,6 +564,8 @@ def check(rendering: Rendering) -> list[Problem]:
     problems += _iam_problems(rendering)
     problems += _reference_problems(_Objects(objects), pods, rendering)
     problems += _security_problems(rendering, pods)
+    problems += _cel_problems(objects)
+    problems += _published_version_problems(rendering, _Objects(objects))
     return sorted(set(problems), key=lambda p: (CHECKS.index(p.check), p.message))
 
 

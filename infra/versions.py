@@ -1,35 +1,51 @@
 """Every external version the platform deploys, pinned in one place.
 
-Bumping a pin is a reviewed change: the plan diff of every stack shows what it touches.
+Bumping a pin is a reviewed change: the plan diff of every stack shows what it touches. Each pin
+names its source. The kube-scheduler tags and the AMI alias are checked against release data
+committed under `infra/schemas/published/` by `python -m infra.plan --check` ("Published versions");
+the comments of the others say how to confirm a bump.
 """
 
 # Neuron Deep Learning Container the serving/compile image is built FROM (last trn1/inf2 SDK).
+# Source: the public.ecr.aws/neuron/pytorch-inference-neuronx tags (Neuron DLC release notes); its SDK is
+# NEURON_SDK_VERSION, whose driver requirement is in infra/schemas/published/neuron-sdk-driver.txt.
 NEURON_DLC_IMAGE = "public.ecr.aws/neuron/pytorch-inference-neuronx:2.9.0-neuronx-py312-sdk2.31.1-ubuntu24.04"
 NEURON_SDK_VERSION = "2.31.1"
 
 KARPENTER_CHART_REPO = "oci://public.ecr.aws/karpenter"
+# Source: github.com/aws/karpenter-provider-aws release v1.14.1; its CRDs (infra/schemas/karpenter-crds-v1.14.1/)
+# and getting-started CloudFormation (infra/schemas/official/) are committed from that tag.
 KARPENTER_VERSION = "1.14.1"
 # AL2023 alias: Karpenter resolves the accelerated (Neuron) AMI variant of this release.
-AL2023_AMI_ALIAS = "al2023@v20250915"
+# Source: amazon-eks-ami CHANGELOG (infra/schemas/published/al2023-ami-neuron-driver.txt): v20260714 is the
+# first release whose AL2023_x86_64_NEURON variant ships driver 2.29.0.0, which Neuron SDK 2.31.1 needs.
+AL2023_AMI_ALIAS = "al2023@v20260714"
 
 NEURON_CHART_REPO = "oci://public.ecr.aws/neuron"
+# Source: the neuron-helm-chart tags of oci://public.ecr.aws/neuron (not in the committed data; confirm a bump
+# with `helm show chart oci://public.ecr.aws/neuron/neuron-helm-chart --version <v>`).
 NEURON_CHART_VERSION = "1.5.0"
 KUBE_SCHEDULER_IMAGE_REPO = "public.ecr.aws/eks-distro/kubernetes/kube-scheduler"
 
 AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO = "https://aws.github.io/eks-charts"
-# Chart 1.14.1 = controller v2.14.1, the first with ALB URL rewrite (`alb.ingress.kubernetes.io/transforms.*`),
-# which strips /flux/<shape> before requests reach the servers.
+# Source: github.com/aws/eks-charts, chart aws-load-balancer-controller 1.14.1. It installs controller v2.14.1
+# (the chart's appVersion; its iam_policy.json is committed in infra/schemas/official/), the first with ALB URL
+# rewrite (`alb.ingress.kubernetes.io/transforms.*`), which strips /flux/<shape> before requests reach the servers.
 AWS_LOAD_BALANCER_CONTROLLER_VERSION = "1.14.1"
+AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION = "2.14.1"
 
 # The serving autoscaler's metric pipeline: Prometheus scrapes the servers, the adapter serves
 # the result to the HPA through the custom metrics API.
 PROMETHEUS_CHART_REPO = "https://prometheus-community.github.io/helm-charts"
+# Source: github.com/prometheus-community/helm-charts releases prometheus-27.13.0 and prometheus-adapter-5.1.0
+# (not in the committed data; confirm with `helm search repo prometheus-community/<chart> --versions`).
 PROMETHEUS_CHART_VERSION = "27.13.0"
 PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 
 # Per Kubernetes minor: what EKS ships for that minor. The supported minors are exactly these keys.
-# kube-scheduler tags are EKS Distro releases (public.ecr.aws/eks-distro); the others are EKS
-# add-on versions: confirm a bump with `aws eks describe-addon-versions --kubernetes-version <minor>`.
+# kube-scheduler: EKS Distro release notes (infra/schemas/published/kube-scheduler-tags.txt; checked), the
+# latest release of 1.34 there and a published release of 1.33. The others are EKS add-on versions, source
+# `aws eks describe-addon-versions --kubernetes-version <minor>` (not in the committed data: confirm a bump there).
 KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
     "1.33": {
         "kube-scheduler": "v1.33.7-eks-1-33-23",
@@ -41,7 +57,7 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
     },
     "1.34": {
-        "kube-scheduler": "v1.34.11-eks-1-34-24",
+        "kube-scheduler": "v1.34.9-eks-1-34-21",
         "vpc-cni": "v1.20.4-eksbuild.2",
         "coredns": "v1.12.4-eksbuild.1",
         "kube-proxy": "v1.34.0-eksbuild.2",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import plan
+from infra import plan, versions
 from infra.naming import (
     HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, NODEPOOL_LABEL, WORKLOAD_NAMESPACE,
 )
@@ -294,3 +294,96 @@ def test_the_cli_reports_problems_grouped_by_check_and_exits_nonzero(rendering, 
     assert printed.startswith("dev: 2 problem(s) (")
     assert f"\n  Cross-references:\n    - {job}: PersistentVolumeClaim 'flux-graphs-typo'" in printed
     assert f"\n  Security posture:\n    - {job} container '{container}': runs privileged\n" in printed
+
+
+NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
+NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
+
+
+def _restricted_tag(node_class):
+    node_class["spec"]["tags"] = {"eks:eks-cluster-name": "flux-dev"}
+
+
+def _alias_with_another_term(node_class):
+    node_class["spec"]["amiSelectorTerms"].append({"id": "ami-0123456789abcdef0"})
+
+
+def _schedule_without_duration(nodepool):
+    nodepool["spec"]["disruption"]["budgets"] = [{"nodes": "0", "schedule": "0 9 * * mon-fri"}]
+
+
+def _restricted_label_domain(nodepool):
+    nodepool["spec"]["template"]["spec"]["requirements"][0]["key"] = "karpenter.sh/team"
+
+
+def _not_an_integer(nodepool):
+    nodepool["spec"]["template"]["spec"]["requirements"].append(
+        {"key": "karpenter.k8s.aws/instance-cpu", "operator": "Gt", "values": ["eight"]})
+
+
+@DEV
+@pytest.mark.parametrize("type_, name, seed, message", [
+    (NODE_CLASS, "karpenter-default", _restricted_tag,
+     "EC2NodeClass default: tag contains a restricted tag matching eks:eks-cluster-name at spec/tags"),
+    (NODE_CLASS, "karpenter-default", _alias_with_another_term,
+     "EC2NodeClass default: 'alias' is mutually exclusive, cannot be set with a combination of other "
+     "amiSelectorTerms at spec/amiSelectorTerms"),
+    (NODEPOOL, "karpenter-cpu", _schedule_without_duration,
+     "NodePool cpu: 'schedule' must be set with 'duration' at spec/disruption/budgets"),
+    (NODEPOOL, "karpenter-cpu", _restricted_label_domain,
+     'NodePool cpu: label domain "karpenter.sh" is restricted at spec/template/spec/requirements/0/key'),
+])
+def test_a_karpenter_object_the_openapi_schema_accepts_fails_its_cel_rules(rendering, type_, name, seed, message):
+    changed = copy.deepcopy(rendering)
+    seed(changed.one(type_, name).inputs)
+    # Only CEL catches it: the OpenAPI part of the same CRD has nothing to say.
+    assert _messages(changed, "Karpenter CRD schemas", rendering) == []
+    assert _messages(changed, plan.KARPENTER_CEL_RULES, rendering) == [message]
+
+
+@DEV
+def test_a_cel_rule_that_cannot_be_evaluated_is_a_problem(rendering):
+    changed = copy.deepcopy(rendering)
+    _not_an_integer(changed.one(NODEPOOL, "karpenter-cpu").inputs)
+    assert _messages(changed, "Karpenter CRD schemas", rendering) == []
+    [message] = _messages(changed, plan.KARPENTER_CEL_RULES, rendering)
+    assert message.startswith("NodePool cpu: could not evaluate: self.all(x, (x.operator == 'Gt' ")
+    assert "invalid literal for int() with base 10: StringType('eight')" in message
+    assert message.endswith(") at spec/template/spec/requirements")
+
+
+@DEV
+def test_an_ami_alias_whose_neuron_driver_is_too_old_fails_the_check(rendering):
+    changed = copy.deepcopy(rendering)
+    changed.one(NODE_CLASS, "karpenter-default").inputs["spec"]["amiSelectorTerms"] = [{"alias": "al2023@v20250915"}]
+    assert _messages(changed, plan.PUBLISHED_VERSIONS, rendering) == [
+        "EC2NodeClass default: AMI alias 'al2023@v20250915' ships Neuron driver 2.23.9.0, older than the 2.29.0.0 "
+        f"that Neuron SDK {versions.NEURON_SDK_VERSION} needs (first release with it: al2023@v20260714)"]
+
+
+def _neuron_release(rendering):
+    [release] = [r for r in rendering.of_type(plan.HELM_RELEASE) if r.inputs["chart"].endswith(plan.NEURON_CHART)]
+    return release
+
+
+@DEV
+@pytest.mark.parametrize("tag, problem", [
+    ("v1.33.14-eks-1-33-32", "kube-scheduler tag 'v1.33.14-eks-1-33-32' is in no published EKS Distro release "
+                             "(kube-scheduler-tags.txt); the latest published 1.33 tag is 'v1.33.13-eks-1-33-31'"),
+    ("v1.34.9-eks-1-34-21", "kube-scheduler tag 'v1.34.9-eks-1-34-21' is not a Kubernetes 1.33 release; "
+                            "the latest published 1.33 tag is 'v1.33.13-eks-1-33-31'"),
+])
+def test_an_unpublished_kube_scheduler_tag_fails_the_check(rendering, tag, problem):
+    changed = copy.deepcopy(rendering)
+    release = _neuron_release(changed)
+    release.inputs["values"]["scheduler"]["customScheduler"]["image"]["tag"] = tag
+    assert _messages(changed, plan.PUBLISHED_VERSIONS, rendering) == [f"Release {release.name}: {problem}"]
+
+
+@DEV
+def test_the_kube_scheduler_tags_pinned_for_other_minors_are_checked_too(rendering, monkeypatch):
+    monkeypatch.setitem(versions.KUBERNETES_RELEASES["1.34"], "kube-scheduler", "v1.34.11-eks-1-34-24")
+    assert [p.message for p in plan.check(rendering) if p.check == plan.PUBLISHED_VERSIONS] == [
+        "infra/versions.py KUBERNETES_RELEASES['1.34']: kube-scheduler tag 'v1.34.11-eks-1-34-24' is in no "
+        "published EKS Distro release (kube-scheduler-tags.txt); the latest published 1.34 tag is "
+        "'v1.34.9-eks-1-34-21'"]
