@@ -184,7 +184,7 @@ def _compile_into(staged: Path, workdir: Path, options: CompileOptions) -> dict:
     if 2 ** (len(vae_config["block_out_channels"]) - 1) != VAE_SCALE_FACTOR:
         raise ValueError(f"{options.model}'s VAE does not scale by {VAE_SCALE_FACTOR}, which image shapes assume")
     # Before anything compiles: the heads and widths must split evenly across the ranks.
-    check_tp_degree(options.tp_degree, {component: source.config(component) for component in TENSOR_PARALLEL_COMPONENTS})
+    check_tp_degree(options.tp_degree, {name: source.config(name) for name in TENSOR_PARALLEL_COMPONENTS})
     tokenizer, tokenizer_2 = source.tokenizers()
     timings = {"source_s": round(time.perf_counter() - started, 3), "graphs_s": {}}
     graphs = {}
@@ -220,7 +220,9 @@ def _compile_into(staged: Path, workdir: Path, options: CompileOptions) -> dict:
     return timings
 
 
-def _compile_in_own_process(spec: GraphSpec, destination: Path, workdir: Path, options: CompileOptions) -> tuple[str, int]:
+def _compile_in_own_process(
+    spec: GraphSpec, destination: Path, workdir: Path, options: CompileOptions
+) -> tuple[str, int]:
     """One component in a fresh process; returns its layout and that process's id."""
     with ProcessPoolExecutor(max_workers=1, mp_context=_COMPILE_PROCESSES) as process:
         job = process.submit(

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import threading
 from pathlib import Path
 
@@ -22,12 +23,13 @@ from model.backends import CpuBackend
 from model.compile import (
     COMPILE_CODE_VERSION,
     CompileOptions,
+    CompileProcessDied,
     artifact_name,
     cache_key,
     ensure_compiled,
     resolve_artifact_dir,
 )
-from model.components import COMPONENTS, PIPELINE_CONFIG_NAME
+from model.components import COMPONENTS, PIPELINE_CONFIG_NAME, TRANSFORMER, GraphSpec
 from model.runtime import load_generator
 from model.shapes import Shape
 
@@ -190,6 +192,16 @@ def test_each_component_compiles_in_a_process_of_its_own(
     assert set(pids) == set(COMPONENTS)
     assert len(set(pids.values())) == len(COMPONENTS)
     assert os.getpid() not in pids.values()
+
+
+def die_like_the_out_of_memory_killer() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_component_compile_is_one_clear_error(tiny_compile_options: CompileOptions, tmp_path: Path) -> None:
+    spec = GraphSpec(TRANSFORMER, die_like_the_out_of_memory_killer, ())
+    with pytest.raises(CompileProcessDied, match="^the process compiling transformer died without a result"):
+        model.compile._compile_in_own_process(spec, tmp_path / TRANSFORMER, tmp_path / "work", tiny_compile_options)
 
 
 def _neuron(**changes) -> CompileOptions:

@@ -197,7 +197,12 @@ def test_single_core_graphs_load_onto_the_first_neuroncore_only(sdk, tmp_path: P
     torch.jit.save(torch.jit.script(nn.Identity()), path)
     loaded_inside = []
     real_load = torch.jit.load
-    monkeypatch.setattr(torch.jit, "load", lambda *args, **kwargs: loaded_inside.append(sdk.active_context) or real_load(*args, **kwargs))  # fmt: skip
+
+    def load_recording_placement(*args, **kwargs):
+        loaded_inside.append(sdk.active_context)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "load", load_recording_placement)
     get_backend("neuron").load_graph(TORCHSCRIPT, [path])
     assert loaded_inside == [{"start_nc": 0, "nc_count": 1}]
     assert sdk.core_contexts == [{"start_nc": 0, "nc_count": 1}]
