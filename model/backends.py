@@ -110,6 +110,21 @@ SINGLE_CORE = {"start_nc": 0, "nc_count": 1}
 NEURON_COMPILER_REPORTED = "neuronx-cc-reported"
 
 
+# Set by the Neuron device plugin for a pod (and honoured by the runtime): the cores it may use.
+VISIBLE_CORES_ENV = "NEURON_RT_VISIBLE_CORES"
+
+
+def visible_neuron_cores(value: str | None) -> int | None:
+    """How many cores a NEURON_RT_VISIBLE_CORES value ("3", "0-7", "0,1,4-5") names; None if unset."""
+    if not value:
+        return None
+    count = 0
+    for part in value.split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
 def installed_versions(distributions: tuple[str, ...]) -> dict[str, str]:
     """The versions pip installed in this environment (what the compile actually runs), by distribution name."""
     return {name: importlib.metadata.version(name) for name in distributions}
@@ -196,6 +211,13 @@ class NeuronBackend:
         # parallel_model_load takes a directory and loads every file in it: the component's
         # directory of the verified copy holds exactly its rank files. Rank i goes to visible
         # core i (at the first forward), so the ranks take the pod's first tp_degree cores.
+        visible = visible_neuron_cores(os.environ.get(VISIBLE_CORES_ENV))
+        if visible is not None and visible < len(files):
+            raise BackendUnavailable(
+                f"{VISIBLE_CORES_ENV}={os.environ[VISIBLE_CORES_ENV]} gives this process {visible} NeuronCores, "
+                f"the graph in {files[0].parent.name} has {len(files)} tensor-parallel ranks, one per core: "
+                f"request {len(files)} cores"
+            )
         (directory,) = {path.parent for path in files}
         return self._neuronx_distributed.trace.parallel_model_load(str(directory))
 

@@ -29,10 +29,12 @@ from model.backends import (
     NEURON_TOOLCHAIN,
     TENSOR_PARALLEL,
     TORCHSCRIPT,
+    VISIBLE_CORES_ENV,
     BackendUnavailable,
     compile_in_this_process,
     get_backend,
     sharded_worker_model,
+    visible_neuron_cores,
 )
 from model.compile import MODEL_LIBRARIES, CompileOptions, cache_key, ensure_compiled, resolve_artifact_dir
 from model.components import (
@@ -208,7 +210,8 @@ def test_single_core_graphs_load_onto_the_first_neuroncore_only(sdk, tmp_path: P
     assert sdk.core_contexts == [{"start_nc": 0, "nc_count": 1}]
 
 
-def test_tensor_parallel_graphs_load_from_the_directory_of_their_rank_files(sdk, tmp_path: Path) -> None:
+def test_tensor_parallel_graphs_load_from_the_directory_of_their_rank_files(sdk, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(VISIBLE_CORES_ENV, raising=False)
     files = [tmp_path / "transformer" / f"tp_{rank}.pt" for rank in range(2)]
     assert get_backend("neuron").load_graph(TENSOR_PARALLEL, files) == "loaded"
     assert sdk.parallel_loads == [str(tmp_path / "transformer")]
@@ -251,3 +254,17 @@ def test_without_the_neuron_sdk_the_neuron_backend_fails_clearly(tmp_path: Path,
         with pytest.raises(BackendUnavailable, match=f"Neuron SDK {NEURON_SDK_VERSION}.*{NEURON_DLC_IMAGE}"):
             attempt()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value, count", [(None, None), ("", None), ("3", 1), ("0-7", 8), ("0,1,4-5", 4)])
+def test_visible_core_lists_are_counted_as_the_runtime_reads_them(value: str | None, count: int | None) -> None:
+    assert visible_neuron_cores(value) == count
+
+
+def test_a_pod_with_fewer_visible_cores_than_ranks_is_told_how_many_to_request(sdk, tmp_path: Path, monkeypatch):
+    files = [tmp_path / "transformer" / f"tp_{rank}.pt" for rank in range(8)]
+    monkeypatch.setenv(VISIBLE_CORES_ENV, "0-3")
+    with pytest.raises(BackendUnavailable, match="gives this process 4 NeuronCores.*8 tensor-parallel ranks.*request 8"):
+        get_backend("neuron").load_graph(TENSOR_PARALLEL, files)
+    monkeypatch.setenv(VISIBLE_CORES_ENV, "8-15")
+    assert get_backend("neuron").load_graph(TENSOR_PARALLEL, files) == "loaded"
