@@ -86,8 +86,7 @@ def _install_import_time_standins(tp_degree: int) -> None:
 def _import_parallel_layers(source: Path) -> None:
     # neuronx_distributed/__init__.py imports compiler kernels (neuronxcc.nki): a bare package
     # module whose __path__ is the source folder makes its subpackages importable without it.
-    package = _module("neuronx_distributed", __path__=[str(source / "neuronx_distributed")])
-    package.__spec__ = None
+    _module("neuronx_distributed", __path__=[str(source / "neuronx_distributed")])
     import neuronx_distributed.parallel_layers  # noqa: F401 - registers the real layers
 
 
