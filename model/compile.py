@@ -14,38 +14,52 @@ import datetime
 import hashlib
 import json
 import logging
+import multiprocessing
 import platform
 import re
 import socket
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
-import tokenizers
-import transformers
-
-from infra.versions import NEURON_SDK_VERSION
 from model.artifacts import EXIT_NOT_PUBLISHED, MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
-from model.backends import BACKENDS, NEURON_TARGETS, Backend, BackendUnavailable, get_backend
-from model.components import PIPELINE_CONFIG_NAME, TORCH_DTYPES, VAE_SCALE_FACTOR, graph_specs
+from model.backends import (
+    BACKENDS,
+    NEURON_TARGETS,
+    Backend,
+    BackendUnavailable,
+    compile_in_this_process,
+    get_backend,
+    installed_versions,
+)
+from model.components import PIPELINE_CONFIG_NAME, TORCH_DTYPES, VAE_SCALE_FACTOR, GraphSpec, graph_specs
 from model.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 from model.sources import SourceUnavailable, check_revision, key_revision, open_source
+from model.tensor_parallel import TENSOR_PARALLEL_COMPONENTS, check_tp_degree
 
 # Bump whenever a change here, in components.py or in backends.py changes what gets
 # traced or how it is stored: it is part of the cache key, so old artifacts are never reused.
-COMPILE_CODE_VERSION = 1
+COMPILE_CODE_VERSION = 2
+# The libraries whose code is traced into every graph, whatever the backend.
+MODEL_LIBRARIES = ("diffusers", "transformers")
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 log = logging.getLogger(__name__)
-# torch.jit tracing keeps process-global state and fails when two threads trace at once
-# (IndexError: unordered_map::at): compiles in one process take turns; publishing need not.
-_TRACING = threading.Lock()
+# Component compiles run in processes forked from a server that has already imported the
+# compile code (fast to start, nothing of a previous component inherited). Nothing here
+# initialises a Neuron runtime, so the children start clean.
+_COMPILE_PROCESSES = multiprocessing.get_context("forkserver")
+_COMPILE_PROCESSES.set_forkserver_preload(["model.backends"])
+
+
+class CompileProcessDied(Exception):
+    """A component's compile process ended without a result (killed, e.g. out of memory)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,9 @@ class CompileOptions:
     tp_degree: int = 1
     max_text_length: int = MAX_TEXT_LENGTH
     target: str | None = None
+    # How many tensor-parallel ranks trace at once (None: NxD's default, all tp_degree). It bounds
+    # the compile's host memory, not what is compiled, so it is no part of the cache key.
+    max_parallel_compilations: int | None = None
 
     def __post_init__(self):
         """Refuse option combinations that could not compile, so they never get a cache key."""
@@ -75,6 +92,8 @@ class CompileOptions:
             raise ValueError("the cpu backend runs on one device: it takes no --target and --tp-degree 1")
         if self.backend == "neuron" and self.target not in NEURON_TARGETS:
             raise ValueError(f"the neuron backend needs --target, one of {', '.join(NEURON_TARGETS)}")
+        if self.max_parallel_compilations is not None and self.max_parallel_compilations < 1:
+            raise ValueError(f"--max-parallel-compilations {self.max_parallel_compilations} must be at least 1")
 
 
 def cache_key(options: CompileOptions, toolchain: dict[str, str]) -> dict:
@@ -89,7 +108,7 @@ def cache_key(options: CompileOptions, toolchain: dict[str, str]) -> dict:
         "tp_degree": options.tp_degree,
         "max_text_length": options.max_text_length,
         # The traced code comes from diffusers and transformers as much as from the compiler.
-        "toolchain": {**toolchain, "diffusers": diffusers.__version__, "transformers": transformers.__version__},
+        "toolchain": {**toolchain, **installed_versions(MODEL_LIBRARIES)},
         "compile_code_version": COMPILE_CODE_VERSION,
     }
 
@@ -145,9 +164,8 @@ def ensure_compiled(options: CompileOptions, out_root: Path, scratch: Path | Non
         Path(scratch).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="flux-compile-", dir=scratch) as work:
         staged = Path(work, "artifact")
-        with _TRACING:
-            timings = _compile_into(staged, Path(work, "compiler"), options, backend)
-        won = publish(staged, artifact_dir, _manifest_fields(artifact_dir.name, key, backend, timings))
+        timings = _compile_into(staged, Path(work, "compiler"), options)
+        won = publish(staged, artifact_dir, _manifest_fields(artifact_dir.name, key, timings))
     if won:
         log.info("published %s", artifact_dir)
     else:
@@ -156,7 +174,7 @@ def ensure_compiled(options: CompileOptions, out_root: Path, scratch: Path | Non
     return artifact_dir
 
 
-def _compile_into(staged: Path, workdir: Path, options: CompileOptions, backend: Backend) -> dict:
+def _compile_into(staged: Path, workdir: Path, options: CompileOptions) -> dict:
     """Write every file serving needs under ``staged``; return the timings."""
     started = time.perf_counter()
     source = open_source(options.model, options.revision)
@@ -165,6 +183,8 @@ def _compile_into(staged: Path, workdir: Path, options: CompileOptions, backend:
         raise ValueError(f"{options.model} has no guidance embedding: only guidance-distilled FLUX.1 is supported")
     if 2 ** (len(vae_config["block_out_channels"]) - 1) != VAE_SCALE_FACTOR:
         raise ValueError(f"{options.model}'s VAE does not scale by {VAE_SCALE_FACTOR}, which image shapes assume")
+    # Before anything compiles: the heads and widths must split evenly across the ranks.
+    check_tp_degree(options.tp_degree, {name: source.config(name) for name in TENSOR_PARALLEL_COMPONENTS})
     tokenizer, tokenizer_2 = source.tokenizers()
     timings = {"source_s": round(time.perf_counter() - started, 3), "graphs_s": {}}
     graphs = {}
@@ -173,12 +193,13 @@ def _compile_into(staged: Path, workdir: Path, options: CompileOptions, backend:
     )
     for spec in specs:
         started = time.perf_counter()
-        log.info("compiling %s (%s backend)", spec.component, backend.name)
-        layout = backend.compile_graph(spec, staged / spec.component, workdir, options.target, options.tp_degree)
+        log.info("compiling %s (%s backend)", spec.component, options.backend)
+        layout, pid = _compile_in_own_process(spec, staged / spec.component, workdir, options)
         written = (staged / spec.component).rglob("*")
         files = sorted(path.relative_to(staged).as_posix() for path in written if path.is_file())
         graphs[spec.component] = {"layout": layout, "files": files}
         timings["graphs_s"][spec.component] = round(time.perf_counter() - started, 3)
+        log.info("compiled %s in process %d in %.1f s", spec.component, pid, timings["graphs_s"][spec.component])
     tokenizer.save_pretrained(staged / "tokenizer")
     tokenizer_2.save_pretrained(staged / "tokenizer_2")
     source.scheduler().save_config(staged / "scheduler")
@@ -199,14 +220,32 @@ def _compile_into(staged: Path, workdir: Path, options: CompileOptions, backend:
     return timings
 
 
-def _manifest_fields(name: str, key: dict, backend: Backend, timings: dict) -> dict:
-    versions = {
-        "python": platform.python_version(),
-        "tokenizers": tokenizers.__version__,
-        **key["toolchain"],
-    }
-    if backend.name == "neuron":
-        versions["neuron_sdk"] = NEURON_SDK_VERSION
+def _compile_in_own_process(
+    spec: GraphSpec, destination: Path, workdir: Path, options: CompileOptions
+) -> tuple[str, int]:
+    """One component in a fresh process; returns its layout and that process's id."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=_COMPILE_PROCESSES) as process:
+        job = process.submit(
+            compile_in_this_process,
+            options.backend,
+            spec,
+            destination,
+            workdir,
+            options.target,
+            options.tp_degree,
+            options.max_parallel_compilations,
+        )
+        try:
+            return job.result()
+        except BrokenProcessPool:
+            raise CompileProcessDied(
+                f"the process compiling {spec.component} died without a result (killed: out of memory? "
+                f"--max-parallel-compilations bounds the tensor-parallel compiles' memory)"
+            ) from None
+
+
+def _manifest_fields(name: str, key: dict, timings: dict) -> dict:
+    versions = {"python": platform.python_version(), **installed_versions(("tokenizers",)), **key["toolchain"]}
     return {
         "artifact": name,
         "key": key,
@@ -232,6 +271,7 @@ def _parse_options(args: argparse.Namespace) -> CompileOptions:
         tp_degree=args.tp_degree,
         max_text_length=args.max_text_length,
         target=args.target,
+        max_parallel_compilations=args.max_parallel_compilations,
     )
 
 
@@ -245,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tp-degree", type=int, default=1, help="NeuronCores for T5 and the transformer")
     parser.add_argument("--max-text-length", type=int, default=MAX_TEXT_LENGTH, help="T5 tokens")
     parser.add_argument("--target", choices=NEURON_TARGETS, help="Neuron instance family (neuron backend)")
+    parser.add_argument(
+        "--max-parallel-compilations",
+        type=int,
+        help="tensor-parallel ranks traced at once, each holding the whole component in host memory "
+        "(default: all --tp-degree, NxD's default); not part of the cache key",
+    )
     parser.add_argument("--out", required=True, type=Path, help="root of the artifact directories")
     parser.add_argument("--scratch", type=Path, help="local directory for compiler work (default: system temp)")
     parser.add_argument("--resolve", action="store_true", help="print the artifact directory; exit 3 if unpublished")
@@ -262,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if is_published(artifact_dir, key) else EXIT_NOT_PUBLISHED
         print(ensure_compiled(options, args.out, args.scratch))
         return 0
-    except (ArtifactError, BackendUnavailable, SourceUnavailable, ValueError) as error:
+    except (ArtifactError, BackendUnavailable, CompileProcessDied, SourceUnavailable, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return EXIT_FAILED
 

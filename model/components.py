@@ -29,6 +29,7 @@ COMPONENTS = (TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, VAE_DECODER)
 PIPELINE_CONFIG_NAME = "pipeline.json"
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 VAE_SCALE_FACTOR = 8  # Shape's multiple of 16 is this times the transformer's 2x2 packing.
+VAE_DTYPE = torch.float32
 
 
 class ClipPooledEmbedding(nn.Module):
@@ -107,14 +108,19 @@ class FixedShapeTransformer(nn.Module):
 
 
 class VaeDecoder(nn.Module):
-    """VAE latents (already unscaled and shifted by the pipeline) -> image in [-1, 1]."""
+    """VAE latents (already unscaled and shifted by the pipeline) -> image in [-1, 1], in float32.
+
+    As in the walkthrough, the decoder runs in float32 whatever the pipeline's dtype: the
+    latents are cast on the way in (the graph takes the pipeline's bfloat16 latents). ``vae``
+    must be loaded in VAE_DTYPE (loading it in bfloat16 first would round its weights).
+    """
 
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents, return_dict=False)[0]
+        return self.vae.decode(latents.to(VAE_DTYPE), return_dict=False)[0]
 
 
 def build_graph_module(
@@ -132,7 +138,7 @@ def build_graph_module(
     if component == TRANSFORMER:
         return FixedShapeTransformer(source.load_model("transformer", dtype), shape, max_text_length).eval()
     if component == VAE_DECODER:
-        return VaeDecoder(source.load_model("vae", dtype)).eval()
+        return VaeDecoder(source.load_model("vae", VAE_DTYPE)).eval()
     raise ValueError(f"unknown component {component!r}: expected one of {', '.join(COMPONENTS)}")
 
 

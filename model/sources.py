@@ -64,6 +64,8 @@ class TinySource:
         return builders[name]().to(dtype)
 
     def config(self, name: str) -> dict:
+        if name == "text_encoder_2":
+            return tiny.t5_encoder_model().config.to_dict()
         return {"transformer": tiny.transformer_config, "vae": tiny.vae_config}[name]()
 
     def tokenizers(self) -> tuple[CLIPTokenizer, T5TokenizerFast]:
@@ -83,7 +85,10 @@ class HubSnapshot:
         return _MODEL_CLASSES[name].from_pretrained(self.path, subfolder=name, torch_dtype=dtype).eval()
 
     def config(self, name: str) -> dict:
-        return dict(_MODEL_CLASSES[name].load_config(self.path, subfolder=name))
+        model_class = _MODEL_CLASSES[name]
+        if name == "text_encoder_2":  # a transformers model: its config class reads config.json
+            return model_class.config_class.from_pretrained(self.path, subfolder=name).to_dict()
+        return dict(model_class.load_config(self.path, subfolder=name))
 
     def tokenizers(self) -> tuple[CLIPTokenizer, T5TokenizerFast]:
         return (

@@ -116,6 +116,8 @@ def _main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str
         ([*TINY_SMALL, "--max-text-length", "600"], "outside 1..512"),
         ([*TINY_SMALL, "--dtype", "float16"], "invalid choice"),
         ([*TINY_SMALL, "--backend", "neuron"], "needs --target"),
+        ([*TINY_SMALL, "--max-parallel-compilations", "0"], "must be at least 1"),
+        ([*TINY_SMALL, "--max-parallel-compilations", "two"], "invalid int value"),
     ],
 )
 def test_bad_options_are_one_usage_line(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
@@ -152,3 +154,14 @@ def test_a_manifest_for_another_key_fails_cleanly(tmp_path: Path, capsys) -> Non
     code, _, err = _main([*TINY_SMALL, "--out", str(tmp_path)], capsys)
     assert code == EXIT_FAILED
     assert "another key" in err.strip().splitlines()[-1]
+
+
+def test_max_parallel_compilations_reaches_the_compile(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.compile
+
+    compiled = []
+    monkeypatch.setattr(model.compile, "ensure_compiled", lambda options, out, scratch: compiled.append(options) or out)
+    for extra, expected in (([], None), (["--max-parallel-compilations", "3"], 3)):
+        code, _, err = _main([*TINY_SMALL, "--out", str(tmp_path), *extra], capsys)
+        assert code == 0, err
+        assert compiled[-1].max_parallel_compilations == expected

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
+import logging
+import os
+import re
 import shutil
+import signal
 import threading
 from pathlib import Path
 
@@ -18,12 +23,13 @@ from model.backends import CpuBackend
 from model.compile import (
     COMPILE_CODE_VERSION,
     CompileOptions,
+    CompileProcessDied,
     artifact_name,
     cache_key,
     ensure_compiled,
     resolve_artifact_dir,
 )
-from model.components import COMPONENTS, PIPELINE_CONFIG_NAME
+from model.components import COMPONENTS, PIPELINE_CONFIG_NAME, TRANSFORMER, GraphSpec
 from model.runtime import load_generator
 from model.shapes import Shape
 
@@ -56,7 +62,10 @@ def test_published_artifact_has_a_manifest_matching_its_files(
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
     assert manifest["key"] == cache_key(tiny_compile_options, CpuBackend().toolchain_versions())
     assert manifest["artifact"] == tiny_artifact_dir.name == artifact_name(manifest["key"])
-    assert {"python", "torch", "diffusers", "transformers"} <= set(manifest["versions"])
+    installed = {name: importlib.metadata.version(name) for name in ("torch", "diffusers", "transformers")}
+    assert installed.items() <= manifest["key"]["toolchain"].items()
+    assert installed.items() <= manifest["versions"].items()
+    assert manifest["versions"]["tokenizers"] == importlib.metadata.version("tokenizers")
     assert set(manifest["timings"]["graphs_s"]) == set(COMPONENTS)
     assert manifest["timings"]["copy_s"] >= 0
 
@@ -172,6 +181,29 @@ def test_concurrent_compiles_of_one_key_publish_one_complete_artifact(
     load_generator(artifact_dir)
 
 
+def test_each_component_compiles_in_a_process_of_its_own(
+    tiny_compile_options: CompileOptions, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    small = dataclasses.replace(tiny_compile_options, shape=Shape(64, 64), max_text_length=8)
+    with caplog.at_level(logging.INFO, logger="model.compile"):
+        load_generator(ensure_compiled(small, tmp_path))
+    compiled = [re.match(r"compiled (\S+) in process (\d+) ", record.getMessage()) for record in caplog.records]
+    pids = {match[1]: int(match[2]) for match in compiled if match}
+    assert set(pids) == set(COMPONENTS)
+    assert len(set(pids.values())) == len(COMPONENTS)
+    assert os.getpid() not in pids.values()
+
+
+def die_like_the_out_of_memory_killer() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_component_compile_is_one_clear_error(tiny_compile_options: CompileOptions, tmp_path: Path) -> None:
+    spec = GraphSpec(TRANSFORMER, die_like_the_out_of_memory_killer, ())
+    with pytest.raises(CompileProcessDied, match="^the process compiling transformer died without a result"):
+        model.compile._compile_in_own_process(spec, tmp_path / TRANSFORMER, tmp_path / "work", tiny_compile_options)
+
+
 def _neuron(**changes) -> CompileOptions:
     base = CompileOptions(
         model="black-forest-labs/FLUX.1-dev",
@@ -210,6 +242,10 @@ def test_any_key_change_changes_the_directory(options: CompileOptions, toolchain
     assert artifact_name(cache_key(options, toolchain)) != baseline
 
 
+def test_max_parallel_compilations_bounds_memory_and_is_no_part_of_the_key() -> None:
+    assert cache_key(_neuron(max_parallel_compilations=2), TOOLCHAIN) == cache_key(_neuron(), TOOLCHAIN)
+
+
 def test_compile_code_version_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     baseline = artifact_name(cache_key(_neuron(), TOOLCHAIN))
     monkeypatch.setattr(model.compile, "COMPILE_CODE_VERSION", COMPILE_CODE_VERSION + 1)
@@ -228,6 +264,7 @@ def test_directory_name_is_readable() -> None:
         ({"revision": "main"}, "full 40-character commit hash"),
         ({"target": None}, "needs --target"),
         ({"tp_degree": 0}, "at least 1"),
+        ({"max_parallel_compilations": 0}, "--max-parallel-compilations 0 must be at least 1"),
         ({"max_text_length": 513}, "outside 1..512"),
         ({"dtype": "float16"}, "not a supported dtype"),
         ({"backend": "gpu"}, "unknown backend"),
