@@ -42,6 +42,7 @@ storage = Storage("graphs", StorageArgs(
     namespace=cluster.workload_namespace,
     provider=cluster.provider,
     depends_on=cluster.addons,
+    cache=config.graph_cache,
 ))
 neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version, cluster.provider, depends_on=cluster.addons))
 Observability("observability", ObservabilityArgs(cluster.name, config.kubernetes_version, depends_on=cluster.addons))

@@ -31,6 +31,8 @@ _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9][a-z0-9.
 # HuggingFace access tokens: "hf_" and letters and digits.
 _HF_TOKEN = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
 _CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:(?P<region>[a-z0-9-]+):[0-9]{12}:certificate/[0-9a-f-]{36}$")
+# S3 general purpose bucket names: 3-63 lowercase letters, digits, dots and hyphens, alphanumeric at both ends.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class SecretText(str):
@@ -115,6 +117,14 @@ class IngressSettings:
 
 
 @dataclass(frozen=True)
+class GraphCacheSettings:
+    # Compiled graphs cost hours of accelerator time each: by default they outlive the stack.
+    retain_on_destroy: bool = True
+    # An existing cache bucket (another stack's) to use instead of creating one.
+    bucket: str | None = None
+
+
+@dataclass(frozen=True)
 class StackConfig:
     region: str
     kubernetes_version: str
@@ -129,6 +139,7 @@ class StackConfig:
     system_nodes: SystemNodes
     image_uri: str | None = None
     ingress: IngressSettings = IngressSettings()
+    graph_cache: GraphCacheSettings = GraphCacheSettings()
     # Never printed; equal configs deploy the same things whichever token fetches the weights.
     hf_token: SecretText = field(default=SecretText(""), repr=False, compare=False)
 
@@ -193,6 +204,12 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("ingress", {"internal": False},
               "{certificateArn (an ACM certificate ARN in the stack's region: HTTPS on 443, HTTP redirects to it), "
               "internal (true: an internal load balancer, reachable from the VPC only)}"),
+    ConfigKey("graphCache", {"retainOnDestroy": True},
+              "{retainOnDestroy (true: `pulumi destroy` leaves the bucket and its graphs, and `scripts/destroy` "
+              "sets graphCache.bucket to it so the next `up` reuses them; false: destroy deletes the bucket "
+              "with every object), bucket (optional: an existing graph-cache bucket in the stack's region, "
+              "e.g. another stack's `graphsBucket` output, used instead of creating one and never deleted "
+              "by this stack; not with retainOnDestroy false)}"),
 )
 _KNOWN = {key.full_name for key in CONFIG_KEYS}
 
@@ -429,6 +446,21 @@ def _ingress(reader: _Reader, region: str) -> IngressSettings:
     return IngressSettings(arn, settings["internal"])
 
 
+def _graph_cache(reader: _Reader) -> GraphCacheSettings:
+    key = _key("graphCache")
+    settings = {"retainOnDestroy": True,
+                **_object(key, reader.value("graphCache", {}), ("retainOnDestroy", "bucket"))}
+    _check(f"{key}.retainOnDestroy", settings["retainOnDestroy"], isinstance(settings["retainOnDestroy"], bool),
+           "true or false")
+    bucket = settings.get("bucket")
+    _check(f"{key}.bucket", bucket, bucket is None or (isinstance(bucket, str) and bool(_BUCKET_NAME.match(bucket))),
+           "an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens, starting and ending "
+           "with a letter or digit")
+    _check(f"{key}.retainOnDestroy", settings["retainOnDestroy"], bucket is None or settings["retainOnDestroy"],
+           "true with graphCache.bucket: that bucket is not this stack's to delete")
+    return GraphCacheSettings(settings["retainOnDestroy"], bucket)
+
+
 def _hf_token(reader: _Reader) -> SecretText:
     key = _key("hfToken")
     token = reader.text("hfToken")
@@ -472,6 +504,7 @@ def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
         system_nodes=_system_nodes(reader),
         image_uri=_image_uri(reader),
         ingress=_ingress(reader, region),  # type: ignore[arg-type]
+        graph_cache=_graph_cache(reader),
         hf_token=_hf_token(reader),
     )
 
