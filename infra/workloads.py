@@ -19,7 +19,7 @@ from infra.naming import (
     SYSTEM_NODE_LABEL, neuron_nodepool, workload_labels, workload_name,
 )
 from infra.storage import CONTAINER_UID
-from model.artifacts import EXIT_NOT_PUBLISHED
+from model.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE
 from model.shapes import Shape
 from serving import endpoints
 
@@ -43,11 +43,22 @@ STARTUP_MINUTES = 30
 PROBE_PERIOD_SECONDS = 10
 # A rollout waits for a node, the image pull and the startup above.
 ROLLOUT_MINUTES = STARTUP_MINUTES + COMPILE_START_MINUTES
-# What `model.compile --resolve` exits with while the key is not published yet.
+# How often the serving pods' wait loop asks whether the artifact is published.
 RESOLVE_INTERVAL_SECONDS = 30
-# Retries `"$@"` (the resolve command) until it says published; any other failure stops the pod.
-WAIT_SCRIPT = ('while :; do "$@"; status=$?; [ "$status" -eq 0 ] && exit 0; '
-               f'[ "$status" -eq {EXIT_NOT_PUBLISHED} ] || exit "$status"; sleep {RESOLVE_INTERVAL_SECONDS}; done')
+# `sh -c WAIT_SCRIPT wait-for-graphs LIMIT_SECONDS COMPILE_JOB RESOLVE_COMMAND...`: retries the resolve
+# command while it exits EXIT_NOT_PUBLISHED, for at most LIMIT_SECONDS; any other failure stops the pod.
+# Giving up fails the init container (the pod shows Init:Error, then retries with back-off).
+WAIT_SCRIPT = (
+    'limit=$1; job=$2; shift 2; deadline=$(($(date +%s) + limit)); '
+    'while :; do "$@"; status=$?; [ "$status" -eq 0 ] && exit 0; '
+    f'[ "$status" -eq {EXIT_NOT_PUBLISHED} ] || exit "$status"; '
+    '[ "$(date +%s)" -lt "$deadline" ] || { echo "wait-for-graphs: gave up after ${limit}s: the artifact is still '
+    'not published, and $job can no longer publish it: see kubectl describe job $job" >&2; '
+    f'exit {EXIT_NOT_PUBLISHED}; }}; sleep {RESOLVE_INTERVAL_SECONDS}; done')
+# Disruptions no longer spend retries and bad options never retry (the podFailurePolicy below), so what
+# is left is a failure of the compile itself: one retry covers a transient one (a download or S3 error);
+# a second would most likely fail again, after hours on a trn1.
+COMPILE_RETRIES = 1
 # The ALB stops sending to a terminating pod only after it deregisters it.
 DEREGISTRATION_SECONDS = 15
 
@@ -150,8 +161,16 @@ def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str]
                          {"name": "shm", "mountPath": "/dev/shm"}],
     }
     return {
-        # A failed compile of the same inputs fails again: one retry covers a lost node, no more.
-        "backoffLimit": 1,
+        "backoffLimit": COMPILE_RETRIES,
+        "podFailurePolicy": {"rules": [
+            # Evicted, preempted, or its node gone (Spot, expiry, repair): not the compile's fault.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            # Bad options fail the same way every time: fail now, not after another node start.
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": COMPILE, "operator": "In", "values": [EXIT_USAGE]}},
+        ]},
+        # A retry starts only once the failed pod is gone, so two never hold the pool's devices at once.
+        "podReplacementPolicy": "Failed",
         "activeDeadlineSeconds": config.compile.timeout_minutes * 60,
         "ttlSecondsAfterFinished": FINISHED_JOB_TTL_SECONDS,
         "template": {
@@ -173,6 +192,11 @@ def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str]
     }
 
 
+def wait_for_graphs_limit_seconds(config: StackConfig) -> int:
+    """Past its node start and its deadline, the shape's compile Job cannot publish the artifact any more."""
+    return (COMPILE_START_MINUTES + config.compile.timeout_minutes) * 60
+
+
 def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str],
                             read_only_claim: pulumi.Input[str], read_write_claim: pulumi.Input[str],
                             scheduler_name: str) -> dict:
@@ -186,7 +210,8 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
     wait_for_graphs = {
         "name": "wait-for-graphs",
         "image": image,
-        "command": ["sh", "-c", WAIT_SCRIPT, "wait-for-graphs",
+        "command": ["sh", "-c", WAIT_SCRIPT, "wait-for-graphs", str(wait_for_graphs_limit_seconds(config)),
+                    workload_name(COMPILE, shape),
                     "python", "-m", "model.compile", "--resolve", *key_args, "--out", GRAPHS_MOUNT],
         "env": [HOME_ENV],
         # Equal requests and limits here too, or the pod loses its Guaranteed QoS.

@@ -29,7 +29,7 @@ import tokenizers
 import transformers
 
 from infra.versions import NEURON_SDK_VERSION
-from model.artifacts import EXIT_NOT_PUBLISHED, MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
+from model.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE, MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
 from model.backends import BACKENDS, NEURON_TARGETS, Backend, BackendUnavailable, get_backend
 from model.components import PIPELINE_CONFIG_NAME, TORCH_DTYPES, VAE_SCALE_FACTOR, graph_specs
 from model.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
@@ -40,7 +40,6 @@ from model.sources import SourceUnavailable, check_revision, key_revision, open_
 COMPILE_CODE_VERSION = 1
 
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 log = logging.getLogger(__name__)
 # torch.jit tracing keeps process-global state and fails when two threads trace at once

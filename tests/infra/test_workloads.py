@@ -335,7 +335,7 @@ def test_the_wait_loop_retries_only_while_unpublished(tmp_path, answers, status)
     calls.write_text("")
     fake = f'n=$(($(wc -l < {calls}))); echo x >> {calls}; set -- {" ".join(map(str, answers))}; shift "$n"; exit "$1"'
     script = WAIT_SCRIPT.replace("sleep 30", "sleep 0")
-    result = subprocess.run(["sh", "-c", script, "wait", "sh", "-c", fake], timeout=10)
+    result = subprocess.run(["sh", "-c", script, "wait", "3600", "flux-compile-x", "sh", "-c", fake], timeout=10)
     assert result.returncode == status
     assert len(calls.read_text().split()) == len(answers)
 
