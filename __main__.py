@@ -3,19 +3,20 @@
 import pulumi
 
 from infra.cluster import Cluster, ClusterArgs
-from infra.config import load_stack_config, raw_pulumi_config
+from infra.config import load_stack_config, raw_pulumi_config, validate_stack_name
 from infra.image import Image, ImageArgs
 from infra.ingress import Ingress, IngressArgs
 from infra.karpenter import Karpenter, KarpenterArgs
-from infra.naming import PROJECT
+from infra.naming import stack_resource_name
 from infra.network import Network, NetworkArgs
 from infra.neuron import Neuron, NeuronArgs
 from infra.observability import Observability, ObservabilityArgs
 from infra.storage import Storage, StorageArgs
 from infra.workloads import Workloads, WorkloadsArgs
 
+validate_stack_name(pulumi.get_stack())
 config = load_stack_config(raw_pulumi_config())
-cluster_name = f"{PROJECT}-{pulumi.get_stack()}"
+cluster_name = stack_resource_name(pulumi.get_stack())
 
 network = Network("network", NetworkArgs(cluster_name, config.network, config.existing_vpc))
 cluster = Cluster("cluster", ClusterArgs(

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import pulumi
 
 from infra import catalog, versions
-from infra.naming import PROJECT
+from infra.naming import PROJECT, graphs_bucket_prefix, stack_resource_name
 from model.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
 CAPACITY_TYPES = ("on-demand", "spot", "reserved")
@@ -33,6 +33,34 @@ _HF_TOKEN = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
 _CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:(?P<region>[a-z0-9-]+):[0-9]{12}:certificate/[0-9a-f-]{36}$")
 # S3 general purpose bucket names: 3-63 lowercase letters, digits, dots and hyphens, alphanumeric at both ends.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+# Every AWS name the stack name goes into, and its length limit. IAM roles and everything else are
+# named by Pulumi from the resource name plus a random suffix, whatever the stack.
+STACK_NAME_LIMITS: tuple[tuple[str, Callable[[str], str], int], ...] = (
+    ("the EKS cluster name", stack_resource_name, 100),
+    ("Karpenter's SQS interruption queue, named after the cluster", stack_resource_name, 80),
+    ("the ECR repository", stack_resource_name, 256),
+    # S3 bucket names hold 63 characters; Pulumi's `bucket_prefix` leaves 26 for its unique suffix.
+    ("the graph bucket's prefix", graphs_bucket_prefix, 37),
+)
+# What S3 bucket names (lowercase, no underscores), EKS cluster names (no dots) and ECR repository
+# names (no repeated separators) all accept.
+_STACK_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+class StackNameError(pulumi.RunError):
+    """The Pulumi stack name cannot name every AWS resource it is part of; printed without a traceback."""
+
+
+def validate_stack_name(stack: str) -> None:
+    """Refuse, before anything is created, a stack name that some AWS name it feeds would reject."""
+    what, name, limit = min(STACK_NAME_LIMITS, key=lambda entry: entry[2] - len(entry[1]("")))
+    longest = limit - len(name(""))
+    if not (_STACK_NAME.match(stack) and len(stack) <= longest):
+        raise StackNameError(
+            f"stack name {stack!r} is not allowed: lowercase letters and digits, words joined by single "
+            f"hyphens, at most {longest} characters ({what} {name('<stack>')!r} is limited to {limit})")
 
 
 class SecretText(str):
