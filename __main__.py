@@ -26,6 +26,7 @@ cluster = Cluster("cluster", ClusterArgs(
     private_subnet_ids=network.private_subnet_ids,
     public_subnet_ids=network.public_subnet_ids,
     system_nodes=config.system_nodes,
+    access=config.cluster,
 ))
 karpenter = Karpenter("karpenter", KarpenterArgs(
     cluster_name=cluster.name,
@@ -35,6 +36,7 @@ karpenter = Karpenter("karpenter", KarpenterArgs(
     neuron_pools=config.neuron_pools,
     provider=cluster.provider,
     depends_on=cluster.addons,
+    kubernetes_version=config.kubernetes_version,
 ))
 storage = Storage("graphs", StorageArgs(
     cluster_name=cluster.name,

@@ -31,6 +31,11 @@ _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9][a-z0-9.
 # HuggingFace access tokens: "hf_" and letters and digits.
 _HF_TOKEN = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
 _CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:(?P<region>[a-z0-9-]+):[0-9]{12}:certificate/[0-9a-f-]{36}$")
+# IAM role ARNs, path included: EKS access entries take the role itself, not an assumed-role session.
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/(?:[\w+=,.@-]+/)*(?P<name>[\w+=,.@-]{1,64})$")
+# EKS accepts at most this many public access CIDR blocks.
+MAX_PUBLIC_ACCESS_CIDRS = 40
+OPEN_TO_ALL = "0.0.0.0/0"
 # S3 general purpose bucket names: 3-63 lowercase letters, digits, dots and hyphens, alphanumeric at both ends.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -145,6 +150,18 @@ class IngressSettings:
 
 
 @dataclass(frozen=True)
+class ClusterAccess:
+    # EKS's own default, kept so that `pulumi up` works from any machine; the program warns about it.
+    public_access_cidrs: list[str] = field(default_factory=lambda: [OPEN_TO_ALL])
+    private_endpoint_only: bool = False
+    admin_role_arns: list[str] = field(default_factory=list)
+
+    @property
+    def open_to_all(self) -> bool:
+        return not self.private_endpoint_only and OPEN_TO_ALL in self.public_access_cidrs
+
+
+@dataclass(frozen=True)
 class GraphCacheSettings:
     # Compiled graphs cost hours of accelerator time each: by default they outlive the stack.
     retain_on_destroy: bool = True
@@ -168,6 +185,7 @@ class StackConfig:
     image_uri: str | None = None
     ingress: IngressSettings = IngressSettings()
     graph_cache: GraphCacheSettings = GraphCacheSettings()
+    cluster: ClusterAccess = ClusterAccess()
     # Never printed; equal configs deploy the same things whichever token fetches the weights.
     hf_token: SecretText = field(default=SecretText(""), repr=False, compare=False)
 
@@ -238,6 +256,11 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "with every object), bucket (optional: an existing graph-cache bucket in the stack's region, "
               "e.g. another stack's `graphsBucket` output, used instead of creating one and never deleted "
               "by this stack; not with retainOnDestroy false)}"),
+    ConfigKey("cluster", {"publicAccessCidrs": [OPEN_TO_ALL], "privateEndpointOnly": False, "adminRoleArns": []},
+              f"{{publicAccessCidrs (1-{MAX_PUBLIC_ACCESS_CIDRS} IPv4 CIDRs that may reach the public API endpoint; "
+              f"{OPEN_TO_ALL}, the default, draws a warning on every `up`), privateEndpointOnly (true: no public "
+              "endpoint at all, `pulumi up` and kubectl must run from inside the VPC; not with publicAccessCidrs), "
+              "adminRoleArns (IAM role ARNs granted cluster admin through EKS access entries, each role name once)}"),
 )
 _KNOWN = {key.full_name for key in CONFIG_KEYS}
 
@@ -489,6 +512,43 @@ def _graph_cache(reader: _Reader) -> GraphCacheSettings:
     return GraphCacheSettings(settings["retainOnDestroy"], bucket)
 
 
+def _cluster(reader: _Reader) -> ClusterAccess:
+    key = _key("cluster")
+    settings = _object(key, reader.value("cluster", {}), ("publicAccessCidrs", "privateEndpointOnly", "adminRoleArns"))
+    private = settings.get("privateEndpointOnly", False)
+    _check(f"{key}.privateEndpointOnly", private, isinstance(private, bool), "true or false")
+    cidrs = settings.get("publicAccessCidrs")
+    _check(f"{key}.publicAccessCidrs", cidrs, not (private and cidrs is not None),
+           "unset with privateEndpointOnly true: there is no public endpoint to open")
+    cidrs = [OPEN_TO_ALL] if cidrs is None else cidrs
+    _check(f"{key}.publicAccessCidrs", cidrs,
+           isinstance(cidrs, list) and 1 <= len(cidrs) <= MAX_PUBLIC_ACCESS_CIDRS
+           and all(isinstance(cidr, str) and _is_ipv4_network(cidr) for cidr in cidrs),
+           f"a list of 1 to {MAX_PUBLIC_ACCESS_CIDRS} IPv4 networks such as 203.0.113.0/24 (host bits zero)")
+    arns = settings.get("adminRoleArns", [])
+    _check(f"{key}.adminRoleArns", arns,
+           isinstance(arns, list) and all(isinstance(arn, str) and _ROLE_ARN.match(arn) for arn in arns),
+           "a list of IAM role ARNs, arn:aws:iam::<account>:role/<name>")
+    names = [_ROLE_ARN.match(arn)["name"] for arn in arns]  # type: ignore[index]
+    for index, name in enumerate(names):
+        _check(f"{key}.adminRoleArns[{index}]", arns[index], name not in names[:index],
+               "each role name once (it names the access entry)")
+    return ClusterAccess([] if private else cidrs, private, arns)
+
+
+def admin_role_name(arn: str) -> str:
+    """The role's name, without its path: what names the role's access entry."""
+    return _ROLE_ARN.match(arn)["name"]  # type: ignore[index]
+
+
+def _is_ipv4_network(text: str) -> bool:
+    try:
+        ipaddress.IPv4Network(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _hf_token(reader: _Reader) -> SecretText:
     key = _key("hfToken")
     token = reader.text("hfToken")
@@ -533,6 +593,7 @@ def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
         image_uri=_image_uri(reader),
         ingress=_ingress(reader, region),  # type: ignore[arg-type]
         graph_cache=_graph_cache(reader),
+        cluster=_cluster(reader),
         hf_token=_hf_token(reader),
     )
 

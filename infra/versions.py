@@ -9,8 +9,6 @@ NEURON_SDK_VERSION = "2.31.1"
 
 KARPENTER_CHART_REPO = "oci://public.ecr.aws/karpenter"
 KARPENTER_VERSION = "1.14.1"
-# AL2023 alias: Karpenter resolves the accelerated (Neuron) AMI variant of this release.
-AL2023_AMI_ALIAS = "al2023@v20250915"
 
 NEURON_CHART_REPO = "oci://public.ecr.aws/neuron"
 NEURON_CHART_VERSION = "1.5.0"
@@ -28,10 +26,14 @@ PROMETHEUS_CHART_VERSION = "27.13.0"
 PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 
 # Per Kubernetes minor: what EKS ships for that minor. The supported minors are exactly these keys.
-# kube-scheduler tags are EKS Distro releases (public.ecr.aws/eks-distro); the others are EKS
-# add-on versions: confirm a bump with `aws eks describe-addon-versions --kubernetes-version <minor>`.
+# kube-scheduler tags are EKS Distro releases (public.ecr.aws/eks-distro); al2023-ami-alias is the
+# EKS-optimized AMI release Karpenter resolves for Neuron nodes (the accelerated AL2023 variant of
+# that release, for the cluster's minor: a release built before a minor existed has no AMI for it);
+# the others are EKS add-on versions: confirm a bump with
+# `aws eks describe-addon-versions --kubernetes-version <minor>`.
 KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
     "1.33": {
+        "al2023-ami-alias": "al2023@v20250915",
         "kube-scheduler": "v1.33.7-eks-1-33-23",
         "vpc-cni": "v1.20.4-eksbuild.2",
         "coredns": "v1.12.4-eksbuild.1",
@@ -41,6 +43,7 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
     },
     "1.34": {
+        "al2023-ami-alias": "al2023@v20250915",
         "kube-scheduler": "v1.34.11-eks-1-34-24",
         "vpc-cni": "v1.20.4-eksbuild.2",
         "coredns": "v1.12.4-eksbuild.1",
