@@ -61,6 +61,7 @@ workloads = Workloads("workloads", WorkloadsArgs(
     provider=cluster.provider,
     # Pods need their NodePools and scheduler; on destroy they go first, while Karpenter can still drain.
     depends_on=[*cluster.addons, karpenter, neuron],
+    cluster_name=cluster.name,
 ))
 ingress = Ingress("ingress", IngressArgs(
     cluster_name=cluster.name,

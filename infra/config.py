@@ -33,6 +33,9 @@ _HF_TOKEN = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
 _CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:(?P<region>[a-z0-9-]+):[0-9]{12}:certificate/[0-9a-f-]{36}$")
 # IAM role ARNs, path included: EKS access entries take the role itself, not an assumed-role session.
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/(?:[\w+=,.@-]+/)*(?P<name>[\w+=,.@-]{1,64})$")
+_SNS_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:(?P<region>[a-z0-9-]+):[0-9]{12}:[A-Za-z0-9_-]{1,256}$")
+# Prometheus keeps its data on an emptyDir of a system node, whose root volume is EKS's default 20 GiB.
+MAX_PROMETHEUS_STORAGE_GI = 8
 # EKS accepts at most this many public access CIDR blocks.
 MAX_PUBLIC_ACCESS_CIDRS = 40
 OPEN_TO_ALL = "0.0.0.0/0"
@@ -162,6 +165,18 @@ class ClusterAccess:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    retention_days: int = 7
+    storage_gi: int = 4
+    # Where Alertmanager sends alerts; without it they are only visible in Alertmanager itself.
+    alert_topic_arn: str | None = None
+
+    @property
+    def alert_topic_region(self) -> str | None:
+        return _SNS_TOPIC_ARN.match(self.alert_topic_arn)["region"] if self.alert_topic_arn else None  # type: ignore[index]
+
+
+@dataclass(frozen=True)
 class GraphCacheSettings:
     # Compiled graphs cost hours of accelerator time each: by default they outlive the stack.
     retain_on_destroy: bool = True
@@ -186,6 +201,7 @@ class StackConfig:
     ingress: IngressSettings = IngressSettings()
     graph_cache: GraphCacheSettings = GraphCacheSettings()
     cluster: ClusterAccess = ClusterAccess()
+    monitoring: MonitoringSettings = MonitoringSettings()
     # Never printed; equal configs deploy the same things whichever token fetches the weights.
     hf_token: SecretText = field(default=SecretText(""), repr=False, compare=False)
 
@@ -261,6 +277,11 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               f"{OPEN_TO_ALL}, the default, draws a warning on every `up`), privateEndpointOnly (true: no public "
               "endpoint at all, `pulumi up` and kubectl must run from inside the VPC; not with publicAccessCidrs), "
               "adminRoleArns (IAM role ARNs granted cluster admin through EKS access entries, each role name once)}"),
+    ConfigKey("monitoring", {"retentionDays": 7, "storageGi": 4},
+              f"{{retentionDays (1-30: how long Prometheus keeps samples), storageGi (1-{MAX_PROMETHEUS_STORAGE_GI}: "
+              "the size of its data volume, an emptyDir on a system node; it keeps 80% of that at most), "
+              "alertTopicArn (optional: an SNS topic ARN Alertmanager publishes every alert to; without it "
+              "alerts are only visible in Alertmanager)}"),
 )
 _KNOWN = {key.full_name for key in CONFIG_KEYS}
 
@@ -549,6 +570,17 @@ def _is_ipv4_network(text: str) -> bool:
     return True
 
 
+def _monitoring(reader: _Reader) -> MonitoringSettings:
+    key = _key("monitoring")
+    settings = {"retentionDays": 7, "storageGi": 4,
+                **_object(key, reader.value("monitoring", {}), ("retentionDays", "storageGi", "alertTopicArn"))}
+    topic = settings.get("alertTopicArn")
+    _check(f"{key}.alertTopicArn", topic, topic is None or (isinstance(topic, str) and bool(_SNS_TOPIC_ARN.match(topic))),
+           "an SNS topic ARN, arn:aws:sns:<region>:<account>:<topic>")
+    return MonitoringSettings(_int(f"{key}.retentionDays", settings["retentionDays"], 1, 30),
+                              _int(f"{key}.storageGi", settings["storageGi"], 1, MAX_PROMETHEUS_STORAGE_GI), topic)
+
+
 def _hf_token(reader: _Reader) -> SecretText:
     key = _key("hfToken")
     token = reader.text("hfToken")
@@ -594,6 +626,7 @@ def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
         ingress=_ingress(reader, region),  # type: ignore[arg-type]
         graph_cache=_graph_cache(reader),
         cluster=_cluster(reader),
+        monitoring=_monitoring(reader),
         hf_token=_hf_token(reader),
     )
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import catalog, versions
+from infra import catalog, iam, versions
 from infra.config import NeuronPool, StackConfig
 from infra.naming import (
     COMPILE, COMPILE_SERVICE_ACCOUNT, HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, METRICS_NAMESPACE,
@@ -63,14 +63,30 @@ COMPILE_RETRIES = 1
 DEREGISTRATION_SECONDS = 15
 
 # serving/metrics.py exports these per server; the adapter serves their sum per pod to the HPA.
-QUEUE_DEPTH_METRIC = "flux_queue_depth"
-IN_FLIGHT_METRIC = "flux_generations_in_flight"
+QUEUE_DEPTH_METRIC = endpoints.QUEUE_DEPTH_METRIC
+IN_FLIGHT_METRIC = endpoints.IN_FLIGHT_METRIC
 AUTOSCALING_METRIC = "flux_requests_outstanding"
 # One generation at a time per pod: one outstanding request per pod is a full pod with no queue.
 OUTSTANDING_PER_POD = 1
 PROMETHEUS_RELEASE = "prometheus"
 PROMETHEUS_URL = f"http://{PROMETHEUS_RELEASE}-server.{METRICS_NAMESPACE}.svc"
 SCRAPE_INTERVAL = "15s"
+# Alerting: kube-state-metrics reports on Jobs, pods and autoscalers; the alert rules read it and the
+# servers' own metrics; Alertmanager sends what fires to the configured SNS topic.
+KUBE_STATE_METRICS_COLLECTORS = ["jobs", "pods", "horizontalpodautoscalers"]
+KUBE_STATE_METRICS_TARGET = f"{PROMETHEUS_RELEASE}-kube-state-metrics.{METRICS_NAMESPACE}.svc:8080"
+ALERTMANAGER_SERVICE_ACCOUNT = f"{PROMETHEUS_RELEASE}-alertmanager"
+ALERT_RECEIVER = "alert-topic"
+# Generation requests answered 5xx, or refused with 429 (queue full), as a share of all of them.
+ERROR_RATIO = 0.05
+REJECTED_RATIO = 0.1
+# A compile Job this far into compile.timeoutMinutes is likely to be stopped by its deadline.
+COMPILE_STUCK_SHARE = 0.8
+# Latency p95 (queueing included) this close to serving.requestTimeoutSeconds: requests start to time out.
+LATENCY_TIMEOUT_SHARE = 0.8
+UNSCHEDULED_MINUTES = 15
+# Kept below the data volume's size, so Prometheus deletes old blocks before the kubelet evicts it.
+RETENTION_SHARE_OF_STORAGE = 0.8
 
 
 @dataclass(frozen=True)
@@ -291,8 +307,74 @@ def autoscaler_spec(config: StackConfig, deployment_name: str) -> dict:
     }
 
 
-def prometheus_values(namespace: str) -> dict:
-    """A single Prometheus that scrapes the serving pods only: it feeds the autoscalers, nothing else."""
+def _alert(name: str, expr: str, duration: str, severity: str, summary: str) -> dict:
+    return {"alert": name, "expr": expr, "for": duration, "labels": {"severity": severity},
+            "annotations": {"summary": summary}}
+
+
+def alert_rules(config: StackConfig, namespace: str) -> list[dict]:
+    """What pages someone: compiles that failed or will, pods without a node, shapes out of capacity,
+    failing or refused generations, latency near the timeout and pods whose readiness flaps."""
+    in_namespace = f'namespace="{namespace}"'
+    compile_jobs = f'{in_namespace},job_name=~"{workload_name(COMPILE, "")}.+"'
+    generations = f'{in_namespace},route=~"{endpoints.GENERATE}|{endpoints.OPENAI_IMAGES}"'
+    requests = f"{endpoints.REQUESTS_METRIC}_total"
+
+    def share(status: str) -> str:
+        return (f'sum by (workload) (rate({requests}{{{generations},status=~"{status}"}}[5m])) '
+                f'/ sum by (workload) (rate({requests}{{{generations}}}[5m]))')
+
+    stuck_seconds = int(config.compile.timeout_minutes * 60 * COMPILE_STUCK_SHARE)
+    slow_seconds = config.serving.request_timeout_seconds * LATENCY_TIMEOUT_SHARE
+    return [
+        _alert("CompileJobFailed", f'kube_job_failed{{{compile_jobs},condition="true"}} == 1', "0m", "critical",
+               "{{ $labels.job_name }} failed: its shape cannot serve until the compile is retried "
+               "(docs/workloads.md, Retry a failed compile)"),
+        _alert("CompileJobStuck",
+               f"(time() - kube_job_status_start_time{{{compile_jobs}}}) > {stuck_seconds} "
+               f"and on (namespace, job_name) kube_job_status_active{{{compile_jobs}}} > 0", "0m", "warning",
+               f"{{{{ $labels.job_name }}}} has run for {COMPILE_STUCK_SHARE:.0%} of compile.timeoutMinutes; "
+               "its deadline stops it at 100%"),
+        _alert("PodUnschedulable", f'kube_pod_status_scheduled{{{in_namespace},condition="false"}} == 1',
+               f"{UNSCHEDULED_MINUTES}m", "warning",
+               f"{{{{ $labels.pod }}}} has had no node for {UNSCHEDULED_MINUTES} minutes: NodePool limit, "
+               "instance quota or no capacity in its zones"),
+        _alert("AutoscalerAtMax",
+               f"kube_horizontalpodautoscaler_status_current_replicas{{{in_namespace}}} "
+               f">= kube_horizontalpodautoscaler_spec_max_replicas{{{in_namespace}}}", "15m", "warning",
+               "{{ $labels.horizontalpodautoscaler }} is at serving.maxReplicas: more load queues, then gets 429"),
+        _alert("GenerationErrors", f"{share('5..')} > {ERROR_RATIO}", "10m", "critical",
+               f"over {ERROR_RATIO:.0%} of generations of {{{{ $labels.workload }}}} fail with 5xx"),
+        _alert("GenerationsRejected", f"{share('429')} > {REJECTED_RATIO}", "10m", "warning",
+               f"over {REJECTED_RATIO:.0%} of generations of {{{{ $labels.workload }}}} are refused: the queue is full"),
+        _alert("GenerationLatencyHigh",
+               f"histogram_quantile(0.95, sum by (workload, le) "
+               f"(rate({endpoints.LATENCY_METRIC}_bucket{{{generations}}}[10m]))) > {slow_seconds:g}", "15m",
+               "warning",
+               f"p95 of generations of {{{{ $labels.workload }}}}, queueing included, is within "
+               f"{1 - LATENCY_TIMEOUT_SHARE:.0%} of serving.requestTimeoutSeconds"),
+        _alert("ReadinessFlapping", f'changes(kube_pod_status_ready{{{in_namespace},condition="true"}}[30m]) > 3',
+               "0m", "warning", "{{ $labels.pod }} went in and out of the load balancer more than 3 times in 30 minutes"),
+    ]
+
+
+def alertmanager_config(config: StackConfig) -> dict:
+    """Every alert to the configured SNS topic (signed with the Pod Identity role), or to no one."""
+    monitoring = config.monitoring
+    receiver: dict = {"name": ALERT_RECEIVER}
+    if monitoring.alert_topic_arn:
+        receiver["sns_configs"] = [{"topic_arn": monitoring.alert_topic_arn, "send_resolved": True,
+                                    "sigv4": {"region": monitoring.alert_topic_region}}]
+    return {
+        "receivers": [receiver],
+        "route": {"receiver": ALERT_RECEIVER, "group_by": ["alertname", "workload", "job_name"],
+                  "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h"},
+    }
+
+
+def prometheus_values(namespace: str, config: StackConfig) -> dict:
+    """A single Prometheus that scrapes the serving pods (for the autoscalers and the alerts) and
+    kube-state-metrics (for the alerts), with Alertmanager."""
     relabel = [
         {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"], "action": "keep",
          "regex": SERVE},
@@ -300,25 +382,44 @@ def prometheus_values(namespace: str) -> dict:
         # The adapter maps series to pods through these two labels.
         {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
         {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        # The alerts aggregate a shape's pods: flux-serve-<shape>.
+        {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"], "target_label": "workload"},
     ]
+    storage_gi = config.monitoring.storage_gi
     return {
-        "alertmanager": {"enabled": False},
-        "kube-state-metrics": {"enabled": False},
+        "alertmanager": {
+            "enabled": True,
+            "nodeSelector": SYSTEM_NODE_LABEL,
+            "serviceAccount": {"create": True, "name": ALERTMANAGER_SERVICE_ACCOUNT},
+            # No StorageClass in the cluster: silences do not survive a restart of Alertmanager.
+            "persistence": {"enabled": False},
+            "config": alertmanager_config(config),
+        },
+        "kube-state-metrics": {"enabled": True, "nodeSelector": SYSTEM_NODE_LABEL,
+                               "collectors": KUBE_STATE_METRICS_COLLECTORS,
+                               "namespaces": namespace},
         "prometheus-node-exporter": {"enabled": False},
         "prometheus-pushgateway": {"enabled": False},
         "server": {
             "nodeSelector": SYSTEM_NODE_LABEL,
-            # Autoscaling reads the last minutes only: nothing worth a volume.
+            # No StorageClass in the cluster: an emptyDir of the configured size, lost with the pod.
             "persistentVolume": {"enabled": False},
-            "retention": "6h",
+            "emptyDir": {"sizeLimit": f"{storage_gi}Gi"},
+            "retention": f"{config.monitoring.retention_days}d",
+            "retentionSize": f"{int(storage_gi * RETENTION_SHARE_OF_STORAGE * 1024)}MB",
             "global": {"scrape_interval": SCRAPE_INTERVAL},
         },
-        "serverFiles": {"prometheus.yml": {"scrape_configs": [{
-            "job_name": "flux-serving",
-            "metrics_path": endpoints.METRICS,
-            "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}],
-            "relabel_configs": relabel,
-        }]}},
+        "serverFiles": {
+            "prometheus.yml": {"scrape_configs": [
+                {"job_name": "flux-serving", "metrics_path": endpoints.METRICS,
+                 "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}],
+                 "relabel_configs": relabel},
+                # Its own namespace, pod and job_name labels are the objects', not the scrape target's.
+                {"job_name": "kube-state-metrics", "honor_labels": True,
+                 "static_configs": [{"targets": [KUBE_STATE_METRICS_TARGET]}]},
+            ]},
+            "alerting_rules.yml": {"groups": [{"name": "flux-neuron", "rules": alert_rules(config, namespace)}]},
+        },
     }
 
 
@@ -348,6 +449,7 @@ class WorkloadsArgs:
     scheduler_name: str
     provider: k8s.Provider
     depends_on: list[pulumi.Resource]
+    cluster_name: pulumi.Input[str]
 
 
 class Workloads(pulumi.ComponentResource):
@@ -414,11 +516,13 @@ class Workloads(pulumi.ComponentResource):
     def _metric_pipeline(self, args: WorkloadsArgs) -> list[k8s.helm.v3.Release]:
         opts = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on)
         namespace = pulumi.Output.from_input(args.namespace)
+        alerting = self._alert_publisher(args)
         prometheus = k8s.helm.v3.Release(
             PROMETHEUS_RELEASE, name=PROMETHEUS_RELEASE, chart="prometheus",
             repository_opts={"repo": versions.PROMETHEUS_CHART_REPO}, version=versions.PROMETHEUS_CHART_VERSION,
-            namespace=METRICS_NAMESPACE, create_namespace=True, values=namespace.apply(prometheus_values),
-            opts=opts)
+            namespace=METRICS_NAMESPACE, create_namespace=True,
+            values=namespace.apply(lambda name: prometheus_values(name, args.config)),
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=alerting)))
         adapter = k8s.helm.v3.Release(
             "prometheus-adapter", name="prometheus-adapter", chart="prometheus-adapter",
             repository_opts={"repo": versions.PROMETHEUS_CHART_REPO},
@@ -426,3 +530,18 @@ class Workloads(pulumi.ComponentResource):
             values=adapter_values(),
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[*args.depends_on, prometheus]))
         return [prometheus, adapter]
+
+    def _alert_publisher(self, args: WorkloadsArgs) -> list[pulumi.Resource]:
+        """Alertmanager's right to publish to the alert topic (Pod Identity); nothing without a topic."""
+        topic = args.config.monitoring.alert_topic_arn
+        if topic is None:
+            pulumi.log.warn("config monitoring.alertTopicArn is not set: alerts fire in Alertmanager only, "
+                            "nobody is notified")
+            return []
+        role = iam.pod_identity_role(
+            "alertmanager", parent=self,
+            inline_policy=iam.policy_document([
+                {"Sid": "PublishAlerts", "Effect": "Allow", "Action": "sns:Publish", "Resource": topic}]))
+        return [iam.pod_identity_association(
+            "alertmanager", role_arn=role.arn, cluster_name=args.cluster_name, namespace=METRICS_NAMESPACE,
+            service_account=ALERTMANAGER_SERVICE_ACCOUNT, parent=self)]

@@ -393,7 +393,8 @@ def test_the_autoscaling_metric_is_served_from_what_the_servers_export(rendering
     assert prometheus["version"] == versions.PROMETHEUS_CHART_VERSION
     assert adapter["values"]["prometheus"]["url"] == \
         f"http://{prometheus['name']}-server.{prometheus['namespace']}.svc"
-    (job,) = prometheus["values"]["serverFiles"]["prometheus.yml"]["scrape_configs"]
+    job = next(config for config in prometheus["values"]["serverFiles"]["prometheus.yml"]["scrape_configs"]
+               if config["job_name"] == "flux-serving")
     assert job["metrics_path"] == endpoints.METRICS
     assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [WORKLOAD_NAMESPACE]
     keep = {rule["source_labels"][0]: rule["regex"] for rule in job["relabel_configs"] if rule.get("action") == "keep"}
