@@ -94,6 +94,7 @@ esac
 """
 FAKE_AWS = """
 case "$*" in
+  "eks describe-cluster "*) [ -z "$CLUSTER_GONE" ] || exit 254 ;;
   *"describe-log-groups"*"/aws/eks/"*) printf '/aws/eks/flux-neuron-dev/cluster\\n' ;;
   *"describe-log-groups"*"/aws/containerinsights/"*)
     printf '/aws/containerinsights/flux-neuron-dev/application\\t/aws/containerinsights/flux-neuron-dev/performance\\n' ;;
@@ -101,7 +102,7 @@ esac
 """
 
 
-def run_destroy(tmp_path, retain=""):
+def run_destroy(tmp_path, retain="", cluster_gone=""):
     bin_dir, log = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
     for tool, answers in (("pulumi", FAKE_PULUMI), ("kubectl", ""), ("aws", FAKE_AWS)):
@@ -109,11 +110,11 @@ def run_destroy(tmp_path, retain=""):
         fake.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n{answers}')
         fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PULUMI_CONFIG_PASSPHRASE": "x",
-           "RETAIN": retain}
+           "RETAIN": retain, "CLUSTER_GONE": cluster_gone}
     result = subprocess.run([str(DESTROY), "dev", "--yes"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [line for line in log.read_text().splitlines()
-            if not line.startswith(("pulumi stack output", "pulumi config get"))]
+            if not line.startswith(("pulumi stack output", "pulumi config get", "aws eks describe-cluster"))]
 
 
 def test_destroy_drains_the_cluster_before_pulumi_destroy_then_removes_the_log_groups(tmp_path):
@@ -136,3 +137,9 @@ def test_destroy_forgets_the_cache_when_it_is_not_retained(tmp_path):
     calls = run_destroy(tmp_path, retain="false")
     assert "pulumi destroy --stack dev --yes" in calls
     assert not any(call.startswith("pulumi config set") for call in calls)
+
+
+def test_destroy_after_the_cluster_is_gone_skips_straight_to_pulumi_destroy(tmp_path):
+    calls = run_destroy(tmp_path, cluster_gone="yes")
+    assert not any(call.startswith("kubectl") for call in calls)
+    assert calls[0] == "pulumi destroy --stack dev --yes"
