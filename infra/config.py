@@ -173,7 +173,8 @@ class MonitoringSettings:
 
     @property
     def alert_topic_region(self) -> str | None:
-        return _SNS_TOPIC_ARN.match(self.alert_topic_arn)["region"] if self.alert_topic_arn else None  # type: ignore[index]
+        match = _SNS_TOPIC_ARN.match(self.alert_topic_arn) if self.alert_topic_arn else None
+        return match["region"] if match else None
 
 
 @dataclass(frozen=True)
@@ -525,7 +526,8 @@ def _graph_cache(reader: _Reader) -> GraphCacheSettings:
     _check(f"{key}.retainOnDestroy", settings["retainOnDestroy"], isinstance(settings["retainOnDestroy"], bool),
            "true or false")
     bucket = settings.get("bucket")
-    _check(f"{key}.bucket", bucket, bucket is None or (isinstance(bucket, str) and bool(_BUCKET_NAME.match(bucket))),
+    _check(f"{key}.bucket", bucket,
+           bucket is None or (isinstance(bucket, str) and bool(_BUCKET_NAME.match(bucket))),
            "an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens, starting and ending "
            "with a letter or digit")
     _check(f"{key}.retainOnDestroy", settings["retainOnDestroy"], bucket is None or settings["retainOnDestroy"],
@@ -575,7 +577,8 @@ def _monitoring(reader: _Reader) -> MonitoringSettings:
     settings = {"retentionDays": 7, "storageGi": 4,
                 **_object(key, reader.value("monitoring", {}), ("retentionDays", "storageGi", "alertTopicArn"))}
     topic = settings.get("alertTopicArn")
-    _check(f"{key}.alertTopicArn", topic, topic is None or (isinstance(topic, str) and bool(_SNS_TOPIC_ARN.match(topic))),
+    _check(f"{key}.alertTopicArn", topic,
+           topic is None or (isinstance(topic, str) and bool(_SNS_TOPIC_ARN.match(topic))),
            "an SNS topic ARN, arn:aws:sns:<region>:<account>:<topic>")
     return MonitoringSettings(_int(f"{key}.retentionDays", settings["retentionDays"], 1, 30),
                               _int(f"{key}.storageGi", settings["storageGi"], 1, MAX_PROMETHEUS_STORAGE_GI), topic)

@@ -346,7 +346,8 @@ def alert_rules(config: StackConfig, namespace: str) -> list[dict]:
         _alert("GenerationErrors", f"{share('5..')} > {ERROR_RATIO}", "10m", "critical",
                f"over {ERROR_RATIO:.0%} of generations of {{{{ $labels.workload }}}} fail with 5xx"),
         _alert("GenerationsRejected", f"{share('429')} > {REJECTED_RATIO}", "10m", "warning",
-               f"over {REJECTED_RATIO:.0%} of generations of {{{{ $labels.workload }}}} are refused: the queue is full"),
+               f"over {REJECTED_RATIO:.0%} of generations of {{{{ $labels.workload }}}} are refused: "
+               "the queue is full"),
         _alert("GenerationLatencyHigh",
                f"histogram_quantile(0.95, sum by (workload, le) "
                f"(rate({endpoints.LATENCY_METRIC}_bucket{{{generations}}}[10m]))) > {slow_seconds:g}", "15m",
@@ -354,7 +355,8 @@ def alert_rules(config: StackConfig, namespace: str) -> list[dict]:
                f"p95 of generations of {{{{ $labels.workload }}}}, queueing included, is within "
                f"{1 - LATENCY_TIMEOUT_SHARE:.0%} of serving.requestTimeoutSeconds"),
         _alert("ReadinessFlapping", f'changes(kube_pod_status_ready{{{in_namespace},condition="true"}}[30m]) > 3',
-               "0m", "warning", "{{ $labels.pod }} went in and out of the load balancer more than 3 times in 30 minutes"),
+               "0m", "warning",
+               "{{ $labels.pod }} went in and out of the load balancer more than 3 times in 30 minutes"),
     ]
 
 

@@ -13,6 +13,7 @@ CLUSTER = "flux-neuron:cluster"
 ADMIN = "arn:aws:iam::123456789012:role/platform/FluxAdmin"
 AUDITOR = "arn:aws:iam::210987654321:role/Auditor"
 OFFICE = "203.0.113.0/24"
+SESSION = "arn:aws:sts::123456789012:assumed-role/FluxAdmin/alice"
 
 
 def cluster_inputs(rendering):
@@ -88,8 +89,7 @@ BAD_CLUSTERS = {
     "private-with-cidrs": ({"privateEndpointOnly": True, "publicAccessCidrs": [OFFICE]},
                            "flux-neuron:cluster.publicAccessCidrs", f'["{OFFICE}"]',
                            "unset with privateEndpointOnly true"),
-    "session-not-role": ({"adminRoleArns": ["arn:aws:sts::123456789012:assumed-role/FluxAdmin/alice"]},
-                         "flux-neuron:cluster.adminRoleArns", '["arn:aws:sts::123456789012:assumed-role/FluxAdmin/alice"]',
+    "session-not-role": ({"adminRoleArns": [SESSION]}, "flux-neuron:cluster.adminRoleArns", f'["{SESSION}"]',
                          "a list of IAM role ARNs"),
     "same-role-name-twice": ({"adminRoleArns": [ADMIN, "arn:aws:iam::210987654321:role/FluxAdmin"]},
                              "flux-neuron:cluster.adminRoleArns[1]", "'arn:aws:iam::210987654321:role/FluxAdmin'",

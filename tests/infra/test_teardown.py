@@ -97,7 +97,8 @@ case "$*" in
   "eks describe-cluster "*) [ -z "$CLUSTER_GONE" ] || exit 254 ;;
   *"describe-log-groups"*"/aws/eks/"*) printf '/aws/eks/flux-neuron-dev/cluster\\n' ;;
   *"describe-log-groups"*"/aws/containerinsights/"*)
-    printf '/aws/containerinsights/flux-neuron-dev/application\\t/aws/containerinsights/flux-neuron-dev/performance\\n' ;;
+    printf '%s\\t%s\\n' /aws/containerinsights/flux-neuron-dev/application \\
+      /aws/containerinsights/flux-neuron-dev/performance ;;
 esac
 """
 
