@@ -3,19 +3,20 @@
 import pulumi
 
 from infra.cluster import Cluster, ClusterArgs
-from infra.config import load_stack_config, raw_pulumi_config
+from infra.config import load_stack_config, raw_pulumi_config, validate_stack_name
 from infra.image import Image, ImageArgs
 from infra.ingress import Ingress, IngressArgs
 from infra.karpenter import Karpenter, KarpenterArgs
-from infra.naming import PROJECT
+from infra.naming import stack_resource_name
 from infra.network import Network, NetworkArgs
 from infra.neuron import Neuron, NeuronArgs
 from infra.observability import Observability, ObservabilityArgs
 from infra.storage import Storage, StorageArgs
 from infra.workloads import Workloads, WorkloadsArgs
 
+validate_stack_name(pulumi.get_stack())
 config = load_stack_config(raw_pulumi_config())
-cluster_name = f"{PROJECT}-{pulumi.get_stack()}"
+cluster_name = stack_resource_name(pulumi.get_stack())
 
 network = Network("network", NetworkArgs(cluster_name, config.network, config.existing_vpc))
 cluster = Cluster("cluster", ClusterArgs(
@@ -25,6 +26,7 @@ cluster = Cluster("cluster", ClusterArgs(
     private_subnet_ids=network.private_subnet_ids,
     public_subnet_ids=network.public_subnet_ids,
     system_nodes=config.system_nodes,
+    access=config.cluster,
 ))
 karpenter = Karpenter("karpenter", KarpenterArgs(
     cluster_name=cluster.name,
@@ -34,6 +36,7 @@ karpenter = Karpenter("karpenter", KarpenterArgs(
     neuron_pools=config.neuron_pools,
     provider=cluster.provider,
     depends_on=cluster.addons,
+    kubernetes_version=config.kubernetes_version,
 ))
 storage = Storage("graphs", StorageArgs(
     cluster_name=cluster.name,
@@ -42,6 +45,7 @@ storage = Storage("graphs", StorageArgs(
     namespace=cluster.workload_namespace,
     provider=cluster.provider,
     depends_on=cluster.addons,
+    cache=config.graph_cache,
 ))
 neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version, cluster.provider, depends_on=cluster.addons))
 Observability("observability", ObservabilityArgs(cluster.name, config.kubernetes_version, depends_on=cluster.addons))
@@ -57,6 +61,7 @@ workloads = Workloads("workloads", WorkloadsArgs(
     provider=cluster.provider,
     # Pods need their NodePools and scheduler; on destroy they go first, while Karpenter can still drain.
     depends_on=[*cluster.addons, karpenter, neuron],
+    cluster_name=cluster.name,
 ))
 ingress = Ingress("ingress", IngressArgs(
     cluster_name=cluster.name,

@@ -11,11 +11,12 @@ import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
 from infra import iam, versions
-from infra.config import SystemNodes
+from infra.config import OPEN_TO_ALL, ClusterAccess, SystemNodes, admin_role_name
 from infra.naming import SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE
 from infra.network import KARPENTER_DISCOVERY_TAG
 
 CORE_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent")
+CLUSTER_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ClusterArgs:
     private_subnet_ids: pulumi.Input[list[str]]
     public_subnet_ids: pulumi.Input[list[str]]
     system_nodes: SystemNodes
+    access: ClusterAccess = ClusterAccess()
 
 
 class Cluster(pulumi.ComponentResource):
@@ -49,7 +51,8 @@ class Cluster(pulumi.ComponentResource):
             public_subnet_ids=args.public_subnet_ids,
             authentication_mode=eks.AuthenticationMode.API,
             endpoint_private_access=True,
-            endpoint_public_access=True,
+            endpoint_public_access=not args.access.private_endpoint_only,
+            public_access_cidrs=None if args.access.private_endpoint_only else args.access.public_access_cidrs,
             enabled_cluster_log_types=["api", "audit", "authenticator"],
             skip_default_node_group=True,
             create_oidc_provider=False,  # Pod Identity everywhere: no IRSA
@@ -76,6 +79,8 @@ class Cluster(pulumi.ComponentResource):
             ami_type="AL2023_x86_64_STANDARD",
             subnet_ids=args.private_subnet_ids,
             labels=SYSTEM_NODE_LABEL,
+            # Without it the group keeps the minor it was created with when the cluster moves on.
+            version=args.kubernetes_version,
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                 min_size=args.system_nodes.min_size, desired_size=args.system_nodes.desired_size,
                 max_size=args.system_nodes.max_size),
@@ -88,6 +93,16 @@ class Cluster(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[system_nodes]))
             for addon in CORE_ADDONS
         ]
+        if args.access.open_to_all:
+            pulumi.log.warn(f"config cluster.publicAccessCidrs: the API endpoint of {args.cluster_name} is open to "
+                            f"any address ({OPEN_TO_ALL}); list the networks you deploy from (docs/upgrades.md)")
+        # The creator is an admin already (pulumi-eks bootstraps its access entry); these are the others.
+        for arn in args.access.admin_role_arns:
+            entry = aws.eks.AccessEntry(f"{name}-admin-{admin_role_name(arn)}", cluster_name=self.name,
+                                        principal_arn=arn, type="STANDARD", opts=child)
+            aws.eks.AccessPolicyAssociation(
+                f"{name}-admin-{admin_role_name(arn)}", cluster_name=self.name, principal_arn=entry.principal_arn,
+                policy_arn=CLUSTER_ADMIN_POLICY, access_scope={"type": "cluster"}, opts=child)
         self.kubeconfig_json = cluster.kubeconfig_json
         self.node_security_group_id = cluster.node_security_group_id
         aws.ec2.Tag(f"{name}-karpenter-discovery", resource_id=self.node_security_group_id,

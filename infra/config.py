@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import pulumi
 
 from infra import catalog, sizing, versions
-from infra.naming import PROJECT
+from infra.naming import PROJECT, graphs_bucket_prefix, stack_resource_name
 from model.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
 CAPACITY_TYPES = ("on-demand", "spot", "reserved")
@@ -31,6 +31,44 @@ _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9][a-z0-9.
 # HuggingFace access tokens: "hf_" and letters and digits.
 _HF_TOKEN = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
 _CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:(?P<region>[a-z0-9-]+):[0-9]{12}:certificate/[0-9a-f-]{36}$")
+# IAM role ARNs, path included: EKS access entries take the role itself, not an assumed-role session.
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/(?:[\w+=,.@-]+/)*(?P<name>[\w+=,.@-]{1,64})$")
+_SNS_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:(?P<region>[a-z0-9-]+):[0-9]{12}:[A-Za-z0-9_-]{1,256}$")
+# Prometheus keeps its data on an emptyDir of a system node, whose root volume is EKS's default 20 GiB.
+MAX_PROMETHEUS_STORAGE_GI = 8
+# EKS accepts at most this many public access CIDR blocks.
+MAX_PUBLIC_ACCESS_CIDRS = 40
+OPEN_TO_ALL = "0.0.0.0/0"
+# S3 general purpose bucket names: 3-63 lowercase letters, digits, dots and hyphens, alphanumeric at both ends.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+# Every AWS name the stack name goes into, and its length limit. IAM roles and everything else are
+# named by Pulumi from the resource name plus a random suffix, whatever the stack.
+STACK_NAME_LIMITS: tuple[tuple[str, Callable[[str], str], int], ...] = (
+    ("the EKS cluster name", stack_resource_name, 100),
+    ("Karpenter's SQS interruption queue, named after the cluster", stack_resource_name, 80),
+    ("the ECR repository", stack_resource_name, 256),
+    # S3 bucket names hold 63 characters; Pulumi's `bucket_prefix` leaves 26 for its unique suffix.
+    ("the graph bucket's prefix", graphs_bucket_prefix, 37),
+)
+# What S3 bucket names (lowercase, no underscores), EKS cluster names (no dots) and ECR repository
+# names (no repeated separators) all accept.
+_STACK_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+class StackNameError(pulumi.RunError):
+    """The Pulumi stack name cannot name every AWS resource it is part of; printed without a traceback."""
+
+
+def validate_stack_name(stack: str) -> None:
+    """Refuse, before anything is created, a stack name that some AWS name it feeds would reject."""
+    what, name, limit = min(STACK_NAME_LIMITS, key=lambda entry: entry[2] - len(entry[1]("")))
+    longest = limit - len(name(""))
+    if not (_STACK_NAME.match(stack) and len(stack) <= longest):
+        raise StackNameError(
+            f"stack name {stack!r} is not allowed: lowercase letters and digits, words joined by single "
+            f"hyphens, at most {longest} characters ({what} {name('<stack>')!r} is limited to {limit})")
 
 
 class SecretText(str):
@@ -117,6 +155,39 @@ class IngressSettings:
 
 
 @dataclass(frozen=True)
+class ClusterAccess:
+    # EKS's own default, kept so that `pulumi up` works from any machine; the program warns about it.
+    public_access_cidrs: list[str] = field(default_factory=lambda: [OPEN_TO_ALL])
+    private_endpoint_only: bool = False
+    admin_role_arns: list[str] = field(default_factory=list)
+
+    @property
+    def open_to_all(self) -> bool:
+        return not self.private_endpoint_only and OPEN_TO_ALL in self.public_access_cidrs
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    retention_days: int = 7
+    storage_gi: int = 4
+    # Where Alertmanager sends alerts; without it they are only visible in Alertmanager itself.
+    alert_topic_arn: str | None = None
+
+    @property
+    def alert_topic_region(self) -> str | None:
+        match = _SNS_TOPIC_ARN.match(self.alert_topic_arn) if self.alert_topic_arn else None
+        return match["region"] if match else None
+
+
+@dataclass(frozen=True)
+class GraphCacheSettings:
+    # Compiled graphs cost hours of accelerator time each: by default they outlive the stack.
+    retain_on_destroy: bool = True
+    # An existing cache bucket (another stack's) to use instead of creating one.
+    bucket: str | None = None
+
+
+@dataclass(frozen=True)
 class StackConfig:
     region: str
     kubernetes_version: str
@@ -131,6 +202,9 @@ class StackConfig:
     system_nodes: SystemNodes
     image_uri: str | None = None
     ingress: IngressSettings = IngressSettings()
+    graph_cache: GraphCacheSettings = GraphCacheSettings()
+    cluster: ClusterAccess = ClusterAccess()
+    monitoring: MonitoringSettings = MonitoringSettings()
     # Never printed; equal configs deploy the same things whichever token fetches the weights.
     hf_token: SecretText = field(default=SecretText(""), repr=False, compare=False)
 
@@ -209,6 +283,22 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("ingress", {"internal": False},
               "{certificateArn (an ACM certificate ARN in the stack's region: HTTPS on 443, HTTP redirects to it), "
               "internal (true: an internal load balancer, reachable from the VPC only)}"),
+    ConfigKey("graphCache", {"retainOnDestroy": True},
+              "{retainOnDestroy (true: `pulumi destroy` leaves the bucket and its graphs, and `scripts/destroy` "
+              "sets graphCache.bucket to it so the next `up` reuses them; false: destroy deletes the bucket "
+              "with every object), bucket (optional: an existing graph-cache bucket in the stack's region, "
+              "e.g. another stack's `graphsBucket` output, used instead of creating one and never deleted "
+              "by this stack; not with retainOnDestroy false)}"),
+    ConfigKey("cluster", {"publicAccessCidrs": [OPEN_TO_ALL], "privateEndpointOnly": False, "adminRoleArns": []},
+              f"{{publicAccessCidrs (1-{MAX_PUBLIC_ACCESS_CIDRS} IPv4 CIDRs that may reach the public API endpoint; "
+              f"{OPEN_TO_ALL}, the default, draws a warning on every `up`), privateEndpointOnly (true: no public "
+              "endpoint at all, `pulumi up` and kubectl must run from inside the VPC; not with publicAccessCidrs), "
+              "adminRoleArns (IAM role ARNs granted cluster admin through EKS access entries, each role name once)}"),
+    ConfigKey("monitoring", {"retentionDays": 7, "storageGi": 4},
+              f"{{retentionDays (1-30: how long Prometheus keeps samples), storageGi (1-{MAX_PROMETHEUS_STORAGE_GI}: "
+              "the size of its data volume, an emptyDir on a system node; it keeps 80% of that at most), "
+              "alertTopicArn (optional: an SNS topic ARN Alertmanager publishes every alert to; without it "
+              "alerts are only visible in Alertmanager)}"),
 )
 _KNOWN = {key.full_name for key in CONFIG_KEYS}
 
@@ -472,6 +562,71 @@ def _ingress(reader: _Reader, region: str) -> IngressSettings:
     return IngressSettings(arn, settings["internal"])
 
 
+def _graph_cache(reader: _Reader) -> GraphCacheSettings:
+    key = _key("graphCache")
+    settings = {"retainOnDestroy": True,
+                **_object(key, reader.value("graphCache", {}), ("retainOnDestroy", "bucket"))}
+    _check(f"{key}.retainOnDestroy", settings["retainOnDestroy"], isinstance(settings["retainOnDestroy"], bool),
+           "true or false")
+    bucket = settings.get("bucket")
+    _check(f"{key}.bucket", bucket,
+           bucket is None or (isinstance(bucket, str) and bool(_BUCKET_NAME.match(bucket))),
+           "an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens, starting and ending "
+           "with a letter or digit")
+    _check(f"{key}.retainOnDestroy", settings["retainOnDestroy"], bucket is None or settings["retainOnDestroy"],
+           "true with graphCache.bucket: that bucket is not this stack's to delete")
+    return GraphCacheSettings(settings["retainOnDestroy"], bucket)
+
+
+def _cluster(reader: _Reader) -> ClusterAccess:
+    key = _key("cluster")
+    settings = _object(key, reader.value("cluster", {}), ("publicAccessCidrs", "privateEndpointOnly", "adminRoleArns"))
+    private = settings.get("privateEndpointOnly", False)
+    _check(f"{key}.privateEndpointOnly", private, isinstance(private, bool), "true or false")
+    cidrs = settings.get("publicAccessCidrs")
+    _check(f"{key}.publicAccessCidrs", cidrs, not (private and cidrs is not None),
+           "unset with privateEndpointOnly true: there is no public endpoint to open")
+    cidrs = [OPEN_TO_ALL] if cidrs is None else cidrs
+    _check(f"{key}.publicAccessCidrs", cidrs,
+           isinstance(cidrs, list) and 1 <= len(cidrs) <= MAX_PUBLIC_ACCESS_CIDRS
+           and all(isinstance(cidr, str) and _is_ipv4_network(cidr) for cidr in cidrs),
+           f"a list of 1 to {MAX_PUBLIC_ACCESS_CIDRS} IPv4 networks such as 203.0.113.0/24 (host bits zero)")
+    arns = settings.get("adminRoleArns", [])
+    _check(f"{key}.adminRoleArns", arns,
+           isinstance(arns, list) and all(isinstance(arn, str) and _ROLE_ARN.match(arn) for arn in arns),
+           "a list of IAM role ARNs, arn:aws:iam::<account>:role/<name>")
+    names = [_ROLE_ARN.match(arn)["name"] for arn in arns]  # type: ignore[index]
+    for index, name in enumerate(names):
+        _check(f"{key}.adminRoleArns[{index}]", arns[index], name not in names[:index],
+               "each role name once (it names the access entry)")
+    return ClusterAccess([] if private else cidrs, private, arns)
+
+
+def admin_role_name(arn: str) -> str:
+    """The role's name, without its path: what names the role's access entry."""
+    return _ROLE_ARN.match(arn)["name"]  # type: ignore[index]
+
+
+def _is_ipv4_network(text: str) -> bool:
+    try:
+        ipaddress.IPv4Network(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _monitoring(reader: _Reader) -> MonitoringSettings:
+    key = _key("monitoring")
+    settings = {"retentionDays": 7, "storageGi": 4,
+                **_object(key, reader.value("monitoring", {}), ("retentionDays", "storageGi", "alertTopicArn"))}
+    topic = settings.get("alertTopicArn")
+    _check(f"{key}.alertTopicArn", topic,
+           topic is None or (isinstance(topic, str) and bool(_SNS_TOPIC_ARN.match(topic))),
+           "an SNS topic ARN, arn:aws:sns:<region>:<account>:<topic>")
+    return MonitoringSettings(_int(f"{key}.retentionDays", settings["retentionDays"], 1, 30),
+                              _int(f"{key}.storageGi", settings["storageGi"], 1, MAX_PROMETHEUS_STORAGE_GI), topic)
+
+
 def _hf_token(reader: _Reader) -> SecretText:
     key = _key("hfToken")
     token = reader.text("hfToken")
@@ -523,6 +678,9 @@ def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
         system_nodes=_system_nodes(reader),
         image_uri=_image_uri(reader),
         ingress=_ingress(reader, region),  # type: ignore[arg-type]
+        graph_cache=_graph_cache(reader),
+        cluster=_cluster(reader),
+        monitoring=_monitoring(reader),
         hf_token=_hf_token(reader),
     )
 

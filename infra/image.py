@@ -12,7 +12,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
-from infra.naming import PROJECT
+from infra.naming import stack_resource_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = "serving/Dockerfile"
@@ -74,7 +74,7 @@ class Image(pulumi.ComponentResource):
     def _build(self, name: str) -> pulumi.Output[str]:
         child = pulumi.ResourceOptions(parent=self)
         repository = aws.ecr.Repository(
-            name, name=f"{PROJECT}-{pulumi.get_stack()}",
+            name, name=stack_resource_name(pulumi.get_stack()),
             image_scanning_configuration={"scan_on_push": True},
             image_tag_mutability="IMMUTABLE_WITH_EXCLUSION",
             image_tag_mutability_exclusion_filters=[{"filter": CACHE_TAG, "filter_type": "WILDCARD"}],

@@ -31,6 +31,9 @@ INTERRUPTION_EVENTS = {
     "capacity-reservation": {"source": ["aws.ec2"],
                              "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"]},
 }
+# The EKS-optimized AL2023 release is per Kubernetes minor: its key in versions.KUBERNETES_RELEASES.
+AMI_ALIAS = "al2023-ami-alias"
+IMDS_HOP_LIMIT = 1
 NODECLASS_REF = {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": EC2_NODECLASS}
 NEURON_FAMILY_LABEL = "flux-neuron.io/neuron-family"
 
@@ -44,6 +47,7 @@ class KarpenterArgs:
     neuron_pools: dict[str, NeuronPool]
     provider: k8s.Provider
     depends_on: list[pulumi.Resource]
+    kubernetes_version: str
 
 
 def neuron_nodepool_spec(pool: NeuronPool) -> dict:
@@ -243,12 +247,15 @@ class Karpenter(pulumi.ComponentResource):
             metadata={"name": EC2_NODECLASS},
             spec={
                 "role": node_role.name,
-                "amiSelectorTerms": [{"alias": versions.AL2023_AMI_ALIAS}],
+                "amiSelectorTerms": [{"alias": versions.KUBERNETES_RELEASES[args.kubernetes_version][AMI_ALIAS]}],
                 "subnetSelectorTerms": pulumi.Output.from_input(args.private_subnet_ids).apply(
                     lambda ids: [{"id": subnet} for subnet in ids]),
                 "securityGroupSelectorTerms": [{"id": args.node_security_group_id}],
+                # Hop limit 1: an IMDSv2 token cannot leave the host's network namespace, so pods cannot
+                # take the node role. Pod Identity, host-network agents and the kubelet do not need more
+                # (docs/upgrades.md, "Access").
                 "metadataOptions": {"httpEndpoint": "enabled", "httpProtocolIPv6": "disabled",
-                                    "httpPutResponseHopLimit": 2, "httpTokens": "required"},
+                                    "httpPutResponseHopLimit": IMDS_HOP_LIMIT, "httpTokens": "required"},
                 "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": ROOT_VOLUME}],
                 # trn1.32xlarge carries 8 TB of NVMe: striped, it holds container images and compile scratch.
                 "instanceStorePolicy": "RAID0",

@@ -2,6 +2,16 @@
 
 PROJECT = "flux-neuron"
 
+
+def stack_resource_name(stack: str) -> str:
+    """`flux-neuron-<stack>`: the EKS cluster, its Karpenter interruption queue and the ECR repository."""
+    return f"{PROJECT}-{stack}"
+
+
+def graphs_bucket_prefix(stack: str) -> str:
+    """S3 appends a unique suffix to this prefix to name the stack's graph cache bucket."""
+    return f"{stack_resource_name(stack)}-graphs-"
+
 # Namespaces.
 KARPENTER_NAMESPACE = "karpenter"
 SYSTEM_NAMESPACE = "kube-system"

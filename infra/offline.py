@@ -73,6 +73,8 @@ class Registered:
     dependencies: tuple[str, ...]
     provider: str
     custom_timeouts: dict[str, str] = field(default_factory=dict)
+    # `pulumi destroy` (or a replacement) leaves the cloud resource in place.
+    retain_on_delete: bool = False
 
 
 @dataclass
@@ -263,6 +265,7 @@ def _rendering(stack: str, monitor: _RecordingMonitor) -> Rendering:
             outputs=_plain(json.loads(json.dumps(registration.state if registration else {}, default=str))),
             dependencies=tuple(request.dependencies), provider=request.provider,
             custom_timeouts=_plain(json_format.MessageToDict(request.customTimeouts)),
+            retain_on_delete=bool(request.retainOnDelete),
         ))
     return rendering
 

@@ -146,6 +146,8 @@ def render_files(rendering: Rendering) -> dict[str, str]:
         entry: dict[str, Any] = {"type": resource.type, "name": resource.name}
         if resource.parent and "::pulumi:pulumi:Stack::" not in resource.parent:
             entry["parent"] = _name_of(resource.parent)
+        if resource.retain_on_delete:
+            entry["retainOnDelete"] = True
         if resource.urn in kubernetes:
             obj = redacted(declared(resource))
             path = kubernetes_path(obj, resource.name)

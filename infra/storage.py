@@ -10,7 +10,8 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra import iam, versions
-from infra.naming import GRAPHS_BUCKET_PREFIX, GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, PROJECT
+from infra.config import GraphCacheSettings
+from infra.naming import GRAPHS_BUCKET_PREFIX, GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, graphs_bucket_prefix
 
 CSI_DRIVER = "s3.csi.aws.com"
 CSI_ADDON = "aws-mountpoint-s3-csi-driver"
@@ -20,6 +21,9 @@ NOMINAL_CAPACITY = "1Ti"
 SERVING_CACHE_LIMIT = "100Gi"
 # Processes in the image run as this non-root user; Mountpoint presents files as theirs.
 CONTAINER_UID = 10001
+# Artifacts are content-addressed and never overwritten, so a noncurrent version exists only
+# after someone deleted a graph: it stays recoverable this long, then stops costing storage.
+NONCURRENT_VERSION_DAYS = 14
 
 
 @dataclass
@@ -30,6 +34,7 @@ class StorageArgs:
     namespace: pulumi.Input[str]
     provider: k8s.Provider
     depends_on: list[pulumi.Resource]
+    cache: GraphCacheSettings = GraphCacheSettings()
 
 
 def graphs_mount_options(region: str, *, read_only: bool) -> list[str]:
@@ -46,35 +51,22 @@ class Storage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: StorageArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flux-neuron:infra:Storage", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        bucket = aws.s3.Bucket(name, bucket_prefix=f"{PROJECT}-{pulumi.get_stack()}-graphs-", opts=child)
-        aws.s3.BucketPublicAccessBlock(name, bucket=bucket.id, block_public_acls=True, block_public_policy=True,
-                                       ignore_public_acls=True, restrict_public_buckets=True, opts=child)
-        aws.s3.BucketOwnershipControls(name, bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"},
-                                       opts=child)
-        aws.s3.BucketServerSideEncryptionConfiguration(
-            name, bucket=bucket.id, rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "aws:kms"},
-                                            "bucket_key_enabled": True}], opts=child)
-        aws.s3.BucketLifecycleConfiguration(
-            name, bucket=bucket.id, rules=[{"id": "abort-incomplete-multipart-uploads", "status": "Enabled",
-                                            "filter": {"prefix": ""},
-                                            "abort_incomplete_multipart_upload": {"days_after_initiation": 1}}],
-            opts=child)
-        aws.s3.BucketPolicy(name, bucket=bucket.id, policy=iam.policy_document([
-            {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-             "Resource": [bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],
-             "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
-        ]), opts=child)
+        if args.cache.bucket is None:
+            bucket_name, bucket_arn = self._bucket(name, args.cache)
+        else:
+            # Another stack's cache: that stack owns (and configured) the bucket; this one only uses it.
+            bucket_name = pulumi.Output.from_input(args.cache.bucket)
+            bucket_arn = pulumi.Output.from_input(f"arn:{aws.get_partition().partition}:s3:::{args.cache.bucket}")
 
         # Compile Jobs write new objects and never delete or overwrite, so no s3:DeleteObject.
         driver_role = iam.pod_identity_role(
             f"{name}-csi", parent=self,
             inline_policy=iam.policy_document([
-                {"Sid": "ListGraphs", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket.arn,
+                {"Sid": "ListGraphs", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
                  "Condition": {"StringLike": {"s3:prefix": [f"{GRAPHS_BUCKET_PREFIX}*"]}}},
                 {"Sid": "ReadWriteGraphs", "Effect": "Allow",
                  "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
-                 "Resource": pulumi.Output.concat(bucket.arn, f"/{GRAPHS_BUCKET_PREFIX}*")},
+                 "Resource": pulumi.Output.concat(bucket_arn, f"/{GRAPHS_BUCKET_PREFIX}*")},
             ]))
         driver = aws.eks.Addon(
             f"{name}-csi", cluster_name=args.cluster_name, addon_name=CSI_ADDON,
@@ -85,15 +77,51 @@ class Storage(pulumi.ComponentResource):
 
         in_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[driver])
         self.read_write_claim = self._volume(
-            GRAPHS_PV_READ_WRITE, bucket.bucket, args, "ReadWriteMany",
+            GRAPHS_PV_READ_WRITE, bucket_name, args, "ReadWriteMany",
             graphs_mount_options(args.region, read_only=False), {}, in_cluster)
         self.read_only_claim = self._volume(
-            GRAPHS_PV_READ_ONLY, bucket.bucket, args, "ReadOnlyMany",
+            GRAPHS_PV_READ_ONLY, bucket_name, args, "ReadOnlyMany",
             graphs_mount_options(args.region, read_only=True),
             {"cache": "emptyDir", "cacheEmptyDirSizeLimit": SERVING_CACHE_LIMIT}, in_cluster)
-        self.bucket_name = bucket.bucket
+        self.bucket_name = bucket_name
         self.register_outputs({"bucket_name": self.bucket_name, "read_write_claim": self.read_write_claim,
                                "read_only_claim": self.read_only_claim})
+
+    def _bucket(self, name: str, cache: GraphCacheSettings) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        """The stack's own cache bucket, private, encrypted, TLS-only and versioned; its name and ARN.
+
+        Retained on destroy (the default), the bucket and everything that keeps it private stay as
+        they are; otherwise destroy deletes it with every object version.
+        """
+        child = pulumi.ResourceOptions(parent=self, retain_on_delete=cache.retain_on_destroy)
+        bucket = aws.s3.Bucket(name, bucket_prefix=graphs_bucket_prefix(pulumi.get_stack()),
+                               force_destroy=not cache.retain_on_destroy, opts=child)
+        aws.s3.BucketPublicAccessBlock(name, bucket=bucket.id, block_public_acls=True, block_public_policy=True,
+                                       ignore_public_acls=True, restrict_public_buckets=True, opts=child)
+        aws.s3.BucketOwnershipControls(name, bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"},
+                                       opts=child)
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            name, bucket=bucket.id, rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "aws:kms"},
+                                            "bucket_key_enabled": True}], opts=child)
+        # A deleted graph (by hand, or a clean-up script gone wrong) can be restored for a while.
+        versioning = aws.s3.BucketVersioning(name, bucket=bucket.id,
+                                             versioning_configuration={"status": "Enabled"}, opts=child)
+        aws.s3.BucketLifecycleConfiguration(
+            name, bucket=bucket.id, rules=[
+                {"id": "abort-incomplete-multipart-uploads", "status": "Enabled", "filter": {"prefix": ""},
+                 "abort_incomplete_multipart_upload": {"days_after_initiation": 1}},
+                {"id": "expire-deleted-graphs", "status": "Enabled", "filter": {"prefix": ""},
+                 "noncurrent_version_expiration": {"noncurrent_days": NONCURRENT_VERSION_DAYS},
+                 "expiration": {"expired_object_delete_marker": True}},
+            ],
+            # S3 rejects noncurrent-version rules until versioning is on.
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[versioning])))
+        aws.s3.BucketPolicy(name, bucket=bucket.id, policy=iam.policy_document([
+            {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+             "Resource": [bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],
+             "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+        ]), opts=child)
+        return bucket.bucket, bucket.arn
 
     def _volume(self, volume_name: str, bucket_name: pulumi.Output[str], args: StorageArgs, access_mode: str,
                 mount_options: list[str], cache_attributes: dict[str, str],

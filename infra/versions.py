@@ -16,10 +16,6 @@ KARPENTER_CHART_REPO = "oci://public.ecr.aws/karpenter"
 # Source: github.com/aws/karpenter-provider-aws release v1.14.1; its CRDs (infra/schemas/karpenter-crds-v1.14.1/)
 # and getting-started CloudFormation (infra/schemas/official/) are committed from that tag.
 KARPENTER_VERSION = "1.14.1"
-# AL2023 alias: Karpenter resolves the accelerated (Neuron) AMI variant of this release.
-# Source: amazon-eks-ami CHANGELOG (infra/schemas/published/al2023-ami-neuron-driver.txt): v20260714 is the
-# first release whose AL2023_x86_64_NEURON variant ships driver 2.29.0.0, which Neuron SDK 2.31.1 needs.
-AL2023_AMI_ALIAS = "al2023@v20260714"
 
 NEURON_CHART_REPO = "oci://public.ecr.aws/neuron"
 # Source: the neuron-helm-chart tags of oci://public.ecr.aws/neuron (not in the committed data; confirm a bump
@@ -44,10 +40,15 @@ PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 
 # Per Kubernetes minor: what EKS ships for that minor. The supported minors are exactly these keys.
 # kube-scheduler: EKS Distro release notes (infra/schemas/published/kube-scheduler-tags.txt; checked), the
-# latest release of 1.34 there and a published release of 1.33. The others are EKS add-on versions, source
-# `aws eks describe-addon-versions --kubernetes-version <minor>` (not in the committed data: confirm a bump there).
+# latest release of 1.34 there and a published release of 1.33. al2023-ami-alias: the EKS-optimized AMI release
+# Karpenter resolves for Neuron nodes (the accelerated AL2023 variant of that release, for the cluster's minor);
+# source: the amazon-eks-ami CHANGELOG (infra/schemas/published/al2023-ami-neuron-driver.txt; checked):
+# v20260714 is the first release whose AL2023_x86_64_NEURON variant ships driver 2.29.0.0, which Neuron SDK
+# 2.31.1 needs. The others are EKS add-on versions, source `aws eks describe-addon-versions
+# --kubernetes-version <minor>` (not in the committed data: confirm a bump there).
 KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
     "1.33": {
+        "al2023-ami-alias": "al2023@v20260714",
         "kube-scheduler": "v1.33.7-eks-1-33-23",
         "vpc-cni": "v1.20.4-eksbuild.2",
         "coredns": "v1.12.4-eksbuild.1",
@@ -57,6 +58,7 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
     },
     "1.34": {
+        "al2023-ami-alias": "al2023@v20260714",
         "kube-scheduler": "v1.34.9-eks-1-34-21",
         "vpc-cni": "v1.20.4-eksbuild.2",
         "coredns": "v1.12.4-eksbuild.1",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import catalog, versions
+from infra import catalog, iam, versions
 from infra.config import NeuronPool, StackConfig
 from infra.naming import (
     COMPILE, COMPILE_SERVICE_ACCOUNT, HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, METRICS_NAMESPACE,
@@ -19,7 +19,7 @@ from infra.naming import (
     SYSTEM_NODE_LABEL, neuron_nodepool, workload_labels, workload_name,
 )
 from infra.storage import CONTAINER_UID
-from model.artifacts import EXIT_NOT_PUBLISHED
+from model.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE
 from model.shapes import Shape
 from serving import endpoints
 
@@ -44,23 +44,50 @@ STARTUP_MINUTES = 30
 PROBE_PERIOD_SECONDS = 10
 # A rollout waits for a node, the image pull and the startup above.
 ROLLOUT_MINUTES = STARTUP_MINUTES + COMPILE_START_MINUTES
-# What `model.compile --resolve` exits with while the key is not published yet.
+# How often the serving pods' wait loop asks whether the artifact is published.
 RESOLVE_INTERVAL_SECONDS = 30
-# Retries `"$@"` (the resolve command) until it says published; any other failure stops the pod.
-WAIT_SCRIPT = ('while :; do "$@"; status=$?; [ "$status" -eq 0 ] && exit 0; '
-               f'[ "$status" -eq {EXIT_NOT_PUBLISHED} ] || exit "$status"; sleep {RESOLVE_INTERVAL_SECONDS}; done')
+# `sh -c WAIT_SCRIPT wait-for-graphs LIMIT_SECONDS COMPILE_JOB RESOLVE_COMMAND...`: retries the resolve
+# command while it exits EXIT_NOT_PUBLISHED, for at most LIMIT_SECONDS; any other failure stops the pod.
+# Giving up fails the init container (the pod shows Init:Error, then retries with back-off).
+WAIT_SCRIPT = (
+    'limit=$1; job=$2; shift 2; deadline=$(($(date +%s) + limit)); '
+    'while :; do "$@"; status=$?; [ "$status" -eq 0 ] && exit 0; '
+    f'[ "$status" -eq {EXIT_NOT_PUBLISHED} ] || exit "$status"; '
+    '[ "$(date +%s)" -lt "$deadline" ] || { echo "wait-for-graphs: gave up after ${limit}s: the artifact is still '
+    'not published, and $job can no longer publish it: see kubectl describe job $job" >&2; '
+    f'exit {EXIT_NOT_PUBLISHED}; }}; sleep {RESOLVE_INTERVAL_SECONDS}; done')
+# Disruptions no longer spend retries and bad options never retry (the podFailurePolicy below), so what
+# is left is a failure of the compile itself: one retry covers a transient one (a download or S3 error);
+# a second would most likely fail again, after hours on a trn1.
+COMPILE_RETRIES = 1
 # The ALB stops sending to a terminating pod only after it deregisters it.
 DEREGISTRATION_SECONDS = 15
 
 # serving/metrics.py exports these per server; the adapter serves their sum per pod to the HPA.
-QUEUE_DEPTH_METRIC = "flux_queue_depth"
-IN_FLIGHT_METRIC = "flux_generations_in_flight"
+QUEUE_DEPTH_METRIC = endpoints.QUEUE_DEPTH_METRIC
+IN_FLIGHT_METRIC = endpoints.IN_FLIGHT_METRIC
 AUTOSCALING_METRIC = "flux_requests_outstanding"
 # One generation at a time per pod: one outstanding request per pod is a full pod with no queue.
 OUTSTANDING_PER_POD = 1
 PROMETHEUS_RELEASE = "prometheus"
 PROMETHEUS_URL = f"http://{PROMETHEUS_RELEASE}-server.{METRICS_NAMESPACE}.svc"
 SCRAPE_INTERVAL = "15s"
+# Alerting: kube-state-metrics reports on Jobs, pods and autoscalers; the alert rules read it and the
+# servers' own metrics; Alertmanager sends what fires to the configured SNS topic.
+KUBE_STATE_METRICS_COLLECTORS = ["jobs", "pods", "horizontalpodautoscalers"]
+KUBE_STATE_METRICS_TARGET = f"{PROMETHEUS_RELEASE}-kube-state-metrics.{METRICS_NAMESPACE}.svc:8080"
+ALERTMANAGER_SERVICE_ACCOUNT = f"{PROMETHEUS_RELEASE}-alertmanager"
+ALERT_RECEIVER = "alert-topic"
+# Generation requests answered 5xx, or refused with 429 (queue full), as a share of all of them.
+ERROR_RATIO = 0.05
+REJECTED_RATIO = 0.1
+# A compile Job this far into compile.timeoutMinutes is likely to be stopped by its deadline.
+COMPILE_STUCK_SHARE = 0.8
+# Latency p95 (queueing included) this close to serving.requestTimeoutSeconds: requests start to time out.
+LATENCY_TIMEOUT_SHARE = 0.8
+UNSCHEDULED_MINUTES = 15
+# Kept below the data volume's size, so Prometheus deletes old blocks before the kubelet evicts it.
+RETENTION_SHARE_OF_STORAGE = 0.8
 
 
 @dataclass(frozen=True)
@@ -166,8 +193,16 @@ def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str]
                          {"name": "shm", "mountPath": "/dev/shm"}],
     }
     return {
-        # A failed compile of the same inputs fails again: one retry covers a lost node, no more.
-        "backoffLimit": 1,
+        "backoffLimit": COMPILE_RETRIES,
+        "podFailurePolicy": {"rules": [
+            # Evicted, preempted, or its node gone (Spot, expiry, repair): not the compile's fault.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            # Bad options fail the same way every time: fail now, not after another node start.
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": COMPILE, "operator": "In", "values": [EXIT_USAGE]}},
+        ]},
+        # A retry starts only once the failed pod is gone, so two never hold the pool's devices at once.
+        "podReplacementPolicy": "Failed",
         "activeDeadlineSeconds": config.compile.timeout_minutes * 60,
         "ttlSecondsAfterFinished": FINISHED_JOB_TTL_SECONDS,
         "template": {
@@ -189,6 +224,11 @@ def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str]
     }
 
 
+def wait_for_graphs_limit_seconds(config: StackConfig) -> int:
+    """Past its node start and its deadline, the shape's compile Job cannot publish the artifact any more."""
+    return (COMPILE_START_MINUTES + config.compile.timeout_minutes) * 60
+
+
 def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str],
                             read_only_claim: pulumi.Input[str], read_write_claim: pulumi.Input[str],
                             scheduler_name: str) -> dict:
@@ -202,7 +242,8 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
     wait_for_graphs = {
         "name": "wait-for-graphs",
         "image": image,
-        "command": ["sh", "-c", WAIT_SCRIPT, "wait-for-graphs",
+        "command": ["sh", "-c", WAIT_SCRIPT, "wait-for-graphs", str(wait_for_graphs_limit_seconds(config)),
+                    workload_name(COMPILE, shape),
                     "python", "-m", "model.compile", "--resolve", *key_args, "--out", GRAPHS_MOUNT],
         "env": [HOME_ENV],
         # Equal requests and limits here too, or the pod loses its Guaranteed QoS.
@@ -282,8 +323,76 @@ def autoscaler_spec(config: StackConfig, deployment_name: str) -> dict:
     }
 
 
-def prometheus_values(namespace: str) -> dict:
-    """A single Prometheus that scrapes the serving pods only: it feeds the autoscalers, nothing else."""
+def _alert(name: str, expr: str, duration: str, severity: str, summary: str) -> dict:
+    return {"alert": name, "expr": expr, "for": duration, "labels": {"severity": severity},
+            "annotations": {"summary": summary}}
+
+
+def alert_rules(config: StackConfig, namespace: str) -> list[dict]:
+    """What pages someone: compiles that failed or will, pods without a node, shapes out of capacity,
+    failing or refused generations, latency near the timeout and pods whose readiness flaps."""
+    in_namespace = f'namespace="{namespace}"'
+    compile_jobs = f'{in_namespace},job_name=~"{workload_name(COMPILE, "")}.+"'
+    generations = f'{in_namespace},route=~"{endpoints.GENERATE}|{endpoints.OPENAI_IMAGES}"'
+    requests = f"{endpoints.REQUESTS_METRIC}_total"
+
+    def share(status: str) -> str:
+        return (f'sum by (workload) (rate({requests}{{{generations},status=~"{status}"}}[5m])) '
+                f'/ sum by (workload) (rate({requests}{{{generations}}}[5m]))')
+
+    stuck_seconds = int(config.compile.timeout_minutes * 60 * COMPILE_STUCK_SHARE)
+    slow_seconds = config.serving.request_timeout_seconds * LATENCY_TIMEOUT_SHARE
+    return [
+        _alert("CompileJobFailed", f'kube_job_failed{{{compile_jobs},condition="true"}} == 1', "0m", "critical",
+               "{{ $labels.job_name }} failed: its shape cannot serve until the compile is retried "
+               "(docs/workloads.md, Retry a failed compile)"),
+        _alert("CompileJobStuck",
+               f"(time() - kube_job_status_start_time{{{compile_jobs}}}) > {stuck_seconds} "
+               f"and on (namespace, job_name) kube_job_status_active{{{compile_jobs}}} > 0", "0m", "warning",
+               f"{{{{ $labels.job_name }}}} has run for {COMPILE_STUCK_SHARE:.0%} of compile.timeoutMinutes; "
+               "its deadline stops it at 100%"),
+        _alert("PodUnschedulable", f'kube_pod_status_scheduled{{{in_namespace},condition="false"}} == 1',
+               f"{UNSCHEDULED_MINUTES}m", "warning",
+               f"{{{{ $labels.pod }}}} has had no node for {UNSCHEDULED_MINUTES} minutes: NodePool limit, "
+               "instance quota or no capacity in its zones"),
+        _alert("AutoscalerAtMax",
+               f"kube_horizontalpodautoscaler_status_current_replicas{{{in_namespace}}} "
+               f">= kube_horizontalpodautoscaler_spec_max_replicas{{{in_namespace}}}", "15m", "warning",
+               "{{ $labels.horizontalpodautoscaler }} is at serving.maxReplicas: more load queues, then gets 429"),
+        _alert("GenerationErrors", f"{share('5..')} > {ERROR_RATIO}", "10m", "critical",
+               f"over {ERROR_RATIO:.0%} of generations of {{{{ $labels.workload }}}} fail with 5xx"),
+        _alert("GenerationsRejected", f"{share('429')} > {REJECTED_RATIO}", "10m", "warning",
+               f"over {REJECTED_RATIO:.0%} of generations of {{{{ $labels.workload }}}} are refused: "
+               "the queue is full"),
+        _alert("GenerationLatencyHigh",
+               f"histogram_quantile(0.95, sum by (workload, le) "
+               f"(rate({endpoints.LATENCY_METRIC}_bucket{{{generations}}}[10m]))) > {slow_seconds:g}", "15m",
+               "warning",
+               f"p95 of generations of {{{{ $labels.workload }}}}, queueing included, is within "
+               f"{1 - LATENCY_TIMEOUT_SHARE:.0%} of serving.requestTimeoutSeconds"),
+        _alert("ReadinessFlapping", f'changes(kube_pod_status_ready{{{in_namespace},condition="true"}}[30m]) > 3',
+               "0m", "warning",
+               "{{ $labels.pod }} went in and out of the load balancer more than 3 times in 30 minutes"),
+    ]
+
+
+def alertmanager_config(config: StackConfig) -> dict:
+    """Every alert to the configured SNS topic (signed with the Pod Identity role), or to no one."""
+    monitoring = config.monitoring
+    receiver: dict = {"name": ALERT_RECEIVER}
+    if monitoring.alert_topic_arn:
+        receiver["sns_configs"] = [{"topic_arn": monitoring.alert_topic_arn, "send_resolved": True,
+                                    "sigv4": {"region": monitoring.alert_topic_region}}]
+    return {
+        "receivers": [receiver],
+        "route": {"receiver": ALERT_RECEIVER, "group_by": ["alertname", "workload", "job_name"],
+                  "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h"},
+    }
+
+
+def prometheus_values(namespace: str, config: StackConfig) -> dict:
+    """A single Prometheus that scrapes the serving pods (for the autoscalers and the alerts) and
+    kube-state-metrics (for the alerts), with Alertmanager."""
     relabel = [
         {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"], "action": "keep",
          "regex": SERVE},
@@ -291,25 +400,44 @@ def prometheus_values(namespace: str) -> dict:
         # The adapter maps series to pods through these two labels.
         {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
         {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        # The alerts aggregate a shape's pods: flux-serve-<shape>.
+        {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"], "target_label": "workload"},
     ]
+    storage_gi = config.monitoring.storage_gi
     return {
-        "alertmanager": {"enabled": False},
-        "kube-state-metrics": {"enabled": False},
+        "alertmanager": {
+            "enabled": True,
+            "nodeSelector": SYSTEM_NODE_LABEL,
+            "serviceAccount": {"create": True, "name": ALERTMANAGER_SERVICE_ACCOUNT},
+            # No StorageClass in the cluster: silences do not survive a restart of Alertmanager.
+            "persistence": {"enabled": False},
+            "config": alertmanager_config(config),
+        },
+        "kube-state-metrics": {"enabled": True, "nodeSelector": SYSTEM_NODE_LABEL,
+                               "collectors": KUBE_STATE_METRICS_COLLECTORS,
+                               "namespaces": namespace},
         "prometheus-node-exporter": {"enabled": False},
         "prometheus-pushgateway": {"enabled": False},
         "server": {
             "nodeSelector": SYSTEM_NODE_LABEL,
-            # Autoscaling reads the last minutes only: nothing worth a volume.
+            # No StorageClass in the cluster: an emptyDir of the configured size, lost with the pod.
             "persistentVolume": {"enabled": False},
-            "retention": "6h",
+            "emptyDir": {"sizeLimit": f"{storage_gi}Gi"},
+            "retention": f"{config.monitoring.retention_days}d",
+            "retentionSize": f"{int(storage_gi * RETENTION_SHARE_OF_STORAGE * 1024)}MB",
             "global": {"scrape_interval": SCRAPE_INTERVAL},
         },
-        "serverFiles": {"prometheus.yml": {"scrape_configs": [{
-            "job_name": "flux-serving",
-            "metrics_path": endpoints.METRICS,
-            "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}],
-            "relabel_configs": relabel,
-        }]}},
+        "serverFiles": {
+            "prometheus.yml": {"scrape_configs": [
+                {"job_name": "flux-serving", "metrics_path": endpoints.METRICS,
+                 "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}],
+                 "relabel_configs": relabel},
+                # Its own namespace, pod and job_name labels are the objects', not the scrape target's.
+                {"job_name": "kube-state-metrics", "honor_labels": True,
+                 "static_configs": [{"targets": [KUBE_STATE_METRICS_TARGET]}]},
+            ]},
+            "alerting_rules.yml": {"groups": [{"name": "flux-neuron", "rules": alert_rules(config, namespace)}]},
+        },
     }
 
 
@@ -339,6 +467,7 @@ class WorkloadsArgs:
     scheduler_name: str
     provider: k8s.Provider
     depends_on: list[pulumi.Resource]
+    cluster_name: pulumi.Input[str]
 
 
 class Workloads(pulumi.ComponentResource):
@@ -405,11 +534,13 @@ class Workloads(pulumi.ComponentResource):
     def _metric_pipeline(self, args: WorkloadsArgs) -> list[k8s.helm.v3.Release]:
         opts = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on)
         namespace = pulumi.Output.from_input(args.namespace)
+        alerting = self._alert_publisher(args)
         prometheus = k8s.helm.v3.Release(
             PROMETHEUS_RELEASE, name=PROMETHEUS_RELEASE, chart="prometheus",
             repository_opts={"repo": versions.PROMETHEUS_CHART_REPO}, version=versions.PROMETHEUS_CHART_VERSION,
-            namespace=METRICS_NAMESPACE, create_namespace=True, values=namespace.apply(prometheus_values),
-            opts=opts)
+            namespace=METRICS_NAMESPACE, create_namespace=True,
+            values=namespace.apply(lambda name: prometheus_values(name, args.config)),
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=alerting)))
         adapter = k8s.helm.v3.Release(
             "prometheus-adapter", name="prometheus-adapter", chart="prometheus-adapter",
             repository_opts={"repo": versions.PROMETHEUS_CHART_REPO},
@@ -417,3 +548,18 @@ class Workloads(pulumi.ComponentResource):
             values=adapter_values(),
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[*args.depends_on, prometheus]))
         return [prometheus, adapter]
+
+    def _alert_publisher(self, args: WorkloadsArgs) -> list[pulumi.Resource]:
+        """Alertmanager's right to publish to the alert topic (Pod Identity); nothing without a topic."""
+        topic = args.config.monitoring.alert_topic_arn
+        if topic is None:
+            pulumi.log.warn("config monitoring.alertTopicArn is not set: alerts fire in Alertmanager only, "
+                            "nobody is notified")
+            return []
+        role = iam.pod_identity_role(
+            "alertmanager", parent=self,
+            inline_policy=iam.policy_document([
+                {"Sid": "PublishAlerts", "Effect": "Allow", "Action": "sns:Publish", "Resource": topic}]))
+        return [iam.pod_identity_association(
+            "alertmanager", role_arn=role.arn, cluster_name=args.cluster_name, namespace=METRICS_NAMESPACE,
+            service_account=ALERTMANAGER_SERVICE_ACCOUNT, parent=self)]

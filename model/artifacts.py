@@ -30,6 +30,9 @@ from pathlib import Path
 # The exit status of `model.compile --resolve` when the key has no published artifact yet; the
 # serving pods' wait loop (infra/workloads.py) retries on exactly this status.
 EXIT_NOT_PUBLISHED = 3
+# The exit status of `model.compile` on bad options: a compile Job fails at once on it, since a retry
+# fails the same way. Both live here rather than in model/compile.py so infra/ reads them without torch.
+EXIT_USAGE = 2
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1

@@ -26,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.artifacts import EXIT_NOT_PUBLISHED, MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
+from model.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE, MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
 from model.backends import (
     BACKENDS,
     NEURON_TARGETS,
@@ -48,7 +48,6 @@ COMPILE_CODE_VERSION = 2
 MODEL_LIBRARIES = ("diffusers", "transformers")
 
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 log = logging.getLogger(__name__)
 # Component compiles run in processes forked from a server that has already imported the

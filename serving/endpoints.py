@@ -6,3 +6,9 @@ READYZ = "/readyz"
 METRICS = "/metrics"
 GENERATE = "/generate"
 OPENAI_IMAGES = "/v1/images/generations"
+
+# What METRICS exports (serving/metrics.py), read by the autoscaler and the alert rules (infra/workloads.py).
+REQUESTS_METRIC = "flux_http_requests"  # a counter, exported as flux_http_requests_total
+LATENCY_METRIC = "flux_http_request_duration_seconds"  # a histogram, queueing included
+QUEUE_DEPTH_METRIC = "flux_queue_depth"
+IN_FLIGHT_METRIC = "flux_generations_in_flight"

@@ -7,6 +7,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving import endpoints
+
 # Requests that matched no route share one label, so scanners cannot blow up cardinality.
 UNMATCHED_ROUTE = "unmatched"
 # Probes take milliseconds, generations seconds to minutes (1024x576 on inf2 ~1 s a step).
@@ -19,25 +21,25 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "flux_http_requests",
+            endpoints.REQUESTS_METRIC,
             "HTTP requests by route and status code.",
             ["route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "flux_http_request_duration_seconds",
+            endpoints.LATENCY_METRIC,
             "HTTP request latency by route, queueing included.",
             ["route"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "flux_queue_depth",
+            endpoints.QUEUE_DEPTH_METRIC,
             "Admitted generations waiting for the pipeline.",
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "flux_generations_in_flight",
+            endpoints.IN_FLIGHT_METRIC,
             "Generations running on the pipeline (0 or 1).",
             registry=self.registry,
         )

@@ -73,9 +73,10 @@ def test_real_stack_files_load_with_the_values_they_state(stack):
 
 VPC = "vpc-0123456789abcdef0"
 SUBNETS = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
-KNOWN_KEYS = ("aws:region, flux-neuron:compile, flux-neuron:dtype, flux-neuron:existingVpc, "
-              "flux-neuron:hfToken, flux-neuron:image, flux-neuron:ingress, flux-neuron:kubernetesVersion, "
-              "flux-neuron:model, flux-neuron:network, flux-neuron:neuronPools, "
+KNOWN_KEYS = ("aws:region, flux-neuron:cluster, flux-neuron:compile, flux-neuron:dtype, flux-neuron:existingVpc, "
+              "flux-neuron:graphCache, flux-neuron:hfToken, flux-neuron:image, flux-neuron:ingress, "
+              "flux-neuron:kubernetesVersion, flux-neuron:model, flux-neuron:monitoring, "
+              "flux-neuron:network, flux-neuron:neuronPools, "
               "flux-neuron:serving, flux-neuron:shapes, flux-neuron:systemNodes")
 
 # (change to the dev stack file, key named, bad value as shown, what is allowed)

@@ -110,11 +110,13 @@ def test_node_class_role_is_the_role_with_the_ec2_linux_access_entry(rendering):
     assert role_by_arn(rendering, entry.inputs["principalArn"]).outputs["name"] == node_class["spec"]["role"]
 
 
-def test_node_class_is_hardened_and_sized_for_neuron_images(rendering):
+def test_node_class_is_hardened_and_sized_for_neuron_images(rendering, stack_config):
     spec = manifest(rendering.one(NODECLASS, "karpenter-default"))["spec"]
-    assert spec["amiSelectorTerms"] == [{"alias": versions.AL2023_AMI_ALIAS}]
+    assert spec["amiSelectorTerms"] == [
+        {"alias": versions.KUBERNETES_RELEASES[stack_config.kubernetes_version]["al2023-ami-alias"]}]
     assert spec["metadataOptions"]["httpTokens"] == "required"
-    assert spec["metadataOptions"]["httpPutResponseHopLimit"] == 2
+    # Pods cannot reach the node role through IMDS (docs/upgrades.md, "Access").
+    assert spec["metadataOptions"]["httpPutResponseHopLimit"] == 1
     root = spec["blockDeviceMappings"][0]["ebs"]
     assert root["encrypted"] is True and root["volumeType"] == "gp3" and int(root["volumeSize"][:-2]) >= 200
     assert spec["instanceStorePolicy"] == "RAID0"

@@ -18,8 +18,10 @@ def test_every_pinned_kube_scheduler_tag_is_published_for_its_minor(minor):
     assert validate.kube_scheduler_tag_problems(versions.KUBERNETES_RELEASES[minor]["kube-scheduler"], minor) == []
 
 
-def test_the_pinned_ami_alias_ships_the_driver_the_pinned_sdk_needs():
-    assert validate.ami_alias_problems(versions.AL2023_AMI_ALIAS, versions.NEURON_SDK_VERSION) == []
+@pytest.mark.parametrize("minor", sorted(versions.KUBERNETES_RELEASES))
+def test_the_ami_alias_pinned_per_minor_ships_the_driver_the_pinned_sdk_needs(minor):
+    alias = versions.KUBERNETES_RELEASES[minor]["al2023-ami-alias"]
+    assert validate.ami_alias_problems(alias, versions.NEURON_SDK_VERSION) == []
 
 
 @pytest.mark.parametrize("alias, sdk, problem", [

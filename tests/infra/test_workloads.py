@@ -369,7 +369,7 @@ def test_the_wait_loop_retries_only_while_unpublished(tmp_path, answers, status)
     calls.write_text("")
     fake = f'n=$(($(wc -l < {calls}))); echo x >> {calls}; set -- {" ".join(map(str, answers))}; shift "$n"; exit "$1"'
     script = WAIT_SCRIPT.replace("sleep 30", "sleep 0")
-    result = subprocess.run(["sh", "-c", script, "wait", "sh", "-c", fake], timeout=10)
+    result = subprocess.run(["sh", "-c", script, "wait", "3600", "flux-compile-x", "sh", "-c", fake], timeout=10)
     assert result.returncode == status
     assert len(calls.read_text().split()) == len(answers)
 
@@ -427,7 +427,8 @@ def test_the_autoscaling_metric_is_served_from_what_the_servers_export(rendering
     assert prometheus["version"] == versions.PROMETHEUS_CHART_VERSION
     assert adapter["values"]["prometheus"]["url"] == \
         f"http://{prometheus['name']}-server.{prometheus['namespace']}.svc"
-    (job,) = prometheus["values"]["serverFiles"]["prometheus.yml"]["scrape_configs"]
+    job = next(config for config in prometheus["values"]["serverFiles"]["prometheus.yml"]["scrape_configs"]
+               if config["job_name"] == "flux-serving")
     assert job["metrics_path"] == endpoints.METRICS
     assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [WORKLOAD_NAMESPACE]
     keep = {rule["source_labels"][0]: rule["regex"] for rule in job["relabel_configs"] if rule.get("action") == "keep"}

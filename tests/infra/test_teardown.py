@@ -1,0 +1,146 @@
+"""Teardown and naming (issue 13, item 8): stack names that every AWS name they feed accepts, and
+`scripts/destroy`, run here against stand-ins for pulumi, kubectl and aws that record each call."""
+
+import contextvars
+import os
+import re
+import stat
+import subprocess
+
+import pulumi
+import pytest
+
+from infra import offline
+from infra.config import STACK_NAME_LIMITS, StackNameError, validate_stack_name
+from infra.naming import (
+    NODEPOOL_LABEL, WORKLOAD_NAMESPACE, graphs_bucket_prefix, stack_resource_name, workload_labels,
+)
+from infra.offline import REPO_ROOT, stack_file_config, stack_names
+
+SCRIPTS = sorted((REPO_ROOT / "scripts").iterdir())
+DESTROY = REPO_ROOT / "scripts" / "destroy"
+BUCKET = "flux-neuron-dev-graphs-20261201abcdef"
+
+
+@pytest.mark.parametrize("stack", stack_names())
+def test_the_real_stack_names_are_valid(stack):
+    validate_stack_name(stack)
+
+
+def test_the_longest_allowed_name_fills_the_tightest_limit_exactly():
+    longest = "a" * 17
+    validate_stack_name(longest)
+    assert len(graphs_bucket_prefix(longest)) == 37
+    for _, name, limit in STACK_NAME_LIMITS:
+        assert len(name(longest)) <= limit
+
+
+@pytest.mark.parametrize("stack", ["a" * 18, "dev_1", "Dev", "dev.eu", "dev--eu", "-dev"])
+def test_a_stack_name_some_aws_name_would_reject_is_refused_in_one_line(stack):
+    with pytest.raises(StackNameError) as raised:
+        validate_stack_name(stack)
+    message = str(raised.value)
+    assert message == (f"stack name {stack!r} is not allowed: lowercase letters and digits, words joined by "
+                       "single hyphens, at most 17 characters (the graph bucket's prefix "
+                       "'flux-neuron-<stack>-graphs-' is limited to 37)")
+
+
+def test_the_program_stops_on_a_bad_stack_name_before_any_resource(monkeypatch):
+    constructed = []
+    construct = pulumi.Resource.__init__
+
+    def recording(self, type_, name, *args, **kwargs):
+        constructed.append(type_)
+        construct(self, type_, name, *args, **kwargs)
+
+    monkeypatch.setattr(pulumi.Resource, "__init__", recording)
+    raw, secret_keys = stack_file_config("dev")
+    with pytest.raises(StackNameError, match=r"^stack name 'dev-in-eu-west-1-team-a' is not allowed: "):
+        contextvars.Context().run(offline._run_isolated, "dev-in-eu-west-1-team-a", raw, secret_keys)
+    assert constructed == ["pulumi:pulumi:Stack"]
+
+
+def test_the_validated_names_are_the_ones_the_program_gives(rendering, stack):
+    cluster = rendering.one("eks:index:Cluster", "cluster").inputs["name"]
+    assert cluster == stack_resource_name(stack) == rendering.outputs["clusterName"]
+    assert rendering.one("aws:sqs/queue:Queue", "karpenter").inputs["name"] == cluster
+    assert rendering.one("aws:ecr/repository:Repository", "image").inputs["name"] == stack_resource_name(stack)
+    assert rendering.one("aws:s3/bucket:Bucket", "graphs").inputs["bucketPrefix"] == graphs_bucket_prefix(stack)
+
+
+def test_the_scripts_are_shellcheck_clean():
+    result = subprocess.run(["shellcheck", *map(str, SCRIPTS)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_destroy_names_the_labels_and_namespace_the_program_uses():
+    text = DESTROY.read_text()
+    assert re.search(r'^workloads="(.*)"$', text, re.M)[1] == \
+        f"app.kubernetes.io/part-of={workload_labels('serve', 'x')['app.kubernetes.io/part-of']}"
+    assert re.search(r'^karpenter_nodes="(.*)"$', text, re.M)[1] == NODEPOOL_LABEL
+    assert re.search(r'^namespace="(.*)"$', text, re.M)[1] == WORKLOAD_NAMESPACE
+
+
+# Stand-ins: each records its arguments, one line per call, and answers what destroy asks.
+FAKE_PULUMI = f"""
+case "$*" in
+  "stack output clusterName "*) echo flux-neuron-dev ;;
+  "stack output graphsBucket "*) echo {BUCKET} ;;
+  "stack output kubeconfig "*) echo '{{"apiVersion": "v1", "kind": "Config"}}' ;;
+  "config get aws:region "*) echo us-west-2 ;;
+  "config get --path graphCache.retainOnDestroy "*) [ -n "$RETAIN" ] && echo "$RETAIN" || exit 255 ;;
+  "config get --path graphCache."*) exit 255 ;;
+esac
+"""
+FAKE_AWS = """
+case "$*" in
+  "eks describe-cluster "*) [ -z "$CLUSTER_GONE" ] || exit 254 ;;
+  *"describe-log-groups"*"/aws/eks/"*) printf '/aws/eks/flux-neuron-dev/cluster\\n' ;;
+  *"describe-log-groups"*"/aws/containerinsights/"*)
+    printf '%s\\t%s\\n' /aws/containerinsights/flux-neuron-dev/application \\
+      /aws/containerinsights/flux-neuron-dev/performance ;;
+esac
+"""
+
+
+def run_destroy(tmp_path, retain="", cluster_gone=""):
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for tool, answers in (("pulumi", FAKE_PULUMI), ("kubectl", ""), ("aws", FAKE_AWS)):
+        fake = bin_dir / tool
+        fake.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n{answers}')
+        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PULUMI_CONFIG_PASSPHRASE": "x",
+           "RETAIN": retain, "CLUSTER_GONE": cluster_gone}
+    result = subprocess.run([str(DESTROY), "dev", "--yes"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [line for line in log.read_text().splitlines()
+            if not line.startswith(("pulumi stack output", "pulumi config get", "aws eks describe-cluster"))]
+
+
+def test_destroy_drains_the_cluster_before_pulumi_destroy_then_removes_the_log_groups(tmp_path):
+    calls = run_destroy(tmp_path)
+    assert calls[:4] == [
+        "kubectl -n flux delete hpa,deployments,jobs -l app.kubernetes.io/part-of=flux-neuron "
+        "--cascade=foreground --wait=true --ignore-not-found",
+        "kubectl delete nodepools.karpenter.sh --all --wait=true --ignore-not-found",
+        "kubectl get nodes -l karpenter.sh/nodepool -o name",
+        "kubectl -n flux delete ingress --all --wait=true --ignore-not-found",
+    ]
+    assert calls[4] == "pulumi destroy --stack dev --yes"
+    assert calls[5] == f"pulumi config set --path graphCache.bucket {BUCKET} --stack dev"
+    deleted = [call.rsplit(" ", 1)[1] for call in calls if "delete-log-group " in call]
+    assert deleted == ["/aws/eks/flux-neuron-dev/cluster", "/aws/containerinsights/flux-neuron-dev/application",
+                       "/aws/containerinsights/flux-neuron-dev/performance"]
+
+
+def test_destroy_forgets_the_cache_when_it_is_not_retained(tmp_path):
+    calls = run_destroy(tmp_path, retain="false")
+    assert "pulumi destroy --stack dev --yes" in calls
+    assert not any(call.startswith("pulumi config set") for call in calls)
+
+
+def test_destroy_after_the_cluster_is_gone_skips_straight_to_pulumi_destroy(tmp_path):
+    calls = run_destroy(tmp_path, cluster_gone="yes")
+    assert not any(call.startswith("kubectl") for call in calls)
+    assert calls[0] == "pulumi destroy --stack dev --yes"
