@@ -361,6 +361,11 @@ def test_the_commands_are_accepted_by_the_real_command_lines(rendering):
     resolve = pod["initContainers"][0]["command"]
     # Parsing succeeds; without the Neuron SDK here the resolve then stops short of usage errors.
     assert compile_main(resolve[resolve.index("model.compile") + 1:]) != EXIT_USAGE
+    job = next(iter(declared(rendering, JOB).values()))
+    compile_command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    # The same holds for the compile itself, --max-parallel-compilations included.
+    assert "--max-parallel-compilations" in compile_command
+    assert compile_main(compile_command[compile_command.index("model.compile") + 1:]) != EXIT_USAGE
 
 
 @pytest.mark.parametrize("answers, status", [([0], 0), ([EXIT_NOT_PUBLISHED, EXIT_NOT_PUBLISHED, 0], 0), ([2], 2)])
