@@ -25,9 +25,8 @@ from infra.offline import REPO_ROOT, SECRET_SIG, manifest, run_program, stack_fi
 from infra.storage import CONTAINER_UID
 from infra.validate import kubernetes_schema_problems
 from infra.workloads import (
-    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
+    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, HF_TOKEN_PATH_ENV, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
 )
-from model.sources import HF_TOKEN_ENV
 from serving import endpoints
 
 JOB = "kubernetes:batch/v1:Job"
@@ -199,6 +198,9 @@ def test_claims_secrets_and_service_accounts_the_pods_name_exist(rendering):
         for volume in spec["volumes"]:
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims, name
+            if "secret" in volume:
+                keys = secrets[volume["secret"]["secretName"]]["stringData"]
+                assert {item["key"] for item in volume["secret"]["items"]} <= set(keys), name
         for container in containers(spec):
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
@@ -270,8 +272,15 @@ def test_compile_jobs_run_once_within_their_deadline_and_pulumi_waits_longer(ren
         assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
         graphs = mounts[container["command"][container["command"].index("--out") + 1]]
         assert graphs["persistentVolumeClaim"] == {"claimName": "flux-graphs-rw", "readOnly": False}
-        token = next(env for env in container["env"] if env["name"] == HF_TOKEN_ENV)
-        assert token["valueFrom"]["secretKeyRef"]["name"] == HF_TOKEN_SECRET
+        # The token is a file of the Secret, where huggingface_hub looks for it.
+        token_path = next(env["value"] for env in container["env"] if env["name"] == HF_TOKEN_PATH_ENV)
+        token_mount = next(m for m in container["volumeMounts"] if token_path.startswith(m["mountPath"] + "/"))
+        assert token_mount["readOnly"] is True
+        token_volume = volumes[token_mount["name"]]["secret"]
+        assert token_volume["secretName"] == HF_TOKEN_SECRET
+        assert [item["path"] for item in token_volume["items"]] == [token_path.rsplit("/", 1)[1]]
+        assert token_volume["defaultMode"] == 0o400 and pod["securityContext"]["fsGroup"] == CONTAINER_UID
+        assert all("valueFrom" not in env for env in container["env"])
         assert int(container["resources"]["limits"][NEURON_DEVICE_RESOURCE]) == stack_config.compile.devices
 
 
@@ -302,7 +311,7 @@ def test_serving_waits_for_published_graphs_and_serves_the_same_key(rendering, s
         assert "--resolve" in wait["command"]
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         # Published artifacts are found through the volume without the indefinite metadata cache.
-        (wait_mount,) = wait["volumeMounts"]
+        wait_mount = next(m for m in wait["volumeMounts"] if m["mountPath"] == "/graphs")
         assert wait_mount["readOnly"] and volumes[wait_mount["name"]]["persistentVolumeClaim"]["claimName"] == \
             "flux-graphs-rw"
         graphs = next(m for m in server["volumeMounts"] if m["mountPath"] == "/graphs")
