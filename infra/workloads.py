@@ -157,6 +157,8 @@ def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str]
         "env": [
             {"name": HF_TOKEN_PATH_ENV, "value": f"{HF_TOKEN_MOUNT}/{HF_TOKEN_SECRET_KEY}"},
             {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
+            # Temporary files of the compiler and libraries go to scratch, not the small /tmp.
+            {"name": "TMPDIR", "value": SCRATCH_MOUNT},
             HOME_ENV,
         ],
         "resources": resources,
