@@ -5,9 +5,10 @@ infra.cluster): every pod is denied all traffic in and out, except
 - serving pods accept their HTTP port from the load balancer's subnets (target type ip: the ALB
   connects from its own addresses in those subnets, health checks included) and from the
   Prometheus server that scrapes them. They open no connection: the graphs come through the
-  Mountpoint CSI driver, which runs on the node, and the server never calls the Hub;
+  Mountpoint CSI driver, whose mounts run on the node outside this namespace, and the server
+  never calls the Hub;
 - compile pods accept nothing and reach HTTPS (443) only: the Hub download. Their S3 writes go
-  through the CSI driver on the node too; the instance metadata service (port 80) stays out of reach.
+  through the CSI driver too; the instance metadata service (port 80) stays out of reach.
 
 The wait-for-graphs init container runs in the serving pod, under the serving policy. Kubelet
 probes still arrive: the CNI's policy agent always admits the node's own address.
