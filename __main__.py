@@ -5,10 +5,11 @@ import pulumi
 from infra.cluster import Cluster, ClusterArgs
 from infra.config import load_stack_config, raw_pulumi_config, validate_stack_name
 from infra.image import Image, ImageArgs
-from infra.ingress import Ingress, IngressArgs
+from infra.ingress import Ingress, IngressArgs, LoadBalancerController, LoadBalancerControllerArgs
 from infra.karpenter import Karpenter, KarpenterArgs
 from infra.naming import stack_resource_name
 from infra.network import Network, NetworkArgs
+from infra.network_policy import NetworkPolicies, NetworkPoliciesArgs
 from infra.neuron import Neuron, NeuronArgs
 from infra.observability import Observability, ObservabilityArgs
 from infra.storage import Storage, StorageArgs
@@ -50,6 +51,17 @@ storage = Storage("graphs", StorageArgs(
 neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version, cluster.provider, depends_on=cluster.addons))
 Observability("observability", ObservabilityArgs(cluster.name, config.kubernetes_version, depends_on=cluster.addons))
 image = Image("image", ImageArgs(config.image_uri))
+load_balancer_controller = LoadBalancerController("ingress-controller", LoadBalancerControllerArgs(
+    cluster_name=cluster.name,
+    region=config.region,
+    vpc_id=network.vpc_id,
+    provider=cluster.provider,
+    depends_on=cluster.addons,
+))
+network_policies = NetworkPolicies(
+    "network-policies",
+    NetworkPoliciesArgs(namespace=cluster.workload_namespace, load_balancer_cidrs=network.public_subnet_cidrs),
+    opts=pulumi.ResourceOptions(provider=cluster.provider))
 workloads = Workloads("workloads", WorkloadsArgs(
     config=config,
     image_ref=image.image_ref,
@@ -60,19 +72,19 @@ workloads = Workloads("workloads", WorkloadsArgs(
     scheduler_name=neuron.scheduler_name,
     provider=cluster.provider,
     # Pods need their NodePools and scheduler; on destroy they go first, while Karpenter can still drain.
-    depends_on=[*cluster.addons, karpenter, neuron],
+    # They start only once their NetworkPolicies exist and the load balancer controller's webhook,
+    # which admits every pod of the namespace (it adds the readiness gates), is up.
+    depends_on=[*cluster.addons, karpenter, neuron, network_policies, load_balancer_controller],
     cluster_name=cluster.name,
 ))
 ingress = Ingress("ingress", IngressArgs(
-    cluster_name=cluster.name,
-    region=config.region,
-    vpc_id=network.vpc_id,
     namespace=cluster.workload_namespace,
     services=workloads.services,
     settings=config.ingress,
     request_timeout_seconds=config.serving.request_timeout_seconds,
+    public_subnet_ids=network.public_subnet_ids,
+    controller=load_balancer_controller,
     provider=cluster.provider,
-    depends_on=cluster.addons,
 ))
 
 pulumi.export("region", config.region)

@@ -3,6 +3,7 @@ and the one Kubernetes provider every other component uses."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -17,6 +18,11 @@ from infra.network import KARPENTER_DISCOVERY_TAG
 
 CORE_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent")
 CLUSTER_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+# The VPC CNI's node agent enforces NetworkPolicies (infra.network_policy); without it they are inert.
+ADDON_CONFIGURATION = {"vpc-cni": {"enableNetworkPolicy": "true"}}
+# The load balancer controller's webhook adds ALB readiness gates to pods of namespaces with this
+# label: a rolling update then waits until the new pod is a healthy ALB target, not just Ready.
+READINESS_GATE_LABEL = {"elbv2.k8s.aws/pod-readiness-gate-inject": "enabled"}
 
 
 @dataclass
@@ -90,6 +96,7 @@ class Cluster(pulumi.ComponentResource):
             aws.eks.Addon(
                 f"{name}-{addon}", cluster_name=self.name, addon_name=addon, addon_version=releases[addon],
                 resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE",
+                configuration_values=json.dumps(ADDON_CONFIGURATION[addon]) if addon in ADDON_CONFIGURATION else None,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[system_nodes]))
             for addon in CORE_ADDONS
         ]
@@ -110,7 +117,7 @@ class Cluster(pulumi.ComponentResource):
         self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=cluster.kubeconfig_json,
                                      enable_server_side_apply=True, opts=child)
         namespace = k8s.core.v1.Namespace(
-            WORKLOAD_NAMESPACE, metadata=k8s.meta.v1.ObjectMetaArgs(name=WORKLOAD_NAMESPACE),
+            WORKLOAD_NAMESPACE, metadata=k8s.meta.v1.ObjectMetaArgs(name=WORKLOAD_NAMESPACE, labels=READINESS_GATE_LABEL),
             opts=pulumi.ResourceOptions(parent=self, provider=self.provider))
         self.workload_namespace = namespace.metadata.name
         self.register_outputs({"name": self.name, "kubeconfig_json": self.kubeconfig_json})

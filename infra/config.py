@@ -150,8 +150,10 @@ class SystemNodes:
 
 @dataclass(frozen=True)
 class IngressSettings:
+    """Without a certificate the load balancer is internal: nothing is published over plain HTTP."""
+
     certificate_arn: str | None = None
-    internal: bool = False
+    internal: bool = True
 
 
 @dataclass(frozen=True)
@@ -280,9 +282,11 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("hfToken", None,
               "required; a secret (`pulumi config set --secret hfToken hf_...`): a HuggingFace access token "
               "that can read the model, 'hf_' then letters and digits; only compile Jobs receive it"),
-    ConfigKey("ingress", {"internal": False},
-              "{certificateArn (an ACM certificate ARN in the stack's region: HTTPS on 443, HTTP redirects to it), "
-              "internal (true: an internal load balancer, reachable from the VPC only)}"),
+    ConfigKey("ingress", None,
+              "optional {certificateArn (an ACM certificate ARN in the stack's region: HTTPS on 443, HTTP only "
+              "redirects to it), internal (true: an internal load balancer, reachable from the VPC only; default "
+              "true without certificateArn, false with it; false requires certificateArn: no internet-facing "
+              "load balancer without TLS)}"),
     ConfigKey("graphCache", {"retainOnDestroy": True},
               "{retainOnDestroy (true: `pulumi destroy` leaves the bucket and its graphs, and `scripts/destroy` "
               "sets graphCache.bucket to it so the next `up` reuses them; false: destroy deletes the bucket "
@@ -552,14 +556,17 @@ def _image_uri(reader: _Reader) -> str | None:
 
 def _ingress(reader: _Reader, region: str) -> IngressSettings:
     key = _key("ingress")
-    settings = {"internal": False, **_object(key, reader.value("ingress", {}), ("certificateArn", "internal"))}
+    settings = _object(key, reader.value("ingress", {}), ("certificateArn", "internal"))
     arn = settings.get("certificateArn")
     match = _CERTIFICATE_ARN.match(arn) if isinstance(arn, str) else None
     _check(f"{key}.certificateArn", arn, arn is None or (match is not None and match["region"] == region),
            f"an ACM certificate ARN in {region} (a load balancer uses certificates of its own region), "
            f"arn:aws:acm:{region}:<account>:certificate/<id>")
-    _check(f"{key}.internal", settings["internal"], isinstance(settings["internal"], bool), "true or false")
-    return IngressSettings(arn, settings["internal"])
+    internal = settings.get("internal", arn is None)
+    _check(f"{key}.internal", internal, isinstance(internal, bool), "true or false")
+    _check(f"{key}.internal", internal, internal or arn is not None,
+           f"true without {key}.certificateArn: an internet-facing load balancer serves HTTPS only")
+    return IngressSettings(arn, internal)
 
 
 def _graph_cache(reader: _Reader) -> GraphCacheSettings:

@@ -1,5 +1,9 @@
 """One Application Load Balancer in front of every shape: the AWS Load Balancer Controller (Pod
-Identity, on the system nodes) and one Ingress routing /flux/<shape>/... to that shape's Service."""
+Identity, on the system nodes) and one Ingress routing /flux/<shape>/... to that shape's Service.
+
+Internet-facing only with TLS (HTTPS on 443, HTTP redirects to it); without a certificate the ALB
+is internal. Either way it lives in the public subnets, which hold no pods: the serving pods'
+NetworkPolicy admits exactly those subnets' addresses (target type ip)."""
 
 from __future__ import annotations
 
@@ -161,14 +165,22 @@ def chart_values(cluster_name: str, region: str, vpc_id: str) -> dict:
 
 
 def rewrite_transform(shape: object) -> str:
-    """ALB URL rewrite: /flux/<shape>/generate reaches the server as /generate."""
+    """ALB URL rewrite: /flux/<shape>/generate reaches the server as /generate, /flux/<shape> as /."""
     return json.dumps([{"type": "url-rewrite", "urlRewriteConfig": {
-        "rewrites": [{"regex": f"^{endpoint_path(shape)}(/.*)$", "replace": "$1"}]}}])
+        "rewrites": [{"regex": f"^{endpoint_path(shape)}/?(.*)$", "replace": "/$1"}]}}])
 
 
-def ingress_annotations(services: dict[str, str], settings: IngressSettings, request_timeout_seconds: int) -> dict:
+def url_scheme(settings: IngressSettings) -> str:
+    return "https" if settings.certificate_arn else "http"
+
+
+def ingress_annotations(services: dict[str, str], settings: IngressSettings, request_timeout_seconds: int,
+                        subnet_ids: list[str]) -> dict:
     annotations = {
         "alb.ingress.kubernetes.io/scheme": "internal" if settings.internal else "internet-facing",
+        # The public subnets, whatever the scheme: no pod has an address there, so the serving
+        # pods' NetworkPolicy can admit these subnets and nothing else of the VPC.
+        "alb.ingress.kubernetes.io/subnets": ",".join(subnet_ids),
         # Straight to pod IPs: the ALB sees each pod's readiness, no NodePort hop.
         "alb.ingress.kubernetes.io/target-type": "ip",
         "alb.ingress.kubernetes.io/healthcheck-path": endpoints.HEALTHZ,
@@ -181,11 +193,13 @@ def ingress_annotations(services: dict[str, str], settings: IngressSettings, req
     if settings.certificate_arn:
         annotations.update({
             "alb.ingress.kubernetes.io/certificate-arn": settings.certificate_arn,
+            # Port 80 only answers with a redirect to 443: every rule of the HTTP listener becomes one.
             "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTP": 80}, {"HTTPS": 443}]),
             "alb.ingress.kubernetes.io/ssl-redirect": "443",
             "alb.ingress.kubernetes.io/ssl-policy": SSL_POLICY,
         })
     else:
+        # Config refuses an internet-facing ALB without a certificate: plain HTTP stays inside the VPC.
         annotations["alb.ingress.kubernetes.io/listen-ports"] = json.dumps([{"HTTP": 80}])
     return annotations
 
@@ -198,16 +212,50 @@ def ingress_spec(services: dict[str, str]) -> dict:
 
 
 @dataclass
-class IngressArgs:
+class LoadBalancerControllerArgs:
     cluster_name: pulumi.Input[str]
     region: str
     vpc_id: pulumi.Input[str]
+    provider: k8s.Provider
+    depends_on: list[pulumi.Resource]
+
+
+class LoadBalancerController(pulumi.ComponentResource):
+    """The controller, up before any pod of the workload namespace is created: its webhook injects
+    the ALB readiness gates there and, failing closed, admits no pod of that namespace without it."""
+
+    release: k8s.helm.v3.Release
+
+    def __init__(self, name: str, args: LoadBalancerControllerArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("flux-neuron:infra:LoadBalancerController", name, None, opts)
+        account = aws.get_caller_identity().account_id
+        controller_role = iam.pod_identity_role(
+            name, parent=self,
+            inline_policy=pulumi.Output.all(args.cluster_name, args.vpc_id).apply(
+                lambda values: json.dumps(controller_policy(values[0], args.region, account, values[1]))))
+        association = iam.pod_identity_association(
+            name, role_arn=controller_role.arn, cluster_name=args.cluster_name,
+            namespace=SYSTEM_NAMESPACE, service_account=LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, parent=self)
+        self.release = k8s.helm.v3.Release(
+            name, name="aws-load-balancer-controller", chart="aws-load-balancer-controller",
+            repository_opts={"repo": versions.AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO},
+            version=versions.AWS_LOAD_BALANCER_CONTROLLER_VERSION, namespace=SYSTEM_NAMESPACE,
+            values=pulumi.Output.all(args.cluster_name, args.vpc_id).apply(
+                lambda values: chart_values(values[0], args.region, values[1])),
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
+                                        depends_on=[*args.depends_on, association]))
+        self.register_outputs({})
+
+
+@dataclass
+class IngressArgs:
     namespace: pulumi.Input[str]
     services: dict[str, pulumi.Output[str]]  # shape -> Service name
     settings: IngressSettings
     request_timeout_seconds: int
+    public_subnet_ids: pulumi.Input[list[str]]
+    controller: LoadBalancerController
     provider: k8s.Provider
-    depends_on: list[pulumi.Resource]
 
 
 class Ingress(pulumi.ComponentResource):
@@ -216,35 +264,19 @@ class Ingress(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: IngressArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flux-neuron:infra:Ingress", name, None, opts)
-        account = aws.get_caller_identity().account_id
-        controller_role = iam.pod_identity_role(
-            f"{name}-controller", parent=self,
-            inline_policy=pulumi.Output.all(args.cluster_name, args.vpc_id).apply(
-                lambda values: json.dumps(controller_policy(values[0], args.region, account, values[1]))))
-        association = iam.pod_identity_association(
-            f"{name}-controller", role_arn=controller_role.arn, cluster_name=args.cluster_name,
-            namespace=SYSTEM_NAMESPACE, service_account=LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, parent=self)
-        controller = k8s.helm.v3.Release(
-            f"{name}-controller", name="aws-load-balancer-controller", chart="aws-load-balancer-controller",
-            repository_opts={"repo": versions.AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO},
-            version=versions.AWS_LOAD_BALANCER_CONTROLLER_VERSION, namespace=SYSTEM_NAMESPACE,
-            values=pulumi.Output.all(args.cluster_name, args.vpc_id).apply(
-                lambda values: chart_values(values[0], args.region, values[1])),
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
-                                        depends_on=[*args.depends_on, association]))
-
         services = pulumi.Output.all(**args.services)
         # Created after the controller (its webhook validates Ingresses) and so deleted before it:
         # the controller removes the ALB when the Ingress goes.
         ingress = k8s.networking.v1.Ingress(
             name,
             metadata={"name": INGRESS_NAME, "namespace": args.namespace,
-                      "annotations": services.apply(lambda names: ingress_annotations(
-                          names, args.settings, args.request_timeout_seconds))},
+                      "annotations": pulumi.Output.all(services, args.public_subnet_ids).apply(
+                          lambda values: ingress_annotations(values[0], args.settings, args.request_timeout_seconds,
+                                                             values[1]))},
             spec=services.apply(ingress_spec),
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[controller]))
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.controller.release]))
 
-        scheme = "https" if args.settings.certificate_arn else "http"
+        scheme = url_scheme(args.settings)
         hostname = ingress.status.apply(lambda status: status.load_balancer.ingress[0].hostname)
         self.endpoints = hostname.apply(
             lambda host: {shape: f"{scheme}://{host}{endpoint_path(shape)}" for shape in args.services})

@@ -62,14 +62,15 @@ def workload_name(component: str, shape: object) -> str:
     return f"{APP_NAME}-{component}-{shape}"
 
 
+def component_labels(component: str) -> dict[str, str]:
+    """The labels every pod of one component has, whatever its shape; NetworkPolicies select on these."""
+    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": component,
+            "app.kubernetes.io/part-of": PROJECT}
+
+
 def workload_labels(component: str, shape: object) -> dict[str, str]:
     """The labels of one shape's pods; Services, PDBs and the scrape config select on exactly these."""
-    return {
-        "app.kubernetes.io/name": APP_NAME,
-        "app.kubernetes.io/instance": workload_name(component, shape),
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/part-of": PROJECT,
-    }
+    return {**component_labels(component), "app.kubernetes.io/instance": workload_name(component, shape)}
 
 
 def endpoint_path(shape: object) -> str:

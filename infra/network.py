@@ -28,6 +28,8 @@ class Network(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
     private_subnet_ids: pulumi.Output[list[str]]
     public_subnet_ids: pulumi.Output[list[str]]
+    # Where the load balancer lives (infra.ingress): the only addresses the serving pods admit.
+    public_subnet_cidrs: pulumi.Output[list[str]]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flux-neuron:infra:Network", name, None, opts)
@@ -35,10 +37,14 @@ class Network(pulumi.ComponentResource):
             self.vpc_id = pulumi.Output.from_input(args.existing.vpc_id)
             self.private_subnet_ids = pulumi.Output.from_input(list(args.existing.private_subnet_ids))
             self.public_subnet_ids = pulumi.Output.from_input(list(args.existing.public_subnet_ids))
+            # Not in config: read from EC2, so they cannot disagree with the subnets themselves.
+            self.public_subnet_cidrs = pulumi.Output.all(*[
+                aws.ec2.get_subnet_output(id=subnet_id).cidr_block for subnet_id in args.existing.public_subnet_ids])
         else:
             self._create(name, args)
         self.register_outputs({"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids,
-                               "public_subnet_ids": self.public_subnet_ids})
+                               "public_subnet_ids": self.public_subnet_ids,
+                               "public_subnet_cidrs": self.public_subnet_cidrs})
 
     def _create(self, name: str, args: NetworkArgs) -> None:
         child = pulumi.ResourceOptions(parent=self)
@@ -52,7 +58,7 @@ class Network(pulumi.ComponentResource):
             routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)], opts=child)
         # Eight equal blocks: the first half for node (private) subnets, which need many pod IPs.
         blocks = list(ipaddress.IPv4Network(args.settings.cidr).subnets(prefixlen_diff=3))
-        public_ids, private_ids, private_route_table_ids = [], [], []
+        public_ids, public_cidrs, private_ids, private_route_table_ids = [], [], [], []
         for index, zone in enumerate(zones):
             public = aws.ec2.Subnet(
                 f"{name}-public-{zone}", vpc_id=vpc.id, availability_zone=zone,
@@ -74,6 +80,7 @@ class Network(pulumi.ComponentResource):
                                           route_table_id=private_routes.id, opts=child)
             private_route_table_ids.append(private_routes.id)
             public_ids.append(public.id)
+            public_cidrs.append(public.cidr_block)
             private_ids.append(private.id)
         # Compiled graphs are pulled from S3 at every serving start: keep that traffic off the NAT.
         aws.ec2.VpcEndpoint(f"{name}-s3", vpc_id=vpc.id, service_name=f"com.amazonaws.{aws.get_region().region}.s3",
@@ -82,3 +89,4 @@ class Network(pulumi.ComponentResource):
         self.vpc_id = vpc.id
         self.private_subnet_ids = pulumi.Output.all(*private_ids)
         self.public_subnet_ids = pulumi.Output.all(*public_ids)
+        self.public_subnet_cidrs = pulumi.Output.all(*public_cidrs)

@@ -144,7 +144,10 @@ class _Mocks(pulumi.runtime.Mocks):
             digest = "sha256:" + hashlib.sha256(f"{self.stack}/{name}".encode()).hexdigest()
             state.update(digest=digest, ref=f"{inputs['tags'][0]}@{digest}")
         elif kind == "kubernetes:networking.k8s.io/v1:Ingress":
-            hostname = f"k8s-{inputs['metadata']['name']}-0a1b2c3d4e-123456789.{self.region}.elb.amazonaws.com"
+            # Internal load balancers' DNS names start with "internal-".
+            internal = (inputs["metadata"].get("annotations") or {}).get("alb.ingress.kubernetes.io/scheme") == "internal"
+            hostname = (f"{'internal-' if internal else ''}k8s-{inputs['metadata']['name']}-0a1b2c3d4e-123456789."
+                        f"{self.region}.elb.amazonaws.com")
             state["status"] = {"loadBalancer": {"ingress": [{"hostname": hostname}]}}
         elif kind.startswith("aws:"):
             state.setdefault("name", name)
@@ -178,6 +181,10 @@ class _Mocks(pulumi.runtime.Mocks):
             return {"name": self.region, "region": self.region}
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": [f"{self.region}{zone}" for zone in "abcd"], "zoneIds": []}
+        if token == "aws:ec2/getSubnet:getSubnet":
+            # A /24 derived from the id: an existing VPC's subnets are looked up, never in config.
+            digest = hashlib.sha256(args.args["id"].encode()).digest()
+            return {"id": args.args["id"], "cidrBlock": f"10.{digest[0]}.{digest[1]}.0/24"}
         if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             return {"userName": "AWS", "password": "offline-ecr-password", "authorizationToken": "offline",
                     "proxyEndpoint": f"https://{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com",

@@ -529,8 +529,10 @@ def _security_problems(rendering: Rendering, pods: list[PodTemplate]) -> list[Pr
                 missing = [r for r in ("cpu", "memory") if r not in (resources.get(bound) or {})]
                 if missing:
                     found.append(f"{where}: no {bound} for {', '.join(missing)}")
+            secret_dirs = _secret_mount_paths(pod.spec, container)
             for variable in container.get("env", []):
-                if "value" in variable and SECRET_ENV_NAME.search(variable["name"]):
+                if "value" in variable and SECRET_ENV_NAME.search(variable["name"]) and not any(
+                        variable["value"].startswith(f"{directory}/") for directory in secret_dirs):
                     found.append(f"{where}: env {variable['name']} is a literal; take it from a secretKeyRef")
     for resource in rendering.kubernetes_objects():
         obj = declared(resource)
@@ -546,6 +548,13 @@ def _security_problems(rendering: Rendering, pods: list[PodTemplate]) -> list[Pr
             found.append(f"{_where(revealed(obj))}: a secret value is written into the object "
                          "(reference a Secret instead)")
     return [Problem(CHECKS[4], text) for text in found]
+
+
+def _secret_mount_paths(spec: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """Where the container mounts Secret volumes: a variable naming a file there points at a secret, holds none."""
+    secret_volumes = {volume["name"] for volume in spec.get("volumes", []) if "secret" in volume}
+    return [mount["mountPath"].rstrip("/") for mount in container.get("volumeMounts", [])
+            if mount["name"] in secret_volumes]
 
 
 def _contains_secret(value: Any) -> bool:

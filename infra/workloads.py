@@ -133,9 +133,25 @@ def _pod_security() -> dict:
             "fsGroup": CONTAINER_UID, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+# The root filesystem is read-only: every directory anything writes to is an emptyDir below.
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                      "readOnlyRootFilesystem": True}
+TMP_MOUNT = "/tmp"
+# Small files only (library caches, lock files): the large ones go to sized volumes (scratch, TMPDIR).
+TMP_SIZE = "1Gi"
+TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}}
+TMP_VOLUME_MOUNT = {"name": "tmp", "mountPath": TMP_MOUNT}
 # The image's user may differ from the uid above: libraries need a writable home for their caches.
-HOME_ENV = {"name": "HOME", "value": "/tmp"}
+HOME_ENV = {"name": "HOME", "value": TMP_MOUNT}
+# The HF token, a file of the Secret (never an environment variable): huggingface_hub (0.36:
+# constants.HF_TOKEN_PATH, utils/_auth.py) reads the file this variable names. Owner-read only;
+# the kubelet gives the pod's fsGroup read access too.
+HF_TOKEN_PATH_ENV = "HF_TOKEN_PATH"
+HF_TOKEN_MOUNT = "/var/run/secrets/flux-neuron/hf-token"
+HF_TOKEN_FILE_MODE = 0o400
+HF_TOKEN_VOLUME = {"name": "hf-token", "secret": {
+    "secretName": HF_TOKEN_SECRET, "defaultMode": HF_TOKEN_FILE_MODE,
+    "items": [{"key": HF_TOKEN_SECRET_KEY, "path": HF_TOKEN_SECRET_KEY}]}}
 
 
 def _shm_volume(memory_gib: int) -> dict:
@@ -182,15 +198,19 @@ def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str]
                     "--out", GRAPHS_MOUNT, "--scratch", f"{SCRATCH_MOUNT}/work",
                     "--max-parallel-compilations", str(config.compile_plan.concurrency)],
         "env": [
-            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": HF_TOKEN_SECRET, "key": HF_TOKEN_SECRET_KEY}}},
+            {"name": HF_TOKEN_PATH_ENV, "value": f"{HF_TOKEN_MOUNT}/{HF_TOKEN_SECRET_KEY}"},
             {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
+            # Temporary files of the compiler and libraries go to scratch, not the small /tmp.
+            {"name": "TMPDIR", "value": SCRATCH_MOUNT},
             HOME_ENV,
         ],
         "resources": resources,
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "graphs", "mountPath": GRAPHS_MOUNT},
                          {"name": "scratch", "mountPath": SCRATCH_MOUNT},
-                         {"name": "shm", "mountPath": "/dev/shm"}],
+                         {"name": "shm", "mountPath": "/dev/shm"},
+                         TMP_VOLUME_MOUNT,
+                         {"name": HF_TOKEN_VOLUME["name"], "mountPath": HF_TOKEN_MOUNT, "readOnly": True}],
     }
     return {
         "backoffLimit": COMPILE_RETRIES,
@@ -218,7 +238,7 @@ def compile_job_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str]
                 "containers": [container],
                 "volumes": [_claim_volume("graphs", claim, read_only=False),
                             {"name": "scratch", "emptyDir": {"sizeLimit": SCRATCH_SIZE}},
-                            _shm_volume(share.memory_gib)],
+                            _shm_volume(share.memory_gib), TMP_VOLUME, HF_TOKEN_VOLUME],
             },
         },
     }
@@ -249,7 +269,8 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
         # Equal requests and limits here too, or the pod loses its Guaranteed QoS.
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
         "securityContext": CONTAINER_SECURITY,
-        "volumeMounts": [{"name": "graphs-published", "mountPath": GRAPHS_MOUNT, "readOnly": True}],
+        "volumeMounts": [{"name": "graphs-published", "mountPath": GRAPHS_MOUNT, "readOnly": True},
+                         TMP_VOLUME_MOUNT],
     }
     server = {
         "name": SERVE,
@@ -272,7 +293,8 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "graphs", "mountPath": GRAPHS_MOUNT, "readOnly": True},
                          {"name": "local-artifact", "mountPath": LOCAL_ARTIFACT_MOUNT},
-                         {"name": "shm", "mountPath": "/dev/shm"}],
+                         {"name": "shm", "mountPath": "/dev/shm"},
+                         TMP_VOLUME_MOUNT],
     }
     spread = [{"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
                "labelSelector": {"matchLabels": labels}}
@@ -298,7 +320,7 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
                 "volumes": [_claim_volume("graphs", read_only_claim, read_only=True),
                             _claim_volume("graphs-published", read_write_claim, read_only=True),
                             {"name": "local-artifact", "emptyDir": {"sizeLimit": LOCAL_ARTIFACT_SIZE}},
-                            _shm_volume(share.memory_gib)],
+                            _shm_volume(share.memory_gib), TMP_VOLUME],
             },
         },
     }

@@ -1,12 +1,12 @@
 """Where a model's weights, configs, tokenizers and scheduler come from: the tiny model or the Hub.
 
-Only the compile step uses this module. The HuggingFace token is read here, for the
-download, and nowhere else: serving loads everything from the artifact directory.
+Only the compile step uses this module, and only its download needs the HuggingFace token:
+serving loads everything from the artifact directory. huggingface_hub finds the token itself, in
+`HF_TOKEN` or in the file `HF_TOKEN_PATH` names (compile pods mount it there from a Secret).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,6 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 
 from model import tiny
 
-HF_TOKEN_ENV = "HF_TOKEN"
 # Only the diffusers-format folders: FLUX.1-dev also ships single-file checkpoints
 # (flux1-dev.safetensors, ae.safetensors) that would double the download.
 HUB_ALLOW_PATTERNS = [
@@ -125,11 +124,9 @@ def open_source(model: str, revision: str | None) -> ModelSource:
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot = snapshot_download(
-            repo_id=model, revision=revision, token=os.environ.get(HF_TOKEN_ENV), allow_patterns=HUB_ALLOW_PATTERNS
-        )
+        snapshot = snapshot_download(repo_id=model, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS)
     except (OSError, ValueError) as error:
-        # Hub errors are OSErrors (gated repository without HF_TOKEN, unknown revision, no
+        # Hub errors are OSErrors (gated repository without a token, unknown revision, no
         # network), invalid repository ids ValueErrors: say which, in one line.
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SourceUnavailable(f"cannot download {model}@{revision}: {reason}") from None

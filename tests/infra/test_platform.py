@@ -13,7 +13,8 @@ from infra.naming import (
 )
 from infra.offline import REPO_ROOT, manifest
 
-COMPONENTS = ("Network", "Cluster", "Karpenter", "Storage", "Neuron", "Observability")
+COMPONENTS = ("Network", "Cluster", "Karpenter", "Storage", "Neuron", "Observability", "NetworkPolicies",
+              "LoadBalancerController", "Ingress", "Workloads", "Image")
 NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
 NODECLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 RELEASE = "kubernetes:helm.sh/v3:Release"

@@ -20,14 +20,14 @@ from infra.naming import (
     COMPILE, HF_TOKEN_SECRET, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL,
     SERVE, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, endpoint_path, workload_labels, workload_name,
 )
+from infra.ingress import SSL_POLICY, ingress_annotations, url_scheme
 from infra.offline import REPO_ROOT, SECRET_SIG, manifest, run_program, stack_file_config, with_overrides
 from infra.storage import CONTAINER_UID
 from infra.validate import kubernetes_schema_problems
 from infra.workloads import (
-    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT, HostShare, host_share,
-    serving_deployment_spec,
+    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, HF_TOKEN_PATH_ENV, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
+    HostShare, host_share, serving_deployment_spec,
 )
-from model.sources import HF_TOKEN_ENV
 from serving import endpoints
 
 JOB = "kubernetes:batch/v1:Job"
@@ -71,6 +71,7 @@ def variant(stack, kind):
                                               "internal": True}},
             "removed": {"flux-neuron:shapes": shapes[1:]},
             "prebuilt": {"flux-neuron:image": {"uri": PREBUILT_IMAGE}},
+            "public": {"flux-neuron:ingress": {"certificateArn": certificate_arn(raw["aws:region"])}},
         }[kind]
         _variants[(stack, kind)] = run_program(stack, overrides)
     return _variants[(stack, kind)]
@@ -198,6 +199,9 @@ def test_claims_secrets_and_service_accounts_the_pods_name_exist(rendering):
         for volume in spec["volumes"]:
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims, name
+            if "secret" in volume:
+                keys = secrets[volume["secret"]["secretName"]]["stringData"]
+                assert {item["key"] for item in volume["secret"]["items"]} <= set(keys), name
         for container in containers(spec):
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
@@ -302,8 +306,15 @@ def test_compile_jobs_run_once_within_their_deadline_and_pulumi_waits_longer(ren
         assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
         graphs = mounts[container["command"][container["command"].index("--out") + 1]]
         assert graphs["persistentVolumeClaim"] == {"claimName": "flux-graphs-rw", "readOnly": False}
-        token = next(env for env in container["env"] if env["name"] == HF_TOKEN_ENV)
-        assert token["valueFrom"]["secretKeyRef"]["name"] == HF_TOKEN_SECRET
+        # The token is a file of the Secret, where huggingface_hub looks for it.
+        token_path = next(env["value"] for env in container["env"] if env["name"] == HF_TOKEN_PATH_ENV)
+        token_mount = next(m for m in container["volumeMounts"] if token_path.startswith(m["mountPath"] + "/"))
+        assert token_mount["readOnly"] is True
+        token_volume = volumes[token_mount["name"]]["secret"]
+        assert token_volume["secretName"] == HF_TOKEN_SECRET
+        assert [item["path"] for item in token_volume["items"]] == [token_path.rsplit("/", 1)[1]]
+        assert token_volume["defaultMode"] == 0o400 and pod["securityContext"]["fsGroup"] == CONTAINER_UID
+        assert all("valueFrom" not in env for env in container["env"])
         assert int(container["resources"]["limits"][NEURON_DEVICE_RESOURCE]) == stack_config.compile.devices
 
 
@@ -334,7 +345,7 @@ def test_serving_waits_for_published_graphs_and_serves_the_same_key(rendering, s
         assert "--resolve" in wait["command"]
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         # Published artifacts are found through the volume without the indefinite metadata cache.
-        (wait_mount,) = wait["volumeMounts"]
+        wait_mount = next(m for m in wait["volumeMounts"] if m["mountPath"] == "/graphs")
         assert wait_mount["readOnly"] and volumes[wait_mount["name"]]["persistentVolumeClaim"]["claimName"] == \
             "flux-graphs-rw"
         graphs = next(m for m in server["volumeMounts"] if m["mountPath"] == "/graphs")
@@ -458,9 +469,18 @@ def test_one_alb_ingress_routes_each_shape_to_its_service(rendering, stack_confi
         assert backend["port"]["name"] in {port["name"] for port in services[backend["name"]]["spec"]["ports"]}
         (rewrite,) = json.loads(annotations[f"alb.ingress.kubernetes.io/transforms.{backend['name']}"])
         (rule,) = rewrite["urlRewriteConfig"]["rewrites"]
-        rewritten = re.sub(rule["regex"], rule["replace"].replace("$1", r"\1"), path["path"] + endpoints.GENERATE)
-        assert rewritten == endpoints.GENERATE
-    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internet-facing"
+
+        def rewritten(url_path):
+            return re.sub(rule["regex"], rule["replace"].replace("$1", r"\1"), url_path)
+
+        assert rewritten(path["path"] + endpoints.GENERATE) == endpoints.GENERATE
+        assert rewritten(path["path"]) == rewritten(path["path"] + "/") == "/"
+    # No certificate in the stack files: the load balancer is internal, plain HTTP inside the VPC only.
+    assert stack_config.ingress.certificate_arn is None
+    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internal"
+    public_subnets = sorted(s.id for s in rendering.of_type("aws:ec2/subnet:Subnet")
+                            if s.inputs["tags"].get("kubernetes.io/role/elb") == "1")
+    assert sorted(annotations["alb.ingress.kubernetes.io/subnets"].split(",")) == public_subnets
     assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
     assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == endpoints.HEALTHZ
     assert json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}]
@@ -478,6 +498,34 @@ def test_tls_and_an_internal_load_balancer_come_from_config(stack):
     assert annotations["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
     assert annotations["alb.ingress.kubernetes.io/scheme"] == "internal"
     assert all(url.startswith("https://") for url in rendering.outputs["endpoints"].values())
+
+
+def test_a_certificate_makes_the_load_balancer_internet_facing_over_https_only(stack):
+    rendering = variant(stack, "public")
+    (ingress,) = declared(rendering, INGRESS).values()
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internet-facing"
+    # Port 80 stays open only to redirect: every rule of the HTTP listener becomes the redirect.
+    assert json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
+    assert annotations["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+    assert annotations["alb.ingress.kubernetes.io/ssl-policy"] == SSL_POLICY
+    urls = rendering.outputs["endpoints"].values()
+    assert all(url.startswith("https://k8s-") for url in urls)
+    assert rendering.outputs["exampleRequest"].startswith("curl -sS -X POST https://")
+
+
+@pytest.mark.parametrize("ingress", [{}, {"internal": True}, {"certificateArn": certificate_arn("us-west-2")},
+                                     {"certificateArn": certificate_arn("us-west-2"), "internal": True},
+                                     {"certificateArn": certificate_arn("us-west-2"), "internal": False}])
+def test_no_accepted_setting_publishes_plain_http(ingress):
+    settings = load_stack_config(with_overrides(DEV_RAW, {"flux-neuron:ingress": ingress})).ingress
+    annotations = ingress_annotations({"512x512": "flux-serve-512x512"}, settings, 120, ["subnet-a", "subnet-b"])
+    listeners = json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"])
+    if annotations["alb.ingress.kubernetes.io/scheme"] == "internet-facing":
+        assert {"HTTPS": 443} in listeners and annotations["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+    else:
+        assert "certificateArn" not in ingress or ingress.get("internal") is True
+    assert url_scheme(settings) == ("https" if "certificateArn" in ingress else "http")
 
 
 def test_the_load_balancer_controller_runs_on_system_nodes_with_its_own_role(rendering):
@@ -507,6 +555,7 @@ def test_endpoints_and_the_example_request_point_at_the_load_balancer(rendering,
 
     hostname = rendering.one(INGRESS, "ingress").outputs["status"]["loadBalancer"]["ingress"][0]["hostname"]
     urls = rendering.outputs["endpoints"]
+    assert hostname.startswith("internal-")
     assert urls == {str(shape): f"http://{hostname}{endpoint_path(shape)}" for shape in stack_config.shapes}
     words = shlex.split(rendering.outputs["exampleRequest"].split("|")[0])
     assert words[:2] == ["curl", "-sS"]
@@ -578,6 +627,8 @@ DEV_RAW = stack_file_config("dev")[0]
     ({"flux-neuron:ingress": {"certificateArn": certificate_arn("eu-west-1")}}, "flux-neuron:ingress.certificateArn",
      "an ACM certificate ARN in us-west-2"),
     ({"flux-neuron:ingress": {"internal": "yes"}}, "flux-neuron:ingress.internal", "true or false"),
+    ({"flux-neuron:ingress": {"internal": False}}, "flux-neuron:ingress.internal",
+     "true without flux-neuron:ingress.certificateArn: an internet-facing load balancer serves HTTPS only"),
 ])
 def test_bad_workload_settings_are_named_without_echoing_the_token(changes, key, allowed):
     with pytest.raises(ConfigError) as raised:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import huggingface_hub
@@ -18,19 +21,30 @@ REPO_ID, COMMIT = "someone/flux-tiny", "c" * 40
 TOKEN = "hf_secret_token_for_the_download_only"
 
 
+def token_file(directory: Path) -> Path:
+    """The token as a compile pod has it: a file of the Secret, not an environment variable."""
+    path = directory / "token"
+    path.write_text(TOKEN)
+    path.chmod(0o400)
+    return path
+
+
 @pytest.fixture
 def hub_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Serve the tiny pipeline, saved in diffusers format, as the Hub's snapshot; record the request."""
+    """Serve the tiny pipeline, saved in diffusers format, as the Hub's snapshot; record the request
+    and the token huggingface_hub would send with it."""
     snapshot = tmp_path / "snapshot"
     tiny.pipeline(torch.float32).save_pretrained(snapshot)
     requests = {}
 
     def snapshot_download(**request):
-        requests.update(request)
+        requests.update(request, sent_token=huggingface_hub.utils.get_token_to_send(request.get("token")))
         return str(snapshot)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    # What HF_TOKEN_PATH sets when huggingface_hub is imported (test_the_hub_reads_the_token_file_hf_token_path_names).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(token_file(tmp_path)))
     return requests
 
 
@@ -45,11 +59,12 @@ def test_hub_model_compiles_from_its_snapshot_and_leaves_the_token_behind(
         max_text_length=tiny_compile_options.max_text_length,
     )
     artifact_dir = ensure_compiled(options, tmp_path / "out")
+    # No token passed: huggingface_hub reads the mounted file itself and sends it.
     assert hub_snapshot == {
         "repo_id": REPO_ID,
         "revision": COMMIT,
-        "token": TOKEN,
         "allow_patterns": HUB_ALLOW_PATTERNS,
+        "sent_token": TOKEN,
     }
     assert artifact_dir.name.startswith("someone-flux-tiny-cccccccccccc-128x96-float32-cpu-tp1-")
     for path in artifact_dir.rglob("*"):
@@ -58,6 +73,16 @@ def test_hub_model_compiles_from_its_snapshot_and_leaves_the_token_behind(
     from_hub = load_generator(artifact_dir).generate("a photo of a dog", 2, 3.5, seed=5)
     built_in = load_generator(tiny_artifact_dir).generate("a photo of a dog", 2, 3.5, seed=5)
     assert np.array_equal(np.asarray(from_hub), np.asarray(built_in))
+
+
+def test_the_hub_reads_the_token_file_hf_token_path_names(tmp_path: Path) -> None:
+    """A fresh interpreter, as in the compile pod: HF_TOKEN_PATH set, no HF_TOKEN, no network."""
+    environment = {key: value for key, value in os.environ.items() if key not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    environment.update(HF_TOKEN_PATH=str(token_file(tmp_path)), HF_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
+    probe = "from huggingface_hub.utils import build_hf_headers; print(build_hf_headers()['authorization'])"
+    result = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"Bearer {TOKEN}"
 
 
 def test_download_failures_become_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
