@@ -34,7 +34,7 @@ def test_not_ready_until_loaded_and_warmed_up(start_server, gate, tiny_generator
     assert (not_ready.status_code, not_ready.json()) == (503, {"status": "loading"})
     refused = server.generate()
     assert refused.status_code == 503
-    assert "not ready (model loading)" in refused.json()["detail"]
+    assert "not ready (model loading)" in refused.json()["error"]["message"]
     gate.set()
     ready = server.wait_until_settled()
     assert (ready.status_code, ready.json()) == (200, {"status": "ready", "shape": str(tiny_generator.shape)})
@@ -56,7 +56,7 @@ def test_overload_is_refused_at_once_with_retry_after_while_admitted_requests_su
     refused = server.generate(seed=3)
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1
-    assert "queue full" in refused.json()["detail"]
+    assert "queue full" in refused.json()["error"]["message"]
 
     gated_generator.gate.set()
     for admitted in (running, queued):
@@ -76,7 +76,7 @@ def test_timeout_is_504_and_a_job_still_queued_never_runs(start_server, gated_ge
 
     timed_out_in_queue = server.generate()
     assert timed_out_in_queue.status_code == 504
-    assert "within 1 s" in timed_out_in_queue.json()["detail"]
+    assert "within 1 s" in timed_out_in_queue.json()["error"]["message"]
     # Its slot is free again although the running generation still holds the pipeline.
     assert server.metric(QUEUE_DEPTH) == 0
     assert running.result().status_code == 504
