@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from model.runtime import GenerationStopped
 from model.shapes import Shape, parse_shape
 from serving import endpoints
-from serving.errors import ApiError, documented_errors, install_error_handlers, validation_error
+from serving.errors import ApiError, documented_errors, install_error_handlers
 from serving.generation_queue import ClientGone, GenerationQueue, QueueFull
 from serving.metrics import LOG_FIELDS_SCOPE_KEY, Metrics, RequestObserver
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES, JsonBodyGuard
@@ -303,13 +303,10 @@ def create_app(
 
     async def images_generations(request, http_request: Request) -> ImagesResponse | Response:
         """OpenAI's images API: ``size`` is WIDTHxHEIGHT, the served one or ``auto``."""
-        if request.user is not None:
-            _log_fields(http_request)["user"] = request.user
+        for end_user in ("user", "safety_identifier"):
+            if getattr(request, end_user) is not None:
+                _log_fields(http_request)[end_user] = getattr(request, end_user)
         image_format = request.output_format or "png"
-        if request.output_compression is not None and image_format == "png":
-            raise validation_error(
-                [{"loc": ("body", "output_compression"), "msg": "applies to jpeg and webp only, not png"}]
-            )
         quality = request.quality or "auto"
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         images = Images(

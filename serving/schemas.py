@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema, create_model
+from pydantic_core import PydanticCustomError
 
 from model.shapes import Shape
 
@@ -40,7 +41,9 @@ QUALITY_STEPS = {
     "high": DEFAULT_STEPS,
     "auto": DEFAULT_STEPS,
     "standard": DEFAULT_STEPS,
+    "xhigh": 40,
     "hd": 50,
+    "max": 50,
 }
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 DEFAULT_OUTPUT_COMPRESSION = 100
@@ -55,8 +58,18 @@ def _integral_float_as_int(value: object) -> object:
 
 
 def _integer(**constraints) -> object:
-    return Annotated[int, BeforeValidator(_integral_float_as_int), Field(**constraints)]
+    # The validator last, so it wraps (runs before) the strict int and its bounds.
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral_float_as_int)]
 
+
+def _not_streaming(stream: bool) -> bool:
+    if stream:
+        raise PydanticCustomError("stream_unsupported", "Input should be False: streaming is not supported")
+    return stream
+
+
+# false (or absent): a strict boolean, so 0 is not false.
+NoStream = Annotated[StrictBool, AfterValidator(_not_streaming), WithJsonSchema({"type": "boolean", "const": False})]
 
 Prompt = Annotated[
     str,
@@ -138,7 +151,7 @@ def images_request_model(shape: Shape, max_images: int) -> type[BaseModel]:
         ),
         output_compression=(
             _integer(ge=0, le=100) | None,
-            Field(None, description="0..100, for jpeg and webp: their quality. Default 100."),
+            Field(None, description="0..100: jpeg and webp quality (png is lossless: ignored). Default 100."),
         ),
         background=(
             Literal["auto", "opaque"] | None,
@@ -146,10 +159,14 @@ def images_request_model(shape: Shape, max_images: int) -> type[BaseModel]:
         ),
         style=(Literal["vivid", "natural"] | None, Field(None, description="DALL-E 3's; ignored by FLUX.")),
         moderation=(Literal["auto", "low"] | None, Field(None, description="Accepted and ignored.")),
-        stream=(Literal[False] | None, Field(None, description="Streaming is not supported.")),
+        stream=(NoStream | None, Field(None, description="Streaming is not supported.")),
         user=(
             str | None,
             Field(None, max_length=MAX_USER_CHARS, description="An end-user id; written to the request's log line."),
+        ),
+        safety_identifier=(
+            str | None,
+            Field(None, max_length=MAX_USER_CHARS, description="Like user: written to the request's log line."),
         ),
         seed=(Seed, None),
     )
