@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -81,6 +82,12 @@ def test_refuses_to_start_when_nothing_is_published(tiny_artifact_dir, tiny_comp
         (["--graphs-root", "root", "--shape", "65x64", "--model", "tiny"], "has height 65"),
         (["--graphs", "dir", "--queue-size", "-1"], "-1 is negative"),
         (["--graphs", "dir", "--request-timeout", "0"], "0 is not a positive number"),
+        (["--graphs", "dir", "--request-timeout", "nan"], "nan is not a positive number"),
+        (["--graphs", "dir", "--port", "70000"], "70000 is not a TCP port: 0 (any free port) to 65535"),
+        (["--graphs", "dir", "--port", "http"], "'http' is not an integer"),
+        (["--graphs", "dir", "--max-body-bytes", "0"], "0 is below 1"),
+        (["--graphs", "dir", "--max-images", "0"], "0 is below 1"),
+        (["--graphs", "dir", "--read-timeout", "-1"], "-1 is not a positive number"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
@@ -88,6 +95,23 @@ def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
         resolve(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bad_server_flags_exit_2_before_anything_else(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--local", "--port", "70000"])
+    assert exit_.value.code == 2
+    assert "argument --port: 70000 is not a TCP port" in capsys.readouterr().err
+
+
+def test_a_port_in_use_fails_in_one_line_before_anything_is_loaded_or_compiled(tmp_path, caplog):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with caplog.at_level(logging.ERROR):
+            assert main(["--local", "--cache-dir", str(tmp_path), "--port", str(port)]) == 1
+    (line,) = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert line == f"not serving: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert list(tmp_path.iterdir()) == [], "the tiny model was not compiled"
 
 
 def test_local_mode_compiles_the_tiny_model_then_serves_it_on_loopback(tmp_path, png_size):

@@ -3,6 +3,9 @@ real generator: a request stays in flight exactly until the test opens the gate.
 
 from __future__ import annotations
 
+import openai
+import pytest
+
 from serving import endpoints
 
 IN_FLIGHT = "flux_generations_in_flight"
@@ -57,6 +60,12 @@ def test_overload_is_refused_at_once_with_retry_after_while_admitted_requests_su
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1
     assert "queue full" in refused.json()["error"]["message"]
+    # The OpenAI SDK raises its own error for it, with the message and the header.
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as sdk:
+        with pytest.raises(openai.RateLimitError) as rate_limited:
+            sdk.images.generate(prompt="a red fox", quality="low")
+    assert "queue full" in rate_limited.value.message
+    assert int(rate_limited.value.response.headers["Retry-After"]) >= 1
 
     gated_generator.gate.set()
     for admitted in (running, queued):
@@ -64,6 +73,7 @@ def test_overload_is_refused_at_once_with_retry_after_while_admitted_requests_su
         assert response.status_code == 200
         assert png_size(response.json()["image"]) == (gated_generator.shape.width, gated_generator.shape.height)
     assert server.metric("flux_http_requests_total", route=endpoints.GENERATE, status="429") == 1
+    assert server.metric("flux_http_requests_total", route=endpoints.OPENAI_IMAGES, status="429") == 1
     assert server.metric("flux_http_requests_total", route=endpoints.GENERATE, status="200") == 2
 
 
