@@ -33,7 +33,9 @@ function render(spec) {
         section.append(element("pre", JSON.stringify(resolve(body.schema, components), null, 2)));
       }
       const table = element("table");
-      table.append(element("tr")).append(element("th", "status"), element("th", "meaning"), element("th", "content"));
+      const header = element("tr");
+      header.append(element("th", "status"), element("th", "meaning"), element("th", "content"));
+      table.append(header);
       for (const [status, response] of Object.entries(operation.responses || {})) {
         const row = table.insertRow();
         row.insertCell().textContent = status;
