@@ -32,7 +32,6 @@ from serving.generation_queue import ClientGone, GenerationQueue, QueueFull
 from serving.metrics import LOG_FIELDS_SCOPE_KEY, Metrics, RequestObserver
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES, JsonBodyGuard
 from serving.schemas import (
-    AUTO_SIZE,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_OUTPUT_COMPRESSION,
     MAX_SEED,
