@@ -114,7 +114,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected_error(_: Request, error: Exception) -> JSONResponse:
         # Uvicorn still logs the traceback; the client gets no detail of it.
-        return error_response(ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "the generation failed", code="server_error"))
+        message = "internal server error (the server log has the details)"
+        return error_response(ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, message, code="server_error"))
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(Exception, on_unexpected_error)

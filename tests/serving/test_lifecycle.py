@@ -109,3 +109,31 @@ def test_shutdown_drains_the_running_and_the_queued_request(start_server, gated_
     assert queued.result().status_code == 200
     server.thread.join(60)
     assert not server.thread.is_alive()
+
+
+class FailsOnPrompt:
+    """The real generator, raising for one prompt as a device error would."""
+
+    def __init__(self, generator, failing_prompt: str):
+        self._generator = generator
+        self.failing_prompt = failing_prompt
+        self.shape = generator.shape
+        self.manifest = generator.manifest
+
+    def generate(self, prompt, *args, **kwargs):
+        if prompt == self.failing_prompt:
+            raise RuntimeError("device lost at /dev/neuron0")
+        return self._generator.generate(prompt, *args, **kwargs)
+
+
+def test_a_failed_generation_is_a_500_without_details_and_the_server_goes_on(start_server, tiny_generator):
+    server = start_server(lambda: FailsOnPrompt(tiny_generator, "explode"))
+    assert server.wait_until_settled().status_code == 200
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as sdk:
+        with pytest.raises(openai.InternalServerError) as failed:
+            sdk.images.generate(prompt="explode", quality="low")
+    assert failed.value.status_code == 500
+    assert failed.value.body["message"] == "internal server error (the server log has the details)"
+    assert "neuron0" not in failed.value.response.text
+    assert server.metric("flux_generations_total", outcome="failed") == 1
+    assert server.generate().status_code == 200
