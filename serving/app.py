@@ -29,7 +29,7 @@ from model.shapes import Shape, parse_shape
 from serving import endpoints
 from serving.errors import ApiError, documented_errors, install_error_handlers
 from serving.generation_queue import ClientGone, GenerationQueue, QueueFull
-from serving.metrics import LOG_FIELDS_SCOPE_KEY, Metrics, RequestObserver
+from serving.metrics import CLIENT_CLOSED_REQUEST, LOG_FIELDS_SCOPE_KEY, Metrics, RequestObserver
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES, JsonBodyGuard
 from serving.schemas import (
     DEFAULT_GUIDANCE_SCALE,
@@ -281,7 +281,7 @@ def create_app(
             ) from timeout
         except ClientGone:
             _log_fields(http_request)["client_gone"] = True
-            # Nobody reads this; it only closes the request cleanly (499: nginx's "client closed").
+            # Nobody reads the answer; the route sends a 499 so the request ends (and is counted) cleanly.
             return [], 0.0
         except GenerationStopped as stopped:
             raise ApiError(
@@ -297,7 +297,7 @@ def create_app(
         images = Images(request.prompt, request.num_inference_steps, request.guidance_scale, seed)
         encoded, seconds = await generate_images(http_request, images)
         if not encoded:
-            return Response(status_code=499)
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         return GenerateResponse(image=base64.b64encode(encoded[0]).decode("ascii"), execution_time=seconds, seed=seed)
 
     async def images_generations(request, http_request: Request) -> ImagesResponse | Response:
@@ -319,7 +319,7 @@ def create_app(
         )
         encoded, _ = await generate_images(http_request, images)
         if not encoded:
-            return Response(status_code=499)
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         media_type = IMAGE_FORMATS[image_format][1]
         data = []
         for image_seed, image in zip(images.seeds, encoded):

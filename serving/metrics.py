@@ -19,6 +19,7 @@ from serving.logs import REQUEST_ID_HEADER, request_id_from
 
 # Requests that matched no route share one label, so scanners cannot blow up cardinality.
 UNMATCHED_ROUTE = "unmatched"
+CLIENT_CLOSED_REQUEST = 499
 # Probes take milliseconds (all in the first bucket), generations seconds to minutes
 # (1024x576 on inf2 is about 1 s a step; a 4-image request at 50 steps passes 120 s: +Inf).
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
@@ -114,13 +115,16 @@ class RequestObserver:
         )
         fields: dict[str, object] = {"request_id": request_id}
         scope[LOG_FIELDS_SCOPE_KEY] = fields
-        # An exception escaping the app becomes a 500 in Starlette's outermost error handler.
+        # An exception escaping the app becomes a 500 in Starlette's outermost error handler; an app
+        # that returns without answering had no one to answer (the client left): nginx's 499.
         status = 500
+        answered = False
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
+            nonlocal answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 message["headers"] = list(message.get("headers", []))
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
@@ -128,6 +132,8 @@ class RequestObserver:
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_request_id)
+            if not answered:
+                status = CLIENT_CLOSED_REQUEST
         finally:
             seconds = time.perf_counter() - started
             route_label = self._route_label(scope)

@@ -13,8 +13,11 @@ from model.runtime import GenerationStopped
 from serving import endpoints
 from serving.generation_queue import retry_after_seconds
 
+from .conftest import wait_for
+
 IN_FLIGHT = "flux_generations_in_flight"
 QUEUE_DEPTH = "flux_queue_depth"
+REQUESTS = "flux_http_requests_total"
 
 
 def test_should_stop_ends_a_generation_at_the_next_step(tiny_generator):
@@ -73,6 +76,21 @@ def test_clients_that_hang_up_free_their_places(start_server, gated_generator, b
     # Warm-up, the running client's (stopped) and the next client's: the queued one never ran.
     assert gated_generator.calls == 3
     assert server.metric(IN_FLIGHT) == 0 and server.metric(QUEUE_DEPTH) == 0
+    # Counted as clients that closed the request, not as server errors.
+    wait_for(lambda: server.metric(REQUESTS, route=endpoints.GENERATE, status="499") == 2, "two 499s")
+    assert server.metric(REQUESTS, route=endpoints.GENERATE, status="500") == 0
+
+
+def test_a_client_that_leaves_while_sending_its_body_is_a_499_not_a_server_error(start_server, tiny_generator):
+    server = start_server(lambda: tiny_generator)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as leaving:
+        leaving.sendall(
+            f"POST {endpoints.GENERATE} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100\r\n\r\n{\"prompt\"".encode()
+        )
+    wait_for(lambda: server.metric(REQUESTS, route=endpoints.GENERATE, status="499") == 1, "a 499")
+    assert server.metric(REQUESTS, route=endpoints.GENERATE, status="500") == 0
 
 
 def test_a_generation_past_its_deadline_stops_at_its_next_step(start_server, gated_generator, background):
