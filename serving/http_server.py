@@ -93,16 +93,20 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def ensure_fd_limit(connections: int) -> None:
-    """Raise the soft open-files limit to fit ``connections``; ValueError if the hard limit cannot."""
+    """Raise the open-files limit to fit ``connections`` (the hard one too, where allowed);
+    ValueError if it cannot be."""
     needed = connections + RESERVED_FDS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            raise ValueError(
-                f"--limit-concurrency {connections} needs {needed} open files, the hard limit is {hard}: "
-                f"lower it or raise the limit (ulimit -n)"
-            )
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    raised_hard = hard if hard == resource.RLIM_INFINITY else max(hard, needed)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, raised_hard))
+    except (ValueError, OSError):
+        raise ValueError(
+            f"--limit-concurrency {connections} needs {needed} open files, the hard limit is {hard}: "
+            f"lower it or raise the limit (ulimit -n)"
+        ) from None
 
 
 def server(app, sock: socket.socket, limits: ConnectionLimits, **config) -> uvicorn.Server:
