@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import statistics
 import sys
 import threading
 import time
 
 import httpx
-import uvicorn
 
+from model.artifacts import read_manifest
 from model.runtime import load_generator
-from serving import endpoints
-from serving.app import create_app
+from serving import endpoints, http_server
+from serving.app import ServedArtifact, ServerLimits, create_app
 from serving.cli import add_artifact_arguments, artifact_dir_from_args
 from serving.schemas import DEFAULT_GUIDANCE_SCALE
 
@@ -49,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     generator = load_generator(artifact_dir)
 
     # The app's own loader hands over the generator already loaded: one copy on the device.
-    app = create_app(lambda: generator, queue_size=0, request_timeout=STARTUP_TIMEOUT_S)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    with socket.create_server(("127.0.0.1", 0)) as sock:
+    served = ServedArtifact.from_manifest(read_manifest(artifact_dir))
+    app = create_app(lambda: generator, served, ServerLimits(queue_size=0, request_timeout=STARTUP_TIMEOUT_S))
+    with http_server.bind("127.0.0.1", 0) as sock:
+        server = http_server.server(app, sock, http_server.ConnectionLimits(), log_level="warning")
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()

@@ -85,6 +85,8 @@ REJECTED_RATIO = 0.1
 COMPILE_STUCK_SHARE = 0.8
 # Latency p95 (queueing included) this close to serving.requestTimeoutSeconds: requests start to time out.
 LATENCY_TIMEOUT_SHARE = 0.8
+# Requests that wait for the pipeline this share of the timeout leave little time to generate: capacity is short.
+QUEUE_WAIT_TIMEOUT_SHARE = 0.5
 UNSCHEDULED_MINUTES = 15
 # Kept below the data volume's size, so Prometheus deletes old blocks before the kubelet evicts it.
 RETENTION_SHARE_OF_STORAGE = 0.8
@@ -364,6 +366,7 @@ def alert_rules(config: StackConfig, namespace: str) -> list[dict]:
 
     stuck_seconds = int(config.compile.timeout_minutes * 60 * COMPILE_STUCK_SHARE)
     slow_seconds = config.serving.request_timeout_seconds * LATENCY_TIMEOUT_SHARE
+    waiting_seconds = config.serving.request_timeout_seconds * QUEUE_WAIT_TIMEOUT_SHARE
     return [
         _alert("CompileJobFailed", f'kube_job_failed{{{compile_jobs},condition="true"}} == 1', "0m", "critical",
                "{{ $labels.job_name }} failed: its shape cannot serve until the compile is retried "
@@ -392,6 +395,12 @@ def alert_rules(config: StackConfig, namespace: str) -> list[dict]:
                "warning",
                f"p95 of generations of {{{{ $labels.workload }}}}, queueing included, is within "
                f"{1 - LATENCY_TIMEOUT_SHARE:.0%} of serving.requestTimeoutSeconds"),
+        _alert("QueueWaitHigh",
+               f"histogram_quantile(0.95, sum by (workload, le) "
+               f"(rate({endpoints.QUEUE_WAIT_METRIC}_bucket{{{in_namespace}}}[10m]))) > {waiting_seconds:g}", "15m",
+               "warning",
+               f"p95 of the wait for the pipeline of {{{{ $labels.workload }}}} is over "
+               f"{QUEUE_WAIT_TIMEOUT_SHARE:.0%} of serving.requestTimeoutSeconds: add replicas or raise maxReplicas"),
         _alert("ReadinessFlapping", f'changes(kube_pod_status_ready{{{in_namespace},condition="true"}}[30m]) > 3',
                "0m", "warning",
                "{{ $labels.pod }} went in and out of the load balancer more than 3 times in 30 minutes"),

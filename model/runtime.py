@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -93,6 +94,10 @@ class _CpuFluxPipeline(FluxPipeline):
         return torch.device("cpu")
 
 
+class GenerationStopped(Exception):
+    """A generation was stopped at a step end because its ``should_stop`` said so."""
+
+
 class FluxGenerator:
     """Text-to-image for one compiled shape. Not thread-safe: the caller runs one generate at a time."""
 
@@ -111,8 +116,25 @@ class FluxGenerator:
         # The verified local copy the graphs were loaded from; lazy loaders may still read it.
         self._staging = staging
 
-    def generate(self, prompt: str, num_inference_steps: int, guidance_scale: float, seed: int) -> Image.Image:
-        """Deterministic for a given seed: the noise comes from a CPU generator seeded here."""
+    def generate(
+        self,
+        prompt: str,
+        num_inference_steps: int,
+        guidance_scale: float,
+        seed: int,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Image.Image:
+        """Deterministic for a given seed: the noise comes from a CPU generator seeded here.
+
+        ``should_stop`` is asked after every denoising step; when it answers True the
+        generation is abandoned there and GenerationStopped is raised (no image).
+        """
+
+        def stop_if_asked(pipeline: FluxPipeline, step: int, timestep: torch.Tensor, tensors: dict) -> dict:
+            if should_stop():
+                raise GenerationStopped(f"stopped after denoising step {step + 1} of {num_inference_steps}")
+            return tensors
+
         result = self._pipeline(
             prompt=prompt,
             height=self.shape.height,
@@ -122,6 +144,7 @@ class FluxGenerator:
             generator=torch.Generator("cpu").manual_seed(seed),
             max_sequence_length=self._max_text_length,
             output_type="pil",
+            callback_on_step_end=stop_if_asked if should_stop is not None else None,
         )
         return result.images[0]
 

@@ -11,26 +11,39 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, HTTPException, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from model.runtime import GenerationStopped
+from model.shapes import Shape, parse_shape
 from serving import endpoints
-from serving.generation_queue import GenerationQueue, QueueFull
-from serving.metrics import Metrics, RequestMetricsMiddleware
+from serving.errors import ApiError, documented_errors, install_error_handlers
+from serving.generation_queue import ClientGone, GenerationQueue, QueueFull
+from serving.metrics import CLIENT_CLOSED_REQUEST, LOG_FIELDS_SCOPE_KEY, Metrics, RequestObserver
+from serving.request_guard import DEFAULT_MAX_BODY_BYTES, JsonBodyGuard
 from serving.schemas import (
     DEFAULT_GUIDANCE_SCALE,
-    DEFAULT_STEPS,
+    DEFAULT_OUTPUT_COMPRESSION,
     MAX_SEED,
+    QUALITY_STEPS,
     GenerateRequest,
     GenerateResponse,
     ImageData,
-    ImagesGenerationRequest,
     ImagesResponse,
+    ModelCard,
+    ModelList,
+    images_request_model,
+    openai_size,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +55,62 @@ log = logging.getLogger(__name__)
 # more steps would only repeat the transformer.
 WARMUP_STEPS = 1
 WARMUP_PROMPT = "warm-up"
+DEFAULT_MAX_IMAGES = 4
+STATIC_DIR = Path(__file__).parent / "static"
+# Pillow's format names and the media types of the data: URLs.
+IMAGE_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+# Statuses the JSON routes can answer with besides success, declared in the OpenAPI document.
+BODY_ERRORS = (
+    HTTPStatus.BAD_REQUEST,
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+)
+GENERATION_ERRORS = (
+    HTTPStatus.TOO_MANY_REQUESTS,
+    HTTPStatus.INTERNAL_SERVER_ERROR,
+    HTTPStatus.SERVICE_UNAVAILABLE,
+    HTTPStatus.GATEWAY_TIMEOUT,
+)
+
+
+@dataclass(frozen=True)
+class ServedArtifact:
+    """What a published artifact's manifest says about it, known before the (long) load."""
+
+    model: str
+    revision: str
+    shape: Shape
+    backend: str
+    artifact: str
+    created: int
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> ServedArtifact:
+        key = manifest["key"]
+        return cls(
+            model=key["model"],
+            revision=key["revision"],
+            shape=parse_shape(key["shape"]),
+            backend=key["backend"],
+            artifact=manifest["artifact"],
+            created=int(datetime.fromisoformat(manifest["created_at"]).timestamp()),
+        )
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    queue_size: int
+    request_timeout: float
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_images: int = DEFAULT_MAX_IMAGES
+
+    def __post_init__(self) -> None:
+        if self.request_timeout <= 0:
+            raise ValueError(f"request timeout must be > 0 s, got {self.request_timeout}")
+        if self.max_images < 1:
+            raise ValueError(f"max images must be >= 1, got {self.max_images}")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max body bytes must be >= 1, got {self.max_body_bytes}")
 
 
 class Status(str, enum.Enum):
@@ -54,17 +123,22 @@ class Status(str, enum.Enum):
 class Pipeline:
     """The generator and where it is in its life. Written by the worker thread only."""
 
-    def __init__(self) -> None:
+    def __init__(self, served: ServedArtifact) -> None:
+        self.served = served
         self.status = Status.LOADING
         self.failure: str | None = None
         self.generator: FluxGenerator | None = None
 
-    def load_and_warm_up(self, load: Callable[[], FluxGenerator]) -> None:
+    def load_and_warm_up(self, load: Callable[[], FluxGenerator], generations: GenerationQueue) -> None:
         try:
             generator = load()
+            if generator.shape != self.served.shape:
+                raise ValueError(f"the artifact is {generator.shape}, the manifest said {self.served.shape}")
             self.status = Status.WARMING_UP
             log.info("artifacts loaded and verified for shape %s; warming up", generator.shape)
+            started = time.perf_counter()
             generator.generate(WARMUP_PROMPT, WARMUP_STEPS, DEFAULT_GUIDANCE_SCALE, 0)
+            generations.observe_step_time(time.perf_counter() - started, WARMUP_STEPS)
         except Exception as error:
             self.failure = f"{type(error).__name__}: {error}"
             self.status = Status.FAILED
@@ -77,86 +151,212 @@ class Pipeline:
     def ready_generator(self) -> FluxGenerator:
         if self.generator is None:
             detail = f"model {self.status.value}" + (f": {self.failure}" if self.failure else "")
-            raise HTTPException(503, f"not ready ({detail})")
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready ({detail})", code="not_ready")
         return self.generator
 
 
-def render_png(
-    generator: FluxGenerator, prompt: str, steps: int, guidance_scale: float, seed: int
-) -> tuple[str, float]:
-    """Generate on the worker thread; return the base64 PNG and the seconds spent generating."""
-    started = time.perf_counter()
-    image = generator.generate(prompt, steps, guidance_scale, seed)
-    generation_seconds = time.perf_counter() - started
-    png = io.BytesIO()
-    image.save(png, format="PNG")
-    return base64.b64encode(png.getvalue()).decode("ascii"), generation_seconds
+@dataclass(frozen=True)
+class Images:
+    """What one request asks the pipeline for: ``count`` images, seeds ``seed``, ``seed + 1``, ..."""
+
+    prompt: str
+    steps: int
+    guidance_scale: float
+    seed: int
+    count: int = 1
+    image_format: str = "png"
+    compression: int = DEFAULT_OUTPUT_COMPRESSION
+
+    @property
+    def seeds(self) -> list[int]:
+        return [(self.seed + index) % (MAX_SEED + 1) for index in range(self.count)]
 
 
-def create_app(load: Callable[[], FluxGenerator], *, queue_size: int, request_timeout: float) -> FastAPI:
+def encode(image, image_format: str, compression: int) -> bytes:
+    pillow_format, _ = IMAGE_FORMATS[image_format]
+    out = io.BytesIO()
+    if image_format == "png":
+        image.save(out, format=pillow_format)
+    else:
+        image.save(out, format=pillow_format, quality=compression)
+    return out.getvalue()
+
+
+def render(
+    generator: FluxGenerator,
+    request: Images,
+    generations: GenerationQueue,
+    metrics: Metrics,
+    should_stop: Callable[[], bool],
+) -> tuple[list[bytes], float]:
+    """Generate on the worker thread, one image after another; return the encoded images and
+    the seconds spent generating them."""
+    encoded, generating = [], 0.0
+    for seed in request.seeds:
+        started = time.perf_counter()
+        try:
+            image = generator.generate(request.prompt, request.steps, request.guidance_scale, seed, should_stop)
+        except GenerationStopped:
+            metrics.generations.labels("stopped").inc()
+            raise
+        except Exception:
+            metrics.generations.labels("failed").inc()
+            raise
+        seconds = time.perf_counter() - started
+        generating += seconds
+        metrics.generations.labels("completed").inc()
+        metrics.generation_seconds.observe(seconds)
+        generations.observe_step_time(seconds, request.steps)
+        encoded.append(encode(image, request.image_format, request.compression))
+    return encoded, generating
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _log_fields(request: Request) -> dict[str, Any]:
+    return request.scope[LOG_FIELDS_SCOPE_KEY]
+
+
+def create_app(
+    load: Callable[[], FluxGenerator],
+    served: ServedArtifact,
+    limits: ServerLimits,
+) -> FastAPI:
     """An app that loads the pipeline with ``load`` on its worker thread at startup."""
-    if request_timeout <= 0:
-        raise ValueError(f"request timeout must be > 0 s, got {request_timeout}")
     metrics = Metrics()
-    generations = GenerationQueue(queue_size, metrics)
-    pipeline = Pipeline()
+    metrics.server.info(
+        {
+            "model": served.model,
+            "revision": served.revision,
+            "shape": str(served.shape),
+            "backend": served.backend,
+            "artifact": served.artifact,
+        }
+    )
+    generations = GenerationQueue(limits.queue_size, metrics)
+    pipeline = Pipeline(served)
+    ImagesGenerationRequest = images_request_model(served.shape, limits.max_images)
+    size = openai_size(served.shape)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Not awaited: the server listens (and /healthz answers) while the model loads.
-        generations.run_exclusively(partial(pipeline.load_and_warm_up, load))
+        generations.run_exclusively(partial(pipeline.load_and_warm_up, load, generations))
         yield
-        # Uvicorn gets here after in-flight requests have been answered; a job whose
-        # request timed out may still be running and is let finish.
+        # Uvicorn gets here after in-flight requests have been answered.
         await asyncio.to_thread(generations.shutdown)
 
     app = FastAPI(
         title="FLUX.1 on AWS Neuron",
-        summary="Text-to-image generation for the one image shape this server was compiled for.",
+        summary=f"Text-to-image generation for the one image shape this server was compiled for: {served.shape} (HxW).",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    install_error_handlers(app)
 
-    async def generate_png(prompt: str, steps: int, guidance_scale: float, seed: int) -> tuple[str, float]:
-        job = partial(render_png, pipeline.ready_generator(), prompt, steps, guidance_scale, seed)
+    async def generate_images(http_request: Request, images: Images) -> tuple[list[bytes], float]:
+        _log_fields(http_request).update(seed=images.seed, steps=images.steps, images=images.count)
+        job = partial(render, pipeline.ready_generator(), images, generations, metrics)
         try:
-            return await generations.run(job, request_timeout)
+            return await generations.run(
+                job, images.steps * images.count, limits.request_timeout, partial(_client_gone, http_request)
+            )
         except QueueFull as full:
-            raise HTTPException(429, str(full), headers={"Retry-After": str(full.retry_after)}) from full
+            raise ApiError(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                str(full),
+                code="queue_full",
+                headers={"Retry-After": str(full.retry_after)},
+            ) from full
         except TimeoutError as timeout:
-            raise HTTPException(504, f"generation did not finish within {request_timeout:g} s") from timeout
+            raise ApiError(
+                HTTPStatus.GATEWAY_TIMEOUT,
+                f"generation did not finish within {limits.request_timeout:g} s",
+                code="timeout",
+            ) from timeout
+        except ClientGone:
+            _log_fields(http_request)["client_gone"] = True
+            # Nobody reads the answer; the route sends a 499 so the request ends (and is counted) cleanly.
+            return [], 0.0
+        except GenerationStopped as stopped:
+            raise ApiError(
+                HTTPStatus.GATEWAY_TIMEOUT, f"generation stopped at its deadline: {stopped}", code="timeout"
+            ) from stopped
 
-    @app.post(endpoints.GENERATE, response_model=GenerateResponse)
-    async def generate(request: GenerateRequest) -> GenerateResponse:
-        """Generate one image; the response carries the seed so it can be reproduced."""
+    generation_responses = documented_errors(*BODY_ERRORS, *GENERATION_ERRORS)
+
+    @app.post(endpoints.GENERATE, response_model=GenerateResponse, responses=generation_responses)
+    async def generate(request: GenerateRequest, http_request: Request) -> GenerateResponse | Response:
+        """Generate one PNG; the response carries the seed so it can be reproduced."""
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        image, execution_time = await generate_png(
-            request.prompt, request.num_inference_steps, request.guidance_scale, seed
+        images = Images(request.prompt, request.num_inference_steps, request.guidance_scale, seed)
+        encoded, seconds = await generate_images(http_request, images)
+        if not encoded:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return GenerateResponse(image=base64.b64encode(encoded[0]).decode("ascii"), execution_time=seconds, seed=seed)
+
+    async def images_generations(request, http_request: Request) -> ImagesResponse | Response:
+        """OpenAI's images API: ``size`` is WIDTHxHEIGHT, the served one or ``auto``."""
+        for end_user in ("user", "safety_identifier"):
+            if getattr(request, end_user) is not None:
+                _log_fields(http_request)[end_user] = getattr(request, end_user)
+        image_format = request.output_format or "png"
+        quality = request.quality or "auto"
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        images = Images(
+            request.prompt,
+            QUALITY_STEPS[quality],
+            DEFAULT_GUIDANCE_SCALE,
+            seed,
+            count=request.n or 1,
+            image_format=image_format,
+            compression=request.output_compression or DEFAULT_OUTPUT_COMPRESSION,
         )
-        return GenerateResponse(image=image, execution_time=execution_time, seed=seed)
+        encoded, _ = await generate_images(http_request, images)
+        if not encoded:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        media_type = IMAGE_FORMATS[image_format][1]
+        data = []
+        for image_seed, image in zip(images.seeds, encoded):
+            b64 = base64.b64encode(image).decode("ascii")
+            if request.response_format == "url":
+                data.append(ImageData(url=f"data:{media_type};base64,{b64}", seed=image_seed))
+            else:
+                data.append(ImageData(b64_json=b64, seed=image_seed))
+        return ImagesResponse(
+            created=int(time.time()), data=data, size=size, quality=quality, output_format=image_format
+        )
 
-    @app.post(endpoints.OPENAI_IMAGES, response_model=ImagesResponse)
-    async def images_generations(request: ImagesGenerationRequest) -> ImagesResponse:
-        """The OpenAI images API subset: one b64_json image of the served shape, 'HxW' height first."""
-        served_shape = str(pipeline.ready_generator().shape)
-        if request.size is not None and request.size != served_shape:
-            mismatch = {
-                "type": "value_error",
-                "loc": ("body", "size"),
-                "msg": f"size must be '{served_shape}' (height x width), the only shape this server generates",
-                "input": request.size,
-            }
-            raise RequestValidationError([mismatch])
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        image, _ = await generate_png(request.prompt, DEFAULT_STEPS, DEFAULT_GUIDANCE_SCALE, seed)
-        return ImagesResponse(created=int(time.time()), data=[ImageData(b64_json=image)])
+    # The body model is built for this server (its size, its max n), so it is not a name the
+    # module's (postponed) annotations could refer to.
+    images_generations.__annotations__["request"] = ImagesGenerationRequest
+    app.post(endpoints.OPENAI_IMAGES, response_model=ImagesResponse, responses=generation_responses)(
+        images_generations
+    )
+
+    @app.get(endpoints.OPENAI_MODELS, response_model=ModelList)
+    async def models() -> ModelList:
+        """The one model this server serves, with its one size."""
+        card = ModelCard(
+            id=served.model,
+            created=served.created,
+            owned_by=served.revision,
+            size=size,
+            shape=str(served.shape),
+        )
+        return ModelList(data=[card])
 
     @app.get(endpoints.HEALTHZ)
     async def healthz() -> dict[str, str]:
         """The process is alive; says nothing about the model (see /readyz)."""
         return {"status": "alive"}
 
-    @app.get(endpoints.READYZ)
+    @app.get(endpoints.READYZ, responses={503: {"description": "Not ready: loading, warming up or failed."}})
     async def readyz() -> JSONResponse:
         """200 once the artifacts are loaded, verified and warmed up; 503 before, or forever if that failed."""
         body: dict[str, str] = {"status": pipeline.status.value}
@@ -166,9 +366,42 @@ def create_app(load: Callable[[], FluxGenerator], *, queue_size: int, request_ti
             body["reason"] = pipeline.failure
         return JSONResponse(body, status_code=200 if pipeline.status is Status.READY else 503)
 
-    @app.get(endpoints.METRICS)
+    @app.get(
+        endpoints.METRICS,
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus text format."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    html = {200: {"content": {"text/html": {"schema": {"type": "string"}}}}}
+
+    @app.get(endpoints.PLAYGROUND, response_class=FileResponse, responses=html)
+    async def playground() -> FileResponse:
+        """A page to try the model in a browser: prompt, steps, seed, the image and its time."""
+        return FileResponse(STATIC_DIR / "playground.html", media_type="text/html")
+
+    @app.get(endpoints.DOCS, response_class=FileResponse, responses=html)
+    async def docs() -> FileResponse:
+        """This API's reference, rendered in the browser from /openapi.json, offline."""
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
+
+    app.mount(endpoints.STATIC, StaticFiles(directory=STATIC_DIR), name="static")
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            # Validation problems are 400 in OpenAI's shape (declared per route), never FastAPI's 422.
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    app.add_middleware(JsonBodyGuard, paths=(endpoints.GENERATE, endpoints.OPENAI_IMAGES), max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(RequestObserver, metrics=metrics, routes=app.routes)
     return app

@@ -8,8 +8,9 @@ Three ways to name the artifact, exactly one per process:
 * ``--local [--shape S]``: compile the tiny model on the CPU if it is not cached yet,
   then serve it (no AWS, no Neuron, no HuggingFace Hub).
 
-A directory without a manifest (nothing published there) stops the process with exit
-status 1 before it listens. Anything wrong inside a published artifact is found by the
+The port is bound first: a port in use (or any bind error) exits 1 in one log line before
+anything is read. A directory without a manifest (nothing published there) stops the
+process with exit status 1 too. Anything wrong inside a published artifact is found by the
 verified load in the background: the server then stays up, never ready, with the reason
 in its log and in ``/readyz``.
 """
@@ -19,20 +20,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import uvicorn
-
-from model.artifacts import MANIFEST_NAME, ArtifactError
+from model.artifacts import MANIFEST_NAME, ArtifactError, read_manifest
 from model.backends import BACKENDS, NEURON_TARGETS, BackendUnavailable
 from model.compile import CompileOptions, ensure_compiled, resolve_artifact_dir
 from model.runtime import load_generator
 from model.shapes import DTYPES, parse_shape
 from model.sources import SourceUnavailable
-from serving.app import create_app
+from serving import http_server
+from serving.app import DEFAULT_MAX_IMAGES, ServedArtifact, ServerLimits, create_app
 from serving.endpoints import DEFAULT_PORT
+from serving.logs import configure_json_logging
+from serving.request_guard import DEFAULT_MAX_BODY_BYTES
 
 PROG = "python -m serving"
 DEFAULT_HOST = "127.0.0.1"
@@ -41,6 +43,7 @@ DEFAULT_REQUEST_TIMEOUT_S = 300.0
 LOCAL_SHAPE = "256x144"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "flux-neuron"
 EXIT_NOT_SERVABLE = 1
+MAX_PORT = 65535
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +54,32 @@ class NotPublished(Exception):
     pass
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is negative" if minimum == 0 else f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _int_at_least(0)(text)
+    if value > MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port: 0 (any free port) to {MAX_PORT}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
@@ -151,10 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s; the image passes 0.0.0.0)"
     )
-    server.add_argument("--port", type=int, default=DEFAULT_PORT, help="default: %(default)s")
+    server.add_argument("--port", type=_port, default=DEFAULT_PORT, help="0 picks a free one (default: %(default)s)")
     server.add_argument(
         "--queue-size",
-        type=_non_negative_int,
+        type=_int_at_least(0),
         default=DEFAULT_QUEUE_SIZE,
         help="requests that may wait behind the running generation; more get 429 (default: %(default)s)",
     )
@@ -165,23 +184,78 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="queueing plus generation; longer gets 504 (default: %(default)s)",
     )
+    server.add_argument(
+        "--max-images",
+        type=_int_at_least(1),
+        default=DEFAULT_MAX_IMAGES,
+        help="largest n of /v1/images/generations (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-body-bytes",
+        type=_int_at_least(1),
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="larger request bodies get 413 (default: %(default)s)",
+    )
+    server.add_argument(
+        "--limit-concurrency",
+        type=_int_at_least(1),
+        default=http_server.DEFAULT_LIMIT_CONCURRENCY,
+        help="connections plus requests at once; more get 503 (default: %(default)s)",
+    )
+    server.add_argument(
+        "--keep-alive-timeout",
+        type=_int_at_least(1),
+        default=http_server.DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="idle keep-alive connections close after this (default: %(default)s)",
+    )
+    server.add_argument(
+        "--read-timeout",
+        type=_positive_float,
+        default=http_server.DEFAULT_READ_TIMEOUT_S,
+        metavar="SECONDS",
+        help="a request's headers and body must arrive within this, or the connection closes (default: %(default)s)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        artifact_dir = artifact_dir_from_args(args, parser)
-    except (NotPublished, ArtifactError, BackendUnavailable, SourceUnavailable) as error:
-        log.error("not serving: %s", error)
-        return EXIT_NOT_SERVABLE
-    log.info("serving %s on http://%s:%d", artifact_dir, args.host, args.port)
-    app = create_app(
-        partial(load_generator, artifact_dir), queue_size=args.queue_size, request_timeout=args.request_timeout
+    configure_json_logging()
+    connection_limits = http_server.ConnectionLimits(
+        limit_concurrency=args.limit_concurrency,
+        keep_alive_timeout=args.keep_alive_timeout,
+        read_timeout=args.read_timeout,
     )
-    # log_config=None: uvicorn's access and error lines go through the root handler above,
-    # one format for the whole process. Uvicorn drains in-flight requests on SIGTERM.
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
+    try:
+        http_server.ensure_fd_limit(args.limit_concurrency)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        sock = http_server.bind(args.host, args.port)
+    except OSError as error:
+        log.error("not serving: cannot listen on %s:%d: %s", args.host, args.port, error.strerror or error)
+        return EXIT_NOT_SERVABLE
+    with sock:
+        try:
+            artifact_dir = artifact_dir_from_args(args, parser)
+            served = ServedArtifact.from_manifest(read_manifest(artifact_dir))
+        except (NotPublished, ArtifactError, BackendUnavailable, SourceUnavailable) as error:
+            log.error("not serving: %s", error)
+            return EXIT_NOT_SERVABLE
+        log.info("serving %s on http://%s:%d", artifact_dir, *sock.getsockname()[:2])
+        app = create_app(
+            partial(load_generator, artifact_dir),
+            served,
+            ServerLimits(
+                queue_size=args.queue_size,
+                request_timeout=args.request_timeout,
+                max_body_bytes=args.max_body_bytes,
+                max_images=args.max_images,
+            ),
+        )
+        # log_config=None: uvicorn's own lines go through the JSON handler above, one format
+        # for the whole process. Uvicorn drains in-flight requests on SIGTERM.
+        http_server.server(app, sock, connection_limits, log_config=None).run(sockets=[sock])
     return 0

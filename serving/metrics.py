@@ -1,18 +1,33 @@
-"""Prometheus metrics of one server, and the ASGI middleware that counts requests."""
+"""Prometheus metrics of one server, and the ASGI middleware that observes every request.
+
+The middleware gives each request an id (the client's ``X-Request-ID`` if it is a plain
+token), echoes it, counts the request by route template and status, observes its latency,
+and writes the request's one JSON log line, with whatever the route added (seed, steps).
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from starlette.datastructures import MutableHeaders
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import endpoints
+from serving.logs import REQUEST_ID_HEADER, request_id_from
 
 # Requests that matched no route share one label, so scanners cannot blow up cardinality.
 UNMATCHED_ROUTE = "unmatched"
-# Probes take milliseconds, generations seconds to minutes (1024x576 on inf2 ~1 s a step).
-LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+CLIENT_CLOSED_REQUEST = 499
+# Probes take milliseconds (all in the first bucket), generations seconds to minutes
+# (1024x576 on inf2 is about 1 s a step; a 4-image request at 50 steps passes 120 s: +Inf).
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
+# Where a route puts the fields of its request's log line, in the ASGI scope it shares with us.
+LOG_FIELDS_SCOPE_KEY = "flux.log_fields"
+
+log = logging.getLogger("serving.requests")
 
 
 class Metrics:
@@ -20,6 +35,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             endpoints.REQUESTS_METRIC,
             "HTTP requests by route and status code.",
@@ -28,9 +44,27 @@ class Metrics:
         )
         self.latency = Histogram(
             endpoints.LATENCY_METRIC,
-            "HTTP request latency by route, queueing included.",
-            ["route"],
+            "HTTP request latency end to end (queueing included) by route and status class (2xx, 4xx, 5xx).",
+            ["route", "status_class"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.generation_seconds = Histogram(
+            endpoints.GENERATION_METRIC,
+            "Time one image took on the pipeline, PNG encoding excluded; completed generations only.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait_seconds = Histogram(
+            endpoints.QUEUE_WAIT_METRIC,
+            "Time an admitted request waited for the pipeline before its generation started.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.generations = Counter(
+            "flux_generations",
+            "Images by outcome: completed, stopped (client gone or deadline passed at a step end), failed.",
+            ["outcome"],
             registry=self.registry,
         )
         self.queue_depth = Gauge(
@@ -43,34 +77,81 @@ class Metrics:
             "Generations running on the pipeline (0 or 1).",
             registry=self.registry,
         )
+        self.server = Info(
+            "flux_server",
+            "The artifact this server serves: model, revision, shape (HxW), backend, artifact key.",
+            registry=self.registry,
+        )
 
 
-class RequestMetricsMiddleware:
-    """Counts every HTTP request by its route template (not the raw path) and final status."""
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+
+class RequestObserver:
+    """Request id, metrics and the log line of every HTTP request, by route template (not raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
+        # The app's routes, matched only for requests the router did not label itself
+        # (FastAPI labels its API routes; /openapi.json, /docs and mounts are plain Starlette).
+        self.routes = routes
+
+    def _route_label(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is not None:
+            return route.path
+        for candidate in self.routes:
+            if candidate.matches(scope)[0] is Match.FULL:
+                return candidate.path
+        return UNMATCHED_ROUTE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # An exception escaping the app becomes a 500 in Starlette's outermost error handler.
+        request_id = request_id_from(
+            next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
+        )
+        fields: dict[str, object] = {"request_id": request_id}
+        scope[LOG_FIELDS_SCOPE_KEY] = fields
+        # An exception escaping the app becomes a 500 in Starlette's outermost error handler; an app
+        # that returns without answering had no one to answer (the client left): nginx's 499.
         status = 500
+        answered = False
 
-        async def send_and_record_status(message: Message) -> None:
+        async def send_with_request_id(message: Message) -> None:
             nonlocal status
+            nonlocal answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
+                message["headers"] = list(message.get("headers", []))
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         started = time.perf_counter()
         try:
-            await self.app(scope, receive, send_and_record_status)
+            await self.app(scope, receive, send_with_request_id)
+            if not answered:
+                status = CLIENT_CLOSED_REQUEST
         finally:
-            # The router stores the matched route in the scope it shares with us.
-            route = scope.get("route")
-            route_label = route.path if route is not None else UNMATCHED_ROUTE
+            seconds = time.perf_counter() - started
+            route_label = self._route_label(scope)
             self.metrics.requests.labels(route_label, str(status)).inc()
-            self.metrics.latency.labels(route_label).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(route_label, status_class(status)).observe(seconds)
+            log.info(
+                "%s %s %d",
+                scope["method"],
+                route_label,
+                status,
+                extra={
+                    "fields": {
+                        **fields,
+                        "method": scope["method"],
+                        "route": route_label,
+                        "status": status,
+                        "latency_s": round(seconds, 4),
+                    }
+                },
+            )

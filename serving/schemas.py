@@ -1,16 +1,23 @@
 """Request and response bodies of the serving API, with the limits they enforce.
 
-Models are strict: ``"10"`` or ``10.0`` is not an integer step count and ``true`` is
-not a seed, so a client bug surfaces as a 422 instead of a silently coerced value.
-Unknown fields are rejected too, so a misspelt option (``steps``) is not ignored.
+Models are strict: ``"10"`` is not an integer step count and ``true`` is not a seed, so a
+client bug surfaces as a 400 instead of a silently coerced value. A float with an integral
+value (``66.0``) is an integer, as JSON Schema says. Unknown fields are rejected too, so a
+misspelt option (``steps``) is not ignored.
+
+Every rule is one the OpenAPI document states (patterns, enums, bounds), so what the schema
+calls valid the server accepts: the request models are built per server, for its shape and
+its maximum ``n``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
+
+from model.shapes import Shape
 
 # A guard against oversized bodies, far above what the text encoders read (the model
 # truncates prompts to the artifact's max text length in tokens).
@@ -22,36 +29,76 @@ DEFAULT_STEPS = 28
 DEFAULT_GUIDANCE_SCALE = 3.5
 MAX_GUIDANCE_SCALE = 20.0
 MAX_SEED = 2**32 - 1
+MAX_USER_CHARS = 256
+# "Contains something other than whitespace", in the regex dialect JSON Schema and pydantic share.
+NON_BLANK_PATTERN = r"\S"
+
+# OpenAI's quality levels as denoising steps (FLUX.1-dev is distilled for about 28; 50 is the
+# upper end of what its model card suggests). "standard"/"hd" are DALL-E 3's names.
+QUALITY_STEPS = {
+    "low": 12,
+    "medium": 20,
+    "high": DEFAULT_STEPS,
+    "auto": DEFAULT_STEPS,
+    "standard": DEFAULT_STEPS,
+    "xhigh": 40,
+    "hd": 50,
+    "max": 50,
+}
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+DEFAULT_OUTPUT_COMPRESSION = 100
+AUTO_SIZE = "auto"
 
 
-def _has_text(prompt: str) -> str:
-    if not prompt.strip():
-        raise PydanticCustomError("blank_prompt", "prompt must contain non-whitespace text")
-    return prompt
+def _integral_float_as_int(value: object) -> object:
+    """``66.0`` is the integer 66 (JSON Schema's definition); ``66.5`` stays a float and is refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
+
+def _integer(**constraints) -> object:
+    # The validator last, so it wraps (runs before) the strict int and its bounds.
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral_float_as_int)]
+
+
+def _not_streaming(stream: bool) -> bool:
+    if stream:
+        raise PydanticCustomError("stream_unsupported", "Input should be False: streaming is not supported")
+    return stream
+
+
+# false (or absent): a strict boolean, so 0 is not false.
+NoStream = Annotated[StrictBool, AfterValidator(_not_streaming), WithJsonSchema({"type": "boolean", "const": False})]
 
 Prompt = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw."),
-    AfterValidator(_has_text),
+    Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        pattern=NON_BLANK_PATTERN,
+        description="What to draw: 1 to 2000 characters, not only whitespace.",
+    ),
 ]
 Seed = Annotated[
-    int | None,
-    Field(
+    _integer(
         ge=0,
         le=MAX_SEED,
         description="0..2**32-1: the same seed, prompt and settings give the same image. Random when absent.",
-    ),
+    )
+    | None,
+    Field(),
 ]
 
 
 class _StrictBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # python-re: patterns mean what they mean in Python, as for the JSON Schema validators clients use.
+    model_config = ConfigDict(strict=True, extra="forbid", regex_engine="python-re")
 
 
 class GenerateRequest(_StrictBody):
     prompt: Prompt
-    num_inference_steps: int = Field(ge=MIN_STEPS, le=MAX_STEPS, description="Denoising steps.")
+    num_inference_steps: _integer(ge=MIN_STEPS, le=MAX_STEPS, description="Denoising steps.")
     guidance_scale: float = Field(
         DEFAULT_GUIDANCE_SCALE,
         ge=0.0,
@@ -68,24 +115,100 @@ class GenerateResponse(BaseModel):
     seed: int = Field(description="The seed used, to reproduce the image.")
 
 
-class ImagesGenerationRequest(_StrictBody):
-    """The subset of OpenAI's ``POST /v1/images/generations`` this server honours."""
+def openai_size(shape: Shape) -> str:
+    """OpenAI writes sizes width first: a 1024x576 (HxW) shape is OpenAI's "576x1024"."""
+    return f"{shape.width}x{shape.height}"
 
-    prompt: Prompt
-    model: str | None = Field(None, description="Accepted for client compatibility and ignored: one model per server.")
-    n: Literal[1] = Field(1, description="Only 1: one image per request.")
-    size: str | None = Field(
-        None,
-        description="The served shape exactly as 'HxW' (height first, unlike OpenAI's 'WxH'). Defaults to it.",
+
+def images_request_model(shape: Shape, max_images: int) -> type[BaseModel]:
+    """OpenAI's ``POST /v1/images/generations`` body, as this server (its shape, its max n) accepts it."""
+    size = openai_size(shape)
+    return create_model(
+        "ImagesGenerationRequest",
+        __base__=_StrictBody,
+        __doc__="OpenAI's images API body. Fields it defines that mean nothing for FLUX are accepted and ignored.",
+        prompt=(Prompt, ...),
+        model=(str | None, Field(None, max_length=256, description="Accepted and ignored: one model per server.")),
+        n=(
+            _integer(ge=1, le=max_images) | None,
+            Field(1, description=f"Images to generate, 1 to {max_images}, one after another, seeds seed, seed+1, ..."),
+        ),
+        size=(
+            Literal[size, AUTO_SIZE] | None,  # type: ignore[valid-type]
+            Field(None, description=f"OpenAI's WIDTHxHEIGHT: '{size}' (the served shape) or 'auto'; default it."),
+        ),
+        quality=(
+            Literal[tuple(QUALITY_STEPS)] | None,  # type: ignore[valid-type]
+            Field(None, description=f"Denoising steps: {QUALITY_STEPS}. Default auto."),
+        ),
+        response_format=(
+            Literal["b64_json", "url"] | None,
+            Field(None, description="b64_json (default), or url: a data: URL holding the same image."),
+        ),
+        output_format=(
+            Literal[OUTPUT_FORMATS] | None,  # type: ignore[valid-type]
+            Field(None, description="png (default), jpeg or webp."),
+        ),
+        output_compression=(
+            _integer(ge=0, le=100) | None,
+            Field(None, description="0..100: jpeg and webp quality (png is lossless: ignored). Default 100."),
+        ),
+        background=(
+            Literal["auto", "opaque"] | None,
+            Field(None, description="FLUX draws opaque images: 'transparent' is refused."),
+        ),
+        style=(Literal["vivid", "natural"] | None, Field(None, description="DALL-E 3's; ignored by FLUX.")),
+        moderation=(Literal["auto", "low"] | None, Field(None, description="Accepted and ignored.")),
+        stream=(NoStream | None, Field(None, description="Streaming is not supported.")),
+        user=(
+            str | None,
+            Field(None, max_length=MAX_USER_CHARS, description="An end-user id; written to the request's log line."),
+        ),
+        safety_identifier=(
+            str | None,
+            Field(None, max_length=MAX_USER_CHARS, description="Like user: written to the request's log line."),
+        ),
+        seed=(Seed, None),
     )
-    response_format: Literal["b64_json"] = "b64_json"
-    seed: Seed = None
 
 
 class ImageData(BaseModel):
-    b64_json: str
+    b64_json: str | None = Field(None, description="The image, base64-encoded (response_format b64_json).")
+    url: str | None = Field(None, description="The image as a data: URL (response_format url).")
+    seed: int = Field(description="Extension: the seed of this image.")
 
 
 class ImagesResponse(BaseModel):
     created: int = Field(description="Unix time of the response.")
     data: list[ImageData]
+    size: str = Field(description="WIDTHxHEIGHT of the images.")
+    quality: str
+    output_format: str
+    background: Literal["opaque"] = "opaque"
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time the artifact was compiled.")
+    owned_by: str
+    size: str = Field(description="Extension: the one size served, OpenAI's WIDTHxHEIGHT.")
+    shape: str = Field(description="Extension: the same shape as HEIGHTxWIDTH, as in the stack config.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, on every route, in OpenAI's shape."""
+
+    error: ErrorDetail

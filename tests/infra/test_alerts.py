@@ -14,6 +14,7 @@ from infra.naming import COMPILE, METRICS_NAMESPACE, WORKLOAD_NAMESPACE, workloa
 from infra.offline import manifest, run_program, stack_file_config, with_overrides
 from infra.workloads import (
     ALERTMANAGER_SERVICE_ACCOUNT, COMPILE_STUCK_SHARE, KUBE_STATE_METRICS_COLLECTORS, LATENCY_TIMEOUT_SHARE,
+    QUEUE_WAIT_TIMEOUT_SHARE,
 )
 from serving import endpoints
 from serving.metrics import Metrics
@@ -37,7 +38,7 @@ def rules(rendering):
 def test_the_rules_cover_what_must_page_someone(rendering):
     assert set(rules(rendering)) == {
         "CompileJobFailed", "CompileJobStuck", "PodUnschedulable", "AutoscalerAtMax", "GenerationErrors",
-        "GenerationsRejected", "GenerationLatencyHigh", "ReadinessFlapping"}
+        "GenerationsRejected", "GenerationLatencyHigh", "QueueWaitHigh", "ReadinessFlapping"}
 
 
 def test_promtool_accepts_the_rule_file(rendering, tmp_path):
@@ -51,7 +52,8 @@ def test_promtool_accepts_the_rule_file(rendering, tmp_path):
 def test_the_rules_read_only_series_that_are_exported_and_scraped(rendering):
     metrics = Metrics()
     metrics.requests.labels(endpoints.GENERATE, "200").inc()
-    metrics.latency.labels(endpoints.GENERATE).observe(1)
+    metrics.latency.labels(endpoints.GENERATE, "2xx").observe(1)
+    metrics.queue_wait_seconds.observe(1)
     exported = set(re.findall(r"^(\w+)[{ ]", generate_latest(metrics.registry).decode(), re.M))
     values = prometheus(rendering).inputs["values"]
     collectors = values["kube-state-metrics"]["collectors"]
@@ -83,6 +85,8 @@ def test_thresholds_follow_the_stack_config(rendering, stack_config):
     assert f") > {stuck} and" in found["CompileJobStuck"]["expr"]
     slow = stack_config.serving.request_timeout_seconds * LATENCY_TIMEOUT_SHARE
     assert found["GenerationLatencyHigh"]["expr"].endswith(f"> {slow:g}")
+    waiting = stack_config.serving.request_timeout_seconds * QUEUE_WAIT_TIMEOUT_SHARE
+    assert found["QueueWaitHigh"]["expr"].endswith(f"> {waiting:g}")
 
 
 def _series(name, labels, values):
@@ -100,6 +104,7 @@ def test_the_rules_fire_on_what_they_name_and_only_then(rendering, stack_config,
     compile_job, other_job = workload_name(COMPILE, "1024x576"), "backup"
     serve, quiet = workload_name("serve", "1024x576"), workload_name("serve", "256x144")
     stuck_minutes = int(stack_config.compile.timeout_minutes * COMPILE_STUCK_SHARE) + 2
+    long_wait = str(stack_config.serving.request_timeout_seconds * 10)
 
     def requests(workload, route, status, per_minute):
         return _series("flux_http_requests_total", {**ns, "workload": workload, "route": route, "status": status},
@@ -108,6 +113,10 @@ def test_the_rules_fire_on_what_they_name_and_only_then(rendering, stack_config,
     def bucket(workload, le, per_minute):
         return _series("flux_http_request_duration_seconds_bucket",
                        {**ns, "workload": workload, "route": endpoints.GENERATE, "le": le}, f"0+{per_minute}x40")
+
+    def waited(workload, le, per_minute):
+        return _series(f"{endpoints.QUEUE_WAIT_METRIC}_bucket", {**ns, "workload": workload, "le": le},
+                       f"0+{per_minute}x40")
 
     def alert(name, severity, **labels):
         return {"exp_labels": {"alertname": name, "severity": severity, **labels}}
@@ -148,6 +157,9 @@ def test_the_rules_fire_on_what_they_name_and_only_then(rendering, stack_config,
             # Every generation of the big shape takes 10-160 s, of the other under 10 s.
             bucket(serve, "10", 0), bucket(serve, "160", 10), bucket(serve, "+Inf", 10),
             bucket(quiet, "10", 10), bucket(quiet, "160", 10), bucket(quiet, "+Inf", 10),
+            # The big shape's requests wait longer than the timeout for the pipeline, the other's under 1 s.
+            waited(serve, "1", 0), waited(serve, long_wait, 10), waited(serve, "+Inf", 10),
+            waited(quiet, "1", 10), waited(quiet, long_wait, 10), waited(quiet, "+Inf", 10),
         ], "alert_rule_test": [
             {"eval_time": "20m", "alertname": "GenerationErrors",
              "exp_alerts": [alert("GenerationErrors", "critical", workload=serve)]},
@@ -155,6 +167,8 @@ def test_the_rules_fire_on_what_they_name_and_only_then(rendering, stack_config,
              "exp_alerts": [alert("GenerationsRejected", "warning", workload=serve)]},
             {"eval_time": "30m", "alertname": "GenerationLatencyHigh",
              "exp_alerts": [alert("GenerationLatencyHigh", "warning", workload=serve)]},
+            {"eval_time": "30m", "alertname": "QueueWaitHigh",
+             "exp_alerts": [alert("QueueWaitHigh", "warning", workload=serve)]},
         ]},
         {"interval": "10m", "input_series": [
             _series("kube_job_status_start_time", {**ns, "job_name": compile_job}, f"0+0x{stuck_minutes // 10 + 1}"),

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from model.artifacts import read_manifest
 from model.runtime import FluxGenerator, load_generator
-from serving import endpoints
-from serving.app import create_app
+from serving import endpoints, http_server
+from serving.app import ServedArtifact, ServerLimits, create_app
 
 # A deadline for conditions that do come true, so a regression fails instead of hanging.
 WAIT_S = 60.0
@@ -42,9 +42,9 @@ def wait_for(condition: Callable[[], object], what: str) -> object:
 
 
 class RunningServer:
-    def __init__(self, app, sock: socket.socket):
+    def __init__(self, app, sock: socket.socket, connection_limits: http_server.ConnectionLimits):
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.server = http_server.server(app, sock, connection_limits, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.client = httpx.Client(base_url=self.url, timeout=CLIENT_TIMEOUT_S)
 
@@ -98,10 +98,10 @@ class RunningServer:
 
 
 @contextmanager
-def serve(app) -> Iterator[RunningServer]:
-    """Run ``app`` on a real uvicorn bound to an ephemeral port of 127.0.0.1."""
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        running = RunningServer(app, sock)
+def serve(app, connection_limits: http_server.ConnectionLimits | None = None) -> Iterator[RunningServer]:
+    """Run ``app`` on a real uvicorn, as the CLI runs it, bound to an ephemeral port of 127.0.0.1."""
+    with http_server.bind("127.0.0.1", 0) as sock:
+        running = RunningServer(app, sock, connection_limits or http_server.ConnectionLimits())
         running.thread.start()
         wait_for(lambda: running.server.started, "uvicorn to start")
         try:
@@ -138,6 +138,12 @@ def serve_app():
 
 
 @pytest.fixture(scope="session")
+def served(tiny_artifact_dir: Path) -> ServedArtifact:
+    """What the CLI reads from the manifest before loading."""
+    return ServedArtifact.from_manifest(read_manifest(tiny_artifact_dir))
+
+
+@pytest.fixture(scope="session")
 def png_size() -> Callable[[str], tuple[int, int]]:
     """Decode a base64 PNG; return its PIL size, which is (width, height)."""
 
@@ -150,14 +156,20 @@ def png_size() -> Callable[[str], tuple[int, int]]:
 
 
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., RunningServer]]:
-    """``start_server(load, queue_size=, request_timeout=)``: a server for this test only."""
+def start_server(served: ServedArtifact) -> Iterator[Callable[..., RunningServer]]:
+    """``start_server(load, queue_size=, request_timeout=, ..., connection_limits=)``: a server for this test only."""
     with ExitStack() as servers:
 
-        def start(load: Callable[[], FluxGenerator], *, queue_size: int = 2, request_timeout: float = 60.0):
-            return servers.enter_context(
-                serve(create_app(load, queue_size=queue_size, request_timeout=request_timeout))
-            )
+        def start(
+            load: Callable[[], FluxGenerator],
+            *,
+            queue_size: int = 2,
+            request_timeout: float = 60.0,
+            connection_limits: http_server.ConnectionLimits | None = None,
+            **limits,
+        ):
+            app = create_app(load, served, ServerLimits(queue_size=queue_size, request_timeout=request_timeout, **limits))
+            return servers.enter_context(serve(app, connection_limits))
 
         yield start
 

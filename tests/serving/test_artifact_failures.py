@@ -66,5 +66,5 @@ def test_damaged_artifact_is_never_ready_and_the_reason_is_logged(
     assert server.client.get(endpoints.HEALTHZ).status_code == 200
     refused = server.generate()
     assert refused.status_code == 503
-    assert reason in refused.json()["detail"]
+    assert reason in refused.json()["error"]["message"]
     assert server.client.get(endpoints.READYZ).status_code == 503

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ import pytest
 from model.shapes import parse_shape
 from serving import endpoints
 from serving.cli import LOCAL_SHAPE, NotPublished, artifact_dir_from_args, build_parser, main
+from serving.logs import REQUEST_ID_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,6 +66,7 @@ def test_refuses_to_start_when_nothing_is_published(tiny_artifact_dir, tiny_comp
     argv = graphs_root_argv(tiny_artifact_dir.parent, tiny_compile_options)
     argv[argv.index("--max-text-length") + 1] = "64"
     with caplog.at_level(logging.ERROR):
+        argv += ["--port", "0"]
         assert main(argv) == 1
     assert "not serving: nothing published at" in caplog.text
 
@@ -78,6 +82,12 @@ def test_refuses_to_start_when_nothing_is_published(tiny_artifact_dir, tiny_comp
         (["--graphs-root", "root", "--shape", "65x64", "--model", "tiny"], "has height 65"),
         (["--graphs", "dir", "--queue-size", "-1"], "-1 is negative"),
         (["--graphs", "dir", "--request-timeout", "0"], "0 is not a positive number"),
+        (["--graphs", "dir", "--request-timeout", "nan"], "nan is not a positive number"),
+        (["--graphs", "dir", "--port", "70000"], "70000 is not a TCP port: 0 (any free port) to 65535"),
+        (["--graphs", "dir", "--port", "http"], "'http' is not an integer"),
+        (["--graphs", "dir", "--max-body-bytes", "0"], "0 is below 1"),
+        (["--graphs", "dir", "--max-images", "0"], "0 is below 1"),
+        (["--graphs", "dir", "--read-timeout", "-1"], "-1 is not a positive number"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
@@ -85,6 +95,23 @@ def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
         resolve(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bad_server_flags_exit_2_before_anything_else(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--local", "--port", "70000"])
+    assert exit_.value.code == 2
+    assert "argument --port: 70000 is not a TCP port" in capsys.readouterr().err
+
+
+def test_a_port_in_use_fails_in_one_line_before_anything_is_loaded_or_compiled(tmp_path, caplog):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with caplog.at_level(logging.ERROR):
+            assert main(["--local", "--cache-dir", str(tmp_path), "--port", str(port)]) == 1
+    (line,) = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert line == f"not serving: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert list(tmp_path.iterdir()) == [], "the tiny model was not compiled"
 
 
 def test_local_mode_compiles_the_tiny_model_then_serves_it_on_loopback(tmp_path, png_size):
@@ -97,18 +124,23 @@ def test_local_mode_compiles_the_tiny_model_then_serves_it_on_loopback(tmp_path,
     def read_log():
         for line in process.stderr:
             log_lines.append(line)
-            if "Uvicorn running on" in line:
+            if "Application startup complete" in line:
                 listening.set()
 
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
     try:
         assert listening.wait(120), "".join(log_lines)
-        (url,) = re.findall(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", "".join(log_lines))
+        (url,) = re.findall(r" on (http://127\.0\.0\.1:\d+)", "".join(log_lines))
         with httpx.Client(base_url=url, timeout=60) as client:
             _wait_ready(client)
-            response = client.post(endpoints.GENERATE, json={"prompt": "a red fox", "num_inference_steps": 2})
+            response = client.post(
+                endpoints.GENERATE,
+                json={"prompt": "a red fox", "num_inference_steps": 2, "seed": 5},
+                headers={REQUEST_ID_HEADER: "trace-42"},
+            )
         assert response.status_code == 200
+        assert response.headers[REQUEST_ID_HEADER] == "trace-42"
         shape = parse_shape(LOCAL_SHAPE)
         assert png_size(response.json()["image"]) == (shape.width, shape.height)
         process.send_signal(signal.SIGTERM)
@@ -117,7 +149,16 @@ def test_local_mode_compiles_the_tiny_model_then_serves_it_on_loopback(tmp_path,
     finally:
         process.kill()
         reader.join(10)
-    assert any("Application shutdown complete" in line for line in log_lines)
+    records = [json.loads(line) for line in log_lines if line.startswith("{")]
+    assert any(record["message"] == "Application shutdown complete." for record in records)
+    (generation,) = [record for record in records if record.get("request_id") == "trace-42"]
+    assert (generation["route"], generation["status"], generation["seed"], generation["steps"]) == (
+        endpoints.GENERATE,
+        200,
+        5,
+        2,
+    )
+    assert generation["latency_s"] > 0
     assert any("published" in line for line in log_lines), "the tiny model was compiled into the cache"
     assert list(tmp_path.glob("*/manifest.json"))
 

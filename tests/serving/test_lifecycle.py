@@ -3,6 +3,9 @@ real generator: a request stays in flight exactly until the test opens the gate.
 
 from __future__ import annotations
 
+import openai
+import pytest
+
 from serving import endpoints
 
 IN_FLIGHT = "flux_generations_in_flight"
@@ -34,7 +37,7 @@ def test_not_ready_until_loaded_and_warmed_up(start_server, gate, tiny_generator
     assert (not_ready.status_code, not_ready.json()) == (503, {"status": "loading"})
     refused = server.generate()
     assert refused.status_code == 503
-    assert "not ready (model loading)" in refused.json()["detail"]
+    assert "not ready (model loading)" in refused.json()["error"]["message"]
     gate.set()
     ready = server.wait_until_settled()
     assert (ready.status_code, ready.json()) == (200, {"status": "ready", "shape": str(tiny_generator.shape)})
@@ -56,7 +59,13 @@ def test_overload_is_refused_at_once_with_retry_after_while_admitted_requests_su
     refused = server.generate(seed=3)
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1
-    assert "queue full" in refused.json()["detail"]
+    assert "queue full" in refused.json()["error"]["message"]
+    # The OpenAI SDK raises its own error for it, with the message and the header.
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as sdk:
+        with pytest.raises(openai.RateLimitError) as rate_limited:
+            sdk.images.generate(prompt="a red fox", quality="low")
+    assert "queue full" in rate_limited.value.message
+    assert int(rate_limited.value.response.headers["Retry-After"]) >= 1
 
     gated_generator.gate.set()
     for admitted in (running, queued):
@@ -64,6 +73,7 @@ def test_overload_is_refused_at_once_with_retry_after_while_admitted_requests_su
         assert response.status_code == 200
         assert png_size(response.json()["image"]) == (gated_generator.shape.width, gated_generator.shape.height)
     assert server.metric("flux_http_requests_total", route=endpoints.GENERATE, status="429") == 1
+    assert server.metric("flux_http_requests_total", route=endpoints.OPENAI_IMAGES, status="429") == 1
     assert server.metric("flux_http_requests_total", route=endpoints.GENERATE, status="200") == 2
 
 
@@ -76,7 +86,7 @@ def test_timeout_is_504_and_a_job_still_queued_never_runs(start_server, gated_ge
 
     timed_out_in_queue = server.generate()
     assert timed_out_in_queue.status_code == 504
-    assert "within 1 s" in timed_out_in_queue.json()["detail"]
+    assert "within 1 s" in timed_out_in_queue.json()["error"]["message"]
     # Its slot is free again although the running generation still holds the pipeline.
     assert server.metric(QUEUE_DEPTH) == 0
     assert running.result().status_code == 504
@@ -99,3 +109,31 @@ def test_shutdown_drains_the_running_and_the_queued_request(start_server, gated_
     assert queued.result().status_code == 200
     server.thread.join(60)
     assert not server.thread.is_alive()
+
+
+class FailsOnPrompt:
+    """The real generator, raising for one prompt as a device error would."""
+
+    def __init__(self, generator, failing_prompt: str):
+        self._generator = generator
+        self.failing_prompt = failing_prompt
+        self.shape = generator.shape
+        self.manifest = generator.manifest
+
+    def generate(self, prompt, *args, **kwargs):
+        if prompt == self.failing_prompt:
+            raise RuntimeError("device lost at /dev/neuron0")
+        return self._generator.generate(prompt, *args, **kwargs)
+
+
+def test_a_failed_generation_is_a_500_without_details_and_the_server_goes_on(start_server, tiny_generator):
+    server = start_server(lambda: FailsOnPrompt(tiny_generator, "explode"))
+    assert server.wait_until_settled().status_code == 200
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as sdk:
+        with pytest.raises(openai.InternalServerError) as failed:
+            sdk.images.generate(prompt="explode", quality="low")
+    assert failed.value.status_code == 500
+    assert failed.value.body["message"] == "internal server error (the server log has the details)"
+    assert "neuron0" not in failed.value.response.text
+    assert server.metric("flux_generations_total", outcome="failed") == 1
+    assert server.generate().status_code == 200

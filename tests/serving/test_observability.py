@@ -1,0 +1,95 @@
+"""The signals an operator runs the server with: histograms, the info metric, process metrics, log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+
+import pytest
+
+from model.runtime import load_generator
+from serving import endpoints
+from serving.app import ServerLimits, create_app
+from serving.logs import REQUEST_ID_HEADER, JsonFormatter
+from serving.metrics import LATENCY_BUCKETS
+from serving.schemas import QUALITY_STEPS
+
+
+@pytest.fixture(scope="module")
+def api(serve_app, tiny_artifact_dir, served):
+    app = create_app(partial(load_generator, tiny_artifact_dir), served, ServerLimits(queue_size=2, request_timeout=120))
+    with serve_app(app) as server:
+        assert server.wait_until_settled().status_code == 200
+        yield server
+
+
+def test_histograms_of_generation_queue_wait_and_latency_by_status_class(api):
+    assert (LATENCY_BUCKETS[0], LATENCY_BUCKETS[-1]) == (0.1, 120)
+    generated_before = api.metric("flux_generation_seconds_count")
+    assert api.generate().status_code == 200
+    assert api.client.post(endpoints.GENERATE, json={"prompt": "a fox"}).status_code == 400
+    assert api.metric("flux_generation_seconds_count") == generated_before + 1
+    assert api.metric("flux_generation_seconds_sum") > 0
+    assert api.metric("flux_queue_wait_seconds_count") >= 1
+    assert api.metric("flux_queue_wait_seconds_bucket", le="120.0") >= 1
+    for status_class in ("2xx", "4xx"):
+        count = api.metric("flux_http_request_duration_seconds_count", route=endpoints.GENERATE, status_class=status_class)
+        assert count >= 1, status_class
+
+
+def test_info_metric_names_the_artifact(api, served):
+    labels = {
+        "model": served.model,
+        "revision": served.revision,
+        "shape": str(served.shape),
+        "backend": served.backend,
+        "artifact": served.artifact,
+    }
+    assert api.metric("flux_server_info", **labels) == 1
+
+
+def test_process_metrics(api):
+    assert api.metric("process_resident_memory_bytes") > 0
+    assert api.metric("process_open_fds") > 0
+    assert api.metric("process_cpu_seconds_total") > 0
+
+
+def test_request_id_is_honoured_or_made_and_logged_with_the_request(api, caplog):
+    with caplog.at_level(logging.INFO, logger="serving.requests"):
+        response = api.client.post(
+            endpoints.GENERATE,
+            json={"prompt": "a red fox", "num_inference_steps": 2, "seed": 11},
+            headers={REQUEST_ID_HEADER: "abc-123"},
+        )
+        assert response.headers[REQUEST_ID_HEADER] == "abc-123"
+        # Not a plain token: replaced, so a client cannot inject into the log.
+        made = api.client.get(endpoints.HEALTHZ, headers={REQUEST_ID_HEADER: "bad id\\n{}"}).headers[REQUEST_ID_HEADER]
+        assert made != "bad id\\n{}" and len(made) == 32
+    lines = {record.fields["request_id"]: json.loads(JsonFormatter().format(record)) for record in caplog.records}
+    line = lines["abc-123"]
+    assert (line["route"], line["status"], line["seed"], line["steps"], line["method"]) == (
+        endpoints.GENERATE,
+        200,
+        11,
+        2,
+        "POST",
+    )
+    assert line["latency_s"] > 0 and line["level"] == "INFO"
+    assert lines[made]["route"] == endpoints.HEALTHZ
+
+
+def test_the_openai_user_is_logged(api, caplog):
+    with caplog.at_level(logging.INFO, logger="serving.requests"):
+        api.client.post(endpoints.OPENAI_IMAGES, json={"prompt": "a fox", "quality": "low", "user": "u-7"})
+    (record,) = [record for record in caplog.records if record.fields.get("user") == "u-7"]
+    assert record.fields["status"] == 200 and record.fields["steps"] == QUALITY_STEPS["low"]
+
+
+def test_a_log_line_is_one_json_object_whatever_the_fields_hold():
+    record = logging.LogRecord("serving.requests", logging.INFO, __file__, 1, "POST %s", ("/generate",), None)
+    record.fields = {"user": "\ud800 \n \"quoted\"", "seed": 3}
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["message"] == "POST /generate" and parsed["seed"] == 3
