@@ -126,25 +126,30 @@ class FluxGenerator:
         return result.images[0]
 
 
-def load_generator(artifact_dir: Path) -> FluxGenerator:
+def load_generator(artifact_dir: Path, readers: int | None = None) -> FluxGenerator:
     """Load a published artifact, every file read once and checked against the manifest.
 
     The files are copied, verified, into a private temporary directory (under TMPDIR) that
-    lives as long as the generator, and loaded from there. Raises ArtifactError naming the
-    file for a missing manifest, a missing, truncated or corrupted file, or graphs this
-    artifact's backend cannot load; BackendUnavailable when that backend cannot run here
-    (a neuron artifact without the Neuron SDK).
+    lives as long as the generator, ``readers`` files at once (default: model.artifacts.
+    default_readers(), i.e. FLUX_ARTIFACT_READERS or two per core), and loaded from there:
+    the loaders find the just-written copy in the page cache, so the published bytes cross
+    the storage once. Raises ArtifactError naming the file for a missing manifest, a
+    missing, truncated or corrupted file, or graphs this artifact's backend cannot load;
+    BackendUnavailable when that backend cannot run here (a neuron artifact without the
+    Neuron SDK).
     """
     staging = tempfile.TemporaryDirectory(prefix="flux-artifact-")
     try:
-        return _load(Path(artifact_dir), Path(staging.name), staging)
+        return _load(Path(artifact_dir), Path(staging.name), staging, readers)
     except BaseException:
         staging.cleanup()
         raise
 
 
-def _load(artifact_dir: Path, local: Path, staging: tempfile.TemporaryDirectory) -> FluxGenerator:
-    manifest = copy_verified(artifact_dir, local)
+def _load(
+    artifact_dir: Path, local: Path, staging: tempfile.TemporaryDirectory, readers: int | None
+) -> FluxGenerator:
+    manifest = copy_verified(artifact_dir, local, readers)
     config = json.loads((local / PIPELINE_CONFIG_NAME).read_text())
     if set(config["graphs"]) != set(COMPONENTS):
         raise ArtifactError(f"{PIPELINE_CONFIG_NAME}: graphs {sorted(config['graphs'])}, expected {list(COMPONENTS)}")
