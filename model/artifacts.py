@@ -15,14 +15,16 @@ two concurrent compiles writes it, it points at a complete attempt. Files withou
 manifest are an interrupted compile; the next compile ignores them and publishes a new
 attempt beside them.
 
-Files are hashed with BLAKE3 (format 2; format 1 used sha256): on the development VM it
-hashes 2.9 GB/s on one core against sha256's 1.45 GB/s with SHA-NI, so verifying a
-34 GB artifact costs half the CPU, and the hash is as collision-resistant for this purpose.
+Files are hashed with BLAKE3 (format 2): on the development VM it hashes 2.9 GB/s on one
+core against sha256's 1.45 GB/s with SHA-NI, so verifying a 34 GB artifact costs half the
+CPU, and it is as collision-resistant for this purpose. Format 1 manifests (sha256) are
+still read and verified, so artifacts published before need no recompile.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import time
@@ -40,12 +42,17 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 2
 # The manifest field holding each file's hash (hex BLAKE3, 32 bytes).
 HASH_FIELD = "blake3"
+# Per manifest format this code reads: the hash field and a new hasher for it.
+_HASHES = {
+    1: ("sha256", hashlib.sha256),
+    MANIFEST_FORMAT: (HASH_FIELD, lambda: blake3.blake3(max_threads=blake3.blake3.AUTO)),
+}
 ATTEMPTS_DIR = "attempts"
 _CHUNK_BYTES = 8 << 20
 # How many files copy_verified reads at once; unset, readers_for_cpus(the cores this process may use).
 READERS_ENV = "FLUX_ARTIFACT_READERS"
 # Each Mountpoint reader already fetches its file with many concurrent ranged GETs, so beyond this
-# more readers only add threads; it is also more than a FLUX artifact has large files (2 x TP shards).
+# more readers only add threads; it is also as many large files as a FLUX artifact has at TP 8 (16 shards).
 MAX_READERS = 16
 
 
@@ -81,13 +88,13 @@ def _write_new_file(path: Path, data: bytes) -> None:
         os.fsync(file.fileno())
 
 
-def _copy_and_hash(reader, writer, size: int, name: str) -> str:
-    """Copy exactly ``size`` bytes sequentially from reader (unbuffered) to writer; return their BLAKE3.
+def _copy_and_hash(reader, writer, size: int, name: str, manifest_format: int = MANIFEST_FORMAT) -> str:
+    """Copy exactly ``size`` bytes sequentially from reader (unbuffered) to writer; return their hash.
 
     One pass: each chunk is read into a reused buffer, hashed and written from there. Reading,
     hashing and writing all release the GIL, so files copied on parallel threads overlap fully.
     """
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher = _HASHES[manifest_format][1]()
     buffer = memoryview(bytearray(max(1, min(_CHUNK_BYTES, size))))
     copied = 0
     while copied < size:
@@ -170,9 +177,10 @@ def read_manifest(artifact_dir: Path) -> dict:
     missing = {"format", "key", "attempt", "files"} - set(manifest)
     if missing:
         raise ArtifactError(f"{MANIFEST_NAME} in {artifact_dir} lacks {', '.join(sorted(missing))}")
-    if manifest["format"] != MANIFEST_FORMAT:
+    if manifest["format"] not in _HASHES:
         raise ArtifactError(
-            f"{MANIFEST_NAME} in {artifact_dir} has format {manifest['format']}, this code reads {MANIFEST_FORMAT}"
+            f"{MANIFEST_NAME} in {artifact_dir} has format {manifest['format']}, this code reads "
+            f"{', '.join(map(str, _HASHES))}"
         )
     return manifest
 
@@ -202,7 +210,8 @@ def copy_verified(artifact_dir: Path, destination: Path, readers: int | None = N
     largest_first = sorted(manifest["files"], key=lambda entry: -entry["size"])
     with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="artifact-reader") as pool:
         futures = {
-            entry["path"]: pool.submit(_copy_verified_file, attempt_dir, root, entry) for entry in largest_first
+            entry["path"]: pool.submit(_copy_verified_file, attempt_dir, root, entry, manifest["format"])
+            for entry in largest_first
         }
         wait(futures.values(), return_when=FIRST_EXCEPTION)
         failed = [futures[entry["path"]] for entry in manifest["files"]
@@ -214,8 +223,9 @@ def copy_verified(artifact_dir: Path, destination: Path, readers: int | None = N
     return manifest
 
 
-def _copy_verified_file(attempt_dir: Path, root: Path, entry: dict) -> None:
-    name, size, expected = entry["path"], entry["size"], entry[HASH_FIELD]
+def _copy_verified_file(attempt_dir: Path, root: Path, entry: dict, manifest_format: int) -> None:
+    hash_field = _HASHES[manifest_format][0]
+    name, size, expected = entry["path"], entry["size"], entry[hash_field]
     source = attempt_dir / name
     try:
         reader = source.open("rb", buffering=0)
@@ -225,6 +235,6 @@ def _copy_verified_file(attempt_dir: Path, root: Path, entry: dict) -> None:
         actual_size = os.fstat(reader.fileno()).st_size
         if actual_size != size:
             raise ArtifactError(f"{name}: {actual_size} bytes, the manifest says {size} (truncated or replaced)")
-        actual = _copy_and_hash(reader, writer, size, name)
+        actual = _copy_and_hash(reader, writer, size, name, manifest_format)
     if actual != expected:
-        raise ArtifactError(f"{name}: {HASH_FIELD} {actual} does not match the manifest's {expected} (corrupted)")
+        raise ArtifactError(f"{name}: {hash_field} {actual} does not match the manifest's {expected} (corrupted)")

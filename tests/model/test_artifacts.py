@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -217,3 +218,17 @@ def test_reader_count_comes_from_the_environment_or_the_cores(monkeypatch: pytes
     assert default_readers() == readers_for_cpus(3) == 6
     assert readers_for_cpus(1) == 2
     assert readers_for_cpus(128) == MAX_READERS
+
+
+def test_a_format_1_manifest_is_verified_with_its_sha256(tmp_path: Path, published: Path, files: dict[str, bytes]):
+    manifest = read_manifest(published)
+    legacy = {**manifest, "format": 1,
+              "files": [{"path": entry["path"], "size": entry["size"],
+                         "sha256": hashlib.sha256(files[entry["path"]]).hexdigest()} for entry in manifest["files"]]}
+    (published / MANIFEST_NAME).unlink()
+    (published / MANIFEST_NAME).write_text(json.dumps(legacy))
+    copy_verified(published, tmp_path / "copy")
+    assert (tmp_path / "copy" / "graphs/big.bin").read_bytes() == files["graphs/big.bin"]
+    _damage(published, "graphs/big.bin", "corrupted")
+    with pytest.raises(ArtifactError, match=r"^graphs/big\.bin: sha256 .* does not match"):
+        copy_verified(published, tmp_path / "copy-2")
