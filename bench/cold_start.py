@@ -1,7 +1,7 @@
 """Cold start's storage part: the verified load serving runs against a raw read of the same bytes.
 
     python -m bench.cold_start --size-gb 2                  # synthetic FLUX.1-dev-shaped artifact, 2 GB
-    python -m bench.cold_start --size-gb 34 --tp-degree 8   # the real size (needs 3 x 34 GB of disk)
+    python -m bench.cold_start --size-gb 34 --local DIR     # the real size: 2 x 34 GB of disk, 34 GB in DIR
 
 It builds a synthetic artifact with the real layout: text_encoder/ and vae_decoder/ as one
 model.pt each, text_encoder_2/ and transformer/ as tp_<rank>.pt shards, their sizes in
@@ -9,8 +9,8 @@ FLUX.1-dev's proportions (infra.cold_start.FLUX_DEV_GRAPH_GB), the tiny model's 
 a scheduler config and pipeline.json, published by model.artifacts.publish (so the
 manifest holds the real hashes). The graph files are random bytes, so they are *not*
 deserialized: what is timed is model.artifacts.copy_verified, the step load_generator runs
-before handing the backend its local paths (the backend then reads that just-written copy
-from the page cache). Each round alternates:
+before handing the backend its local paths (the backend then reads that copy from memory).
+Each round alternates:
 
 - raw read: every file of the manifest read sequentially into one reused buffer, nothing
   checked and nothing written: the floor of any load of these bytes;
@@ -18,12 +18,11 @@ from the page cache). Each round alternates:
   byte, several files at once), then deleted. The default, /dev/shm, is memory-backed like
   the serving pod's local-artifact volume (infra/workloads.py).
 
-Wall-clock medians are compared; each side's CPU time (all threads) is printed beside it,
-since hashing competes with whatever else runs on the machine. Before each measurement
-the page cache is dropped (``/proc/sys/vm/drop_caches``, root
-only), so both read from the disk; without that right both read from memory, and the
-output says so. Medians over --rounds are printed, last a line with ``ratio R`` (verified
-load / raw read).
+Before each measurement the page cache is dropped (``/proc/sys/vm/drop_caches``, root
+only), so both read from the disk; without that right both read from memory, and the output
+says so. Wall-clock medians over --rounds are compared, each side's CPU time (all threads)
+printed beside it, since hashing competes with whatever else runs on the machine; the last
+line holds ``ratio R`` (verified load / raw read).
 """
 
 from __future__ import annotations
@@ -142,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local", type=Path, default=DEFAULT_LOCAL if DEFAULT_LOCAL.is_dir() else None,
                         help="where the verified copies go (default: /dev/shm, memory-backed like the pod's)")
     args = parser.parse_args(argv)
-    if args.size_gb <= 0 or args.tp_degree < 1 or args.rounds < 1:
-        parser.error("--size-gb must be > 0, --tp-degree and --rounds at least 1")
+    if args.size_gb <= 0:
+        parser.error(f"--size-gb {args.size_gb:g}: must be more than 0")
+    for flag, value in (("--tp-degree", args.tp_degree), ("--rounds", args.rounds), ("--readers", args.readers)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} {value}: must be at least 1")
     readers = args.readers or default_readers()
     with (tempfile.TemporaryDirectory(prefix="bench-cold-start-", dir=args.work) as work,
           tempfile.TemporaryDirectory(prefix="bench-cold-start-copies-", dir=args.local) as local):
