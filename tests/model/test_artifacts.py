@@ -39,7 +39,7 @@ def _stage(root: Path, files: dict[str, bytes]) -> Path:
 
 @pytest.fixture
 def files() -> dict[str, bytes]:
-    # The big file spans several 8 MiB read chunks.
+    # The big file spans many read chunks.
     return {"a.bin": b"alpha", "graphs/big.bin": bytes(range(256)) * (20 * 4096 + 3), "empty.txt": b""}
 
 
