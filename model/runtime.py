@@ -134,8 +134,9 @@ class FluxGenerator:
 # using it, so copies a killed process left behind are recognisable: in a pod, TMPDIR is an
 # emptyDir that outlives container restarts, and one abandoned copy would fill it. Creating a copy
 # and removing abandoned ones take turns on a lock file, so a copy is never seen before it is locked.
-STAGING_PREFIX = "flux-artifact-"
-STAGING_GUARD = ".flux-artifact.lock"
+# (Earlier versions named their unlocked copies flux-artifact-*: this prefix never matches those.)
+STAGING_PREFIX = "flux-verified-copy-"
+STAGING_GUARD = ".flux-verified-copy.lock"
 
 
 class _LockedStaging(tempfile.TemporaryDirectory):
