@@ -65,6 +65,22 @@ NODE_RESERVED_BYTES = 16 * GIB
 NODE_RESERVED_CPU = 2
 
 
+# What a serving process holds beyond its graphs: Python, torch, diffusers and the pipeline's CPU tensors.
+SERVING_PROCESS_BYTES = 8 * GIB
+
+
+def artifact_bytes(dtype: str) -> int:
+    """A compiled artifact's size: the weights are inlined into the graphs, whatever the shape."""
+    return sum(component.bytes(dtype) for component in FLUX_DEV)
+
+
+def serving_memory_gib(dtype: str, local_copy_gib: int, shm_gib: int) -> int:
+    """A serving pod's memory at its peak, while it loads: the verified copy of its artifact in memory
+    (TMPDIR, the graphs' one cache on the node: docs/cold-start.md), the graphs the process loads from
+    it, /dev/shm and the process itself."""
+    return math.ceil(local_copy_gib + artifact_bytes(dtype) / GIB + shm_gib + SERVING_PROCESS_BYTES / GIB)
+
+
 def sharded_heads() -> str:
     """The head counts every TP degree must divide, for messages: 'T5-XXL encoder 64, transformer 24'."""
     return ", ".join(f"{component.label} {component.attention_heads}" for component in FLUX_DEV if component.sharded)

@@ -1,5 +1,10 @@
 """The S3 graph cache, the Mountpoint for Amazon S3 CSI driver, and the volumes that mount it:
-read-write for compile Jobs, read-only with a local cache for serving."""
+read-write for compile Jobs, read-only for serving.
+
+Neither volume has a Mountpoint data cache: a serving pod reads each graph file exactly once,
+into its own verified, memory-backed copy (infra/workloads.py), which is the graphs' one cache
+on the node. A Mountpoint cache would write a second copy to node disk that Karpenter does not
+account for and that goes with the Mountpoint Pod, so it saves no re-read (docs/cold-start.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ CSI_ADDON = "aws-mountpoint-s3-csi-driver"
 CSI_SERVICE_ACCOUNT = "s3-csi-driver-sa"
 # Mountpoint ignores capacity, but a PersistentVolume must state one.
 NOMINAL_CAPACITY = "1Ti"
-SERVING_CACHE_LIMIT = "100Gi"
 # Processes in the image run as this non-root user; Mountpoint presents files as theirs.
 CONTAINER_UID = 10001
 # Artifacts are content-addressed and never overwritten, so a noncurrent version exists only
@@ -78,11 +82,10 @@ class Storage(pulumi.ComponentResource):
         in_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[driver])
         self.read_write_claim = self._volume(
             GRAPHS_PV_READ_WRITE, bucket_name, args, "ReadWriteMany",
-            graphs_mount_options(args.region, read_only=False), {}, in_cluster)
+            graphs_mount_options(args.region, read_only=False), in_cluster)
         self.read_only_claim = self._volume(
             GRAPHS_PV_READ_ONLY, bucket_name, args, "ReadOnlyMany",
-            graphs_mount_options(args.region, read_only=True),
-            {"cache": "emptyDir", "cacheEmptyDirSizeLimit": SERVING_CACHE_LIMIT}, in_cluster)
+            graphs_mount_options(args.region, read_only=True), in_cluster)
         self.bucket_name = bucket_name
         self.register_outputs({"bucket_name": self.bucket_name, "read_write_claim": self.read_write_claim,
                                "read_only_claim": self.read_only_claim})
@@ -124,8 +127,7 @@ class Storage(pulumi.ComponentResource):
         return bucket.bucket, bucket.arn
 
     def _volume(self, volume_name: str, bucket_name: pulumi.Output[str], args: StorageArgs, access_mode: str,
-                mount_options: list[str], cache_attributes: dict[str, str],
-                opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+                mount_options: list[str], opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
         """A static PersistentVolume on the bucket and the claim bound to it, both named `volume_name`."""
         volume = k8s.core.v1.PersistentVolume(
             volume_name,
@@ -138,7 +140,7 @@ class Storage(pulumi.ComponentResource):
                 "claimRef": {"namespace": args.namespace, "name": volume_name},
                 "mountOptions": mount_options,
                 "csi": {"driver": CSI_DRIVER, "volumeHandle": volume_name,
-                        "volumeAttributes": {"bucketName": bucket_name, **cache_attributes}},
+                        "volumeAttributes": {"bucketName": bucket_name}},
             },
             opts=opts)
         claim = k8s.core.v1.PersistentVolumeClaim(

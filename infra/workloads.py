@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import catalog, iam, versions
+from infra import catalog, iam, sizing, versions
+from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
 from infra.config import NeuronPool, StackConfig
 from infra.naming import (
     COMPILE, COMPILE_SERVICE_ACCOUNT, HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, METRICS_NAMESPACE,
@@ -19,7 +20,7 @@ from infra.naming import (
     SYSTEM_NODE_LABEL, neuron_nodepool, workload_labels, workload_name,
 )
 from infra.storage import CONTAINER_UID
-from model.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE
+from model.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE, READERS_ENV, readers_for_cpus
 from model.shapes import Shape
 from serving import endpoints
 
@@ -27,10 +28,15 @@ GRAPHS_MOUNT = "/graphs"
 SCRATCH_MOUNT = "/scratch"
 # The FLUX.1-dev download (~34 GB), the traced graphs and the compiler's work files.
 SCRATCH_SIZE = "200Gi"
-# load_generator verifies each artifact file while copying it to local disk (TMPDIR), then
-# loads from there: room for one whole FLUX.1-dev artifact, on the node's striped NVMe.
+# load_generator verifies each artifact file while copying it into TMPDIR, then loads from there.
+# That copy is the graphs' one cache on the node (the read-only graph volume has none, see
+# docs/cold-start.md): memory-backed, so writing it costs no disk bandwidth and no node disk that
+# Karpenter does not see; it counts against the pod's memory limit. One artifact plus a quarter.
 LOCAL_ARTIFACT_MOUNT = "/var/lib/flux-neuron"
-LOCAL_ARTIFACT_SIZE = "150Gi"
+LOCAL_ARTIFACT_GIB = math.ceil(ARTIFACT_GB * 1e9 / 2**30 * 1.25)
+LOCAL_ARTIFACT_SIZE = f"{LOCAL_ARTIFACT_GIB}Gi"
+# The serving container's own writes on disk: logs and the libraries' caches under HOME.
+SERVING_EPHEMERAL_STORAGE = "10Gi"
 # A pod gets this part of its devices' share of the host's CPU (and a serving pod of its memory);
 # the rest is for the kubelet's reservations and the node daemons (device plugin, Mountpoint,
 # CloudWatch agent, CNI). A compile pod's memory comes from the sizing model instead.
@@ -39,11 +45,7 @@ HOST_SHARE = 0.7
 COMPILE_START_MINUTES = 30
 # How long a finished Job stays for its logs.
 FINISHED_JOB_TTL_SECONDS = 7 * 24 * 3600
-# Loading ~10+ GB of graphs from S3 onto the devices and one warm-up generation.
-STARTUP_MINUTES = 30
 PROBE_PERIOD_SECONDS = 10
-# A rollout waits for a node, the image pull and the startup above.
-ROLLOUT_MINUTES = STARTUP_MINUTES + COMPILE_START_MINUTES
 # How often the serving pods' wait loop asks whether the artifact is published.
 RESOLVE_INTERVAL_SECONDS = 30
 # `sh -c WAIT_SCRIPT wait-for-graphs LIMIT_SECONDS COMPILE_JOB RESOLVE_COMMAND...`: retries the resolve
@@ -109,6 +111,16 @@ def host_share(pool: NeuronPool, devices: int) -> HostShare:
     return HostShare(math.floor(cpu * devices * HOST_SHARE), math.floor(memory * devices * HOST_SHARE))
 
 
+def startup_failure_threshold(family: str, shape: Shape) -> int:
+    """Startup probes before the kubelet restarts a server: the cold-start budget's in-container part."""
+    return math.ceil(startup_probe_seconds(family, shape) / PROBE_PERIOD_SECONDS)
+
+
+def rollout_minutes(family: str, shape: Shape) -> int:
+    """A rollout waits for a node and the image pull (as a compile does), then the startup window."""
+    return COMPILE_START_MINUTES + math.ceil(startup_probe_seconds(family, shape) / 60)
+
+
 def artifact_key_args(config: StackConfig, shape: Shape) -> list[str]:
     """The options that make up the artifact key, the same for compiling, waiting and serving.
 
@@ -156,9 +168,13 @@ HF_TOKEN_VOLUME = {"name": "hf-token", "secret": {
     "items": [{"key": HF_TOKEN_SECRET_KEY, "path": HF_TOKEN_SECRET_KEY}]}}
 
 
-def _shm_volume(memory_gib: int) -> dict:
+def shm_gib(memory_gib: int) -> int:
     # Tensor-parallel ranks exchange tensors through /dev/shm; it counts against the memory limit.
-    return {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{max(1, memory_gib // 4)}Gi"}}
+    return max(1, memory_gib // 4)
+
+
+def _shm_volume(memory_gib: int) -> dict:
+    return {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib(memory_gib)}Gi"}}
 
 
 def _claim_volume(name: str, claim: str, read_only: bool) -> dict:
@@ -251,6 +267,14 @@ def wait_for_graphs_limit_seconds(config: StackConfig) -> int:
     return (COMPILE_START_MINUTES + config.compile.timeout_minutes) * 60
 
 
+def serving_share(config: StackConfig, host: HostShare) -> HostShare:
+    """A serving pod's CPU is its devices' share of the host (`host`); its memory that share or, when
+    more, what it holds while it loads (sizing.serving_memory_gib): the verified copy of its artifact
+    in memory, the graphs loaded from it, /dev/shm and the process."""
+    needed = sizing.serving_memory_gib(config.dtype, LOCAL_ARTIFACT_GIB, shm_gib(host.memory_gib))
+    return HostShare(host.cpu, max(host.memory_gib, needed))
+
+
 def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Input[str],
                             read_only_claim: pulumi.Input[str], read_write_claim: pulumi.Input[str],
                             scheduler_name: str) -> dict:
@@ -281,17 +305,19 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
                     "--graphs-root", GRAPHS_MOUNT, *key_args,
                     "--queue-size", str(config.serving.queue_size),
                     "--request-timeout", str(config.serving.request_timeout_seconds)],
-        "env": [HOME_ENV, {"name": "TMPDIR", "value": LOCAL_ARTIFACT_MOUNT}],
+        "env": [HOME_ENV, {"name": "TMPDIR", "value": LOCAL_ARTIFACT_MOUNT},
+                {"name": READERS_ENV, "value": str(readers_for_cpus(share.cpu))}],
         "ports": [{"name": "http", "containerPort": endpoints.DEFAULT_PORT, "protocol": "TCP"}],
         # Startup: graphs loaded and warmed; until then liveness and readiness wait.
         "startupProbe": {"httpGet": http_get, "periodSeconds": PROBE_PERIOD_SECONDS, "timeoutSeconds": 5,
-                         "failureThreshold": STARTUP_MINUTES * 60 // PROBE_PERIOD_SECONDS},
+                         "failureThreshold": startup_failure_threshold(pool.family, shape)},
         "readinessProbe": {"httpGet": http_get, "periodSeconds": PROBE_PERIOD_SECONDS, "timeoutSeconds": 5,
                            "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"port": "http", "path": endpoints.HEALTHZ}, "periodSeconds": 20,
                           "timeoutSeconds": 5, "failureThreshold": 3},
         "lifecycle": {"preStop": {"sleep": {"seconds": DEREGISTRATION_SECONDS}}},
-        "resources": _neuron_resources(config.serving.devices, share, ephemeral_storage=LOCAL_ARTIFACT_SIZE),
+        "resources": _neuron_resources(config.serving.devices, serving_share(config, share),
+                                       ephemeral_storage=SERVING_EPHEMERAL_STORAGE),
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "graphs", "mountPath": GRAPHS_MOUNT, "readOnly": True},
                          {"name": "local-artifact", "mountPath": LOCAL_ARTIFACT_MOUNT},
@@ -306,7 +332,7 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
         "selector": {"matchLabels": labels},
         # A new pod must be serving before an old one goes: accelerator capacity is slow to come back.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-        "progressDeadlineSeconds": ROLLOUT_MINUTES * 60,
+        "progressDeadlineSeconds": rollout_minutes(pool.family, shape) * 60,
         "template": {
             "metadata": {"labels": labels},
             "spec": {
@@ -321,14 +347,16 @@ def serving_deployment_spec(config: StackConfig, shape: Shape, image: pulumi.Inp
                 "containers": [server],
                 "volumes": [_claim_volume("graphs", read_only_claim, read_only=True),
                             _claim_volume("graphs-published", read_write_claim, read_only=True),
-                            {"name": "local-artifact", "emptyDir": {"sizeLimit": LOCAL_ARTIFACT_SIZE}},
+                            {"name": "local-artifact",
+                             "emptyDir": {"medium": "Memory", "sizeLimit": LOCAL_ARTIFACT_SIZE}},
                             _shm_volume(share.memory_gib), TMP_VOLUME],
             },
         },
     }
 
 
-def autoscaler_spec(config: StackConfig, deployment_name: str) -> dict:
+def autoscaler_spec(config: StackConfig, shape: Shape, deployment_name: str) -> dict:
+    scale_up_period = scale_up_period_seconds(config.serving_pool.family, shape)
     return {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name},
         "minReplicas": config.serving.replicas,
@@ -337,10 +365,13 @@ def autoscaler_spec(config: StackConfig, deployment_name: str) -> dict:
             "metric": {"name": AUTOSCALING_METRIC},
             "target": {"type": "AverageValue", "averageValue": str(OUTSTANDING_PER_POD)}}}],
         "behavior": {
-            # A new pod takes a node and up to STARTUP_MINUTES to serve: add one at a time, and
-            # give up capacity only after load has stayed low for a while.
-            "scaleUp": {"stabilizationWindowSeconds": 60,
-                        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
+            # Pods added now serve only after a cold start on a new node (infra/cold_start.py): per
+            # such period add one pod or double, whichever is more, so a burst is met within a few
+            # periods without adding for load the pods still starting will take. Give up capacity
+            # only after load has stayed low for a while.
+            "scaleUp": {"stabilizationWindowSeconds": 60, "selectPolicy": "Max",
+                        "policies": [{"type": "Pods", "value": 1, "periodSeconds": scale_up_period},
+                                     {"type": "Percent", "value": 100, "periodSeconds": scale_up_period}]},
             "scaleDown": {"stabilizationWindowSeconds": 1800,
                           "policies": [{"type": "Pods", "value": 1, "periodSeconds": 600}]},
         },
@@ -536,13 +567,14 @@ class Workloads(pulumi.ComponentResource):
                     custom_timeouts=pulumi.CustomTimeouts(
                         create=f"{config.compile.timeout_minutes + COMPILE_START_MINUTES}m",
                         update=f"{config.compile.timeout_minutes + COMPILE_START_MINUTES}m")))
+            rollout = rollout_minutes(config.serving_pool.family, shape)
             deployment = k8s.apps.v1.Deployment(
                 serve_name, metadata=metadata(serve_name, workload_labels(SERVE, shape)),
                 spec=serving_deployment_spec(config, shape, args.image_ref, args.read_only_claim,
                                              args.read_write_claim, args.scheduler_name),
                 opts=pulumi.ResourceOptions(
                     parent=self, provider=args.provider, depends_on=[*args.depends_on, job, *accounts],
-                    custom_timeouts=pulumi.CustomTimeouts(create=f"{ROLLOUT_MINUTES}m", update=f"{ROLLOUT_MINUTES}m")))
+                    custom_timeouts=pulumi.CustomTimeouts(create=f"{rollout}m", update=f"{rollout}m")))
             labels = workload_labels(SERVE, shape)
             service = k8s.core.v1.Service(
                 serve_name, metadata=metadata(serve_name, labels),
@@ -556,7 +588,7 @@ class Workloads(pulumi.ComponentResource):
                 spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}}, opts=in_cluster)
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
                 serve_name, metadata=metadata(serve_name, labels),
-                spec=autoscaler_spec(config, serve_name),
+                spec=autoscaler_spec(config, shape, serve_name),
                 opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
                                             depends_on=[*args.depends_on, deployment, *metrics]))
             self.services[str(shape)] = service.metadata.name

@@ -8,12 +8,17 @@ one object are not coordinated (the last upload wins, atomically). So a compile:
 2. copies each finished file sequentially into a fresh ``attempts/<id>/`` directory
    that nobody else writes (so nothing is ever overwritten or renamed);
 3. writes ``manifest.json`` last: the key, the attempt it points at, and every file's
-   size and sha256.
+   size and BLAKE3 hash.
 
 A manifest therefore means "complete", and it is a single small object: whichever of
 two concurrent compiles writes it, it points at a complete attempt. Files without a
 manifest are an interrupted compile; the next compile ignores them and publishes a new
 attempt beside them.
+
+Files are hashed with BLAKE3 (format 2): on the development VM it hashes 2.9 GB/s on one
+core against sha256's 1.45 GB/s with SHA-NI, so verifying a 34 GB artifact costs half the
+CPU, and it is as collision-resistant for this purpose. Format 1 manifests (sha256) are
+still read and verified, so artifacts published before need no recompile.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import json
 import os
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
+
+import blake3
 
 # The exit status of `model.compile --resolve` when the key has no published artifact yet; the
 # serving pods' wait loop (infra/workloads.py) retries on exactly this status.
@@ -35,13 +42,48 @@ EXIT_NOT_PUBLISHED = 3
 EXIT_USAGE = 2
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+# The manifest field holding each file's hash (hex BLAKE3, 32 bytes).
+HASH_FIELD = "blake3"
+# Per manifest format this code reads: the hash field and a new hasher for it.
+_HASHES = {
+    1: ("sha256", hashlib.sha256),
+    # One thread per file: the files are already hashed in parallel, and on the development VM
+    # blake3's own threads cost 5-10% more CPU for no gain then.
+    MANIFEST_FORMAT: (HASH_FIELD, blake3.blake3),
+}
 ATTEMPTS_DIR = "attempts"
-_CHUNK_BYTES = 8 << 20
+# Small enough to stay in the CPU cache between the read, the hash and the write: on the
+# development VM 1 MiB chunks cost 20% less CPU than 8 MiB ones.
+_CHUNK_BYTES = 1 << 20
+# How many files copy_verified reads at once; unset, readers_for_cpus(the cores this process may use).
+READERS_ENV = "FLUX_ARTIFACT_READERS"
+# Each Mountpoint reader already fetches its file with many concurrent ranged GETs, so beyond this
+# more readers only add threads; it is also as many large files as a FLUX artifact has at TP 8 (16 shards).
+MAX_READERS = 16
 
 
 class ArtifactError(Exception):
     """An artifact directory is unpublished, incomplete or corrupted; the message says which file and how."""
+
+
+def readers_for_cpus(cpus: int) -> int:
+    """Concurrent file reads for a process with ``cpus`` cores: two per core, at most MAX_READERS.
+
+    A reader alternates between waiting for storage and hashing and writing what arrived, so two
+    per core keep every core busy while reads wait.
+    """
+    return max(1, min(MAX_READERS, 2 * cpus))
+
+
+def default_readers() -> int:
+    """FLUX_ARTIFACT_READERS if set (a whole number >= 1), else readers_for_cpus(this process's cores)."""
+    value = os.environ.get(READERS_ENV)
+    if value is None:
+        return readers_for_cpus(len(os.sched_getaffinity(0)))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{READERS_ENV}={value!r}: expected a whole number of concurrent file reads, at least 1")
+    return int(value)
 
 
 def _write_new_file(path: Path, data: bytes) -> None:
@@ -53,37 +95,38 @@ def _write_new_file(path: Path, data: bytes) -> None:
         os.fsync(file.fileno())
 
 
-def _copy_and_hash(reader, writer, size: int, name: str) -> str:
-    """Copy exactly ``size`` bytes sequentially from reader to writer; return their sha256."""
-    digest = hashlib.sha256()
-    hashing: Future | None = None
+def _copy_and_hash(reader, writer, size: int, name: str, manifest_format: int = MANIFEST_FORMAT) -> str:
+    """Copy exactly ``size`` bytes sequentially from reader (unbuffered) to writer; return their hash.
+
+    One pass: each chunk is read into a reused buffer, hashed and written from there. Reading,
+    hashing and writing all release the GIL, so files copied on parallel threads overlap fully.
+    """
+    hasher = _HASHES[manifest_format][1]()
+    buffer = memoryview(bytearray(max(1, min(_CHUNK_BYTES, size))))
     copied = 0
-    with ThreadPoolExecutor(max_workers=1) as hasher:
-        while copied < size:
-            chunk = reader.read(min(_CHUNK_BYTES, size - copied))
-            if not chunk:
-                raise ArtifactError(f"{name}: ended after {copied} of {size} bytes while reading")
-            # Hash on a helper thread while this chunk is written and the next one read:
-            # both release the GIL, so hashing costs little on top of copying.
-            if hashing is not None:
-                hashing.result()
-            hashing = hasher.submit(digest.update, chunk)
-            writer.write(chunk)
-            copied += len(chunk)
-        if hashing is not None:
-            hashing.result()
-    return digest.hexdigest()
+    while copied < size:
+        count = reader.readinto(buffer[: min(len(buffer), size - copied)])
+        if not count:
+            raise ArtifactError(f"{name}: ended after {copied} of {size} bytes while reading")
+        chunk = buffer[:count]
+        hasher.update(chunk)
+        writer.write(chunk)
+        copied += count
+    if reader.readinto(buffer[:1]):
+        # The size came from metadata (which Mountpoint caches): the bytes themselves say otherwise.
+        raise ArtifactError(f"{name}: more than {size} bytes while reading (extended or replaced)")
+    return hasher.hexdigest()
 
 
 def _copy_new_file(source: Path, destination: Path) -> tuple[int, str]:
-    """Copy into a new file; return the size and sha256 of the bytes written."""
+    """Copy into a new file; return the size and BLAKE3 of the bytes written."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     with source.open("rb", buffering=0) as reader, destination.open("xb") as writer:
         size = os.fstat(reader.fileno()).st_size
-        sha256 = _copy_and_hash(reader, writer, size, str(source))
+        digest = _copy_and_hash(reader, writer, size, str(source))
         writer.flush()
         os.fsync(writer.fileno())
-    return size, sha256
+    return size, digest
 
 
 def new_attempt_name() -> str:
@@ -113,8 +156,8 @@ def publish(staged: Path, artifact_dir: Path, manifest: dict) -> bool:
     files = []
     for path in sorted(path for path in staged.rglob("*") if path.is_file()):
         relative = path.relative_to(staged).as_posix()
-        size, sha256 = _copy_new_file(path, attempt_dir / relative)
-        files.append({"path": relative, "size": size, "sha256": sha256})
+        size, digest = _copy_new_file(path, attempt_dir / relative)
+        files.append({"path": relative, "size": size, HASH_FIELD: digest})
     timings = {**manifest["timings"], "copy_s": round(time.perf_counter() - started, 3)}
     document = {"format": MANIFEST_FORMAT, **manifest, "timings": timings, "attempt": attempt, "files": files}
     manifest_path = artifact_dir / MANIFEST_NAME
@@ -141,43 +184,64 @@ def read_manifest(artifact_dir: Path) -> dict:
     missing = {"format", "key", "attempt", "files"} - set(manifest)
     if missing:
         raise ArtifactError(f"{MANIFEST_NAME} in {artifact_dir} lacks {', '.join(sorted(missing))}")
-    if manifest["format"] != MANIFEST_FORMAT:
+    if manifest["format"] not in _HASHES:
         raise ArtifactError(
-            f"{MANIFEST_NAME} in {artifact_dir} has format {manifest['format']}, this code reads {MANIFEST_FORMAT}"
+            f"{MANIFEST_NAME} in {artifact_dir} has format {manifest['format']}, this code reads "
+            f"{', '.join(map(str, _HASHES))}"
         )
     return manifest
 
 
-def copy_verified(artifact_dir: Path, destination: Path) -> dict:
+def copy_verified(artifact_dir: Path, destination: Path, readers: int | None = None) -> dict:
     """Copy a published artifact's files into a private local ``destination``; return its manifest.
 
-    Each file is read once, and its size and sha256 are checked on the way. Loaders then
-    read the local copy: what they load is exactly what was verified (nobody else writes
-    there), torch.jit.load reads a path several times faster than a buffer, and
-    parallel_model_load insists on a directory anyway. Raises ArtifactError naming the
-    first missing, truncated or corrupted file.
+    One pass over the published bytes: each file is read once, its size and BLAKE3 checked
+    while it is copied, and ``readers`` files (default: default_readers()) are copied at once,
+    largest first. Loaders then read the local copy, which they find in the page cache
+    because it was just written: what they load is exactly what was verified (nobody else
+    writes there), and parallel_model_load insists on a directory anyway. Raises
+    ArtifactError naming a missing, truncated, extended or corrupted file (the first such
+    in manifest order among those read), before any loader sees a byte.
     """
+    readers = default_readers() if readers is None else readers
+    if readers < 1:
+        raise ValueError(f"readers={readers}: expected at least 1 concurrent file read")
     manifest = read_manifest(artifact_dir)
     attempt_dir = Path(artifact_dir) / manifest["attempt"]
     root = destination.resolve()
     for entry in manifest["files"]:
-        target = root / entry["path"]
-        if not target.resolve().is_relative_to(root):
+        if not (root / entry["path"]).resolve().is_relative_to(root):
             raise ArtifactError(f"{entry['path']}: listed in {MANIFEST_NAME} but outside the artifact")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _copy_verified_file(attempt_dir / entry["path"], target, entry["path"], entry["size"], entry["sha256"])
+    for directory in sorted({(root / entry["path"]).parent for entry in manifest["files"]}):
+        directory.mkdir(parents=True, exist_ok=True)
+    largest_first = sorted(manifest["files"], key=lambda entry: -entry["size"])
+    with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="artifact-reader") as pool:
+        futures = {
+            entry["path"]: pool.submit(_copy_verified_file, attempt_dir, root, entry, manifest["format"])
+            for entry in largest_first
+        }
+        wait(futures.values(), return_when=FIRST_EXCEPTION)
+        failed = [futures[entry["path"]] for entry in manifest["files"]
+                  if futures[entry["path"]].done() and futures[entry["path"]].exception()]
+        if failed:
+            for future in futures.values():
+                future.cancel()
+            raise failed[0].exception()
     return manifest
 
 
-def _copy_verified_file(source: Path, target: Path, name: str, size: int, sha256: str) -> None:
+def _copy_verified_file(attempt_dir: Path, root: Path, entry: dict, manifest_format: int) -> None:
+    hash_field = _HASHES[manifest_format][0]
+    name, size, expected = entry["path"], entry["size"], entry[hash_field]
+    source = attempt_dir / name
     try:
         reader = source.open("rb", buffering=0)
     except FileNotFoundError:
         raise ArtifactError(f"{name}: missing (expected at {source})") from None
-    with reader, target.open("xb") as writer:
+    with reader, (root / name).open("xb") as writer:
         actual_size = os.fstat(reader.fileno()).st_size
         if actual_size != size:
             raise ArtifactError(f"{name}: {actual_size} bytes, the manifest says {size} (truncated or replaced)")
-        actual_sha256 = _copy_and_hash(reader, writer, size, name)
-    if actual_sha256 != sha256:
-        raise ArtifactError(f"{name}: sha256 {actual_sha256} does not match the manifest's {sha256} (corrupted)")
+        actual = _copy_and_hash(reader, writer, size, name, manifest_format)
+    if actual != expected:
+        raise ArtifactError(f"{name}: {hash_field} {actual} does not match the manifest's {expected} (corrupted)")

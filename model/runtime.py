@@ -8,8 +8,12 @@ Nothing here touches the network or the HuggingFace token.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -149,25 +153,78 @@ class FluxGenerator:
         return result.images[0]
 
 
-def load_generator(artifact_dir: Path) -> FluxGenerator:
+# The verified local copies under TMPDIR. Each is locked (flock on its directory) by the process
+# using it, so copies a killed process left behind are recognisable: in a pod, TMPDIR is an
+# emptyDir that outlives container restarts, and one abandoned copy would fill it. Creating a copy
+# and removing abandoned ones take turns on a lock file, so a copy is never seen before it is locked.
+# (Earlier versions named their unlocked copies flux-artifact-*: this prefix never matches those.)
+STAGING_PREFIX = "flux-verified-copy-"
+STAGING_GUARD = ".flux-verified-copy.lock"
+
+
+class _LockedStaging(tempfile.TemporaryDirectory):
+    """A private temporary directory, flock-ed for as long as this object lives."""
+
+    def __init__(self):
+        super().__init__(prefix=STAGING_PREFIX)
+        lock = os.open(self.name, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        self._release = weakref.finalize(self, os.close, lock)
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        self._release()
+
+
+def _new_staging() -> _LockedStaging:
+    """A fresh locked copy directory under TMPDIR, after deleting the copies no live process holds."""
+    root = Path(tempfile.gettempdir())
+    with open(root / STAGING_GUARD, "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        _remove_abandoned_copies(root)
+        return _LockedStaging()
+
+
+def _remove_abandoned_copies(root: Path) -> None:
+    for candidate in root.glob(f"{STAGING_PREFIX}*"):
+        try:
+            descriptor = os.open(candidate, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue  # not a directory, or already gone
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # in use
+        else:
+            shutil.rmtree(candidate, ignore_errors=True)
+        finally:
+            os.close(descriptor)
+
+
+def load_generator(artifact_dir: Path, readers: int | None = None) -> FluxGenerator:
     """Load a published artifact, every file read once and checked against the manifest.
 
     The files are copied, verified, into a private temporary directory (under TMPDIR) that
-    lives as long as the generator, and loaded from there. Raises ArtifactError naming the
-    file for a missing manifest, a missing, truncated or corrupted file, or graphs this
-    artifact's backend cannot load; BackendUnavailable when that backend cannot run here
-    (a neuron artifact without the Neuron SDK).
+    lives as long as the generator, ``readers`` files at once (default: model.artifacts.
+    default_readers(), i.e. FLUX_ARTIFACT_READERS or two per core), and loaded from there:
+    the loaders read that copy from memory (TMPDIR is memory-backed in the pods, else the
+    just-written pages are in the page cache), so the published bytes cross the storage once. Raises ArtifactError naming the file for a missing manifest, a
+    missing, truncated or corrupted file, or graphs this artifact's backend cannot load;
+    BackendUnavailable when that backend cannot run here (a neuron artifact without the
+    Neuron SDK). Copies under TMPDIR that a killed process left behind are deleted first.
     """
-    staging = tempfile.TemporaryDirectory(prefix="flux-artifact-")
+    staging = _new_staging()
     try:
-        return _load(Path(artifact_dir), Path(staging.name), staging)
+        return _load(Path(artifact_dir), Path(staging.name), staging, readers)
     except BaseException:
         staging.cleanup()
         raise
 
 
-def _load(artifact_dir: Path, local: Path, staging: tempfile.TemporaryDirectory) -> FluxGenerator:
-    manifest = copy_verified(artifact_dir, local)
+def _load(
+    artifact_dir: Path, local: Path, staging: tempfile.TemporaryDirectory, readers: int | None
+) -> FluxGenerator:
+    manifest = copy_verified(artifact_dir, local, readers)
     config = json.loads((local / PIPELINE_CONFIG_NAME).read_text())
     if set(config["graphs"]) != set(COMPONENTS):
         raise ArtifactError(f"{PIPELINE_CONFIG_NAME}: graphs {sorted(config['graphs'])}, expected {list(COMPONENTS)}")

@@ -192,7 +192,8 @@ def test_graph_volumes_mount_the_bucket(rendering, stack_config):
         assert claims[name]["spec"]["volumeName"] == name
         assert claims[name]["metadata"]["namespace"] == WORKLOAD_NAMESPACE
     assert "read-only" in volumes["flux-graphs-ro"]["mountOptions"]
-    assert volumes["flux-graphs-ro"]["csi"]["volumeAttributes"]["cache"] == "emptyDir"
+    # One cache: the serving pod's verified copy; no Mountpoint data cache (docs/cold-start.md).
+    assert "cache" not in volumes["flux-graphs-ro"]["csi"]["volumeAttributes"]
     assert "read-only" not in volumes["flux-graphs-rw"]["mountOptions"]
     assert volumes["flux-graphs-rw"]["accessModes"] == ["ReadWriteMany"]
 

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import threading
 from pathlib import Path
 
+import blake3
 import pytest
 
+from model import artifacts
 from model.artifacts import (
     ATTEMPTS_DIR,
+    HASH_FIELD,
     MANIFEST_NAME,
+    MAX_READERS,
+    READERS_ENV,
     ArtifactError,
     copy_verified,
+    default_readers,
     publish,
     read_manifest,
+    readers_for_cpus,
     unfinished_attempts,
 )
 
@@ -30,7 +39,7 @@ def _stage(root: Path, files: dict[str, bytes]) -> Path:
 
 @pytest.fixture
 def files() -> dict[str, bytes]:
-    # The big file spans several 8 MiB read chunks.
+    # The big file spans many read chunks.
     return {"a.bin": b"alpha", "graphs/big.bin": bytes(range(256)) * (20 * 4096 + 3), "empty.txt": b""}
 
 
@@ -41,7 +50,7 @@ def published(tmp_path: Path, files: dict[str, bytes]) -> Path:
     return artifact_dir
 
 
-def test_manifest_lists_every_file_with_size_and_sha256_in_a_fresh_attempt(
+def test_manifest_lists_every_file_with_size_and_blake3_in_a_fresh_attempt(
     published: Path, files: dict[str, bytes]
 ) -> None:
     manifest = read_manifest(published)
@@ -51,7 +60,7 @@ def test_manifest_lists_every_file_with_size_and_sha256_in_a_fresh_attempt(
     assert set(listed) == set(files)
     for name, data in files.items():
         assert listed[name]["size"] == len(data)
-        assert listed[name]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert listed[name][HASH_FIELD] == blake3.blake3(data).hexdigest()
         assert (published / manifest["attempt"] / name).read_bytes() == data
 
 
@@ -86,7 +95,7 @@ def _damage(published: Path, name: str, how: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "how, message", [("missing", "missing"), ("truncated", "bytes"), ("extended", "bytes"), ("corrupted", "sha256")]
+    "how, message", [("missing", "missing"), ("truncated", "bytes"), ("extended", "bytes"), ("corrupted", "blake3 .* does not match")]
 )
 def test_damaged_files_raise_artifact_error_naming_the_file(
     tmp_path: Path, published: Path, how: str, message: str
@@ -139,3 +148,87 @@ def test_attempts_without_a_manifest_are_unfinished(tmp_path: Path, published: P
     (half_written / ATTEMPTS_DIR / "20260101T000000Z-abc" / "graphs").mkdir(parents=True)
     assert unfinished_attempts(half_written) == [f"{ATTEMPTS_DIR}/20260101T000000Z-abc"]
     assert unfinished_attempts(tmp_path / "never-compiled") == []
+
+
+def test_bytes_beyond_the_stated_size_are_refused_while_reading() -> None:
+    # Mountpoint caches metadata forever: the size it reports may be older than the bytes.
+    with pytest.raises(ArtifactError, match=r"^x\.bin: more than 3 bytes while reading"):
+        artifacts._copy_and_hash(io.BytesIO(b"abcd"), io.BytesIO(), 3, "x.bin")
+
+
+def test_a_file_that_ends_early_while_reading_is_refused() -> None:
+    with pytest.raises(ArtifactError, match=r"^x\.bin: ended after 2 of 3 bytes while reading"):
+        artifacts._copy_and_hash(io.BytesIO(b"ab"), io.BytesIO(), 3, "x.bin")
+
+
+def test_files_are_read_concurrently_by_at_most_the_given_number_of_readers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readers = 3
+    shards = {f"transformer/tp_{rank}.pt": bytes([rank]) * 1000 for rank in range(8)}
+    published = tmp_path / "artifact"
+    publish(_stage(tmp_path / "staged", shards), published, FIELDS)
+    # No file is copied until `readers` files are being read at once: with fewer readers this never happens.
+    all_started = threading.Event()
+    active, most_active, lock = 0, 0, threading.Lock()
+    copy_one = artifacts._copy_verified_file
+
+    def counted(*args) -> None:
+        nonlocal active, most_active
+        with lock:
+            active += 1
+            most_active = max(most_active, active)
+            if active == readers:
+                all_started.set()
+        try:
+            assert all_started.wait(timeout=10), f"only {most_active} files were read at once"
+            copy_one(*args)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(artifacts, "_copy_verified_file", counted)
+    copy_verified(published, tmp_path / "copy", readers=readers)
+    assert most_active == readers
+    for name, data in shards.items():
+        assert (tmp_path / "copy" / name).read_bytes() == data
+
+
+def test_a_damaged_file_among_parallel_reads_is_named(tmp_path: Path) -> None:
+    shards = {f"text_encoder_2/tp_{rank}.pt": bytes([rank]) * 5000 for rank in range(6)}
+    published = tmp_path / "artifact"
+    publish(_stage(tmp_path / "staged", shards), published, FIELDS)
+    _damage(published, "text_encoder_2/tp_4.pt", "corrupted")
+    with pytest.raises(ArtifactError, match=r"^text_encoder_2/tp_4\.pt: blake3 .* \(corrupted\)"):
+        copy_verified(published, tmp_path / "copy", readers=4)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "four", ""])
+def test_a_bad_reader_count_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(READERS_ENV, value)
+    with pytest.raises(ValueError, match=rf"^{READERS_ENV}={value!r}: expected a whole number"):
+        default_readers()
+
+
+def test_reader_count_comes_from_the_environment_or_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(READERS_ENV, "5")
+    assert default_readers() == 5
+    monkeypatch.delenv(READERS_ENV)
+    monkeypatch.setattr(artifacts.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert default_readers() == readers_for_cpus(3) == 6
+    assert readers_for_cpus(1) == 2
+    assert readers_for_cpus(128) == MAX_READERS
+
+
+def test_a_format_1_manifest_is_verified_with_its_sha256(tmp_path: Path, published: Path, files: dict[str, bytes]):
+    manifest = read_manifest(published)
+    legacy = {**manifest, "format": 1,
+              "files": [{"path": entry["path"], "size": entry["size"],
+                         "sha256": hashlib.sha256(files[entry["path"]]).hexdigest()} for entry in manifest["files"]]}
+    (published / MANIFEST_NAME).unlink()
+    (published / MANIFEST_NAME).write_text(json.dumps(legacy))
+    copy_verified(published, tmp_path / "copy")
+    assert (tmp_path / "copy" / "graphs/big.bin").read_bytes() == files["graphs/big.bin"]
+    _damage(published, "graphs/big.bin", "corrupted")
+    with pytest.raises(ArtifactError, match=r"^graphs/big\.bin: sha256 .* does not match"):
+        copy_verified(published, tmp_path / "copy-2")

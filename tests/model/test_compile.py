@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -14,11 +13,12 @@ import signal
 import threading
 from pathlib import Path
 
+import blake3
 import pytest
 
 import model.artifacts
 import model.compile
-from model.artifacts import ATTEMPTS_DIR, MANIFEST_NAME, read_manifest
+from model.artifacts import ATTEMPTS_DIR, HASH_FIELD, MANIFEST_NAME, read_manifest
 from model.backends import CpuBackend
 from model.compile import (
     COMPILE_CODE_VERSION,
@@ -59,7 +59,7 @@ def test_published_artifact_has_a_manifest_matching_its_files(
     for entry in manifest["files"]:
         data = (attempt_dir / entry["path"]).read_bytes()
         assert len(data) == entry["size"]
-        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert blake3.blake3(data).hexdigest() == entry[HASH_FIELD]
     assert manifest["key"] == cache_key(tiny_compile_options, CpuBackend().toolchain_versions())
     assert manifest["artifact"] == tiny_artifact_dir.name == artifact_name(manifest["key"])
     installed = {name: importlib.metadata.version(name) for name in ("torch", "diffusers", "transformers")}

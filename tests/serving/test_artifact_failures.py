@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from model.artifacts import MANIFEST_NAME
+from model.artifacts import HASH_FIELD, MANIFEST_NAME
 from model.runtime import load_generator
 from serving import endpoints
 
@@ -43,7 +43,7 @@ def corrupt_file(artifact_dir: Path) -> str:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    return f"{name}: sha256"
+    return f"{name}: {HASH_FIELD}"
 
 
 @pytest.mark.parametrize("damage", [remove_manifest, remove_file, truncate_file, corrupt_file])

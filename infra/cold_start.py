@@ -1,0 +1,150 @@
+"""The cold-start budget: from a scale-up event to a serving pod's /readyz, per Neuron family and shape.
+
+One place for the numbers the serving pods are sized from (infra/workloads.py: the startup
+probe, the rollout deadline, the HPA's scale-up period) and that docs/cold-start.md shows
+(`python -m infra.cold_start` prints its table; a test keeps the two equal). Each constant
+says where it comes from; the ones marked "assumption" are not measured anywhere yet and
+are the first to replace with numbers from a real cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from infra import sizing
+from model.shapes import Shape, parse_shape
+
+# Neuron compiles and serves bfloat16 (both stacks do); the budget is for that.
+BUDGET_DTYPE = "bfloat16"
+# FLUX.1-dev's graphs in bf16, GB, from the sizing model. The weights are inlined into the compiled
+# graphs, so an artifact is about this big whatever the shape.
+FLUX_DEV_GRAPH_GB = {component.name: component.bytes(BUDGET_DTYPE) / sizing.GB for component in sizing.FLUX_DEV}
+ARTIFACT_GB = sizing.artifact_bytes(BUDGET_DTYPE) / sizing.GB
+
+# Karpenter: NodeClaim created -> node Ready with the Neuron device plugin advertising devices.
+# Assumption: EC2 launch + AL2023 boot + kubelet join + the device plugin DaemonSet; Karpenter gives
+# up on a node that has not registered after 15 minutes, the hard upper bound.
+NODE_LAUNCH_S = 120
+# Pulling the image onto a node that does not have it. Assumption from AWS's figure for deep learning
+# images of 15-20 GB uncompressed ("4-6 minutes per instance", AWS Machine Learning Blog, "Reducing
+# container cold start times using SOCI index on DLAMI and DLC"): the Neuron DLC base is of that
+# class and our layers (diffusers, the server, model/) add well under 1 GB. The upper end is used.
+IMAGE_PULL_S = 360
+# SOCI parallel pull mode: 14-50% faster than a standard pull for images without a SOCI index
+# (awslabs/soci-snapshotter, parallel-pull fallback, measured on AL2023 with 20 GB+ images).
+SOCI_PARALLEL_PULL_SAVING = 0.5
+# Python start: importing torch, transformers, diffusers (and torch-neuronx on the nodes). Twice per
+# pod: the wait-for-graphs init container resolves the key, then the server starts. Assumption.
+PYTHON_START_S = 15
+# Mountpoint's throughput target where it cannot detect the instance's network bandwidth ("10 Gbps
+# elsewhere", mount-s3 --help, --maximum-throughput-gbps). On EC2 it targets the NIC's bandwidth
+# (inf2.24xlarge 50 Gbps, trn1.32xlarge 800 Gbps); the budget takes the floor.
+MOUNTPOINT_GBPS = 10
+ARTIFACT_READ_S = ARTIFACT_GB * 8 / MOUNTPOINT_GBPS
+# Loading the NEFFs onto the NeuronCores (torch.jit.load, parallel_model_load, lazily completed by
+# the first forward). Assumption: no Neuron hardware here and no published figure; ~0.5 GB/s.
+GRAPH_LOAD_S = 70
+# One warm-up generation. The server warms up with one step; the walkthrough's P50 for 10 steps
+# (shared/reference/NOTES.md) bounds it from above. Milliseconds, by family and image tokens.
+WALKTHROUGH_P50_MS = {"trn1": {"256x144": 588, "1024x576": 3129}, "inf2": {"256x144": 3076, "1024x576": 9081}}
+# trn1n has trn1's chips; trn2 is faster than trn1, so trn1's numbers bound it.
+WARM_UP_FAMILY = {"trn1": "trn1", "trn1n": "trn1", "trn2": "trn1", "inf2": "inf2"}
+
+# The goals on paper (issue 11): a pod on a node that is up, and a pod that needs a new node.
+ON_RUNNING_NODE_GOAL_S = 3 * 60
+ON_NEW_NODE_GOAL_S = 6 * 60
+# The startup probe allows this multiple of the in-container budget: its read and load terms are
+# assumptions, and a pod killed just before it would have been ready re-reads everything.
+STARTUP_PROBE_MARGIN = 3
+
+BUDGET_SHAPES = ("256x144", "1024x576")
+BUDGET_FAMILIES = ("trn1", "inf2")
+
+
+def warm_up_seconds(family: str, shape: Shape) -> float:
+    """The walkthrough's 10-step P50 for this family, interpolated linearly in image tokens."""
+    measured = WALKTHROUGH_P50_MS[WARM_UP_FAMILY[family]]
+    (small_tokens, small_ms), (large_tokens, large_ms) = sorted(
+        (parse_shape(name).image_tokens, ms) for name, ms in measured.items())
+    slope = (large_ms - small_ms) / (large_tokens - small_tokens)
+    return max(small_ms, small_ms + slope * (shape.image_tokens - small_tokens)) / 1000
+
+
+@dataclass(frozen=True)
+class Budget:
+    family: str
+    shape: Shape
+    steps: dict[str, float]  # step -> seconds, in the order they happen
+
+    # Steps only a pod on a node that was just launched pays: an up node already holds the image,
+    # which every Neuron pod of the stack shares.
+    NEW_NODE_STEPS = ("node launch", "image pull")
+
+    @property
+    def in_container(self) -> float:
+        """From the server container's start to /readyz: what the startup probe has to allow."""
+        return sum(self.steps[step] for step in ("server start", "artifact read", "graph load", "warm-up"))
+
+    @property
+    def on_running_node(self) -> float:
+        return sum(seconds for step, seconds in self.steps.items() if step not in self.NEW_NODE_STEPS)
+
+    @property
+    def on_new_node(self) -> float:
+        return sum(self.steps.values())
+
+    def on_new_node_with(self, image_pull_s: float) -> float:
+        return self.on_new_node - self.steps["image pull"] + image_pull_s
+
+
+def budget(family: str, shape: Shape) -> Budget:
+    return Budget(family, shape, {
+        "node launch": NODE_LAUNCH_S,
+        "image pull": IMAGE_PULL_S,
+        "resolve": PYTHON_START_S,
+        "server start": PYTHON_START_S,
+        "artifact read": ARTIFACT_READ_S,
+        "graph load": GRAPH_LOAD_S,
+        "warm-up": warm_up_seconds(family, shape),
+    })
+
+
+def startup_probe_seconds(family: str, shape: Shape) -> int:
+    """How long the startup probe lets a serving container take to become ready."""
+    return math.ceil(budget(family, shape).in_container * STARTUP_PROBE_MARGIN)
+
+
+def scale_up_period_seconds(family: str, shape: Shape) -> int:
+    """The HPA's scale-up period: how long pods it adds take to serve when they need a new node.
+
+    Within one period the HPA adds at most what its policies allow; only after it have those
+    pods' capacity in the metric, so a shorter period would keep adding for load they will take.
+    """
+    return math.ceil(budget(family, shape).on_new_node)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def budget_table() -> str:
+    """The budget as the Markdown table docs/cold-start.md shows."""
+    steps = list(budget(BUDGET_FAMILIES[0], parse_shape(BUDGET_SHAPES[0])).steps)
+    header = ["family", "shape", *(f"{step} (s)" for step in steps), "node up", "new node",
+              "new node, SOCI parallel pull", "new node, image pre-pulled"]
+    rows = []
+    for family in BUDGET_FAMILIES:
+        for name in BUDGET_SHAPES:
+            plan = budget(family, parse_shape(name))
+            totals = [(plan.on_running_node, ON_RUNNING_NODE_GOAL_S), (plan.on_new_node, ON_NEW_NODE_GOAL_S),
+                      (plan.on_new_node_with(IMAGE_PULL_S * (1 - SOCI_PARALLEL_PULL_SAVING)), ON_NEW_NODE_GOAL_S),
+                      (plan.on_new_node_with(0), ON_NEW_NODE_GOAL_S)]
+            rows.append([family, name, *(f"{plan.steps[step]:.3g}" for step in steps),
+                         *(f"{_minutes(total)} {'ok' if total <= goal else 'over'}" for total, goal in totals)])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+if __name__ == "__main__":
+    print(budget_table())
