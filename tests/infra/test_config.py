@@ -16,7 +16,7 @@ from infra.config import (
     StackConfig, SystemNodes, load_stack_config,
 )
 from infra.config_reference import DOC, REFRESH, with_table
-from infra.offline import REPO_ROOT, run_program, stack_file_config, stack_names, with_overrides
+from infra.offline import PLACEHOLDER_HF_TOKEN, REPO_ROOT, run_program, stack_file_config, stack_names, with_overrides
 from model.shapes import Shape
 
 REVISION = "3de623fc3c33e44ffbe2bad470d0f45bccf2eb21"
@@ -37,6 +37,7 @@ STATED = {
         network=NetworkSettings("10.0.0.0/16", 3),
         existing_vpc=None,
         system_nodes=SystemNodes("m7i.xlarge", min_size=2, desired_size=2, max_size=4),
+        hf_token=PLACEHOLDER_HF_TOKEN,
     ),
     "prod": StackConfig(
         region="us-east-1",
@@ -51,6 +52,7 @@ STATED = {
         network=NetworkSettings("10.40.0.0/16", 3),
         existing_vpc=None,
         system_nodes=SystemNodes("m7i.xlarge", min_size=3, desired_size=3, max_size=6),
+        hf_token=PLACEHOLDER_HF_TOKEN,
     ),
 }
 
