@@ -1,8 +1,12 @@
 """The stack config schema: every key, its default and its rule, validated before any resource exists.
 
-`load_stack_config` takes the raw Pulumi config (``namespace:key`` -> string, objects as JSON)
-and returns a typed `StackConfig`, or raises `ConfigError` naming the key, the bad value and
-what is allowed. `CONFIG_KEYS` is what docs/config.md documents (see infra.config_reference).
+The schema is a set of frozen pydantic models, declared once: each field holds its type, default,
+bounds and the text a message gives when it is refused; each top-level key's description is its
+rule in docs/config.md; rules across fields are the models' validators. `load_stack_config` takes
+the raw Pulumi config (``namespace:key`` -> string, objects as JSON) and returns a `StackConfig`,
+or raises `ConfigError` naming the key, the bad value and what is allowed (pydantic's first error,
+translated). `CONFIG_KEYS`, derived from `StackConfig`, is what docs/config.md documents (see
+infra.config_reference).
 """
 
 from __future__ import annotations
@@ -10,10 +14,19 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+import types
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Mapping
 
 import pulumi
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, StrictStr, ValidationError,
+    ValidationInfo, ValidatorFunctionWrapHandler, WrapValidator, field_validator, model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError, PydanticUndefined
 
 from infra import catalog, sizing, versions
 from infra.naming import PROJECT, graphs_bucket_prefix, stack_resource_name
@@ -84,19 +97,153 @@ class ConfigError(pulumi.RunError):
         self.key = key
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    id: str
-    revision: str
-    max_text_length: int
+def _key(name: str) -> str:
+    return name if ":" in name else f"{PROJECT}:{name}"
 
 
-@dataclass(frozen=True)
-class NeuronPool:
-    family: str
-    instance_types: tuple[str, ...]
-    capacity_types: tuple[str, ...]
-    max_devices: int
+# ---- How a field says what it allows ------------------------------------------------------------
+# Every field's rule lives on the field: its type and bounds for pydantic, and `allowed`, the text a
+# message gives when pydantic refuses the value (or `missing`, when it is left out). A field that is
+# `whole` is judged as one value: a bad item names the list, as the rule is about the list.
+
+
+def _rule(allowed: str, *, missing: str | None = None, whole: bool = False, **field: Any) -> Any:
+    return Field(**field, json_schema_extra={"allowed": allowed, "missing": missing or allowed, "whole": whole})
+
+
+def _integer(low: int, high: int, **field: Any) -> Any:
+    return _rule(f"an integer from {low} to {high}", ge=low, le=high, **field)
+
+
+_AS_GIVEN = object()
+
+
+def _not_allowed(allowed: str, *at: str | int, value: object = _AS_GIVEN) -> PydanticCustomError:
+    """A rule a validator enforces: `at` names the field (or item) below the value validated, if the rule is
+    about that one, and `value` what to show when it is not the value as given."""
+    shown = {} if value is _AS_GIVEN else {"value": value}
+    return PydanticCustomError("not_allowed", "{allowed}", {"allowed": allowed, "at": at, **shown})
+
+
+def _that(check: Callable[[Any], bool]) -> AfterValidator:
+    """The field's own rule, for what its type cannot say."""
+    def validate(value: Any) -> Any:
+        if not check(value):
+            raise ValueError("not allowed")
+        return value
+    return AfterValidator(validate)
+
+
+def _parsed_by(parse: Callable[[object], Any], parsed_type: type | None = None) -> PlainValidator:
+    """Parsed by the function the runtime uses too; its error says what is allowed."""
+    def validate(value: object) -> Any:
+        if parsed_type is not None and isinstance(value, parsed_type):
+            return value
+        try:
+            return parse(value)
+        except ValueError as error:
+            raise _not_allowed(str(error).split(": expected ", 1)[-1]) from None
+    return PlainValidator(validate)
+
+
+def _from_earlier(field: str, name: str, high: int) -> WrapValidator:
+    """An integer from the value of a field validated before it (spelt `name` in messages) to `high`."""
+    def validate(value: object, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        low = info.data.get(field)
+        if low is None:  # refused itself: that error comes first
+            return handler(value)
+        allowed = f"an integer from {name} ({low}) to {high}"
+        try:
+            number = handler(value)
+        except ValidationError:
+            raise _not_allowed(allowed) from None
+        if not low <= number <= high:
+            raise _not_allowed(allowed)
+        return number
+    return WrapValidator(validate)
+
+
+def _matches(pattern: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda text: bool(pattern.match(text))
+
+
+def _is_ipv4_network(text: str) -> bool:
+    try:
+        ipaddress.IPv4Network(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _cidr_in_range(text: str) -> bool:
+    return _is_ipv4_network(text) and 16 <= ipaddress.IPv4Network(text).prefixlen <= 20
+
+
+class _Section(BaseModel):
+    """A config object: camelCase fields as the stack file spells them, snake_case attributes, frozen."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel,
+                              validate_by_name=True, validate_by_alias=True)
+
+    def __init__(self, /, *values: Any, **fields: Any) -> None:
+        """Fields by position too, in their order, as the dataclasses these models replaced took them."""
+        super().__init__(**dict(zip(type(self).model_fields, values)), **fields)
+
+    @classmethod
+    def user_fields(cls) -> tuple[str, ...]:
+        """The fields a stack file may set, as it spells them."""
+        return tuple(field.alias or name for name, field in cls.model_fields.items() if not field.exclude)
+
+
+_TRUE_OR_FALSE = "true or false"
+_SCHEDULES_ON = "a device count that schedules on {family} ({types}): {counts}"
+_FAMILY = "a Neuron family: " + ", ".join(catalog.NEURON_FAMILIES)
+_DERIVED_DEVICES = ("the fewest the Neuron scheduler extension places on the pool (trn1, trn1n, trn2: 1, 4, 8, 16; "
+                    "inf2: any) with a NeuronCore per compile.tensorParallel rank")
+
+
+def _neuron_family(family: str) -> str:
+    if family not in catalog.NEURON_FAMILIES:
+        raise _not_allowed(_FAMILY)
+    return family
+
+
+def _family_types(family: object) -> tuple[str, ...]:
+    return tuple(instance.name for instance in catalog.NEURON_FAMILIES.get(family, ()))  # type: ignore[call-overload]
+
+
+class ModelSource(_Section):
+    id: Annotated[StrictStr, _that(lambda model_id: model_id.count("/") == 1)] = _rule(
+        "a HuggingFace model id 'owner/name'", default="black-forest-labs/FLUX.1-dev")
+    revision: Annotated[StrictStr, _that(_matches(_REVISION))] = _rule(
+        "the 40-hex commit of the model revision (pinned so graphs never go stale)")
+    max_text_length: StrictInt = _integer(1, MAX_TEXT_LENGTH, default=128)
+
+
+class NeuronPool(_Section):
+    # The neuronPools key the pool is configured under, not a field of its own.
+    family: Annotated[str, AfterValidator(_neuron_family)] = Field(exclude=True)
+    instance_types: tuple[StrictStr, ...] = _rule(
+        "a non-empty list of the family's instance types", whole=True,
+        default_factory=lambda fields: _family_types(fields.get("family")))
+    capacity_types: Annotated[tuple[StrictStr, ...], _that(lambda kinds: all(kind in CAPACITY_TYPES for kind in kinds))] = (
+        _rule(f"a non-empty list of capacity types: {', '.join(CAPACITY_TYPES)}", whole=True, min_length=1,
+              default=("on-demand",)))
+    max_devices: StrictInt = _integer(1, 4096, missing="required: the NodePool's limit on Neuron devices")
+
+    @field_validator("instance_types", mode="wrap")
+    @classmethod
+    def _of_the_family(cls, value: object, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        family = info.data.get("family")
+        family_types = _family_types(family)
+        allowed = f"a non-empty list of {family} types: {', '.join(family_types)}"
+        try:
+            instance_types = handler(value)
+        except ValidationError:
+            raise _not_allowed(allowed) from None
+        if not instance_types or not set(instance_types) <= set(family_types):
+            raise _not_allowed(allowed)
+        return instance_types
 
     @property
     def valid_device_counts(self) -> tuple[int, ...]:
@@ -106,74 +253,163 @@ class NeuronPool:
     def cores_per_device(self) -> int:
         return catalog.cores_per_device(self.family)
 
-
-@dataclass(frozen=True)
-class CompileSettings:
-    pool: str
-    devices: int  # what tensor_parallel needs (infra.sizing), unless extra_devices_reason says why more
-    tensor_parallel: int
-    timeout_minutes: int
-    extra_devices_reason: str | None = None
+    @property
+    def schedulable_counts(self) -> str:
+        """What a device count on this pool may be, for messages."""
+        return _SCHEDULES_ON.format(family=self.family, types=", ".join(self.instance_types),
+                                    counts=", ".join(map(str, self.valid_device_counts)))
 
 
-@dataclass(frozen=True)
-class ServingSettings:
-    pool: str
-    devices: int  # as CompileSettings.devices
-    replicas: int
-    max_replicas: int
-    queue_size: int
-    request_timeout_seconds: int
-    extra_devices_reason: str | None = None
+# StackConfig checks the pool and the devices against the configured pools.
+_POOL = _rule("a configured neuronPools family")
+_DEVICES = _rule("a device count that schedules on the pool", default=None)
+_EXTRA_DEVICES_REASON = _rule("a sentence saying why the pod needs more devices than its tensor-parallel ranks",
+                              default=None)
+_TENSOR_PARALLEL = (f"one of {', '.join(map(str, sizing.tensor_parallel_degrees()))}: a divisor of every sharded "
+                    f"component's attention heads (FLUX.1-dev: {sizing.sharded_heads()})")
+_Reason = Annotated[StrictStr, _that(lambda reason: bool(reason.strip()))]
 
 
-@dataclass(frozen=True)
-class ExistingVpc:
-    vpc_id: str
-    private_subnet_ids: tuple[str, ...]
-    public_subnet_ids: tuple[str, ...]
+class CompileSettings(_Section):
+    pool: StrictStr = _POOL
+    # What tensor_parallel needs on the pool (infra.sizing), unless extra_devices_reason says why more;
+    # StackConfig derives it when it is not given.
+    devices: StrictInt | None = _DEVICES
+    extra_devices_reason: _Reason | None = _EXTRA_DEVICES_REASON
+    tensor_parallel: Annotated[StrictInt, _that(lambda degree: degree in sizing.tensor_parallel_degrees())] = (
+        _rule(_TENSOR_PARALLEL))
+    timeout_minutes: StrictInt = _integer(10, 1440, default=360)
 
 
-@dataclass(frozen=True)
-class NetworkSettings:
-    cidr: str
-    availability_zones: int
+class ServingSettings(_Section):
+    pool: StrictStr = _POOL
+    devices: StrictInt | None = _DEVICES  # as compile's
+    extra_devices_reason: _Reason | None = _EXTRA_DEVICES_REASON
+    replicas: StrictInt = _integer(1, MAX_REPLICAS, default=1)
+    max_replicas: Annotated[StrictInt, _from_earlier("replicas", "serving.replicas", MAX_REPLICAS)] = _rule(
+        f"an integer from serving.replicas to {MAX_REPLICAS}", default_factory=lambda fields: fields.get("replicas"))
+    queue_size: StrictInt = _integer(0, 64, default=4)
+    request_timeout_seconds: StrictInt = _integer(1, 3600, default=120)
 
 
-@dataclass(frozen=True)
-class SystemNodes:
-    instance_type: str
-    min_size: int
-    desired_size: int
-    max_size: int
+
+class ExistingVpc(_Section):
+    vpc_id: Annotated[StrictStr, _that(_matches(_VPC_ID))] = _rule("a VPC id such as vpc-0123456789abcdef0")
+    private_subnet_ids: tuple[Annotated[StrictStr, _that(_matches(_SUBNET_ID))], ...] = _rule(
+        "a list of at least 2 subnet ids", whole=True, min_length=2)
+    public_subnet_ids: tuple[Annotated[StrictStr, _that(_matches(_SUBNET_ID))], ...] = _rule(
+        "a list of at least 2 subnet ids", whole=True, min_length=2)
 
 
-@dataclass(frozen=True)
-class IngressSettings:
+class NetworkSettings(_Section):
+    cidr: Annotated[StrictStr, _that(_cidr_in_range)] = _rule(
+        "an IPv4 network from /16 to /20, e.g. 10.0.0.0/16", default="10.0.0.0/16")
+    availability_zones: StrictInt = _integer(2, 3, default=3)
+
+
+class SystemNodes(_Section):
+    instance_type: Annotated[StrictStr, _that(
+        lambda name: bool(_SYSTEM_INSTANCE.match(name)) and catalog.family_of(name) not in catalog.NEURON_FAMILIES)] = (
+        _rule("a general-purpose EC2 instance type such as m7i.xlarge (not a Neuron type)", default="m7i.xlarge"))
+    min_size: StrictInt = _integer(1, 10, default=2)
+    desired_size: StrictInt = _rule("an integer from systemNodes.minSize to systemNodes.maxSize", default=2)
+    max_size: Annotated[StrictInt, _from_earlier("min_size", "systemNodes.minSize", 10)] = _rule(
+        "an integer from systemNodes.minSize to 10", default=4, validate_default=True)
+
+    @model_validator(mode="after")
+    def _desired_within_the_bounds(self) -> SystemNodes:
+        if not self.min_size <= self.desired_size <= self.max_size:
+            raise _not_allowed(f"an integer from systemNodes.minSize ({self.min_size}) to systemNodes.maxSize "
+                               f"({self.max_size})", "desiredSize", value=self.desired_size)
+        return self
+
+
+class ImageSettings(_Section):
+    uri: Annotated[StrictStr, _that(_matches(_IMAGE_BY_DIGEST))] | None = _rule(
+        "an image pinned by digest, 'registry/repository@sha256:<64 hex>' (a tag can move)", default=None)
+
+
+class IngressSettings(_Section):
     """Without a certificate the load balancer is internal: nothing is published over plain HTTP."""
 
-    certificate_arn: str | None = None
-    internal: bool = True
+    # Checked against the stack's region by StackConfig.
+    certificate_arn: StrictStr | None = _rule("an ACM certificate ARN in the stack's region", default=None)
+    internal: StrictBool = _rule(_TRUE_OR_FALSE, default_factory=lambda fields: fields.get("certificate_arn") is None)
+
+    @model_validator(mode="after")
+    def _tls_when_internet_facing(self) -> IngressSettings:
+        if not self.internal and self.certificate_arn is None:
+            raise _not_allowed(f"true without {_key('ingress')}.certificateArn: an internet-facing load balancer "
+                               "serves HTTPS only", "internal", value=self.internal)
+        return self
 
 
-@dataclass(frozen=True)
-class ClusterAccess:
+class GraphCacheSettings(_Section):
+    # Compiled graphs cost hours of accelerator time each: by default they outlive the stack.
+    retain_on_destroy: StrictBool = _rule(_TRUE_OR_FALSE, default=True)
+    # An existing cache bucket (another stack's) to use instead of creating one.
+    bucket: Annotated[StrictStr, _that(_matches(_BUCKET_NAME))] | None = _rule(
+        "an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter "
+        "or digit", default=None)
+
+    @model_validator(mode="after")
+    def _kept_when_not_ours(self) -> GraphCacheSettings:
+        if self.bucket is not None and not self.retain_on_destroy:
+            raise _not_allowed("true with graphCache.bucket: that bucket is not this stack's to delete",
+                               "retainOnDestroy", value=self.retain_on_destroy)
+        return self
+
+
+_PUBLIC_ACCESS_CIDRS = f"a list of 1 to {MAX_PUBLIC_ACCESS_CIDRS} IPv4 networks such as 203.0.113.0/24 (host bits zero)"
+
+
+class ClusterAccess(_Section):
     # EKS's own default, kept so that `pulumi up` works from any machine; the program warns about it.
-    public_access_cidrs: list[str] = field(default_factory=lambda: [OPEN_TO_ALL])
-    private_endpoint_only: bool = False
-    admin_role_arns: list[str] = field(default_factory=list)
+    # Empty with private_endpoint_only (see _no_public_endpoint).
+    public_access_cidrs: list[Annotated[StrictStr, _that(_is_ipv4_network)]] = _rule(
+        _PUBLIC_ACCESS_CIDRS, whole=True, max_length=MAX_PUBLIC_ACCESS_CIDRS, default_factory=lambda: [OPEN_TO_ALL])
+    private_endpoint_only: StrictBool = _rule(_TRUE_OR_FALSE, default=False)
+    admin_role_arns: list[Annotated[StrictStr, _that(_matches(_ROLE_ARN))]] = _rule(
+        "a list of IAM role ARNs, arn:aws:iam::<account>:role/<name>", whole=True, default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_public_endpoint(cls, fields: Any) -> Any:
+        """Without a public endpoint there are no CIDRs to open it to: set none, or be refused."""
+        if not isinstance(fields, dict) or fields.get("privateEndpointOnly", fields.get("private_endpoint_only")) is not True:
+            return fields
+        cidrs = next((fields[name] for name in ("publicAccessCidrs", "public_access_cidrs") if name in fields), None)
+        if cidrs is not None:
+            raise _not_allowed("unset with privateEndpointOnly true: there is no public endpoint to open",
+                               "publicAccessCidrs", value=cidrs)
+        return {**fields, "publicAccessCidrs": []}
+
+    @field_validator("admin_role_arns")
+    @classmethod
+    def _each_role_once(cls, arns: list[str]) -> list[str]:
+        names = [admin_role_name(arn) for arn in arns]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise _not_allowed("each role name once (it names the access entry)", index, value=arns[index])
+        return arns
+
+    @model_validator(mode="after")
+    def _some_cidr_when_public(self) -> ClusterAccess:
+        if not self.private_endpoint_only and not self.public_access_cidrs:
+            raise _not_allowed(_PUBLIC_ACCESS_CIDRS, "publicAccessCidrs", value=self.public_access_cidrs)
+        return self
 
     @property
     def open_to_all(self) -> bool:
         return not self.private_endpoint_only and OPEN_TO_ALL in self.public_access_cidrs
 
 
-@dataclass(frozen=True)
-class MonitoringSettings:
-    retention_days: int = 7
-    storage_gi: int = 4
+class MonitoringSettings(_Section):
+    retention_days: StrictInt = _integer(1, 30, default=7)
+    storage_gi: StrictInt = _integer(1, MAX_PROMETHEUS_STORAGE_GI, default=4)
     # Where Alertmanager sends alerts; without it they are only visible in Alertmanager itself.
-    alert_topic_arn: str | None = None
+    alert_topic_arn: Annotated[StrictStr, _that(_matches(_SNS_TOPIC_ARN))] | None = _rule(
+        "an SNS topic ARN, arn:aws:sns:<region>:<account>:<topic>", default=None)
 
     @property
     def alert_topic_region(self) -> str | None:
@@ -181,34 +417,188 @@ class MonitoringSettings:
         return match["region"] if match else None
 
 
-@dataclass(frozen=True)
-class GraphCacheSettings:
-    # Compiled graphs cost hours of accelerator time each: by default they outlive the stack.
-    retain_on_destroy: bool = True
-    # An existing cache bucket (another stack's) to use instead of creating one.
-    bucket: str | None = None
+def _hf_token(token: object) -> SecretText:
+    # The value itself is never shown: a token pasted in plain text is still a token.
+    if not isinstance(token, SecretText):
+        raise _not_allowed("a secret: set it with `pulumi config set --secret hfToken hf_...`", value="[not shown]")
+    if not _HF_TOKEN.match(token):
+        raise _not_allowed("a HuggingFace access token, 'hf_' then letters and digits", value="[secret]")
+    return token
 
 
-@dataclass(frozen=True)
-class StackConfig:
-    region: str
-    kubernetes_version: str
-    model: ModelSource
-    dtype: str
-    neuron_pools: dict[str, NeuronPool]
-    compile: CompileSettings
-    serving: ServingSettings
-    shapes: tuple[Shape, ...]
-    network: NetworkSettings
-    existing_vpc: ExistingVpc | None
-    system_nodes: SystemNodes
-    image_uri: str | None = None
-    ingress: IngressSettings = IngressSettings()
-    graph_cache: GraphCacheSettings = GraphCacheSettings()
-    cluster: ClusterAccess = ClusterAccess()
-    monitoring: MonitoringSettings = MonitoringSettings()
-    # Never printed; equal configs deploy the same things whichever token fetches the weights.
-    hf_token: SecretText = field(default=SecretText(""), repr=False, compare=False)
+def _stack_key(rule: str, *, allowed: str | None = None, **field: Any) -> Any:
+    """A key of the stack file: `rule` is what docs/config.md says of it, and what a missing required key gets;
+    `allowed` what a refused value gets (objects say which fields they take)."""
+    return Field(**field, description=rule, json_schema_extra={"allowed": allowed or rule, "missing": rule})
+
+
+def _stack_key_alias(name: str) -> str:
+    return _key(to_camel(name))
+
+
+class StackConfig(BaseModel):
+    """One stack's config, keyed as Pulumi hands it over (``namespace:key``); other namespaces are ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", alias_generator=_stack_key_alias,
+                              validate_by_name=True, validate_by_alias=True)
+
+    region: Annotated[StrictStr, _that(_matches(_REGION))] = _stack_key(
+        "required; an AWS region such as us-west-2", allowed="an AWS region such as us-west-2", alias="aws:region")
+    kubernetes_version: Annotated[StrictStr, _that(lambda release: release in versions.KUBERNETES_RELEASES)] = (
+        _stack_key(f"one of {', '.join(versions.KUBERNETES_RELEASES)}", default="1.33",
+                   allowed=f"one of {', '.join(versions.KUBERNETES_RELEASES)} (the minors whose add-ons are pinned)"))
+    model: ModelSource = _stack_key("required; {id, revision (40-hex commit, required), maxTextLength (1-512)}")
+    dtype: Annotated[str, _parsed_by(parse_dtype)] = _stack_key(f"one of {', '.join(DTYPES)}", default="bfloat16")
+    neuron_pools: dict[Annotated[str, AfterValidator(_neuron_family)], NeuronPool] = _stack_key(
+        "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
+        + ") -> {instanceTypes (of that family; default all), capacityTypes "
+        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]), maxDevices (NodePool limit, required)}}",
+        allowed="a non-empty map keyed by family: " + ", ".join(catalog.NEURON_FAMILIES), min_length=1)
+    compile: CompileSettings = _stack_key(
+        "required; {pool (a neuronPools family with an instance type whose memory holds one compile worker), "
+        "tensorParallel (" + ", ".join(map(str, sizing.tensor_parallel_degrees()))
+        + ": divides the attention heads (" + sizing.sharded_heads()
+        + "), and large enough that one rank per NeuronCore fits the serving pool's HBM), devices (default: "
+        + _DERIVED_DEVICES + "), extraDevicesReason "
+        "(why devices exceeds that default; required then, refused otherwise), timeoutMinutes (10-1440)}")
+    serving: ServingSettings = _stack_key(
+        "required; {pool (a neuronPools family), devices (default: " + _DERIVED_DEVICES
+        + "), extraDevicesReason (as compile's), replicas (1-100), maxReplicas (replicas-100; default "
+        "replicas), queueSize (0-64), requestTimeoutSeconds (1-3600)}")
+    shapes: tuple[Annotated[Shape, _parsed_by(parse_shape, Shape)], ...] = _stack_key(
+        "required; non-empty list of distinct shapes 'HxW' (height x width), each side a multiple of 16 in 64-2048",
+        allowed="a non-empty list of shapes 'HxW'", min_length=1)
+    network: NetworkSettings = _stack_key(
+        "{cidr (IPv4 /16-/20), availabilityZones (2-3)}; ignored with existingVpc", default=NetworkSettings())
+    existing_vpc: ExistingVpc | None = _stack_key(
+        "optional {vpcId, privateSubnetIds (>=2), publicSubnetIds (>=2)}", default=None)
+    system_nodes: SystemNodes = _stack_key(
+        "{instanceType, minSize (1-10), desiredSize (min-max), maxSize (min-10)}", default=SystemNodes())
+    image: ImageSettings = _stack_key(
+        "optional {uri}: a prebuilt image pinned by digest, 'registry/repository@sha256:<64 hex>'; "
+        "without it `pulumi up` builds serving/Dockerfile and pushes it to the stack's ECR repository",
+        default=ImageSettings())
+    # Never printed.
+    hf_token: Annotated[SecretText, PlainValidator(_hf_token)] = _stack_key(
+        "required; a secret (`pulumi config set --secret hfToken hf_...`): a HuggingFace access token "
+        "that can read the model, 'hf_' then letters and digits; only compile Jobs receive it", repr=False)
+    ingress: IngressSettings = _stack_key(
+        "optional {certificateArn (an ACM certificate ARN in the stack's region: HTTPS on 443, HTTP only "
+        "redirects to it), internal (true: an internal load balancer, reachable from the VPC only; default "
+        "true without certificateArn, false with it; false requires certificateArn: no internet-facing "
+        "load balancer without TLS)}", default=IngressSettings())
+    graph_cache: GraphCacheSettings = _stack_key(
+        "{retainOnDestroy (true: `pulumi destroy` leaves the bucket and its graphs, and `scripts/destroy` "
+        "sets graphCache.bucket to it so the next `up` reuses them; false: destroy deletes the bucket "
+        "with every object), bucket (optional: an existing graph-cache bucket in the stack's region, "
+        "e.g. another stack's `graphsBucket` output, used instead of creating one and never deleted "
+        "by this stack; not with retainOnDestroy false)}", default=GraphCacheSettings())
+    cluster: ClusterAccess = _stack_key(
+        f"{{publicAccessCidrs (1-{MAX_PUBLIC_ACCESS_CIDRS} IPv4 CIDRs that may reach the public API endpoint; "
+        f"{OPEN_TO_ALL}, the default, draws a warning on every `up`), privateEndpointOnly (true: no public "
+        "endpoint at all, `pulumi up` and kubectl must run from inside the VPC; not with publicAccessCidrs), "
+        "adminRoleArns (IAM role ARNs granted cluster admin through EKS access entries, each role name once)}",
+        default=ClusterAccess())
+    monitoring: MonitoringSettings = _stack_key(
+        f"{{retentionDays (1-30: how long Prometheus keeps samples), storageGi (1-{MAX_PROMETHEUS_STORAGE_GI}: "
+        "the size of its data volume, an emptyDir on a system node; it keeps 80% of that at most), "
+        "alertTopicArn (optional: an SNS topic ARN Alertmanager publishes every alert to; without it "
+        "alerts are only visible in Alertmanager)}", default=MonitoringSettings())
+
+    @field_validator("neuron_pools", mode="before")
+    @classmethod
+    def _family_from_key(cls, pools: object) -> object:
+        """Each pool is of the family it is configured under."""
+        if not isinstance(pools, dict):
+            return pools
+        named = {}
+        for family, settings in pools.items():
+            if isinstance(settings, dict) and not isinstance(settings, NeuronPool):
+                if "family" in settings:
+                    raise _not_allowed(_unknown_field(NeuronPool), family, "family", value=settings["family"])
+                settings = {**settings, "family": family}
+            named[family] = settings
+        return named
+
+    @field_validator("compile", "serving", mode="wrap")
+    @classmethod
+    def _sized_for_its_pool(cls, value: object, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        """The pool is a configured one, and the pods' devices are derived from it and compile.tensorParallel."""
+        pools: dict[str, NeuronPool] | None = info.data.get("neuron_pools")
+        if pools is None or not isinstance(value, (dict, _Section)):  # that error comes first
+            return handler(value)
+        given = value.get("pool") if isinstance(value, dict) else value.pool
+        pool = pools.get(given) if isinstance(given, str) else None
+        if pool is None:
+            raise _not_allowed("one of the configured neuronPools: " + ", ".join(pools), "pool", value=given)
+        try:
+            settings = handler(value)
+        except ValidationError as error:
+            if error.errors()[0]["loc"][:1] == ("devices",):
+                raise _not_allowed(pool.schedulable_counts, "devices", value=value.get("devices")) from None  # type: ignore[union-attr]
+            raise
+        compile_settings = settings if info.field_name == "compile" else info.data.get("compile")
+        if compile_settings is None:  # refused itself: that error comes first
+            return settings
+        return _sized(_stack_key_alias(info.field_name), settings, pool,  # type: ignore[arg-type]
+                      compile_settings.tensor_parallel)
+
+    @field_validator("existing_vpc", mode="before")
+    @classmethod
+    def _none_when_empty(cls, vpc: object) -> object:
+        return None if vpc == {} else vpc
+
+    @field_validator("shapes")
+    @classmethod
+    def _each_shape_once(cls, shapes: tuple[Shape, ...]) -> tuple[Shape, ...]:
+        for index, shape in enumerate(shapes):
+            if shape in shapes[:index]:
+                raise _not_allowed("each shape once", index, value=str(shape))
+        return shapes
+
+    @field_validator("ingress", mode="wrap")
+    @classmethod
+    def _certificate_of_the_region(cls, value: object, handler: ValidatorFunctionWrapHandler,
+                                   info: ValidationInfo) -> IngressSettings:
+        region = info.data.get("region")
+        if region is None:  # refused itself: that error comes first
+            return handler(value)
+        allowed = (f"an ACM certificate ARN in {region} (a load balancer uses certificates of its own region), "
+                   f"arn:aws:acm:{region}:<account>:certificate/<id>")
+        try:
+            ingress = handler(value)
+        except ValidationError as error:
+            if error.errors()[0]["loc"][:1] == ("certificateArn",):
+                raise _not_allowed(allowed, "certificateArn", value=value.get("certificateArn")) from None  # type: ignore[union-attr]
+            raise
+        match = _CERTIFICATE_ARN.match(ingress.certificate_arn) if ingress.certificate_arn is not None else None
+        if ingress.certificate_arn is not None and not (match and match["region"] == region):
+            raise _not_allowed(allowed, "certificateArn", value=ingress.certificate_arn)
+        return ingress
+
+    @model_validator(mode="after")
+    def _fits_its_pools(self) -> StackConfig:
+        """One degree for compiling and serving (the graphs are compiled for the ranks that serve them): its
+        shards fit the serving pool's HBM, and one compile worker the compile pool's memory."""
+        tensor_parallel, family = self.compile.tensor_parallel, self.serving_pool.family
+        fitting = sizing.fitting_tensor_parallel(family, self.dtype)
+        if tensor_parallel not in fitting:
+            per_core = sizing.hbm_bytes_per_core(tensor_parallel, self.dtype) / sizing.GIB
+            raise _not_allowed(
+                f"{' or '.join(map(str, fitting)) or 'no degree'} on {family} in {self.dtype} (at {tensor_parallel} "
+                f"ranks, one per NeuronCore, core 0 would need {per_core:.1f} GiB of its "
+                f"{catalog.HBM_GIB_PER_CORE[family]} GiB HBM)", _key("compile"), "tensorParallel", value=tensor_parallel)
+        if sizing.compile_plan(self.compile_pool.instance_types, self.compile.devices,  # type: ignore[arg-type]
+                               tensor_parallel, self.dtype) is None:
+            raise _not_allowed(
+                f"a pool with an instance type of at least {sizing.compile_host_gib_needed(tensor_parallel, self.dtype)}"
+                " GiB: one compile worker builds the whole transformer", _key("compile"), "pool",
+                value=self.compile.pool)
+        return self
+
+    @property
+    def image_uri(self) -> str | None:
+        return self.image.uri
 
     @property
     def serving_pool(self) -> NeuronPool:
@@ -221,10 +611,49 @@ class StackConfig:
     @property
     def compile_plan(self) -> sizing.CompilePlan:
         """Workers compiling at once and the memory they need (validation made sure one fits)."""
-        plan = sizing.compile_plan(self.compile_pool.instance_types, self.compile.devices,
+        plan = sizing.compile_plan(self.compile_pool.instance_types, self.compile.devices,  # type: ignore[arg-type]
                                    self.compile.tensor_parallel, self.dtype)
         assert plan is not None, "load_stack_config refuses a compile pool without room for one worker"
         return plan
+
+
+def _sized(section: str, settings: Any, pool: NeuronPool, tensor_parallel: int) -> Any:
+    """The section with its device count: derived from tensorParallel unless given, and a reason for more."""
+    reason_key = f"{section}.extraDevicesReason"
+    needed = sizing.devices_for(pool.family, pool.instance_types, tensor_parallel)
+    if needed is None:
+        largest = max(catalog.instance(name).devices for name in pool.instance_types) * pool.cores_per_device
+        raise _not_allowed(f"a pool with room for compile.tensorParallel {tensor_parallel} (a NeuronCore per rank): "
+                           f"{', '.join(pool.instance_types)} have at most {largest}", "pool", value=pool.family)
+    devices = needed if settings.devices is None else settings.devices
+    if devices not in pool.valid_device_counts:
+        raise _not_allowed(pool.schedulable_counts, "devices", value=devices)
+    cores = devices * pool.cores_per_device
+    if cores < tensor_parallel:
+        raise _not_allowed(f"enough NeuronCores for compile.tensorParallel {tensor_parallel}: "
+                           f"{devices} {pool.family} devices have {cores}", "devices", value=devices)
+    reason = settings.extra_devices_reason
+    if devices != needed and reason is None:
+        raise _not_allowed(f"{needed} {pool.family} devices hold compile.tensorParallel {tensor_parallel} (one rank "
+                           f"per NeuronCore); a larger count needs {reason_key} saying why", "devices", value=devices)
+    if reason is not None and devices == needed:
+        raise _not_allowed(f"only with {section}.devices above the {needed} that compile.tensorParallel "
+                           f"{tensor_parallel} needs", "extraDevicesReason", value=reason)
+    if devices > pool.max_devices:
+        raise _not_allowed(f"at most the pool's maxDevices ({pool.max_devices})", "devices", value=devices)
+    return settings.model_copy(update={"devices": devices})
+
+
+def admin_role_name(arn: str) -> str:
+    """The role's name, without its path: what names the role's access entry."""
+    return _ROLE_ARN.match(arn)["name"]  # type: ignore[index]
+
+
+def _unknown_field(section: type[_Section]) -> str:
+    return f"unknown field; allowed fields are {', '.join(section.user_fields())}"
+
+
+# ---- The documented keys --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -242,454 +671,133 @@ class ConfigKey:
         return _key(self.name)
 
 
-def _key(name: str) -> str:
-    return name if ":" in name else f"{PROJECT}:{name}"
+def _documented_default(field: FieldInfo) -> object:
+    """The field's default as the stack file would state it; for an object, that of the fields it may leave out
+    with a default of their own (None: no default to document)."""
+    section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, _Section) else None
+    if section is None:
+        return None if field.default is PydanticUndefined else field.default
+    defaults = {}
+    for name, sub in section.model_fields.items():
+        if sub.exclude or sub.default_factory_takes_validated_data:
+            continue
+        default = sub.get_default(call_default_factory=True)
+        if default is not None and default is not PydanticUndefined:
+            defaults[sub.alias or name] = list(default) if isinstance(default, tuple) else default
+    return defaults or None
 
 
-_DERIVED_DEVICES = ("the fewest the Neuron scheduler extension places on the pool (trn1, trn1n, trn2: 1, 4, 8, 16; "
-                    "inf2: any) with a NeuronCore per compile.tensorParallel rank")
-
-CONFIG_KEYS: tuple[ConfigKey, ...] = (
-    ConfigKey("aws:region", None, "required; an AWS region such as us-west-2"),
-    ConfigKey("kubernetesVersion", "1.33", f"one of {', '.join(versions.KUBERNETES_RELEASES)}"),
-    ConfigKey("model", {"id": "black-forest-labs/FLUX.1-dev", "maxTextLength": 128},
-              "required; {id, revision (40-hex commit, required), maxTextLength (1-512)}"),
-    ConfigKey("dtype", "bfloat16", f"one of {', '.join(DTYPES)}"),
-    ConfigKey("neuronPools", None,
-              "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
-              + ") -> {instanceTypes (of that family; default all), capacityTypes "
-              f"({', '.join(CAPACITY_TYPES)}; default [on-demand]), maxDevices (NodePool limit, required)}}"),
-    ConfigKey("compile", {"timeoutMinutes": 360},
-              "required; {pool (a neuronPools family with an instance type whose memory holds one compile worker), "
-              "tensorParallel (" + ", ".join(map(str, sizing.tensor_parallel_degrees()))
-              + ": divides the attention heads (" + sizing.sharded_heads()
-              + "), and large enough that one rank per NeuronCore fits the serving pool's HBM), devices (default: " + _DERIVED_DEVICES + "), extraDevicesReason "
-              "(why devices exceeds that default; required then, refused otherwise), timeoutMinutes (10-1440)}"),
-    ConfigKey("serving", {"replicas": 1, "queueSize": 4, "requestTimeoutSeconds": 120},
-              "required; {pool (a neuronPools family), devices (default: " + _DERIVED_DEVICES
-              + "), extraDevicesReason (as compile's), replicas (1-100), maxReplicas (replicas-100; default "
-              "replicas), queueSize (0-64), requestTimeoutSeconds (1-3600)}"),
-    ConfigKey("shapes", None, "required; non-empty list of distinct shapes 'HxW' (height x width), "
-              "each side a multiple of 16 in 64-2048"),
-    ConfigKey("network", {"cidr": "10.0.0.0/16", "availabilityZones": 3},
-              "{cidr (IPv4 /16-/20), availabilityZones (2-3)}; ignored with existingVpc"),
-    ConfigKey("existingVpc", None, "optional {vpcId, privateSubnetIds (>=2), publicSubnetIds (>=2)}"),
-    ConfigKey("systemNodes", {"instanceType": "m7i.xlarge", "minSize": 2, "desiredSize": 2, "maxSize": 4},
-              "{instanceType, minSize (1-10), desiredSize (min-max), maxSize (min-10)}"),
-    ConfigKey("image", None,
-              "optional {uri}: a prebuilt image pinned by digest, 'registry/repository@sha256:<64 hex>'; "
-              "without it `pulumi up` builds serving/Dockerfile and pushes it to the stack's ECR repository"),
-    ConfigKey("hfToken", None,
-              "required; a secret (`pulumi config set --secret hfToken hf_...`): a HuggingFace access token "
-              "that can read the model, 'hf_' then letters and digits; only compile Jobs receive it"),
-    ConfigKey("ingress", None,
-              "optional {certificateArn (an ACM certificate ARN in the stack's region: HTTPS on 443, HTTP only "
-              "redirects to it), internal (true: an internal load balancer, reachable from the VPC only; default "
-              "true without certificateArn, false with it; false requires certificateArn: no internet-facing "
-              "load balancer without TLS)}"),
-    ConfigKey("graphCache", {"retainOnDestroy": True},
-              "{retainOnDestroy (true: `pulumi destroy` leaves the bucket and its graphs, and `scripts/destroy` "
-              "sets graphCache.bucket to it so the next `up` reuses them; false: destroy deletes the bucket "
-              "with every object), bucket (optional: an existing graph-cache bucket in the stack's region, "
-              "e.g. another stack's `graphsBucket` output, used instead of creating one and never deleted "
-              "by this stack; not with retainOnDestroy false)}"),
-    ConfigKey("cluster", {"publicAccessCidrs": [OPEN_TO_ALL], "privateEndpointOnly": False, "adminRoleArns": []},
-              f"{{publicAccessCidrs (1-{MAX_PUBLIC_ACCESS_CIDRS} IPv4 CIDRs that may reach the public API endpoint; "
-              f"{OPEN_TO_ALL}, the default, draws a warning on every `up`), privateEndpointOnly (true: no public "
-              "endpoint at all, `pulumi up` and kubectl must run from inside the VPC; not with publicAccessCidrs), "
-              "adminRoleArns (IAM role ARNs granted cluster admin through EKS access entries, each role name once)}"),
-    ConfigKey("monitoring", {"retentionDays": 7, "storageGi": 4},
-              f"{{retentionDays (1-30: how long Prometheus keeps samples), storageGi (1-{MAX_PROMETHEUS_STORAGE_GI}: "
-              "the size of its data volume, an emptyDir on a system node; it keeps 80% of that at most), "
-              "alertTopicArn (optional: an SNS topic ARN Alertmanager publishes every alert to; without it "
-              "alerts are only visible in Alertmanager)}"),
-)
+CONFIG_KEYS: tuple[ConfigKey, ...] = tuple(
+    ConfigKey(field.alias.removeprefix(f"{PROJECT}:"), _documented_default(field), field.description)  # type: ignore[union-attr, arg-type]
+    for field in StackConfig.model_fields.values())
 _KNOWN = {key.full_name for key in CONFIG_KEYS}
 
 
-class _Reader:
-    """Reads one config value with a key path for messages."""
+# ---- Reading the stack's config -------------------------------------------------------------------
 
-    def __init__(self, raw: Mapping[str, Any]):
-        self._raw = raw
 
-    def text(self, name: str, default: object = None) -> object:
-        """The value as given: scalar keys stay strings ("1.30" is not the number 1.3)."""
-        full = _key(name)
-        text = self._raw.get(full)
-        if text is None:
-            if default is None:
-                raise ConfigError(full, None, _rule(name))
-            return default
+def _decoded(text: object) -> object:
+    """An object or list as Pulumi hands it over: JSON text (a scalar key stays a string: "1.30" is not 1.3)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
         return text
 
-    def value(self, name: str, default: object = None) -> object:
-        """The value with objects and lists decoded from JSON."""
-        text = self.text(name, default)
-        if not isinstance(text, str):
-            return text
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
+
+def _is_text(field: FieldInfo) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, str)
 
 
-def _rule(name: str) -> str:
-    return next(key.rule for key in CONFIG_KEYS if key.name == name)
+def _annotated_section(annotation: object) -> tuple[type[_Section] | None, type[_Section] | None]:
+    """The model a value of this annotation is (first), or the model of its items (second)."""
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        return annotation, None
+    for argument in typing.get_args(annotation):
+        if isinstance(argument, type) and issubclass(argument, _Section):
+            return (argument, None) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (None, argument)
+    return None, None
 
 
-def _check(key: str, value: object, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(key, value, allowed)
+def _item(container: object, step: str | int) -> object:
+    """What the stack file gives under a field, map key or list index (None: nothing)."""
+    if isinstance(container, Mapping):
+        return container.get(step)
+    if isinstance(container, list) and isinstance(step, int) and step < len(container):
+        return container[step]
+    return None
 
 
-def _int(key: str, value: object, low: int, high: int, allowed: str = "") -> int:
-    _check(key, value, isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
-           allowed or f"an integer from {low} to {high}")
-    return value  # type: ignore[return-value]
+def _config_error(error: ErrorDetails, given: Mapping[str, Any]) -> ConfigError:
+    """Pydantic's error as a ConfigError: the key path as the stack file spells it, the value, what is allowed."""
+    context = error.get("ctx") or {}
+    steps = (*error["loc"], *context.get("at", ()))
+    # Walking the path: the model whose fields the next step names, or the model of the items it indexes.
+    section: type[BaseModel] | None = StackConfig
+    items: type[_Section] | None = None
+    field: FieldInfo | None = None
+    key, value, whole, unknown_in = "", given, False, None
+    for index, step in enumerate(steps):
+        if step == "[key]":  # a map's key itself is refused
+            value = steps[index - 1]
+            break
+        if section is not None:
+            found = next((candidate for name, candidate in section.model_fields.items()
+                          if step in (name, candidate.alias)), None)
+            if found is None:
+                unknown_in, key, value = section, f"{key}.{step}", error["input"]
+                break
+            field, alias = found, found.alias or str(step)
+            key, value = f"{key}.{alias}" if key else alias, _item(value, alias)
+            section, items = _annotated_section(field.annotation)
+            whole = bool((field.json_schema_extra or {}).get("whole"))  # type: ignore[union-attr]
+        elif whole and index < len(error["loc"]):  # pydantic refused an item: the rule is about the list
+            break
+        else:
+            key += f"[{step}]" if isinstance(step, int) else f".{step}"
+            section, items, whole, value = items, None, False, _item(value, step)
+    rules: dict = (field.json_schema_extra or {}) if field is not None else {}  # type: ignore[assignment]
+    if unknown_in is not None:
+        allowed = _unknown_field(unknown_in)  # type: ignore[arg-type]
+    elif "allowed" in context:
+        allowed = context["allowed"]
+    elif error["type"] == "missing":
+        allowed = rules["missing"]
+    elif section is not None and error["type"] in ("model_type", "model_attributes_type"):
+        allowed = f"an object with fields {', '.join(section.user_fields())}"  # type: ignore[attr-defined]
+    else:
+        allowed = rules["allowed"]
+    if "value" in context:
+        value = context["value"]
+    elif error["type"] == "missing":
+        value = None
+    elif not (whole or unknown_in or steps[-1] == "[key]"):
+        value = error["input"]
+    return ConfigError(key, value, allowed)
 
 
-def _object(key: str, value: object, allowed_fields: tuple[str, ...]) -> dict:
-    _check(key, value, isinstance(value, dict), f"an object with fields {', '.join(allowed_fields)}")
-    unknown = sorted(set(value) - set(allowed_fields))  # type: ignore[arg-type]
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", value[unknown[0]],  # type: ignore[index]
-                          f"unknown field; allowed fields are {', '.join(allowed_fields)}")
-    return value  # type: ignore[return-value]
-
-
-def _string_list(key: str, value: object, pattern: re.Pattern[str], minimum: int, what: str) -> tuple[str, ...]:
-    ok = isinstance(value, list) and len(value) >= minimum and all(
-        isinstance(item, str) and pattern.match(item) for item in value)
-    _check(key, value, ok, f"a list of at least {minimum} {what}")
-    return tuple(value)  # type: ignore[arg-type]
-
-
-def _parsed(key: str, value: object, parse: Callable[[object], Any]) -> Any:
-    try:
-        return parse(value)
-    except ValueError as error:
-        raise ConfigError(key, value, str(error).split(": expected ", 1)[-1]) from None
-
-
-def _model(reader: _Reader) -> ModelSource:
-    key = _key("model")
-    merged = {"id": "black-forest-labs/FLUX.1-dev", "maxTextLength": 128,
-              **_object(key, reader.value("model"), ("id", "revision", "maxTextLength"))}
-    _check(f"{key}.id", merged["id"], isinstance(merged["id"], str) and merged["id"].count("/") == 1,
-           "a HuggingFace model id 'owner/name'")
-    revision = merged.get("revision")
-    _check(f"{key}.revision", revision, isinstance(revision, str) and bool(_REVISION.match(revision)),
-           "the 40-hex commit of the model revision (pinned so graphs never go stale)")
-    return ModelSource(merged["id"], revision,  # type: ignore[arg-type]
-                       _int(f"{key}.maxTextLength", merged["maxTextLength"], 1, MAX_TEXT_LENGTH))
-
-
-def _pools(reader: _Reader) -> dict[str, NeuronPool]:
-    key = _key("neuronPools")
-    raw = reader.value("neuronPools")
-    _check(key, raw, isinstance(raw, dict) and bool(raw),
-           "a non-empty map keyed by family: " + ", ".join(catalog.NEURON_FAMILIES))
-    pools = {}
-    for family, settings in raw.items():  # type: ignore[union-attr]
-        path = f"{key}.{family}"
-        _check(path, family, family in catalog.NEURON_FAMILIES,
-               "a Neuron family: " + ", ".join(catalog.NEURON_FAMILIES))
-        settings = _object(path, settings, ("instanceTypes", "capacityTypes", "maxDevices"))
-        family_types = [instance.name for instance in catalog.NEURON_FAMILIES[family]]
-        instance_types = settings.get("instanceTypes", family_types)
-        _check(f"{path}.instanceTypes", instance_types,
-               isinstance(instance_types, list) and bool(instance_types)
-               and all(name in family_types for name in instance_types),
-               f"a non-empty list of {family} types: {', '.join(family_types)}")
-        capacity_types = settings.get("capacityTypes", ["on-demand"])
-        _check(f"{path}.capacityTypes", capacity_types,
-               isinstance(capacity_types, list) and bool(capacity_types)
-               and all(kind in CAPACITY_TYPES for kind in capacity_types),
-               f"a non-empty list of capacity types: {', '.join(CAPACITY_TYPES)}")
-        _check(f"{path}.maxDevices", settings.get("maxDevices"), "maxDevices" in settings,
-               "required: the NodePool's limit on Neuron devices")
-        pools[family] = NeuronPool(family, tuple(instance_types), tuple(capacity_types),
-                                   _int(f"{path}.maxDevices", settings["maxDevices"], 1, 4096))
-    return pools
-
-
-def _pool_ref(key: str, value: object, pools: dict[str, NeuronPool]) -> NeuronPool:
-    _check(key, value, isinstance(value, str) and value in pools,
-           "one of the configured neuronPools: " + ", ".join(pools))
-    return pools[value]  # type: ignore[index]
-
-
-def _tensor_parallel(key: str, value: object, serving_pool: NeuronPool, dtype: str) -> int:
-    degrees = sizing.tensor_parallel_degrees()
-    _check(key, value, value in degrees and not isinstance(value, bool),
-           f"one of {', '.join(map(str, degrees))}: a divisor of every sharded component's attention heads "
-           f"(FLUX.1-dev: {sizing.sharded_heads()})")
-    fitting = sizing.fitting_tensor_parallel(serving_pool.family, dtype)
-    per_core = sizing.hbm_bytes_per_core(value, dtype) / sizing.GIB  # type: ignore[arg-type]
-    _check(key, value, value in fitting,
-           f"{' or '.join(map(str, fitting)) or 'no degree'} on {serving_pool.family} in {dtype} "
-           f"(at {value} ranks, one per NeuronCore, core 0 would need {per_core:.1f} GiB of its "
-           f"{catalog.HBM_GIB_PER_CORE[serving_pool.family]} GiB HBM)")
-    return value  # type: ignore[return-value]
-
-
-def _devices(section: str, settings: dict, pool: NeuronPool, tensor_parallel: int) -> tuple[int, str | None]:
-    """The section's device count (derived from tensorParallel unless given) and the reason for more."""
-    key, reason_key = f"{section}.devices", f"{section}.extraDevicesReason"
-    needed = sizing.devices_for(pool.family, pool.instance_types, tensor_parallel)
-    largest = max(catalog.instance(name).devices for name in pool.instance_types) * pool.cores_per_device
-    _check(f"{section}.pool", pool.family, needed is not None,
-           f"a pool with room for compile.tensorParallel {tensor_parallel} (a NeuronCore per rank): "
-           f"{', '.join(pool.instance_types)} have at most {largest}")
-    value = settings.get("devices", needed)
-    counts = pool.valid_device_counts
-    _check(key, value, value in counts and not isinstance(value, bool),
-           f"a device count that schedules on {pool.family} ({', '.join(pool.instance_types)}): "
-           + ", ".join(map(str, counts)))
-    cores = value * pool.cores_per_device
-    _check(key, value, cores >= tensor_parallel,
-           f"enough NeuronCores for compile.tensorParallel {tensor_parallel}: "
-           f"{value} {pool.family} devices have {cores}")
-    reason = settings.get("extraDevicesReason")
-    _check(reason_key, reason, reason is None or (isinstance(reason, str) and bool(reason.strip())),
-           "a sentence saying why the pod needs more devices than its tensor-parallel ranks")
-    _check(key, value, value == needed or reason is not None,
-           f"{needed} {pool.family} devices hold compile.tensorParallel {tensor_parallel} (one rank per NeuronCore); "
-           f"a larger count needs {reason_key} saying why")
-    _check(reason_key, reason, reason is None or value != needed,
-           f"only with {key} above the {needed} that compile.tensorParallel {tensor_parallel} needs")
-    _check(key, value, value <= pool.max_devices, f"at most the pool's maxDevices ({pool.max_devices})")
-    return value, reason  # type: ignore[return-value]
-
-
-def _compile(settings: dict, pool: NeuronPool, tensor_parallel: int, dtype: str) -> CompileSettings:
-    key = _key("compile")
-    devices, reason = _devices(key, settings, pool, tensor_parallel)
-    plan = sizing.compile_plan(pool.instance_types, devices, tensor_parallel, dtype)
-    _check(f"{key}.pool", pool.family, plan is not None,
-           f"a pool with an instance type of at least {sizing.compile_host_gib_needed(tensor_parallel, dtype)} GiB: "
-           "one compile worker builds the whole transformer")
-    return CompileSettings(pool.family, devices, tensor_parallel,
-                           _int(f"{key}.timeoutMinutes", settings["timeoutMinutes"], 10, 1440), reason)
-
-
-def _serving(settings: dict, pool: NeuronPool, tensor_parallel: int) -> ServingSettings:
-    key = _key("serving")
-    devices, reason = _devices(key, settings, pool, tensor_parallel)
-    replicas = _int(f"{key}.replicas", settings["replicas"], 1, MAX_REPLICAS)
-    max_replicas = _int(f"{key}.maxReplicas", settings.get("maxReplicas", replicas), replicas, MAX_REPLICAS,
-                        f"an integer from serving.replicas ({replicas}) to {MAX_REPLICAS}")
-    return ServingSettings(pool.family, devices, replicas, max_replicas,
-                           _int(f"{key}.queueSize", settings["queueSize"], 0, 64),
-                           _int(f"{key}.requestTimeoutSeconds", settings["requestTimeoutSeconds"], 1, 3600), reason)
-
-
-_COMPILE_FIELDS = ("pool", "devices", "extraDevicesReason", "tensorParallel", "timeoutMinutes")
-_SERVING_FIELDS = ("pool", "devices", "extraDevicesReason", "replicas", "maxReplicas", "queueSize",
-                   "requestTimeoutSeconds")
-
-
-def _shapes(reader: _Reader) -> tuple[Shape, ...]:
-    key = _key("shapes")
-    raw = reader.value("shapes")
-    _check(key, raw, isinstance(raw, list) and bool(raw), "a non-empty list of shapes 'HxW'")
-    shapes = tuple(_parsed(f"{key}[{index}]", text, parse_shape) for index, text in enumerate(raw))  # type: ignore[arg-type]
-    for index, shape in enumerate(shapes):
-        _check(f"{key}[{index}]", str(shape), shape not in shapes[:index], "each shape once")
-    return shapes
-
-
-def _network(reader: _Reader) -> NetworkSettings:
-    key = _key("network")
-    settings = {"cidr": "10.0.0.0/16", "availabilityZones": 3,
-                **_object(key, reader.value("network", {}), ("cidr", "availabilityZones"))}
-    try:
-        network = ipaddress.IPv4Network(settings["cidr"])
-    except (ValueError, TypeError):
-        network = None
-    _check(f"{key}.cidr", settings["cidr"], network is not None and 16 <= network.prefixlen <= 20,
-           "an IPv4 network from /16 to /20, e.g. 10.0.0.0/16")
-    return NetworkSettings(settings["cidr"], _int(f"{key}.availabilityZones", settings["availabilityZones"], 2, 3))
-
-
-def _existing_vpc(reader: _Reader) -> ExistingVpc | None:
-    key = _key("existingVpc")
-    raw = reader.value("existingVpc", {})
-    if raw == {}:
-        return None
-    settings = _object(key, raw, ("vpcId", "privateSubnetIds", "publicSubnetIds"))
-    _check(f"{key}.vpcId", settings.get("vpcId"), bool(_VPC_ID.match(str(settings.get("vpcId")))),
-           "a VPC id such as vpc-0123456789abcdef0")
-    return ExistingVpc(
-        settings["vpcId"],
-        _string_list(f"{key}.privateSubnetIds", settings.get("privateSubnetIds"), _SUBNET_ID, 2, "subnet ids"),
-        _string_list(f"{key}.publicSubnetIds", settings.get("publicSubnetIds"), _SUBNET_ID, 2, "subnet ids"),
-    )
-
-
-def _system_nodes(reader: _Reader) -> SystemNodes:
-    key = _key("systemNodes")
-    settings = {"instanceType": "m7i.xlarge", "minSize": 2, "desiredSize": 2, "maxSize": 4, **_object(
-        key, reader.value("systemNodes", {}), ("instanceType", "minSize", "desiredSize", "maxSize"))}
-    instance_type = settings["instanceType"]
-    _check(f"{key}.instanceType", instance_type,
-           isinstance(instance_type, str) and bool(_SYSTEM_INSTANCE.match(instance_type))
-           and catalog.family_of(instance_type) not in catalog.NEURON_FAMILIES,
-           "a general-purpose EC2 instance type such as m7i.xlarge (not a Neuron type)")
-    min_size = _int(f"{key}.minSize", settings["minSize"], 1, 10)
-    max_size = _int(f"{key}.maxSize", settings["maxSize"], min_size, 10,
-                    f"an integer from systemNodes.minSize ({min_size}) to 10")
-    desired = _int(f"{key}.desiredSize", settings["desiredSize"], min_size, max_size,
-                   f"an integer from systemNodes.minSize ({min_size}) to systemNodes.maxSize ({max_size})")
-    return SystemNodes(instance_type, min_size, desired, max_size)
-
-
-def _image_uri(reader: _Reader) -> str | None:
-    key = _key("image")
-    settings = _object(key, reader.value("image", {}), ("uri",))
-    uri = settings.get("uri")
-    _check(f"{key}.uri", uri, uri is None or (isinstance(uri, str) and bool(_IMAGE_BY_DIGEST.match(uri))),
-           "an image pinned by digest, 'registry/repository@sha256:<64 hex>' (a tag can move)")
-    return uri
-
-
-def _ingress(reader: _Reader, region: str) -> IngressSettings:
-    key = _key("ingress")
-    settings = _object(key, reader.value("ingress", {}), ("certificateArn", "internal"))
-    arn = settings.get("certificateArn")
-    match = _CERTIFICATE_ARN.match(arn) if isinstance(arn, str) else None
-    _check(f"{key}.certificateArn", arn, arn is None or (match is not None and match["region"] == region),
-           f"an ACM certificate ARN in {region} (a load balancer uses certificates of its own region), "
-           f"arn:aws:acm:{region}:<account>:certificate/<id>")
-    internal = settings.get("internal", arn is None)
-    _check(f"{key}.internal", internal, isinstance(internal, bool), "true or false")
-    _check(f"{key}.internal", internal, internal or arn is not None,
-           f"true without {key}.certificateArn: an internet-facing load balancer serves HTTPS only")
-    return IngressSettings(arn, internal)
-
-
-def _graph_cache(reader: _Reader) -> GraphCacheSettings:
-    key = _key("graphCache")
-    settings = {"retainOnDestroy": True,
-                **_object(key, reader.value("graphCache", {}), ("retainOnDestroy", "bucket"))}
-    _check(f"{key}.retainOnDestroy", settings["retainOnDestroy"], isinstance(settings["retainOnDestroy"], bool),
-           "true or false")
-    bucket = settings.get("bucket")
-    _check(f"{key}.bucket", bucket,
-           bucket is None or (isinstance(bucket, str) and bool(_BUCKET_NAME.match(bucket))),
-           "an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens, starting and ending "
-           "with a letter or digit")
-    _check(f"{key}.retainOnDestroy", settings["retainOnDestroy"], bucket is None or settings["retainOnDestroy"],
-           "true with graphCache.bucket: that bucket is not this stack's to delete")
-    return GraphCacheSettings(settings["retainOnDestroy"], bucket)
-
-
-def _cluster(reader: _Reader) -> ClusterAccess:
-    key = _key("cluster")
-    settings = _object(key, reader.value("cluster", {}), ("publicAccessCidrs", "privateEndpointOnly", "adminRoleArns"))
-    private = settings.get("privateEndpointOnly", False)
-    _check(f"{key}.privateEndpointOnly", private, isinstance(private, bool), "true or false")
-    cidrs = settings.get("publicAccessCidrs")
-    _check(f"{key}.publicAccessCidrs", cidrs, not (private and cidrs is not None),
-           "unset with privateEndpointOnly true: there is no public endpoint to open")
-    cidrs = [OPEN_TO_ALL] if cidrs is None else cidrs
-    _check(f"{key}.publicAccessCidrs", cidrs,
-           isinstance(cidrs, list) and 1 <= len(cidrs) <= MAX_PUBLIC_ACCESS_CIDRS
-           and all(isinstance(cidr, str) and _is_ipv4_network(cidr) for cidr in cidrs),
-           f"a list of 1 to {MAX_PUBLIC_ACCESS_CIDRS} IPv4 networks such as 203.0.113.0/24 (host bits zero)")
-    arns = settings.get("adminRoleArns", [])
-    _check(f"{key}.adminRoleArns", arns,
-           isinstance(arns, list) and all(isinstance(arn, str) and _ROLE_ARN.match(arn) for arn in arns),
-           "a list of IAM role ARNs, arn:aws:iam::<account>:role/<name>")
-    names = [_ROLE_ARN.match(arn)["name"] for arn in arns]  # type: ignore[index]
-    for index, name in enumerate(names):
-        _check(f"{key}.adminRoleArns[{index}]", arns[index], name not in names[:index],
-               "each role name once (it names the access entry)")
-    return ClusterAccess([] if private else cidrs, private, arns)
-
-
-def admin_role_name(arn: str) -> str:
-    """The role's name, without its path: what names the role's access entry."""
-    return _ROLE_ARN.match(arn)["name"]  # type: ignore[index]
-
-
-def _is_ipv4_network(text: str) -> bool:
-    try:
-        ipaddress.IPv4Network(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _monitoring(reader: _Reader) -> MonitoringSettings:
-    key = _key("monitoring")
-    settings = {"retentionDays": 7, "storageGi": 4,
-                **_object(key, reader.value("monitoring", {}), ("retentionDays", "storageGi", "alertTopicArn"))}
-    topic = settings.get("alertTopicArn")
-    _check(f"{key}.alertTopicArn", topic,
-           topic is None or (isinstance(topic, str) and bool(_SNS_TOPIC_ARN.match(topic))),
-           "an SNS topic ARN, arn:aws:sns:<region>:<account>:<topic>")
-    return MonitoringSettings(_int(f"{key}.retentionDays", settings["retentionDays"], 1, 30),
-                              _int(f"{key}.storageGi", settings["storageGi"], 1, MAX_PROMETHEUS_STORAGE_GI), topic)
-
-
-def _hf_token(reader: _Reader) -> SecretText:
-    key = _key("hfToken")
-    token = reader.text("hfToken")
-    # The value itself is never shown: a token pasted in plain text is still a token.
-    if not isinstance(token, SecretText):
-        raise ConfigError(key, "[not shown]", "a secret: set it with `pulumi config set --secret hfToken hf_...`")
-    if not _HF_TOKEN.match(token):
-        raise ConfigError(key, "[secret]", "a HuggingFace access token, 'hf_' then letters and digits")
-    return token
+def _first(errors: list[ErrorDetails]) -> ErrorDetails:
+    """The error a reader fixes first: an unknown field of an object before what its other fields say."""
+    for error in errors:
+        parent = error["loc"][:-1]
+        if error["type"] == "extra_forbidden" and errors[0]["loc"][:len(parent)] == parent:
+            return error
+    return errors[0]
 
 
 def load_stack_config(raw: Mapping[str, Any]) -> StackConfig:
     """Validate the raw config of one stack; the first problem raises ConfigError."""
     for full_key in sorted(raw):
-        if full_key.startswith(f"{PROJECT}:"):
+        if full_key.startswith(f"{PROJECT}:") and full_key not in _KNOWN:
             shown = "[secret]" if isinstance(raw[full_key], SecretText) else raw[full_key]
-            _check(full_key, shown, full_key in _KNOWN, "unknown key; known keys are " + ", ".join(sorted(_KNOWN)))
-    reader = _Reader(raw)
-    region = reader.text("aws:region")
-    _check("aws:region", region, isinstance(region, str) and bool(_REGION.match(region)),
-           "an AWS region such as us-west-2")
-    kubernetes_version = reader.text("kubernetesVersion", "1.33")
-    _check(_key("kubernetesVersion"), kubernetes_version,
-           isinstance(kubernetes_version, str) and kubernetes_version in versions.KUBERNETES_RELEASES,
-           "one of " + ", ".join(versions.KUBERNETES_RELEASES) + " (the minors whose add-ons are pinned)")
-    model = _model(reader)
-    dtype = _parsed(_key("dtype"), reader.text("dtype", "bfloat16"), parse_dtype)
-    pools = _pools(reader)
-    compile_key, serving_key = _key("compile"), _key("serving")
-    compile_raw = {"timeoutMinutes": 360, **_object(compile_key, reader.value("compile"), _COMPILE_FIELDS)}
-    serving_raw = {"replicas": 1, "queueSize": 4, "requestTimeoutSeconds": 120,
-                   **_object(serving_key, reader.value("serving"), _SERVING_FIELDS)}
-    compile_pool = _pool_ref(f"{compile_key}.pool", compile_raw.get("pool"), pools)
-    serving_pool = _pool_ref(f"{serving_key}.pool", serving_raw.get("pool"), pools)
-    # One degree for both: the graphs are compiled for the ranks that serve them.
-    tensor_parallel = _tensor_parallel(f"{compile_key}.tensorParallel", compile_raw.get("tensorParallel"),
-                                       serving_pool, dtype)
-    return StackConfig(
-        region=region,  # type: ignore[arg-type]
-        kubernetes_version=kubernetes_version,
-        model=model,
-        dtype=dtype,
-        neuron_pools=pools,
-        compile=_compile(compile_raw, compile_pool, tensor_parallel, dtype),
-        serving=_serving(serving_raw, serving_pool, tensor_parallel),
-        shapes=_shapes(reader),
-        network=_network(reader),
-        existing_vpc=_existing_vpc(reader),
-        system_nodes=_system_nodes(reader),
-        image_uri=_image_uri(reader),
-        ingress=_ingress(reader, region),  # type: ignore[arg-type]
-        graph_cache=_graph_cache(reader),
-        cluster=_cluster(reader),
-        monitoring=_monitoring(reader),
-        hf_token=_hf_token(reader),
-    )
+            raise ConfigError(full_key, shown, "unknown key; known keys are " + ", ".join(sorted(_KNOWN)))
+    text_keys = {field.alias for field in StackConfig.model_fields.values() if _is_text(field)}
+    given = {key: value if key in text_keys else _decoded(value) for key, value in raw.items()}
+    try:
+        return StackConfig.model_validate(given)
+    except ValidationError as error:
+        raise _config_error(_first(error.errors()), given) from None
 
 
 def raw_pulumi_config() -> dict[str, Any]:

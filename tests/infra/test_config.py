@@ -10,13 +10,14 @@ import re
 import pulumi
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from infra.config import (
     CONFIG_KEYS, CompileSettings, ConfigError, ModelSource, NetworkSettings, NeuronPool, ServingSettings,
     StackConfig, SystemNodes, load_stack_config,
 )
 from infra.config_reference import DOC, REFRESH, with_table
-from infra.offline import REPO_ROOT, run_program, stack_file_config, stack_names, with_overrides
+from infra.offline import PLACEHOLDER_HF_TOKEN, REPO_ROOT, run_program, stack_file_config, stack_names, with_overrides
 from model.shapes import Shape
 
 REVISION = "3de623fc3c33e44ffbe2bad470d0f45bccf2eb21"
@@ -37,6 +38,7 @@ STATED = {
         network=NetworkSettings("10.0.0.0/16", 3),
         existing_vpc=None,
         system_nodes=SystemNodes("m7i.xlarge", min_size=2, desired_size=2, max_size=4),
+        hf_token=PLACEHOLDER_HF_TOKEN,
     ),
     "prod": StackConfig(
         region="us-east-1",
@@ -51,6 +53,7 @@ STATED = {
         network=NetworkSettings("10.40.0.0/16", 3),
         existing_vpc=None,
         system_nodes=SystemNodes("m7i.xlarge", min_size=3, desired_size=3, max_size=6),
+        hf_token=PLACEHOLDER_HF_TOKEN,
     ),
 }
 
@@ -217,6 +220,40 @@ BAD_CONFIGS = {
     "missing-neuronPools": (
         {"flux-neuron:neuronPools": None}, "flux-neuron:neuronPools", "null",
         "required; map of family (trn1, trn1n, trn2, inf2)"),
+    # Refusals of a value's type say the same as those of its range, however the rule is checked.
+    "maxReplicas-as-a-string": (
+        {"flux-neuron:serving": {**dev("serving"), "maxReplicas": "3"}}, "flux-neuron:serving.maxReplicas", "'3'",
+        "an integer from serving.replicas (1) to 100"),
+    "replicas-as-a-boolean": (
+        {"flux-neuron:serving": {**dev("serving"), "replicas": True}}, "flux-neuron:serving.replicas", "true",
+        "an integer from 1 to 100"),
+    "devices-as-a-string": (
+        {"flux-neuron:serving": {**dev("serving"), "devices": "4"}}, "flux-neuron:serving.devices", "'4'",
+        "a device count that schedules on trn1 (trn1.32xlarge): 1, 4, 8, 16"),
+    "certificateArn-as-a-number": (
+        {"flux-neuron:ingress": {"certificateArn": 5}}, "flux-neuron:ingress.certificateArn", "5",
+        "an ACM certificate ARN in us-west-2"),
+    "compile-as-a-list": (
+        {"flux-neuron:compile": [dev("compile")]}, "flux-neuron:compile", json.dumps([dev("compile")]),
+        "an object with fields pool, devices, extraDevicesReason, tensorParallel, timeoutMinutes"),
+    "pool-as-a-number": (
+        {"flux-neuron:neuronPools": {"trn1": 80}}, "flux-neuron:neuronPools.trn1", "80",
+        "an object with fields instanceTypes, capacityTypes, maxDevices"),
+    # A pool's family is the key it is configured under.
+    "family-inside-a-pool": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "family": "inf2"}}},
+        "flux-neuron:neuronPools.trn1.family", "'inf2'",
+        "unknown field; allowed fields are instanceTypes, capacityTypes, maxDevices"),
+    # A rule about a list names the list, whichever item breaks it.
+    "existingVpc-with-a-malformed-subnet": (
+        {"flux-neuron:existingVpc": {"vpcId": VPC, "privateSubnetIds": [SUBNETS[0], "subnet-x"],
+                                     "publicSubnetIds": SUBNETS}},
+        "flux-neuron:existingVpc.privateSubnetIds", json.dumps([SUBNETS[0], "subnet-x"]),
+        "a list of at least 2 subnet ids"),
+    # A default is held to the rules as a given value is.
+    "minSize-above-the-default-maxSize": (
+        {"flux-neuron:systemNodes": {"minSize": 5}}, "flux-neuron:systemNodes.maxSize", "4",
+        "an integer from systemNodes.minSize (5) to 10"),
 }
 
 
@@ -228,6 +265,14 @@ def test_a_bad_config_names_the_key_the_value_and_what_is_allowed(changes, key, 
     message = str(raised.value)
     assert message.startswith(f"config {key}: {shown} is not allowed: "), message
     assert allowed in message.split(" is not allowed: ", 1)[1], message
+
+
+def test_a_loaded_config_cannot_be_changed():
+    config = load_stack_config(DEV_RAW)
+    with pytest.raises(ValidationError, match="frozen"):
+        config.serving.replicas = 2  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        config.neuron_pools["trn1"].max_devices = 1  # type: ignore[misc]
 
 
 def test_config_errors_are_run_errors_that_pulumi_prints_without_a_traceback():
