@@ -14,6 +14,8 @@ NEURON_CHART = "neuron-helm-chart"
 
 @dataclass(frozen=True, order=True)
 class Problem:
+    """One finding: the family that found it (a name in planning.checks.CHECKS) and what is wrong."""
+
     check: str
     message: str
 
