@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from infra import catalog, sizing
 from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL, SERVE, workload_name

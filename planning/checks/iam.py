@@ -12,6 +12,7 @@ from planning.offline import Rendering
 from planning.secrets import reveal
 
 FAMILY = "IAM policies"
+
 POLICY_INPUTS = {
     "aws:iam/rolePolicy:RolePolicy": "policy",
     "aws:iam/policy:Policy": "policy",

@@ -13,6 +13,7 @@ from planning.offline import Rendering
 from planning.secrets import reveal
 
 FAMILY = "Published versions"
+
 PUBLISHED = DATA / "published"
 KUBE_SCHEDULER_TAGS = PUBLISHED / "kube-scheduler-tags.txt"
 AMI_NEURON_DRIVERS = PUBLISHED / "al2023-ami-neuron-driver.txt"

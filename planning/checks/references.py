@@ -12,6 +12,7 @@ from planning.offline import Rendering
 from planning.secrets import reveal
 
 FAMILY = "Cross-references"
+
 # Namespaces every EKS cluster has before the program creates anything.
 BUILTIN_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
 DEFAULT_SCHEDULER = "default-scheduler"

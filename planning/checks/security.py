@@ -12,6 +12,7 @@ from planning.offline import Rendering, declared
 from planning.secrets import contains_secret, is_secret, reveal
 
 FAMILY = "Security posture"
+
 HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC")
 # Env var names that carry credentials: their value must come from a Secret, never a literal.
 SECRET_ENV_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
