@@ -4,7 +4,7 @@
     python -m bench.plan_scaling --stack prod --counts 3 96
 
 Each count runs the real program once under mocks with `flux-neuron:shapes` overridden, then
-renders the files and runs every check, as `python -m infra.plan --out --check` would. One run
+renders the files and runs every check, as `python -m planning --out --check` would. One run
 per count: the numbers are an order of magnitude, not a benchmark to compare commits by.
 """
 
@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from infra import plan
-from infra.offline import run_program, stack_names
 from model.shapes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, parse_shape
+from planning.checks import check
+from planning.offline import run_program, stack_names
+from planning.render import render_files
 
 
 def shapes(count: int) -> list[str]:
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[3, 12, 48])
     args = parser.parse_args()
     # Untimed: the first run also imports the program's modules and reads the CRD schemas.
-    plan.check(run_program(args.stack))
+    check(run_program(args.stack))
     print(f"stack {args.stack}: one run per shape count")
     print(f"{'shapes':>6} {'resources':>9} {'program s':>9} {'render s':>8} {'check s':>7} {'total s':>7} "
           f"{'per shape ms':>12}")
@@ -44,9 +45,9 @@ def main() -> None:
         start = time.perf_counter()
         rendering = run_program(args.stack, {"flux-neuron:shapes": shapes(count)})
         ran = time.perf_counter()
-        plan.render_files(rendering)
+        render_files(rendering)
         rendered = time.perf_counter()
-        problems = plan.check(rendering)
+        problems = check(rendering)
         checked = time.perf_counter()
         total = checked - start
         print(f"{count:>6} {len(rendering.resources):>9} {ran - start:>9.2f} {rendered - ran:>8.2f} "

@@ -1,5 +1,5 @@
 """Neuron instance facts the config validation, the sizing model and the node pools rely on, and the
-list prices the capacity table (infra/capacity.py) multiplies them by."""
+list prices the capacity table (planning/capacity.py) multiplies them by."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ rule in docs/config.md; rules across fields are the models' validators. `load_st
 the raw Pulumi config (``namespace:key`` -> string, objects as JSON) and returns a `StackConfig`,
 or raises `ConfigError` naming the key, the bad value and what is allowed (pydantic's first error,
 translated). `CONFIG_KEYS`, derived from `StackConfig`, is what docs/config.md documents (see
-infra.config_reference).
+planning.config_reference).
 """
 
 from __future__ import annotations

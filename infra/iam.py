@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import pulumi
@@ -85,3 +86,19 @@ def pod_identity_association(
     return aws.eks.PodIdentityAssociation(
         name, cluster_name=cluster_name, namespace=namespace, service_account=service_account,
         role_arn=role_arn, opts=pulumi.ResourceOptions(parent=parent))
+
+
+# How a controller policy may differ from the controller's official one; planning.official_iam finds the
+# differences, and each component lists the ones it means next to its policy.
+OMITTED = "omitted"        # the official policy grants the action, ours does not
+ADDED = "added"            # ours grants an action the official policy does not
+CONDITIONS = "conditions"  # both grant it, under different conditions
+RESOURCES = "resources"    # ours grants it on a resource outside the official ones
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A deliberate difference from the official policy: these actions, this kind, and why."""
+    kind: str
+    actions: tuple[str, ...]
+    reason: str

@@ -16,10 +16,10 @@ import pulumi_kubernetes as k8s
 
 from infra import iam, versions
 from infra.config import IngressSettings
+from infra.iam import CONDITIONS, OMITTED, Difference
 from infra.naming import (
     INGRESS_NAME, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, endpoint_path,
 )
-from infra.official_iam import CONDITIONS, OMITTED, Difference
 from serving import endpoints
 
 CLUSTER_TAG = "elbv2.k8s.aws/cluster"
@@ -53,8 +53,8 @@ MODIFY_OWNED_ACTIONS = (
 )
 TAG_ACTIONS = ("ec2:CreateTags", "ec2:DeleteTags", "elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags")
 
-# How controller_policy differs from the controller's official iam_policy.json (infra/schemas/official/),
-# beyond resources narrowed to this region, account and VPC. Checked by tests/infra/test_official_iam.py.
+# How controller_policy differs from the controller's official iam_policy.json (planning/data/official/),
+# beyond resources narrowed to this region, account and VPC. Checked by tests/planning/test_official_iam.py.
 OFFICIAL_POLICY_DIFFERENCES = (
     Difference(OMITTED, ("wafv2:GetWebACL", "wafv2:GetWebACLForResource", "wafv2:AssociateWebACL",
                          "wafv2:DisassociateWebACL", "waf-regional:GetWebACL", "waf-regional:GetWebACLForResource",

@@ -11,7 +11,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra import iam, versions
-from infra.official_iam import Difference
+from infra.iam import Difference
 from infra.config import NeuronPool
 from infra.naming import (
     CPU_NODEPOOL, EC2_NODECLASS, KARPENTER_NAMESPACE, NEURON_DEVICE_RESOURCE, NEURON_TAINT_EFFECT,
@@ -93,7 +93,7 @@ CPU_NODEPOOL_SPEC = {
 
 
 # How controller_policy differs from the official v1.14.1 CloudFormation's controller policies
-# (infra/schemas/official/), beyond resources narrowed to this account: nothing.
+# (planning/data/official/), beyond resources narrowed to this account: nothing.
 OFFICIAL_POLICY_DIFFERENCES: tuple[Difference, ...] = ()
 
 

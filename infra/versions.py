@@ -2,19 +2,19 @@
 
 Bumping a pin is a reviewed change: the plan diff of every stack shows what it touches. Each pin
 names its source. The kube-scheduler tags and the AMI alias are checked against release data
-committed under `infra/schemas/published/` by `python -m infra.plan --check` ("Published versions");
+committed under `planning/data/published/` by `python -m planning --check` ("Published versions");
 the comments of the others say how to confirm a bump.
 """
 
 # Neuron Deep Learning Container the serving/compile image is built FROM (last trn1/inf2 SDK).
 # Source: the public.ecr.aws/neuron/pytorch-inference-neuronx tags (Neuron DLC release notes); its SDK is
-# NEURON_SDK_VERSION, whose driver requirement is in infra/schemas/published/neuron-sdk-driver.txt.
+# NEURON_SDK_VERSION, whose driver requirement is in planning/data/published/neuron-sdk-driver.txt.
 NEURON_DLC_IMAGE = "public.ecr.aws/neuron/pytorch-inference-neuronx:2.9.0-neuronx-py312-sdk2.31.1-ubuntu24.04"
 NEURON_SDK_VERSION = "2.31.1"
 
 KARPENTER_CHART_REPO = "oci://public.ecr.aws/karpenter"
-# Source: github.com/aws/karpenter-provider-aws release v1.14.1; its CRDs (infra/schemas/karpenter-crds-v1.14.1/)
-# and getting-started CloudFormation (infra/schemas/official/) are committed from that tag.
+# Source: github.com/aws/karpenter-provider-aws release v1.14.1; its CRDs (planning/data/karpenter-crds-v1.14.1/)
+# and getting-started CloudFormation (planning/data/official/) are committed from that tag.
 KARPENTER_VERSION = "1.14.1"
 
 NEURON_CHART_REPO = "oci://public.ecr.aws/neuron"
@@ -25,7 +25,7 @@ KUBE_SCHEDULER_IMAGE_REPO = "public.ecr.aws/eks-distro/kubernetes/kube-scheduler
 
 AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO = "https://aws.github.io/eks-charts"
 # Source: github.com/aws/eks-charts, chart aws-load-balancer-controller 1.14.1. It installs controller v2.14.1
-# (the chart's appVersion; its iam_policy.json is committed in infra/schemas/official/), the first with ALB URL
+# (the chart's appVersion; its iam_policy.json is committed in planning/data/official/), the first with ALB URL
 # rewrite (`alb.ingress.kubernetes.io/transforms.*`), which strips /flux/<shape> before requests reach the servers.
 AWS_LOAD_BALANCER_CONTROLLER_VERSION = "1.14.1"
 AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION = "2.14.1"
@@ -39,10 +39,10 @@ PROMETHEUS_CHART_VERSION = "27.13.0"
 PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 
 # Per Kubernetes minor: what EKS ships for that minor. The supported minors are exactly these keys.
-# kube-scheduler: EKS Distro release notes (infra/schemas/published/kube-scheduler-tags.txt; checked), the
+# kube-scheduler: EKS Distro release notes (planning/data/published/kube-scheduler-tags.txt; checked), the
 # latest release of 1.34 there and a published release of 1.33. al2023-ami-alias: the EKS-optimized AMI release
 # Karpenter resolves for Neuron nodes (the accelerated AL2023 variant of that release, for the cluster's minor);
-# source: the amazon-eks-ami CHANGELOG (infra/schemas/published/al2023-ami-neuron-driver.txt; checked):
+# source: the amazon-eks-ami CHANGELOG (planning/data/published/al2023-ami-neuron-driver.txt; checked):
 # v20260714 is the first release whose AL2023_x86_64_NEURON variant ships driver 2.29.0.0, which Neuron SDK
 # 2.31.1 needs. The others are EKS add-on versions, source `aws eks describe-addon-versions
 # --kubernetes-version <minor>` (not in the committed data: confirm a bump there).

@@ -1,4 +1,4 @@
-"""Fixtures shared by the model and serving tests."""
+"""Fixtures shared by the tests: the tiny model (model, serving) and the real stacks' renderings (infra, planning)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from infra.config import load_stack_config
 from model.compile import CompileOptions, ensure_compiled
 from model.shapes import Shape
+from planning.offline import run_program, stack_file_config, stack_names
+
+STACKS = stack_names()
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +34,24 @@ def tiny_compile_options() -> CompileOptions:
 def tiny_artifact_dir(tmp_path_factory: pytest.TempPathFactory, tiny_compile_options: CompileOptions) -> Path:
     """A published artifact directory of the tiny model. Treat it as read-only: copy it to damage it."""
     return ensure_compiled(tiny_compile_options, tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture(scope="session", params=STACKS)
+def stack(request) -> str:
+    return request.param
+
+
+_renderings = {}
+
+
+@pytest.fixture(scope="session")
+def rendering(stack):
+    """The real program's rendering of one real stack file (cached: each run takes seconds)."""
+    if stack not in _renderings:
+        _renderings[stack] = run_program(stack)
+    return _renderings[stack]
+
+
+@pytest.fixture(scope="session")
+def stack_config(stack):
+    return load_stack_config(stack_file_config(stack)[0])

@@ -7,7 +7,7 @@ from infra import versions
 from infra.cluster import CLUSTER_ADMIN_POLICY
 from infra.config import ConfigError, load_stack_config
 from infra.karpenter import AMI_ALIAS
-from infra.offline import manifest, run_program, stack_file_config, with_overrides
+from planning.offline import manifest, run_program, stack_file_config, with_overrides
 
 CLUSTER = "flux-neuron:cluster"
 ADMIN = "arn:aws:iam::123456789012:role/platform/FluxAdmin"

@@ -22,7 +22,7 @@ from infra.cold_start import (
     startup_probe_seconds,
     warm_up_seconds,
 )
-from infra.offline import REPO_ROOT
+from planning.offline import REPO_ROOT
 from model.components import COMPONENTS
 from model.shapes import parse_shape
 

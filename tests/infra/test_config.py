@@ -16,8 +16,8 @@ from infra.config import (
     CONFIG_KEYS, CompileSettings, ConfigError, ModelSource, NetworkSettings, NeuronPool, ServingSettings,
     StackConfig, SystemNodes, load_stack_config,
 )
-from infra.config_reference import DOC, REFRESH, with_table
-from infra.offline import PLACEHOLDER_HF_TOKEN, REPO_ROOT, run_program, stack_file_config, stack_names, with_overrides
+from planning.config_reference import DOC, REFRESH, with_table
+from planning.offline import PLACEHOLDER_HF_TOKEN, REPO_ROOT, run_program, stack_file_config, stack_names, with_overrides
 from model.shapes import Shape
 
 REVISION = "3de623fc3c33e44ffbe2bad470d0f45bccf2eb21"

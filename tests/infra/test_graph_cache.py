@@ -6,7 +6,7 @@ import json
 import pytest
 
 from infra.config import ConfigError, load_stack_config
-from infra.offline import manifest, run_program, stack_file_config, with_overrides
+from planning.offline import manifest, run_program, stack_file_config, with_overrides
 from infra.storage import NONCURRENT_VERSION_DAYS
 
 BUCKET = "aws:s3/bucket:Bucket"

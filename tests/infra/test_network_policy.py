@@ -18,8 +18,8 @@ import pytest
 from infra.cluster import ADDON_CONFIGURATION, READINESS_GATE_LABEL
 from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NAMESPACE, WORKLOAD_NAMESPACE
 from infra.network_policy import DEFAULT_DENY
-from infra.offline import _Mocks, manifest, run_program
-from infra.plan import pod_templates
+from planning.offline import _Mocks, manifest, run_program
+from planning.checks.objects import pod_templates
 from serving import endpoints
 
 POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"

@@ -11,7 +11,7 @@ from infra.karpenter import INTERRUPTION_EVENTS
 from infra.naming import (
     CPU_NODEPOOL, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, neuron_nodepool,
 )
-from infra.offline import REPO_ROOT, manifest
+from planning.offline import REPO_ROOT, manifest
 
 COMPONENTS = ("Network", "Cluster", "Karpenter", "Storage", "Neuron", "Observability", "NetworkPolicies",
               "LoadBalancerController", "Ingress", "Workloads", "Image")
@@ -255,7 +255,7 @@ def test_network_tags_subnets_for_karpenter_and_load_balancers(rendering, stack_
 
 
 def test_existing_vpc_is_used_as_is():
-    from infra.offline import run_program
+    from planning.offline import run_program
 
     existing = {"vpcId": "vpc-0123456789abcdef0",
                 "privateSubnetIds": ["subnet-0000000000000000a", "subnet-0000000000000000b"],

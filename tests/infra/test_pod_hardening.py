@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.offline import REPO_ROOT, manifest
-from infra.plan import check, pod_templates
+from planning.offline import REPO_ROOT, manifest
+from planning.checks import check
+from planning.checks.objects import pod_templates
 from infra.workloads import HF_TOKEN_PATH_ENV, TMP_MOUNT
 
 PLANS = REPO_ROOT / "plans"
@@ -136,7 +137,7 @@ def test_the_token_is_a_file_never_a_variable(rendering):
 
 
 def test_the_posture_check_accepts_a_token_file_path_but_not_a_literal_token(rendering):
-    """infra.plan flags credential-named variables with literal values, unless they name a file
+    """The security check flags credential-named variables with literal values, unless they name a file
     of a mounted Secret (HF_TOKEN_PATH)."""
     assert check(rendering) == []
     seeded = copy.deepcopy(rendering)

@@ -1,6 +1,6 @@
 """The sizing model (infra/sizing.py): component bytes, HBM fit, device counts, compile memory; that
 no Neuron pod of a real stack asks for more NeuronCores than its TP degree needs; and the capacity
-table built from the rendering (infra/capacity.py) with its arithmetic."""
+table built from the rendering (planning/capacity.py) with its arithmetic."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import math
 
 import pytest
 
-from infra import capacity, catalog, plan, sizing
+from infra import catalog, sizing
 from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, SERVE
-from infra.offline import REPO_ROOT, manifest
 from infra.sizing import GB, GIB
+from planning import REFRESH_COMMAND, capacity
+from planning.offline import REPO_ROOT, manifest
+from planning.render import write_plan
 
 JOB = "kubernetes:batch/v1:Job"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -129,7 +131,7 @@ def test_the_compile_job_memory_and_concurrency_come_from_the_sizing_model(rende
     assert (compiling.concurrency, compiling.memory_gib) == expected
 
 
-# --- the capacity table (infra/capacity.py, plans/<stack>/capacity.md) ---------------------------
+# --- the capacity table (planning/capacity.py, plans/<stack>/capacity.md) ---------------------------
 
 def _request(devices, instance_types, cpu=22, memory_gib=89):
     return capacity.PodRequest(SERVE, "neuron-x", instance_types, 2 * devices, devices, cpu, memory_gib, None)
@@ -169,11 +171,11 @@ def test_a_type_without_a_list_price_shows_as_not_listed_and_packs_by_node_count
 
 
 def test_the_committed_capacity_tables_are_current(rendering, tmp_path):
-    plan.write_plan(rendering, tmp_path)
+    write_plan(rendering, tmp_path)
     fresh = (tmp_path / rendering.stack / capacity.FILENAME).read_text()
     committed = PLANS / rendering.stack / capacity.FILENAME
     assert committed.exists() and committed.read_text() == fresh, \
-        f"plans/{rendering.stack}/{capacity.FILENAME} is stale: run `{plan.REFRESH_COMMAND}`"
+        f"plans/{rendering.stack}/{capacity.FILENAME} is stale: run `{REFRESH_COMMAND}`"
 
 
 def test_the_table_shows_each_pod_with_the_cores_its_tensor_parallel_degree_needs(rendering, stack_config):

@@ -10,12 +10,12 @@ import subprocess
 import pulumi
 import pytest
 
-from infra import offline
+from planning import offline
 from infra.config import STACK_NAME_LIMITS, StackNameError, validate_stack_name
 from infra.naming import (
     NODEPOOL_LABEL, WORKLOAD_NAMESPACE, graphs_bucket_prefix, stack_resource_name, workload_labels,
 )
-from infra.offline import REPO_ROOT, stack_file_config, stack_names
+from planning.offline import REPO_ROOT, stack_file_config, stack_names
 
 SCRIPTS = sorted((REPO_ROOT / "scripts").iterdir())
 DESTROY = REPO_ROOT / "scripts" / "destroy"

@@ -21,9 +21,7 @@ from infra.naming import (
     SERVE, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, endpoint_path, workload_labels, workload_name,
 )
 from infra.ingress import SSL_POLICY, ingress_annotations, url_scheme
-from infra.offline import REPO_ROOT, SECRET_SIG, manifest, run_program, stack_file_config, with_overrides
 from infra.storage import CONTAINER_UID
-from infra.validate import kubernetes_schema_problems
 from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
 from infra.workloads import (
     AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, HF_TOKEN_PATH_ENV, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
@@ -31,6 +29,9 @@ from infra.workloads import (
 )
 from model.artifacts import READERS_ENV
 from model.shapes import parse_shape
+from planning.checks.kubernetes import kubernetes_schema_problems
+from planning.offline import REPO_ROOT, manifest, run_program, stack_file_config, with_overrides
+from planning.secrets import is_secret
 from serving import endpoints
 
 JOB = "kubernetes:batch/v1:Job"
@@ -164,7 +165,7 @@ def test_the_image_is_built_for_neuron_hosts_and_pushed_with_a_registry_cache(re
     assert cache["ref"].endswith(f":{CACHE_TAG}") and cache["imageManifest"] and cache["ociMediaTypes"]
     assert build["cacheFrom"] == [{"registry": {"ref": cache["ref"]}}]
     registry = build["registries"][0]
-    assert registry["username"] == "AWS" and SECRET_SIG in registry["password"]
+    assert registry["username"] == "AWS" and is_secret(registry["password"])
 
 
 def test_a_prebuilt_image_from_config_replaces_the_build():
@@ -641,7 +642,7 @@ def test_removing_a_shape_removes_exactly_its_resources(rendering, stack, stack_
 def plaintext_paths(value, secret, path="$"):
     """Where `secret` appears in `value` outside Pulumi's secret wrappers."""
     if isinstance(value, dict):
-        if SECRET_SIG in value:
+        if is_secret(value):
             return []
         return [p for key, item in value.items() for p in plaintext_paths(item, secret, f"{path}.{key}")]
     if isinstance(value, list):
@@ -657,7 +658,7 @@ def test_the_hf_token_stays_a_secret_everywhere(stack):
               if name not in rendering.secret_outputs and RECOGNISABLE_TOKEN in json.dumps(value)]
     assert leaks == []
     secret = rendering.one(SECRET, HF_TOKEN_SECRET)
-    assert SECRET_SIG in secret.inputs["stringData"]
+    assert is_secret(secret.inputs["stringData"])
     assert manifest(secret)["stringData"] == {"token": RECOGNISABLE_TOKEN}
     # Only the compile pods get it.
     for kind, name, spec, _ in pod_specs(rendering):

@@ -1,4 +1,4 @@
-"""`infra.plan`: the real stacks check clean, seeded defects are caught by name, the goldens are current.
+"""`python -m planning`: the real stacks check clean, seeded defects are caught by name, the goldens are current.
 
 Defects are seeded into a copy of a real rendering, never into the program: each test shows the
 check fails on exactly that mistake. Renderings come from the session cache in conftest.
@@ -10,21 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from infra import plan, versions
+from infra import versions
 from infra.naming import (
     HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, NODEPOOL_LABEL, WORKLOAD_NAMESPACE,
 )
-from infra.offline import REPO_ROOT, run_program
+from planning import REFRESH_COMMAND, checks, cli
+from planning.checks.karpenter import CEL_FAMILY
+from planning.checks.objects import HELM_RELEASE, NEURON_CHART
+from planning.checks.published import FAMILY as PUBLISHED_VERSIONS
+from planning.offline import REPO_ROOT, run_program
+from planning.render import render_files, write_plan
+from planning.secrets import REDACTED, SECRET_MARKER_KEY, SECRET_MARKER_VALUE, is_secret
 
 PLANS = REPO_ROOT / "plans"
 # Seeded defects need one stack: reuse its cached rendering rather than running the program again.
 DEV = pytest.mark.parametrize("stack", ["dev"], indirect=True)
-SECRET = {plan.SECRET_SIG_KEY: plan.SECRET_SIG, "value": "hf_abcdefghijklmnopqrstuvwxyz"}
+SECRET = {SECRET_MARKER_KEY: SECRET_MARKER_VALUE, "value": "hf_abcdefghijklmnopqrstuvwxyz"}
 
 
 def test_the_real_stacks_check_clean(rendering):
-    assert plan.check(rendering) == []
-    assert plan.report(rendering, []).startswith(f"{rendering.stack}: clean (")
+    assert checks.check(rendering) == []
+    assert checks.report(rendering, []).startswith(f"{rendering.stack}: clean (")
 
 
 def _tree(directory: Path) -> dict[str, str]:
@@ -32,16 +38,16 @@ def _tree(directory: Path) -> dict[str, str]:
 
 
 def test_the_committed_plans_are_current(rendering, tmp_path):
-    fresh = _tree(plan.write_plan(rendering, tmp_path))
+    fresh = _tree(write_plan(rendering, tmp_path))
     committed = _tree(PLANS / rendering.stack)
     stale = sorted(path for path in fresh.keys() | committed.keys() if fresh.get(path) != committed.get(path))
-    assert not stale, f"plans/{rendering.stack} is stale ({', '.join(stale)}): run `{plan.REFRESH_COMMAND}`"
+    assert not stale, f"plans/{rendering.stack} is stale ({', '.join(stale)}): run `{REFRESH_COMMAND}`"
 
 
 def test_a_rejected_config_is_reported_in_one_line(monkeypatch, capsys):
     override = {"flux-neuron:shapes": ["1000x1000"]}
-    monkeypatch.setattr(plan, "run_program", lambda stack: run_program(stack, override))
-    assert plan.main(["--stack", "dev", "--check"]) == 1
+    monkeypatch.setattr(cli, "run_program", lambda stack: run_program(stack, override))
+    assert cli.main(["--stack", "dev", "--check"]) == 1
     [line] = capsys.readouterr().out.splitlines()
     assert line.startswith("dev: config flux-neuron:shapes") and "'1000x1000'" in line
 
@@ -51,15 +57,15 @@ def test_writing_a_plan_replaces_what_the_previous_one_left(rendering, tmp_path,
     removed = tmp_path / "dev" / "kubernetes" / "job-flux-flux-compile-64x64.yaml"
     removed.parent.mkdir(parents=True)
     removed.write_text("a shape the config no longer has")
-    monkeypatch.setattr(plan, "run_program", lambda stack: rendering)
-    assert plan.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
+    monkeypatch.setattr(cli, "run_program", lambda stack: rendering)
+    assert cli.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out == f"dev: wrote {tmp_path / 'dev'}\n"
-    assert _tree(tmp_path / "dev") == plan.render_files(rendering)
+    assert _tree(tmp_path / "dev") == render_files(rendering)
 
 
 def _secret_values(value, inside_secret=False):
     """Every string Pulumi holds as (part of) a secret."""
-    if plan.is_secret(value):
+    if is_secret(value):
         yield from _secret_values(value["value"], inside_secret=True)
     elif isinstance(value, str) and inside_secret:
         yield value
@@ -72,15 +78,15 @@ def _secret_values(value, inside_secret=False):
 
 
 def test_rendered_files_are_repeatable_and_hold_no_secret_value(rendering):
-    files = plan.render_files(rendering)
-    assert files == plan.render_files(copy.deepcopy(rendering))
+    files = render_files(rendering)
+    assert files == render_files(copy.deepcopy(rendering))
     assert {"resources.yaml", "outputs.yaml", "kubernetes/namespace-flux.yaml"} <= set(files)
     for name in rendering.secret_outputs:
-        assert f"{name}: '{plan.REDACTED}'" in files["outputs.yaml"]
+        assert f"{name}: '{REDACTED}'" in files["outputs.yaml"]
     text = "".join(files.values())
     secrets = {secret for resource in rendering.resources for secret in _secret_values(resource.inputs)}
     assert [secret for secret in secrets if secret in text] == []
-    assert plan.SECRET_SIG not in text
+    assert SECRET_MARKER_VALUE not in text
 
 
 JOB = "kubernetes:batch/v1:Job"
@@ -88,8 +94,8 @@ JOB = "kubernetes:batch/v1:Job"
 
 def _messages(changed, check, baseline):
     """What `check` reports on the changed copy beyond what it reports on the rendering it came from."""
-    before = set(plan.check(baseline))
-    return [problem.message for problem in plan.check(changed) if problem.check == check and problem not in before]
+    before = set(checks.check(baseline))
+    return [problem.message for problem in checks.check(changed) if problem.check == check and problem not in before]
 
 
 def _first(rendering, type_):
@@ -207,8 +213,8 @@ def test_a_seeded_pod_defect_fails_the_check_by_name(rendering, seed, check, mes
 @DEV
 def test_the_neuron_scheduler_needs_the_release_that_installs_it(rendering):
     without_release = copy.deepcopy(rendering)
-    without_release.resources = [r for r in rendering.resources if r.type != plan.HELM_RELEASE
-                                 or not r.inputs["chart"].endswith(plan.NEURON_CHART)]
+    without_release.resources = [r for r in rendering.resources if r.type != HELM_RELEASE
+                                 or not r.inputs["chart"].endswith(NEURON_CHART)]
     job = _first(rendering, JOB)["metadata"]
     expected = (f"Job {job['namespace']}/{job['name']}: schedulerName '{NEURON_SCHEDULER_NAME}' "
                 "but no neuron-helm-chart release installs that scheduler")
@@ -218,7 +224,7 @@ def test_the_neuron_scheduler_needs_the_release_that_installs_it(rendering):
 @DEV
 def test_a_secret_value_must_be_a_pulumi_secret_and_is_never_rendered(rendering):
     secret = f"kubernetes/secret-{WORKLOAD_NAMESPACE}-{HF_TOKEN_SECRET}.yaml"
-    assert f"{HF_TOKEN_SECRET_KEY}: '[secret]'" in plan.render_files(rendering)[secret]
+    assert f"{HF_TOKEN_SECRET_KEY}: '[secret]'" in render_files(rendering)[secret]
 
     def plaintext(obj):
         obj["stringData"] = {HF_TOKEN_SECRET_KEY: "hf_abcdefghijklmnopqrstuvwxyz"}
@@ -288,8 +294,8 @@ def test_the_cli_reports_problems_grouped_by_check_and_exits_nonzero(rendering, 
 
     changed, job = _seeded(rendering, JOB, two_defects)
     container = _container(_first(rendering, JOB))["name"]
-    monkeypatch.setattr(plan, "run_program", lambda stack: changed)
-    assert plan.main(["--stack", "dev", "--check"]) == 1
+    monkeypatch.setattr(cli, "run_program", lambda stack: changed)
+    assert cli.main(["--stack", "dev", "--check"]) == 1
     printed = capsys.readouterr().out
     assert printed.startswith("dev: 2 problem(s) (")
     assert f"\n  Cross-references:\n    - {job}: PersistentVolumeClaim 'flux-graphs-typo'" in printed
@@ -338,7 +344,7 @@ def test_a_karpenter_object_the_openapi_schema_accepts_fails_its_cel_rules(rende
     seed(changed.one(type_, name).inputs)
     # Only CEL catches it: the OpenAPI part of the same CRD has nothing to say.
     assert _messages(changed, "Karpenter CRD schemas", rendering) == []
-    assert _messages(changed, plan.KARPENTER_CEL_RULES, rendering) == [message]
+    assert _messages(changed, CEL_FAMILY, rendering) == [message]
 
 
 @DEV
@@ -346,7 +352,7 @@ def test_a_cel_rule_that_cannot_be_evaluated_is_a_problem(rendering):
     changed = copy.deepcopy(rendering)
     _not_an_integer(changed.one(NODEPOOL, "karpenter-cpu").inputs)
     assert _messages(changed, "Karpenter CRD schemas", rendering) == []
-    [message] = _messages(changed, plan.KARPENTER_CEL_RULES, rendering)
+    [message] = _messages(changed, CEL_FAMILY, rendering)
     assert message.startswith("NodePool cpu: could not evaluate: self.all(x, (x.operator == 'Gt' ")
     assert "invalid literal for int() with base 10: StringType('eight')" in message
     assert message.endswith(") at spec/template/spec/requirements")
@@ -356,13 +362,13 @@ def test_a_cel_rule_that_cannot_be_evaluated_is_a_problem(rendering):
 def test_an_ami_alias_whose_neuron_driver_is_too_old_fails_the_check(rendering):
     changed = copy.deepcopy(rendering)
     changed.one(NODE_CLASS, "karpenter-default").inputs["spec"]["amiSelectorTerms"] = [{"alias": "al2023@v20250915"}]
-    assert _messages(changed, plan.PUBLISHED_VERSIONS, rendering) == [
+    assert _messages(changed, PUBLISHED_VERSIONS, rendering) == [
         "EC2NodeClass default: AMI alias 'al2023@v20250915' ships Neuron driver 2.23.9.0, older than the 2.29.0.0 "
         f"that Neuron SDK {versions.NEURON_SDK_VERSION} needs (first release with it: al2023@v20260714)"]
 
 
 def _neuron_release(rendering):
-    [release] = [r for r in rendering.of_type(plan.HELM_RELEASE) if r.inputs["chart"].endswith(plan.NEURON_CHART)]
+    [release] = [r for r in rendering.of_type(HELM_RELEASE) if r.inputs["chart"].endswith(NEURON_CHART)]
     return release
 
 
@@ -377,13 +383,13 @@ def test_an_unpublished_kube_scheduler_tag_fails_the_check(rendering, tag, probl
     changed = copy.deepcopy(rendering)
     release = _neuron_release(changed)
     release.inputs["values"]["scheduler"]["customScheduler"]["image"]["tag"] = tag
-    assert _messages(changed, plan.PUBLISHED_VERSIONS, rendering) == [f"Release {release.name}: {problem}"]
+    assert _messages(changed, PUBLISHED_VERSIONS, rendering) == [f"Release {release.name}: {problem}"]
 
 
 @DEV
 def test_the_kube_scheduler_tags_pinned_for_other_minors_are_checked_too(rendering, monkeypatch):
     monkeypatch.setitem(versions.KUBERNETES_RELEASES["1.34"], "kube-scheduler", "v1.34.11-eks-1-34-24")
-    assert [p.message for p in plan.check(rendering) if p.check == plan.PUBLISHED_VERSIONS] == [
+    assert [p.message for p in checks.check(rendering) if p.check == PUBLISHED_VERSIONS] == [
         "infra/versions.py KUBERNETES_RELEASES['1.34']: kube-scheduler tag 'v1.34.11-eks-1-34-24' is in no "
         "published EKS Distro release (kube-scheduler-tags.txt); the latest published 1.34 tag is "
         "'v1.34.9-eks-1-34-21'"]

@@ -1,11 +1,13 @@
-"""The controller policies against the official ones (infra/schemas/official/): equal, except the
+"""The controller policies against the official ones (planning/data/official/): equal, except the
 differences each component lists with its reason, and resources narrowed, never widened."""
 
 import pytest
 import yaml
 
-from infra import ingress, karpenter, official_iam
-from infra.official_iam import ADDED, CONDITIONS, OMITTED, RESOURCES, Found
+from infra import ingress, karpenter
+from infra.iam import ADDED, CONDITIONS, OMITTED, RESOURCES, Difference
+from planning import official_iam
+from planning.official_iam import Found
 
 PARTITION, REGION, ACCOUNT, CLUSTER, VPC = "aws", "us-west-2", "123456789012", "flux-dev", "vpc-0a1b2c3d"
 NODE_ROLE = f"arn:aws:iam::{ACCOUNT}:role/karpenter-node"
@@ -101,7 +103,7 @@ def test_a_wider_resource_is_a_difference_no_list_can_excuse():
         f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/app/*/*")
     found = official_iam.policy_differences(policy, official_iam.load_balancer_controller_policy())
     excuse = (*ingress.OFFICIAL_POLICY_DIFFERENCES,
-              official_iam.Difference(RESOURCES, ("elasticloadbalancing:AddTags",), "tried"))
+              Difference(RESOURCES, ("elasticloadbalancing:AddTags",), "tried"))
     widened = official_iam.unexplained(found, excuse)
     assert [(d.kind, d.action) for d in widened] == [(RESOURCES, "elasticloadbalancing:AddTags"),
                                                      (RESOURCES, "elasticloadbalancing:RemoveTags")]
@@ -109,6 +111,6 @@ def test_a_wider_resource_is_a_difference_no_list_can_excuse():
 
 
 def test_a_listed_difference_that_no_longer_exists_is_stale():
-    deliberate = (official_iam.Difference(OMITTED, ("ec2:DescribeInstanceStatus",), "reason"),)
+    deliberate = (Difference(OMITTED, ("ec2:DescribeInstanceStatus",), "reason"),)
     assert official_iam.stale([], deliberate) == [(OMITTED, "ec2:DescribeInstanceStatus")]
     assert official_iam.stale([Found("ec2:DescribeInstanceStatus", OMITTED, "")], deliberate) == []

@@ -1,6 +1,6 @@
 """The capacity table of a rendered stack: what each Neuron pod requests, how many fit a node of each
 instance type its pool may launch, the nodes at min and max replicas, and their $/hour at on-demand
-list prices (infra/catalog.py). `infra.plan` writes it to plans/<stack>/capacity.md, so every PR
+list prices (infra/catalog.py). `python -m planning` writes it to plans/<stack>/capacity.md, so every PR
 shows what a change costs.
 
 Everything is read from the rendering (the Jobs, Deployments, autoscalers, NodePools, the system node
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from infra import catalog, sizing
 from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL, SERVE, workload_name
-from infra.offline import Rendering, manifest
+from planning import REFRESH_COMMAND
+from planning.offline import Rendering, manifest
 
 FILENAME = "capacity.md"
 JOB = "kubernetes:batch/v1:Job"
@@ -205,7 +205,7 @@ def table(rendering: Rendering) -> str:
     lines = [
         f"# Capacity and cost: {rendering.stack} ({region})",
         "",
-        "Written by `python -m infra.plan --stack all --out plans` from the rendered objects (infra/capacity.py);",
+        f"Written by `{REFRESH_COMMAND}` from the rendered objects (planning/capacity.py);",
         "the requests come from the sizing model (infra/sizing.py). $/hour: on-demand list prices as of",
         f"{catalog.PRICES_AS_OF}, Linux, {region}; not a bill (no spot, Savings Plans, storage or data transfer).",
         "Sources: " + ", ".join(catalog.PRICE_SOURCES) + ".",

@@ -5,18 +5,11 @@ import json
 
 import pytest
 
-from infra.offline import manifest
-from infra.validate import (
-    JUSTIFIED_IAM_FINDINGS, iam_policy_problems, is_karpenter, karpenter_schema_problems,
-    kubernetes_schema_problems,
-)
-
-POLICY_INPUTS = {
-    "aws:iam/rolePolicy:RolePolicy": "policy",
-    "aws:iam/policy:Policy": "policy",
-    "aws:s3/bucketPolicy:BucketPolicy": "policy",
-    "aws:sqs/queuePolicy:QueuePolicy": "policy",
-}
+from planning.checks.iam import JUSTIFIED_IAM_FINDINGS, POLICY_INPUTS, iam_policy_problems
+from planning.checks.karpenter import karpenter_schema_problems
+from planning.checks.kubernetes import kubernetes_schema_problems
+from planning.checks.objects import is_karpenter
+from planning.offline import manifest
 
 
 def objects(rendering):

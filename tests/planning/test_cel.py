@@ -1,4 +1,4 @@
-"""`infra.cel`: the Kubernetes CEL functions it adds, and rules evaluated as the API server does on create.
+"""`planning.cel`: the Kubernetes CEL functions it adds, and rules evaluated as the API server does on create.
 
 Rules come from the real Karpenter CRDs where a property needs them; small schemas stand in only
 where a behaviour (defaults, map values, messageExpression) has no rule of its own in those CRDs.
@@ -7,8 +7,10 @@ where a behaviour (defaults, map values, messageExpression) has no rule of its o
 import celpy
 import pytest
 
-from infra import cel, validate
-from infra.offline import manifest
+from planning import cel
+from planning.checks import karpenter as karpenter_check
+from planning.checks.objects import is_karpenter
+from planning.offline import manifest
 
 PROVIDED = set(celpy.evaluation.base_functions) | set(cel.KUBERNETES_FUNCTIONS)
 # cel-python evaluates these as macros (min is its extension, matching the Kubernetes list library's).
@@ -77,7 +79,7 @@ def _called_functions(expression: str) -> set[str]:
 
 
 def _all_crd_rules():
-    return [(kind, path, rule) for (_, kind), schema in validate._karpenter_schemas().items()
+    return [(kind, path, rule) for (_, kind), schema in karpenter_check._karpenter_schemas().items()
             for path, rule in cel.schema_rules(schema)]
 
 
@@ -137,16 +139,16 @@ def test_a_real_ec2nodeclass_rule_reads_its_node_and_its_items():
     node_class = {"apiVersion": "karpenter.k8s.aws/v1", "kind": "EC2NodeClass", "metadata": {"name": "x"},
                   "spec": {"role": "r", "amiSelectorTerms": [{"alias": "windows2022@v1"}],
                            "subnetSelectorTerms": [{"id": "s"}], "securityGroupSelectorTerms": [{"id": "g"}]}}
-    assert validate.karpenter_rule_problems(node_class) == [
+    assert karpenter_check.karpenter_rule_problems(node_class) == [
         "EC2NodeClass x: windows families may only specify version 'latest' at spec/amiSelectorTerms/0/alias"]
 
 
 def test_the_rendered_karpenter_objects_pass_every_rule_that_applies_to_them(rendering):
     objects = [manifest(resource) for resource in rendering.kubernetes_objects()]
-    karpenter = [obj for obj in objects if validate.is_karpenter(obj)]
+    karpenter = [obj for obj in objects if is_karpenter(obj)]
     assert {obj["kind"] for obj in karpenter} == {"EC2NodeClass", "NodePool"}
     for obj in karpenter:
-        schema = validate._karpenter_schema(obj)
+        schema = karpenter_check._karpenter_schema(obj)
         applied = list(cel.applied_rules(schema, cel.defaulted(schema, obj)))
         assert len(applied) >= 10, f"{obj['kind']}: only {len(applied)} rules ran"
-        assert validate.karpenter_rule_problems(obj) == []
+        assert karpenter_check.karpenter_rule_problems(obj) == []

@@ -2,7 +2,7 @@
 
 The program (`__main__.py`) runs under `pulumi.runtime.set_mocks` with a stack's real
 `Pulumi.<stack>.yaml`. Every resource it registers is recorded with its inputs, parent and
-dependencies, and the stack outputs are kept with their secretness. Tests and `infra.plan`
+dependencies, and the stack outputs are kept with their secretness. Tests and `python -m planning`
 read what was recorded. The mocks answer like AWS would in shape (ids, ARNs, names), never
 in content: assertions are about the program's wiring, not AWS behaviour.
 """
@@ -25,6 +25,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from infra.config import SecretText
 from infra.naming import PROJECT
+from planning.secrets import reveal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
@@ -32,8 +33,6 @@ HF_TOKEN_KEY = f"{PROJECT}:hfToken"
 # Stack files hold the real token encrypted (`secure:`), which only the CLI can decrypt: offline
 # runs get this obviously fake one, as a secret like the real one.
 PLACEHOLDER_HF_TOKEN = SecretText("hf_OfflinePlaceholderNotARealToken")
-# Pulumi's wire marker for a secret value (see pulumi.runtime.rpc).
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
 
 def stack_names() -> list[str]:
@@ -277,17 +276,11 @@ def _rendering(stack: str, monitor: _RecordingMonitor) -> Rendering:
     return rendering
 
 
+def declared(resource: Registered) -> dict[str, Any]:
+    """A Kubernetes object as the program declared it, Pulumi's secret markers kept."""
+    return {key: value for key, value in resource.inputs.items() if not key.startswith("__")}
+
+
 def manifest(resource: Registered) -> dict[str, Any]:
     """A declared Kubernetes object as it would be applied (what `kubectl get -o yaml` shows of its spec)."""
-    return {key: reveal(value) for key, value in resource.inputs.items() if not key.startswith("__")}
-
-
-def reveal(value: Any) -> Any:
-    """The value with Pulumi's secret wrappers replaced by what they hold (as the API server stores it)."""
-    if isinstance(value, dict):
-        if SECRET_SIG in value:
-            return reveal(value.get("value"))
-        return {key: reveal(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [reveal(item) for item in value]
-    return value
+    return reveal(declared(resource))

@@ -3,7 +3,7 @@
 The comparison is per action: the set of conditions under which a policy grants an action must equal
 the official one's, and every resource it grants the action on must lie within the official resources
 (narrowing to one region, account or VPC is expected). How statements group actions does not matter.
-Each difference a component means to keep is a `Difference` listed next to its policy.
+Each difference a component means to keep is an `infra.iam.Difference` listed next to its policy.
 """
 
 from __future__ import annotations
@@ -13,34 +13,20 @@ import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from infra import versions
+from infra.iam import ADDED, CONDITIONS, OMITTED, RESOURCES, Difference
+from planning import DATA
 
-OFFICIAL = Path(__file__).parent / "schemas" / "official"
+OFFICIAL = DATA / "official"
 KARPENTER_CLOUDFORMATION = OFFICIAL / f"karpenter-v{versions.KARPENTER_VERSION}-cloudformation.yaml"
 LOAD_BALANCER_CONTROLLER_POLICY = (
     OFFICIAL / f"aws-load-balancer-controller-v{versions.AWS_LOAD_BALANCER_CONTROLLER_APP_VERSION}-iam_policy.json")
 CLOUDFORMATION_MANAGED_POLICY = "AWS::IAM::ManagedPolicy"
 SUBSTITUTION = re.compile(r"\$\{([^}]+)\}")
-
-# Kinds of difference, as `policy_differences` reports them.
-OMITTED = "omitted"        # the official policy grants the action, ours does not
-ADDED = "added"            # ours grants an action the official policy does not
-CONDITIONS = "conditions"  # both grant it, under different conditions
-RESOURCES = "resources"    # ours grants it on a resource outside the official ones
-
-
-@dataclass(frozen=True)
-class Difference:
-    """A deliberate difference from the official policy: these actions, this kind, and why."""
-    kind: str
-    actions: tuple[str, ...]
-    reason: str
-
 
 @dataclass(frozen=True)
 class Found:
