@@ -22,7 +22,8 @@ import httpx
 
 from model.artifacts import read_manifest
 from model.runtime import load_generator
-from serving import endpoints, http_server
+from common import endpoints
+from serving import http_server
 from serving.app import ServedArtifact, ServerLimits, create_app
 from serving.cli import add_artifact_arguments, artifact_dir_from_args
 from serving.schemas import DEFAULT_GUIDANCE_SCALE

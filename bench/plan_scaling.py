@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from model.shapes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, parse_shape
+from common.shapes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, parse_shape
 from planning.checks import check
 from planning.offline import run_program, stack_names
 from planning.render import render_files

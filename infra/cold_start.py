@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from infra import sizing
-from model.shapes import Shape, parse_shape
+from common.shapes import Shape, parse_shape
 
 # Neuron compiles and serves bfloat16 (both stacks do); the budget is for that.
 BUDGET_DTYPE = "bfloat16"

@@ -30,7 +30,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError, PydanticUndefined
 
 from infra import catalog, sizing, versions
 from infra.naming import PROJECT, graphs_bucket_prefix, stack_resource_name
-from model.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
+from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
 CAPACITY_TYPES = ("on-demand", "spot", "reserved")
 MAX_REPLICAS = 100

@@ -20,7 +20,7 @@ from infra.iam import CONDITIONS, OMITTED, Difference
 from infra.naming import (
     INGRESS_NAME, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, endpoint_path,
 )
-from serving import endpoints
+from common import endpoints
 
 CLUSTER_TAG = "elbv2.k8s.aws/cluster"
 # TLS 1.2 and 1.3 only.

@@ -23,7 +23,7 @@ import pulumi_kubernetes as k8s
 
 from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NAMESPACE, component_labels
 from infra.workloads import PROMETHEUS_RELEASE
-from serving import endpoints
+from common import endpoints
 
 DEFAULT_DENY = "default-deny"
 ALLOW_DNS = "allow-dns"

@@ -14,6 +14,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from common.image import CONTAINER_UID
 from infra import iam, versions
 from infra.config import GraphCacheSettings
 from infra.naming import GRAPHS_BUCKET_PREFIX, GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, graphs_bucket_prefix
@@ -23,8 +24,6 @@ CSI_ADDON = "aws-mountpoint-s3-csi-driver"
 CSI_SERVICE_ACCOUNT = "s3-csi-driver-sa"
 # Mountpoint ignores capacity, but a PersistentVolume must state one.
 NOMINAL_CAPACITY = "1Ti"
-# Processes in the image run as this non-root user; Mountpoint presents files as theirs.
-CONTAINER_UID = 10001
 # Artifacts are content-addressed and never overwritten, so a noncurrent version exists only
 # after someone deleted a graph: it stays recoverable this long, then stops costing storage.
 NONCURRENT_VERSION_DAYS = 14

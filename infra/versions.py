@@ -6,11 +6,8 @@ committed under `planning/data/published/` by `python -m planning --check` ("Pub
 the comments of the others say how to confirm a bump.
 """
 
-# Neuron Deep Learning Container the serving/compile image is built FROM (last trn1/inf2 SDK).
-# Source: the public.ecr.aws/neuron/pytorch-inference-neuronx tags (Neuron DLC release notes); its SDK is
-# NEURON_SDK_VERSION, whose driver requirement is in planning/data/published/neuron-sdk-driver.txt.
-NEURON_DLC_IMAGE = "public.ecr.aws/neuron/pytorch-inference-neuronx:2.9.0-neuronx-py312-sdk2.31.1-ubuntu24.04"
-NEURON_SDK_VERSION = "2.31.1"
+# The image's base (the Neuron DLC) and its SDK version are pinned in common/image.py, with their source:
+# the runtime reads them too.
 
 KARPENTER_CHART_REPO = "oci://public.ecr.aws/karpenter"
 # Source: github.com/aws/karpenter-provider-aws release v1.14.1; its CRDs (planning/data/karpenter-crds-v1.14.1/)

@@ -19,10 +19,10 @@ from infra.naming import (
     NEURON_DEVICE_RESOURCE, NEURON_TAINT_EFFECT, NEURON_TAINT_KEY, NODEPOOL_LABEL, SERVE, SERVE_SERVICE_ACCOUNT,
     SYSTEM_NODE_LABEL, neuron_nodepool, workload_labels, workload_name,
 )
-from infra.storage import CONTAINER_UID
-from model.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE, READERS_ENV, readers_for_cpus
-from model.shapes import Shape
-from serving import endpoints
+from common.image import CONTAINER_UID
+from common.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE, READERS_ENV, readers_for_cpus
+from common.shapes import Shape
+from common import endpoints
 
 GRAPHS_MOUNT = "/graphs"
 SCRATCH_MOUNT = "/scratch"

@@ -34,12 +34,7 @@ from pathlib import Path
 
 import blake3
 
-# The exit status of `model.compile --resolve` when the key has no published artifact yet; the
-# serving pods' wait loop (infra/workloads.py) retries on exactly this status.
-EXIT_NOT_PUBLISHED = 3
-# The exit status of `model.compile` on bad options: a compile Job fails at once on it, since a retry
-# fails the same way. Both live here rather than in model/compile.py so infra/ reads them without torch.
-EXIT_USAGE = 2
+from common.artifacts import READERS_ENV, readers_for_cpus
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 2
@@ -56,24 +51,10 @@ ATTEMPTS_DIR = "attempts"
 # Small enough to stay in the CPU cache between the read, the hash and the write: on the
 # development VM 1 MiB chunks cost 20% less CPU than 8 MiB ones.
 _CHUNK_BYTES = 1 << 20
-# How many files copy_verified reads at once; unset, readers_for_cpus(the cores this process may use).
-READERS_ENV = "FLUX_ARTIFACT_READERS"
-# Each Mountpoint reader already fetches its file with many concurrent ranged GETs, so beyond this
-# more readers only add threads; it is also as many large files as a FLUX artifact has at TP 8 (16 shards).
-MAX_READERS = 16
 
 
 class ArtifactError(Exception):
     """An artifact directory is unpublished, incomplete or corrupted; the message says which file and how."""
-
-
-def readers_for_cpus(cpus: int) -> int:
-    """Concurrent file reads for a process with ``cpus`` cores: two per core, at most MAX_READERS.
-
-    A reader alternates between waiting for storage and hashing and writing what arrived, so two
-    per core keep every core busy while reads wait.
-    """
-    return max(1, min(MAX_READERS, 2 * cpus))
 
 
 def default_readers() -> int:

@@ -20,13 +20,15 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from infra.versions import NEURON_DLC_IMAGE, NEURON_SDK_VERSION
+from common.image import NEURON_DLC_IMAGE, NEURON_SDK_VERSION
+from common.neuron import NEURON_FAMILIES
 from model.artifacts import ArtifactError
 from model.components import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, VAE_DECODER, GraphSpec
 from model.tensor_parallel import TENSOR_PARALLEL_COMPONENTS, shard_module
 
 BACKENDS = ("cpu", "neuron")
-NEURON_TARGETS = ("trn1", "trn1n", "trn2", "inf2")
+# neuronx-cc --target takes the family name.
+NEURON_TARGETS = NEURON_FAMILIES
 
 # Graph file layouts recorded in pipeline.json, so loading needs no guessing.
 TORCHSCRIPT = "torchscript"  # one model.pt, loaded with torch.jit.load

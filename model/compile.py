@@ -26,7 +26,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE, MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
+from common.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE
+from model.artifacts import MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
 from model.backends import (
     BACKENDS,
     NEURON_TARGETS,
@@ -37,7 +38,7 @@ from model.backends import (
     installed_versions,
 )
 from model.components import PIPELINE_CONFIG_NAME, TORCH_DTYPES, VAE_SCALE_FACTOR, GraphSpec, graph_specs
-from model.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
+from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 from model.sources import SourceUnavailable, check_revision, key_revision, open_source
 from model.tensor_parallel import TENSOR_PARALLEL_COMPONENTS, check_tp_degree
 

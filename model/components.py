@@ -16,7 +16,7 @@ import torch
 from diffusers import FluxPipeline
 from torch import nn
 
-from model.shapes import DTYPES, Shape
+from common.shapes import DTYPES, Shape
 from model.sources import ModelSource
 
 TEXT_ENCODER = "text_encoder"

@@ -34,7 +34,7 @@ from model.components import (
     TRANSFORMER,
     VAE_DECODER,
 )
-from model.shapes import Shape, parse_shape
+from common.shapes import Shape, parse_shape
 
 
 class _CompiledClipTextEncoder:

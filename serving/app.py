@@ -25,8 +25,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.runtime import GenerationStopped
-from model.shapes import Shape, parse_shape
-from serving import endpoints
+from common.shapes import Shape, parse_shape
+from common import endpoints
 from serving.errors import ApiError, documented_errors, install_error_handlers
 from serving.generation_queue import ClientGone, GenerationQueue, QueueFull
 from serving.metrics import CLIENT_CLOSED_REQUEST, LOG_FIELDS_SCOPE_KEY, Metrics, RequestObserver

@@ -28,11 +28,11 @@ from model.artifacts import MANIFEST_NAME, ArtifactError, read_manifest
 from model.backends import BACKENDS, NEURON_TARGETS, BackendUnavailable
 from model.compile import CompileOptions, ensure_compiled, resolve_artifact_dir
 from model.runtime import load_generator
-from model.shapes import DTYPES, parse_shape
+from common.shapes import DTYPES, parse_shape
 from model.sources import SourceUnavailable
 from serving import http_server
 from serving.app import DEFAULT_MAX_IMAGES, ServedArtifact, ServerLimits, create_app
-from serving.endpoints import DEFAULT_PORT
+from common.endpoints import DEFAULT_PORT
 from serving.logs import configure_json_logging
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES
 

@@ -15,7 +15,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving import endpoints
+from common import endpoints
 from serving.logs import REQUEST_ID_HEADER, request_id_from
 
 # Requests that matched no route share one label, so scanners cannot blow up cardinality.

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
-from model.shapes import Shape
+from common.shapes import Shape
 
 # A guard against oversized bodies, far above what the text encoders read (the model
 # truncates prompts to the artifact's max text length in tokens).

@@ -8,7 +8,7 @@ import pytest
 
 from infra.config import load_stack_config
 from model.compile import CompileOptions, ensure_compiled
-from model.shapes import Shape
+from common.shapes import Shape
 from planning.offline import run_program, stack_file_config, stack_names
 
 STACKS = stack_names()

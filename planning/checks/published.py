@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from common.image import NEURON_SDK_VERSION
 from infra import versions
 from planning import DATA
 from planning.checks.objects import HELM_RELEASE, NEURON_CHART, Objects, Problem, kubernetes_version, where
@@ -100,7 +101,7 @@ def problems(rendering: Rendering, objects: Objects) -> list[Problem]:
         for term in node_class.get("spec", {}).get("amiSelectorTerms", []):
             if "alias" in term:
                 found += [f"{where(node_class)}: {text}"
-                          for text in ami_alias_problems(term["alias"], versions.NEURON_SDK_VERSION)]
+                          for text in ami_alias_problems(term["alias"], NEURON_SDK_VERSION)]
     # The other pinned minors too (this stack's is checked above, as rendered): a stack may move to one.
     for pinned_minor, pins in sorted(versions.KUBERNETES_RELEASES.items()):
         if pinned_minor == minor:

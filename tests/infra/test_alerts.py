@@ -16,7 +16,7 @@ from infra.workloads import (
     ALERTMANAGER_SERVICE_ACCOUNT, COMPILE_STUCK_SHARE, KUBE_STATE_METRICS_COLLECTORS, LATENCY_TIMEOUT_SHARE,
     QUEUE_WAIT_TIMEOUT_SHARE,
 )
-from serving import endpoints
+from common import endpoints
 from serving.metrics import Metrics
 
 RELEASE = "kubernetes:helm.sh/v3:Release"

@@ -24,7 +24,7 @@ from infra.cold_start import (
 )
 from planning.offline import REPO_ROOT
 from model.components import COMPONENTS
-from model.shapes import parse_shape
+from common.shapes import parse_shape
 
 
 def test_the_artifact_is_flux_dev_sized_and_read_at_mountpoints_throughput():

@@ -8,7 +8,7 @@ import pytest
 from infra.naming import COMPILE, SERVE, workload_name
 from planning.offline import manifest
 from infra.workloads import COMPILE_START_MINUTES, WAIT_SCRIPT, wait_for_graphs_limit_seconds
-from model.artifacts import EXIT_NOT_PUBLISHED
+from common.artifacts import EXIT_NOT_PUBLISHED
 from model.compile import EXIT_USAGE, main as compile_main
 
 JOB = "kubernetes:batch/v1:Job"

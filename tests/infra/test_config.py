@@ -18,7 +18,7 @@ from infra.config import (
 )
 from planning.config_reference import DOC, REFRESH, with_table
 from planning.offline import PLACEHOLDER_HF_TOKEN, REPO_ROOT, run_program, stack_file_config, stack_names, with_overrides
-from model.shapes import Shape
+from common.shapes import Shape
 
 REVISION = "3de623fc3c33e44ffbe2bad470d0f45bccf2eb21"
 SHAPE_RULE = "'HxW' (height x width in pixels), each side a multiple of 16 between 64 and 2048"

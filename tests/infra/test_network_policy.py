@@ -20,7 +20,7 @@ from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NAMESPACE, WO
 from infra.network_policy import DEFAULT_DENY
 from planning.offline import _Mocks, manifest, run_program
 from planning.checks.objects import pod_templates
-from serving import endpoints
+from common import endpoints
 
 POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"

@@ -21,18 +21,18 @@ from infra.naming import (
     SERVE, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, endpoint_path, workload_labels, workload_name,
 )
 from infra.ingress import SSL_POLICY, ingress_annotations, url_scheme
-from infra.storage import CONTAINER_UID
+from common.image import CONTAINER_UID
 from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
 from infra.workloads import (
     AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, HF_TOKEN_PATH_ENV, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
     HostShare, host_share, serving_deployment_spec,
 )
-from model.artifacts import READERS_ENV
-from model.shapes import parse_shape
+from common.artifacts import READERS_ENV
+from common.shapes import parse_shape
 from planning.checks.kubernetes import kubernetes_schema_problems
 from planning.offline import REPO_ROOT, manifest, run_program, stack_file_config, with_overrides
 from planning.secrets import is_secret
-from serving import endpoints
+from common import endpoints
 
 JOB = "kubernetes:batch/v1:Job"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"

@@ -11,19 +11,17 @@ from pathlib import Path
 import blake3
 import pytest
 
+from common.artifacts import MAX_READERS, READERS_ENV, readers_for_cpus
 from model import artifacts
 from model.artifacts import (
     ATTEMPTS_DIR,
     HASH_FIELD,
     MANIFEST_NAME,
-    MAX_READERS,
-    READERS_ENV,
     ArtifactError,
     copy_verified,
     default_readers,
     publish,
     read_manifest,
-    readers_for_cpus,
     unfinished_attempts,
 )
 

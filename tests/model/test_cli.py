@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from infra.versions import NEURON_DLC_IMAGE
+from common.image import NEURON_DLC_IMAGE
 from model.artifacts import MANIFEST_NAME, read_manifest
 from model.compile import EXIT_FAILED, EXIT_NOT_PUBLISHED, EXIT_USAGE, CompileOptions, main
 from model.runtime import load_generator
-from model.shapes import SHAPE_RULE
+from common.shapes import SHAPE_RULE
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SMALL = ["--model", "tiny", "--backend", "cpu", "--shape", "64x64", "--max-text-length", "8"]

@@ -31,7 +31,7 @@ from model.compile import (
 )
 from model.components import COMPONENTS, PIPELINE_CONFIG_NAME, TRANSFORMER, GraphSpec
 from model.runtime import load_generator
-from model.shapes import Shape
+from common.shapes import Shape
 
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
 

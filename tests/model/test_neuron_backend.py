@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from infra.versions import NEURON_DLC_IMAGE, NEURON_SDK_VERSION
+from common.image import NEURON_DLC_IMAGE, NEURON_SDK_VERSION
 from model.backends import (
     NEURON_COMPILER_REPORTED,
     NEURON_TOOLCHAIN,
@@ -46,7 +46,7 @@ from model.components import (
     VaeDecoder,
     graph_specs,
 )
-from model.shapes import Shape
+from common.shapes import Shape
 from model.sources import TinySource
 
 SHAPE = Shape(64, 64)

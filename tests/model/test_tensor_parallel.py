@@ -19,7 +19,7 @@ from transformers import T5Config, T5EncoderModel
 from model import tiny
 from model.backends import sharded_worker_model
 from model.components import TEXT_ENCODER_2, TRANSFORMER, GraphSpec, graph_specs
-from model.shapes import Shape
+from common.shapes import Shape
 from model.tensor_parallel import TENSOR_PARALLEL_COMPONENTS, check_tp_degree
 from tests.model.nxd_cpu import NXD_COMMIT, NXD_REPOSITORY, NXD_SOURCE_ENV, nxd_source, run_tensor_parallel
 

@@ -62,7 +62,7 @@ def phase(name, tmpdir):
 phase("compile", config["scratch"])
 os.environ["HF_HOME"] = config["hf_home"]
 from model.compile import CompileOptions, ensure_compiled
-from model.shapes import parse_shape
+from common.shapes import parse_shape
 options = dict(config["options"], shape=parse_shape(config["options"]["shape"]))
 artifact = ensure_compiled(CompileOptions(**options), config["graphs"], config["scratch"])
 phase("serve", config["local"])

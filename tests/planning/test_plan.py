@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from common.image import NEURON_SDK_VERSION
 from infra import versions
 from infra.naming import (
     HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, NODEPOOL_LABEL, WORKLOAD_NAMESPACE,
@@ -364,7 +365,7 @@ def test_an_ami_alias_whose_neuron_driver_is_too_old_fails_the_check(rendering):
     changed.one(NODE_CLASS, "karpenter-default").inputs["spec"]["amiSelectorTerms"] = [{"alias": "al2023@v20250915"}]
     assert _messages(changed, PUBLISHED_VERSIONS, rendering) == [
         "EC2NodeClass default: AMI alias 'al2023@v20250915' ships Neuron driver 2.23.9.0, older than the 2.29.0.0 "
-        f"that Neuron SDK {versions.NEURON_SDK_VERSION} needs (first release with it: al2023@v20260714)"]
+        f"that Neuron SDK {NEURON_SDK_VERSION} needs (first release with it: al2023@v20260714)"]
 
 
 def _neuron_release(rendering):

@@ -2,6 +2,7 @@
 
 import pytest
 
+from common.image import NEURON_SDK_VERSION
 from infra import versions
 from planning.checks import published
 
@@ -22,7 +23,7 @@ def test_every_pinned_kube_scheduler_tag_is_published_for_its_minor(minor):
 @pytest.mark.parametrize("minor", sorted(versions.KUBERNETES_RELEASES))
 def test_the_ami_alias_pinned_per_minor_ships_the_driver_the_pinned_sdk_needs(minor):
     alias = versions.KUBERNETES_RELEASES[minor]["al2023-ami-alias"]
-    assert published.ami_alias_problems(alias, versions.NEURON_SDK_VERSION) == []
+    assert published.ami_alias_problems(alias, NEURON_SDK_VERSION) == []
 
 
 @pytest.mark.parametrize("alias, sdk, problem", [

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from model.artifacts import read_manifest
 from model.runtime import FluxGenerator, load_generator
-from serving import endpoints, http_server
+from common import endpoints
+from serving import http_server
 from serving.app import ServedArtifact, ServerLimits, create_app
 
 # A deadline for conditions that do come true, so a regression fails instead of hanging.

@@ -8,8 +8,8 @@ from functools import partial
 import pytest
 
 from model.runtime import load_generator
-from model.shapes import Shape
-from serving import endpoints
+from common.shapes import Shape
+from common import endpoints
 from serving.app import ServerLimits, create_app
 from serving.schemas import MAX_PROMPT_CHARS, MAX_SEED
 

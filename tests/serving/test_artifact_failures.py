@@ -12,7 +12,7 @@ import pytest
 
 from model.artifacts import HASH_FIELD, MANIFEST_NAME
 from model.runtime import load_generator
-from serving import endpoints
+from common import endpoints
 
 
 def largest_file(artifact_dir: Path) -> tuple[Path, str]:

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model.shapes import parse_shape
-from serving import endpoints
+from common.shapes import parse_shape
+from common import endpoints
 from serving.cli import LOCAL_SHAPE, NotPublished, artifact_dir_from_args, build_parser, main
 from serving.logs import REQUEST_ID_HEADER
 

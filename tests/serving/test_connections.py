@@ -8,7 +8,8 @@ import socket
 import httpx
 import pytest
 
-from serving import endpoints, http_server
+from common import endpoints
+from serving import http_server
 from serving.cli import main
 
 from .conftest import WAIT_S

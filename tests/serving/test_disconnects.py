@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from model.runtime import GenerationStopped
-from serving import endpoints
+from common import endpoints
 from serving.generation_queue import retry_after_seconds
 
 from .conftest import wait_for

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra.versions import NEURON_DLC_IMAGE
-from serving.endpoints import DEFAULT_PORT
+from common.image import CONTAINER_UID, NEURON_DLC_IMAGE
+from common.endpoints import DEFAULT_PORT
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "serving" / "Dockerfile").read_text()
@@ -32,9 +32,11 @@ def copied_sources() -> list[str]:
     return [source for copy in instructions("COPY") for source in copy.split()[:-1]]
 
 
-def test_copies_model_and_serving_packages():
+def test_copies_the_runtime_and_nothing_of_the_deploy_program():
     assert "model/ model/" in instructions("COPY")
     assert "serving/ serving/" in instructions("COPY")
+    assert "common/ common/" in instructions("COPY")
+    assert not [source for source in copied_sources() if source.startswith(("infra", "planning"))]
 
 
 def test_the_build_context_lets_in_everything_the_image_copies():
@@ -78,6 +80,7 @@ def test_replaces_the_dlc_entrypoint_and_runs_as_a_numeric_non_root_user():
     assert instructions("ENTRYPOINT") == ['["python", "-m", "serving", "--host", "0.0.0.0"]']
     assert instructions("CMD") == []
     (user,) = instructions("USER")
-    uid, gid = user.split(":")
-    assert int(uid) > 0 and int(gid) > 0
+    # The pods run as this uid and the graph volumes present their files as it (common.image).
+    assert user == f"{CONTAINER_UID}:{CONTAINER_UID}"
+    assert f"useradd --uid {CONTAINER_UID} --gid {CONTAINER_UID}" in DOCKERFILE
     assert instructions("EXPOSE") == [str(DEFAULT_PORT)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from serving import endpoints
+from common import endpoints
 
 IN_FLIGHT = "flux_generations_in_flight"
 QUEUE_DEPTH = "flux_queue_depth"

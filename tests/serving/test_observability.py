@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 
 from model.runtime import load_generator
-from serving import endpoints
+from common import endpoints
 from serving.app import ServerLimits, create_app
 from serving.logs import REQUEST_ID_HEADER, JsonFormatter
 from serving.metrics import LATENCY_BUCKETS

@@ -11,7 +11,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from serving import endpoints
+from common import endpoints
 
 from .conftest import WAIT_S
 

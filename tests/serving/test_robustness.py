@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 
 from model.runtime import load_generator
-from serving import endpoints
+from common import endpoints
 from serving.app import ServerLimits, create_app
 
 MAX_BODY_BYTES = 4096

@@ -1,0 +1,24 @@
+"""What the compile CLI and the pods that run it agree on: exit statuses and the verified-read setting."""
+
+# The exit status of `model.compile --resolve` when the key has no published artifact yet; the
+# serving pods' wait loop (infra/workloads.py) retries on exactly this status.
+EXIT_NOT_PUBLISHED = 3
+# The exit status of `model.compile` on bad options: a compile Job fails at once on it, since a retry
+# fails the same way.
+EXIT_USAGE = 2
+
+# How many files model.artifacts.copy_verified reads at once; unset, readers_for_cpus(the cores this
+# process may use). Serving pods set it from their CPU share.
+READERS_ENV = "FLUX_ARTIFACT_READERS"
+# Each Mountpoint reader already fetches its file with many concurrent ranged GETs, so beyond this
+# more readers only add threads; it is also as many large files as a FLUX artifact has at TP 8 (16 shards).
+MAX_READERS = 16
+
+
+def readers_for_cpus(cpus: int) -> int:
+    """Concurrent file reads for a process with ``cpus`` cores: two per core, at most MAX_READERS.
+
+    A reader alternates between waiting for storage and hashing and writing what arrived, so two
+    per core keep every core busy while reads wait.
+    """
+    return max(1, min(MAX_READERS, 2 * cpus))
