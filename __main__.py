@@ -7,11 +7,13 @@ from infra.config import load_stack_config, raw_pulumi_config, validate_stack_na
 from infra.image import Image, ImageArgs
 from infra.ingress import Ingress, IngressArgs, LoadBalancerController, LoadBalancerControllerArgs
 from infra.karpenter import Karpenter, KarpenterArgs
+from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import stack_resource_name
 from infra.network import Network, NetworkArgs
 from infra.network_policy import NetworkPolicies, NetworkPoliciesArgs
 from infra.neuron import Neuron, NeuronArgs
 from infra.observability import Observability, ObservabilityArgs
+from infra.pods import WorkloadSettings
 from infra.storage import Storage, StorageArgs
 from infra.workloads import Workloads, WorkloadsArgs
 
@@ -62,21 +64,30 @@ network_policies = NetworkPolicies(
     "network-policies",
     NetworkPoliciesArgs(namespace=cluster.workload_namespace, load_balancer_cidrs=network.public_subnet_cidrs),
     opts=pulumi.ResourceOptions(provider=cluster.provider))
+# Pods need their NodePools and scheduler; on destroy they go first, while Karpenter can still drain.
+# They start only once their NetworkPolicies exist and the load balancer controller's webhook,
+# which admits every pod of the namespace (it adds the readiness gates), is up.
+pods_in_cluster = pulumi.ResourceOptions(
+    provider=cluster.provider,
+    depends_on=[*cluster.addons, karpenter, neuron, network_policies, load_balancer_controller])
+monitoring = Monitoring("monitoring", MonitoringArgs(
+    settings=config.monitoring,
+    workload_namespace=cluster.workload_namespace,
+    compile_timeout_minutes=config.compile.timeout_minutes,
+    request_timeout_seconds=config.serving.request_timeout_seconds,
+    cluster_name=cluster.name,
+), opts=pods_in_cluster)
 workloads = Workloads("workloads", WorkloadsArgs(
-    config=config,
+    shapes=config.shapes,
+    settings=WorkloadSettings.of(config),
     image_ref=image.image_ref,
     hf_token=pulumi.Output.secret(config.hf_token),
     namespace=cluster.workload_namespace,
     read_write_claim=storage.read_write_claim,
     read_only_claim=storage.read_only_claim,
     scheduler_name=neuron.scheduler_name,
-    provider=cluster.provider,
-    # Pods need their NodePools and scheduler; on destroy they go first, while Karpenter can still drain.
-    # They start only once their NetworkPolicies exist and the load balancer controller's webhook,
-    # which admits every pod of the namespace (it adds the readiness gates), is up.
-    depends_on=[*cluster.addons, karpenter, neuron, network_policies, load_balancer_controller],
-    cluster_name=cluster.name,
-))
+    autoscaling_metrics=monitoring.autoscaling_metrics,
+), opts=pods_in_cluster)
 ingress = Ingress("ingress", IngressArgs(
     namespace=cluster.workload_namespace,
     services=workloads.services,

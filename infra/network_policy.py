@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.monitoring import PROMETHEUS_RELEASE
 from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NAMESPACE, component_labels
-from infra.workloads import PROMETHEUS_RELEASE
 from serving import endpoints
 
 DEFAULT_DENY = "default-deny"

@@ -2,7 +2,7 @@
 read-write for compile Jobs, read-only for serving.
 
 Neither volume has a Mountpoint data cache: a serving pod reads each graph file exactly once,
-into its own verified, memory-backed copy (infra/workloads.py), which is the graphs' one cache
+into its own verified, memory-backed copy (infra/pods.py), which is the graphs' one cache
 on the node. A Mountpoint cache would write a second copy to node disk that Karpenter does not
 account for and that goes with the Mountpoint Pod, so it saves no re-read (docs/cold-start.md)."""
 

@@ -19,7 +19,7 @@ import yaml
 
 from infra.offline import REPO_ROOT, manifest
 from infra.plan import check, pod_templates
-from infra.workloads import HF_TOKEN_PATH_ENV, TMP_MOUNT
+from infra.pods import HF_TOKEN_PATH_ENV, TMP_MOUNT
 
 PLANS = REPO_ROOT / "plans"
 CHECKOV_ENV = "CHECKOV"

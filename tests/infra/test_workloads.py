@@ -25,11 +25,12 @@ from infra.offline import REPO_ROOT, SECRET_SIG, manifest, run_program, stack_fi
 from infra.storage import CONTAINER_UID
 from infra.validate import kubernetes_schema_problems
 from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
-from infra.workloads import (
-    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, HF_TOKEN_PATH_ENV, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
-    HostShare, host_share, serving_deployment_spec,
+from infra.monitoring import IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC
+from infra.pods import (
+    AUTOSCALING_METRIC, HF_TOKEN_PATH_ENV, WAIT_SCRIPT, HostShare, WorkloadSettings, host_share,
+    serving_deployment_spec,
 )
-from model.artifacts import READERS_ENV
+from model.artifacts import EXIT_NOT_PUBLISHED, READERS_ENV
 from model.shapes import parse_shape
 from serving import endpoints
 
@@ -264,7 +265,7 @@ def test_more_devices_than_tensor_parallel_needs_render_only_with_a_reason():
     serving = {**json.loads(DEV_RAW["flux-neuron:serving"]), "devices": 8,
                "extraDevicesReason": "a second model copy per pod"}
     config = load_stack_config(with_overrides(DEV_RAW, {"flux-neuron:serving": serving}))
-    spec = serving_deployment_spec(config, config.shapes[0], "image", "ro", "rw", "my-scheduler")
+    spec = serving_deployment_spec(WorkloadSettings.of(config), config.shapes[0], "image", "ro", "rw", "my-scheduler")
     resources = spec["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"][NEURON_DEVICE_RESOURCE] == resources["limits"][NEURON_DEVICE_RESOURCE] == "8"
     with pytest.raises(ConfigError, match="extraDevicesReason saying why"):
