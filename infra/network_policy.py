@@ -23,6 +23,7 @@ import pulumi_kubernetes as k8s
 
 from infra.monitoring import PROMETHEUS_RELEASE
 from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NAMESPACE, component_labels
+from infra.options import children
 from serving import endpoints
 
 DEFAULT_DENY = "default-deny"
@@ -90,5 +91,5 @@ class NetworkPolicies(pulumi.ComponentResource):
             k8s.networking.v1.NetworkPolicy(
                 policy, metadata={"name": policy, "namespace": args.namespace},
                 spec=specs.apply(lambda all_specs, policy=policy: all_specs[policy]),
-                opts=pulumi.ResourceOptions(parent=self))
+                opts=children(self, opts))
         self.register_outputs({})
