@@ -7,11 +7,13 @@ from infra.config import load_stack_config, raw_pulumi_config, validate_stack_na
 from infra.image import Image, ImageArgs
 from infra.ingress import Ingress, IngressArgs, LoadBalancerController, LoadBalancerControllerArgs
 from infra.karpenter import Karpenter, KarpenterArgs
+from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import stack_resource_name
 from infra.network import Network, NetworkArgs
 from infra.network_policy import NetworkPolicies, NetworkPoliciesArgs
 from infra.neuron import Neuron, NeuronArgs
 from infra.observability import Observability, ObservabilityArgs
+from infra.pods import WorkloadSettings
 from infra.storage import Storage, StorageArgs
 from infra.workloads import Workloads, WorkloadsArgs
 
@@ -29,54 +31,63 @@ cluster = Cluster("cluster", ClusterArgs(
     system_nodes=config.system_nodes,
     access=config.cluster,
 ))
+
+
+def in_cluster(*after: pulumi.Resource) -> pulumi.ResourceOptions:
+    """A component's options: the cluster's Kubernetes provider, after the core add-ons (and `after`)."""
+    return pulumi.ResourceOptions(provider=cluster.provider, depends_on=[*cluster.addons, *after])
+
+
 karpenter = Karpenter("karpenter", KarpenterArgs(
     cluster_name=cluster.name,
     region=config.region,
     private_subnet_ids=network.private_subnet_ids,
     node_security_group_id=cluster.node_security_group_id,
     neuron_pools=config.neuron_pools,
-    provider=cluster.provider,
-    depends_on=cluster.addons,
     kubernetes_version=config.kubernetes_version,
-))
+), opts=in_cluster())
 storage = Storage("graphs", StorageArgs(
     cluster_name=cluster.name,
     region=config.region,
     kubernetes_version=config.kubernetes_version,
     namespace=cluster.workload_namespace,
-    provider=cluster.provider,
-    depends_on=cluster.addons,
     cache=config.graph_cache,
-))
-neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version, cluster.provider, depends_on=cluster.addons))
-Observability("observability", ObservabilityArgs(cluster.name, config.kubernetes_version, depends_on=cluster.addons))
+), opts=in_cluster())
+neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version), opts=in_cluster())
+Observability("observability", ObservabilityArgs(cluster.name, config.kubernetes_version),
+              opts=pulumi.ResourceOptions(depends_on=cluster.addons))
 image = Image("image", ImageArgs(config.image_uri))
 load_balancer_controller = LoadBalancerController("ingress-controller", LoadBalancerControllerArgs(
     cluster_name=cluster.name,
     region=config.region,
     vpc_id=network.vpc_id,
-    provider=cluster.provider,
-    depends_on=cluster.addons,
-))
+), opts=in_cluster())
 network_policies = NetworkPolicies(
     "network-policies",
     NetworkPoliciesArgs(namespace=cluster.workload_namespace, load_balancer_cidrs=network.public_subnet_cidrs),
     opts=pulumi.ResourceOptions(provider=cluster.provider))
+# Pods need their NodePools and scheduler; on destroy they go first, while Karpenter can still drain.
+# They start only once their NetworkPolicies exist and the load balancer controller's webhook,
+# which admits every pod of the namespace (it adds the readiness gates), is up.
+pods_after = (karpenter, neuron, network_policies, load_balancer_controller)
+monitoring = Monitoring("monitoring", MonitoringArgs(
+    settings=config.monitoring,
+    workload_namespace=cluster.workload_namespace,
+    compile_timeout_minutes=config.compile.timeout_minutes,
+    request_timeout_seconds=config.serving.request_timeout_seconds,
+    cluster_name=cluster.name,
+), opts=in_cluster(*pods_after))
 workloads = Workloads("workloads", WorkloadsArgs(
-    config=config,
+    shapes=config.shapes,
+    settings=WorkloadSettings.of(config),
     image_ref=image.image_ref,
     hf_token=pulumi.Output.secret(config.hf_token),
     namespace=cluster.workload_namespace,
     read_write_claim=storage.read_write_claim,
     read_only_claim=storage.read_only_claim,
     scheduler_name=neuron.scheduler_name,
-    provider=cluster.provider,
-    # Pods need their NodePools and scheduler; on destroy they go first, while Karpenter can still drain.
-    # They start only once their NetworkPolicies exist and the load balancer controller's webhook,
-    # which admits every pod of the namespace (it adds the readiness gates), is up.
-    depends_on=[*cluster.addons, karpenter, neuron, network_policies, load_balancer_controller],
-    cluster_name=cluster.name,
-))
+    autoscaling_metrics=monitoring.autoscaling_metrics,
+), opts=in_cluster(*pods_after))
 ingress = Ingress("ingress", IngressArgs(
     namespace=cluster.workload_namespace,
     services=workloads.services,
@@ -84,8 +95,7 @@ ingress = Ingress("ingress", IngressArgs(
     request_timeout_seconds=config.serving.request_timeout_seconds,
     public_subnet_ids=network.public_subnet_ids,
     controller=load_balancer_controller,
-    provider=cluster.provider,
-))
+), opts=pulumi.ResourceOptions(provider=cluster.provider))
 
 pulumi.export("region", config.region)
 pulumi.export("clusterName", cluster.name)

@@ -16,7 +16,7 @@ Each round alternates:
   checked and nothing written: the floor of any load of these bytes;
 - verified load: copy_verified into a fresh directory under --local (size + BLAKE3 of every
   byte, several files at once), then deleted. The default, /dev/shm, is memory-backed like
-  the serving pod's local-artifact volume (infra/workloads.py).
+  the serving pod's local-artifact volume (infra/pods.py).
 
 Before each measurement the page cache is dropped (``/proc/sys/vm/drop_caches``, root
 only), so both read from the disk; without that right both read from memory, and the output

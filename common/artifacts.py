@@ -1,7 +1,7 @@
 """What the compile CLI and the pods that run it agree on: exit statuses and the verified-read setting."""
 
 # The exit status of `model.compile --resolve` when the key has no published artifact yet; the
-# serving pods' wait loop (infra/workloads.py) retries on exactly this status.
+# serving pods' wait loop (infra/pods.py) retries on exactly this status.
 EXIT_NOT_PUBLISHED = 3
 # The exit status of `model.compile` on bad options: a compile Job fails at once on it, since a retry
 # fails the same way.

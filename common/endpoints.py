@@ -13,7 +13,7 @@ OPENAPI = "/openapi.json"
 # The playground's and the docs page's own files (HTML, JS, CSS), shipped in serving/static.
 STATIC = "/static"
 
-# What METRICS exports (serving/metrics.py), read by the autoscaler and the alert rules (infra/workloads.py).
+# What METRICS exports (serving/metrics.py), read by the autoscaler and the alert rules (infra/monitoring.py).
 REQUESTS_METRIC = "flux_http_requests"  # a counter, exported as flux_http_requests_total
 LATENCY_METRIC = "flux_http_request_duration_seconds"  # a histogram, queueing included
 GENERATION_METRIC = "flux_generation_seconds"  # a histogram of pipeline time per image

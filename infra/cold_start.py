@@ -1,6 +1,6 @@
 """The cold-start budget: from a scale-up event to a serving pod's /readyz, per Neuron family and shape.
 
-One place for the numbers the serving pods are sized from (infra/workloads.py: the startup
+One place for the numbers the serving pods are sized from (infra/pods.py: the startup
 probe, the rollout deadline, the HPA's scale-up period) and that docs/cold-start.md shows
 (`python -m infra.cold_start` prints its table; a test keeps the two equal). Each constant
 says where it comes from; the ones marked "assumption" are not measured anywhere yet and

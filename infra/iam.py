@@ -44,9 +44,11 @@ def role(
     parent: pulumi.Resource,
     managed_policies: Sequence[str] = (),
     inline_policy: pulumi.Input[str] | None = None,
+    aliases: Sequence[pulumi.Alias] = (),
 ) -> aws.iam.Role:
-    """A role with AWS managed policies (by name) and at most one inline policy, children of `parent`."""
-    opts = pulumi.ResourceOptions(parent=parent)
+    """A role with AWS managed policies (by name) and at most one inline policy, children of `parent`
+    (`aliases`: where they were before, for each of them)."""
+    opts = pulumi.ResourceOptions(parent=parent, aliases=list(aliases))
     created = aws.iam.Role(name, assume_role_policy=json.dumps(trust), opts=opts)
     for policy in managed_policies:
         aws.iam.RolePolicyAttachment(
@@ -62,6 +64,7 @@ def pod_identity_role(
     parent: pulumi.Resource,
     managed_policies: Sequence[str] = (),
     inline_policy: pulumi.Input[str] | None = None,
+    aliases: Sequence[pulumi.Alias] = (),
 ) -> aws.iam.Role:
     """A role a Kubernetes ServiceAccount assumes through EKS Pod Identity.
 
@@ -69,7 +72,7 @@ def pod_identity_role(
     else, declare it with `pod_identity_association`.
     """
     return role(name, trust=POD_IDENTITY_TRUST, parent=parent,
-                managed_policies=managed_policies, inline_policy=inline_policy)
+                managed_policies=managed_policies, inline_policy=inline_policy, aliases=aliases)
 
 
 def pod_identity_association(
@@ -80,12 +83,13 @@ def pod_identity_association(
     namespace: str,
     service_account: str,
     parent: pulumi.Resource,
+    aliases: Sequence[pulumi.Alias] = (),
 ) -> aws.eks.PodIdentityAssociation:
     """Hands the role to the ServiceAccount's pods. Pods admitted before it exists get no
     credentials, so whatever installs those pods should depend on it."""
     return aws.eks.PodIdentityAssociation(
         name, cluster_name=cluster_name, namespace=namespace, service_account=service_account,
-        role_arn=role_arn, opts=pulumi.ResourceOptions(parent=parent))
+        role_arn=role_arn, opts=pulumi.ResourceOptions(parent=parent, aliases=list(aliases)))
 
 
 # How a controller policy may differ from the controller's official one; planning.official_iam finds the

@@ -21,6 +21,8 @@ from infra.naming import (
     INGRESS_NAME, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, endpoint_path,
 )
 from common import endpoints
+from infra.iam import CONDITIONS, OMITTED, Difference
+from infra.options import after, children
 
 CLUSTER_TAG = "elbv2.k8s.aws/cluster"
 # TLS 1.2 and 1.3 only.
@@ -216,13 +218,12 @@ class LoadBalancerControllerArgs:
     cluster_name: pulumi.Input[str]
     region: str
     vpc_id: pulumi.Input[str]
-    provider: k8s.Provider
-    depends_on: list[pulumi.Resource]
 
 
 class LoadBalancerController(pulumi.ComponentResource):
     """The controller, up before any pod of the workload namespace is created: its webhook injects
-    the ALB readiness gates there and, failing closed, admits no pod of that namespace without it."""
+    the ALB readiness gates there and, failing closed, admits no pod of that namespace without it.
+    Give it the cluster's Kubernetes provider and what its release waits for through `opts`."""
 
     release: k8s.helm.v3.Release
 
@@ -242,8 +243,7 @@ class LoadBalancerController(pulumi.ComponentResource):
             version=versions.AWS_LOAD_BALANCER_CONTROLLER_VERSION, namespace=SYSTEM_NAMESPACE,
             values=pulumi.Output.all(args.cluster_name, args.vpc_id).apply(
                 lambda values: chart_values(values[0], args.region, values[1])),
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
-                                        depends_on=[*args.depends_on, association]))
+            opts=after(children(self, opts), association))
         self.register_outputs({})
 
 
@@ -255,10 +255,11 @@ class IngressArgs:
     request_timeout_seconds: int
     public_subnet_ids: pulumi.Input[list[str]]
     controller: LoadBalancerController
-    provider: k8s.Provider
 
 
 class Ingress(pulumi.ComponentResource):
+    """Give it the cluster's Kubernetes provider through `opts`."""
+
     endpoints: pulumi.Output[dict[str, str]]
     example_request: pulumi.Output[str]
 
@@ -274,7 +275,7 @@ class Ingress(pulumi.ComponentResource):
                           lambda values: ingress_annotations(values[0], args.settings, args.request_timeout_seconds,
                                                              values[1]))},
             spec=services.apply(ingress_spec),
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.controller.release]))
+            opts=after(children(self, opts), args.controller.release))
 
         scheme = url_scheme(args.settings)
         hostname = ingress.status.apply(lambda status: status.load_balancer.ingress[0].hostname)

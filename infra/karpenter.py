@@ -17,6 +17,7 @@ from infra.naming import (
     CPU_NODEPOOL, EC2_NODECLASS, KARPENTER_NAMESPACE, NEURON_DEVICE_RESOURCE, NEURON_TAINT_EFFECT,
     NEURON_TAINT_KEY, SYSTEM_NODE_LABEL, neuron_nodepool,
 )
+from infra.options import after, children
 
 SERVICE_ACCOUNT = "karpenter"
 # Root volume for nodes that pull a multi-GB Neuron DLC image; graphs live in S3, scratch on NVMe.
@@ -45,8 +46,6 @@ class KarpenterArgs:
     private_subnet_ids: pulumi.Input[list[str]]
     node_security_group_id: pulumi.Input[str]
     neuron_pools: dict[str, NeuronPool]
-    provider: k8s.Provider
-    depends_on: list[pulumi.Resource]
     kubernetes_version: str
 
 
@@ -188,6 +187,8 @@ def controller_policy(cluster_name: str, region: str, account: str, queue_arn: s
 
 
 class Karpenter(pulumi.ComponentResource):
+    """Give it the cluster's Kubernetes provider and what its Helm releases wait for through `opts`."""
+
     node_role_name: pulumi.Output[str]
     queue_name: pulumi.Output[str]
     nodepool_names: list[str]
@@ -221,7 +222,7 @@ class Karpenter(pulumi.ComponentResource):
             f"{name}-controller", role_arn=controller_role.arn, cluster_name=args.cluster_name,
             namespace=KARPENTER_NAMESPACE, service_account=SERVICE_ACCOUNT, parent=self)
 
-        in_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on)
+        in_cluster = children(self, opts)
         crds = k8s.helm.v3.Release(
             f"{name}-crd", name="karpenter-crd", chart=f"{versions.KARPENTER_CHART_REPO}/karpenter-crd",
             version=versions.KARPENTER_VERSION, namespace=KARPENTER_NAMESPACE, create_namespace=True,
@@ -237,11 +238,10 @@ class Karpenter(pulumi.ComponentResource):
                 "controller": {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
                                              "limits": {"cpu": "1", "memory": "1Gi"}}},
             },
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
-                                        depends_on=[crds, association, *args.depends_on]))
+            opts=after(in_cluster, crds, association))
 
         # Custom resources wait for the release that installs their CRDs (and are deleted before it).
-        custom = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[crds, controller])
+        custom = after(child, crds, controller)
         node_class = k8s.apiextensions.CustomResource(
             f"{name}-{EC2_NODECLASS}", api_version="karpenter.k8s.aws/v1", kind="EC2NodeClass",
             metadata={"name": EC2_NODECLASS},
@@ -269,8 +269,7 @@ class Karpenter(pulumi.ComponentResource):
             k8s.apiextensions.CustomResource(
                 f"{name}-{pool_name}", api_version="karpenter.sh/v1", kind="NodePool",
                 metadata={"name": pool_name}, spec=spec,
-                opts=pulumi.ResourceOptions(parent=self, provider=args.provider,
-                                            depends_on=[crds, controller, node_class]))
+                opts=after(custom, node_class))
 
         self.node_role_name = node_role.name
         self.queue_name = queue.name

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.monitoring import PROMETHEUS_RELEASE
 from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NAMESPACE, component_labels
-from infra.workloads import PROMETHEUS_RELEASE
 from common import endpoints
+from infra.monitoring import PROMETHEUS_RELEASE
+from infra.options import children
 
 DEFAULT_DENY = "default-deny"
 ALLOW_DNS = "allow-dns"
@@ -90,5 +92,5 @@ class NetworkPolicies(pulumi.ComponentResource):
             k8s.networking.v1.NetworkPolicy(
                 policy, metadata={"name": policy, "namespace": args.namespace},
                 spec=specs.apply(lambda all_specs, policy=policy: all_specs[policy]),
-                opts=pulumi.ResourceOptions(parent=self))
+                opts=children(self, opts))
         self.register_outputs({})

@@ -9,13 +9,12 @@ import pulumi_kubernetes as k8s
 
 from infra import versions
 from infra.naming import NEURON_SCHEDULER_NAME, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL
+from infra.options import children
 
 
 @dataclass
 class NeuronArgs:
     kubernetes_version: str
-    provider: k8s.Provider
-    depends_on: list[pulumi.Resource]
 
 
 def chart_values(kubernetes_version: str) -> dict:
@@ -39,6 +38,8 @@ def chart_values(kubernetes_version: str) -> dict:
 
 
 class Neuron(pulumi.ComponentResource):
+    """Give it the cluster's Kubernetes provider and what its release waits for through `opts`."""
+
     scheduler_name: str
 
     def __init__(self, name: str, args: NeuronArgs, opts: pulumi.ResourceOptions | None = None):
@@ -47,6 +48,6 @@ class Neuron(pulumi.ComponentResource):
             name, name="neuron-helm-chart", chart=f"{versions.NEURON_CHART_REPO}/neuron-helm-chart",
             version=versions.NEURON_CHART_VERSION, namespace=SYSTEM_NAMESPACE,
             values=chart_values(args.kubernetes_version),
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on))
+            opts=children(self, opts))
         self.scheduler_name = NEURON_SCHEDULER_NAME
         self.register_outputs({"scheduler_name": self.scheduler_name})

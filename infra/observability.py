@@ -9,6 +9,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import iam, versions
+from infra.options import children
 
 ADDON = "amazon-cloudwatch-observability"
 AGENT_SERVICE_ACCOUNT = "cloudwatch-agent"
@@ -18,10 +19,11 @@ AGENT_SERVICE_ACCOUNT = "cloudwatch-agent"
 class ObservabilityArgs:
     cluster_name: pulumi.Input[str]
     kubernetes_version: str
-    depends_on: list[pulumi.Resource]
 
 
 class Observability(pulumi.ComponentResource):
+    """Give it what the add-on waits for through `opts`."""
+
     def __init__(self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flux-neuron:infra:Observability", name, None, opts)
         agent_role = iam.pod_identity_role(
@@ -32,5 +34,5 @@ class Observability(pulumi.ComponentResource):
             addon_version=versions.KUBERNETES_RELEASES[args.kubernetes_version][ADDON],
             pod_identity_associations=[{"role_arn": agent_role.arn, "service_account": AGENT_SERVICE_ACCOUNT}],
             resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on))
+            opts=children(self, opts))
         self.register_outputs({"addon": self.addon.addon_name})

@@ -2,7 +2,7 @@
 read-write for compile Jobs, read-only for serving.
 
 Neither volume has a Mountpoint data cache: a serving pod reads each graph file exactly once,
-into its own verified, memory-backed copy (infra/workloads.py), which is the graphs' one cache
+into its own verified, memory-backed copy (infra/pods.py), which is the graphs' one cache
 on the node. A Mountpoint cache would write a second copy to node disk that Karpenter does not
 account for and that goes with the Mountpoint Pod, so it saves no re-read (docs/cold-start.md)."""
 
@@ -18,6 +18,7 @@ from common.image import CONTAINER_UID
 from infra import iam, versions
 from infra.config import GraphCacheSettings
 from infra.naming import GRAPHS_BUCKET_PREFIX, GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, graphs_bucket_prefix
+from infra.options import after, children
 
 CSI_DRIVER = "s3.csi.aws.com"
 CSI_ADDON = "aws-mountpoint-s3-csi-driver"
@@ -35,8 +36,6 @@ class StorageArgs:
     region: str
     kubernetes_version: str
     namespace: pulumi.Input[str]
-    provider: k8s.Provider
-    depends_on: list[pulumi.Resource]
     cache: GraphCacheSettings = GraphCacheSettings()
 
 
@@ -48,6 +47,8 @@ def graphs_mount_options(region: str, *, read_only: bool) -> list[str]:
 
 
 class Storage(pulumi.ComponentResource):
+    """Give it the cluster's Kubernetes provider and what the CSI driver add-on waits for through `opts`."""
+
     bucket_name: pulumi.Output[str]
     read_write_claim: pulumi.Output[str]
     read_only_claim: pulumi.Output[str]
@@ -76,9 +77,9 @@ class Storage(pulumi.ComponentResource):
             addon_version=versions.KUBERNETES_RELEASES[args.kubernetes_version][CSI_ADDON],
             pod_identity_associations=[{"role_arn": driver_role.arn, "service_account": CSI_SERVICE_ACCOUNT}],
             resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on))
+            opts=children(self, opts))
 
-        in_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[driver])
+        in_cluster = after(pulumi.ResourceOptions(parent=self), driver)
         self.read_write_claim = self._volume(
             GRAPHS_PV_READ_WRITE, bucket_name, args, "ReadWriteMany",
             graphs_mount_options(args.region, read_only=False), in_cluster)
@@ -117,7 +118,7 @@ class Storage(pulumi.ComponentResource):
                  "expiration": {"expired_object_delete_marker": True}},
             ],
             # S3 rejects noncurrent-version rules until versioning is on.
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[versioning])))
+            opts=after(child, versioning))
         aws.s3.BucketPolicy(name, bucket=bucket.id, policy=iam.policy_document([
             {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
              "Resource": [bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],

@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from infra.config import ConfigError, load_stack_config
 from infra.naming import COMPILE, METRICS_NAMESPACE, WORKLOAD_NAMESPACE, workload_name
 from planning.offline import manifest, run_program, stack_file_config, with_overrides
-from infra.workloads import (
+from infra.monitoring import (
     ALERTMANAGER_SERVICE_ACCOUNT, COMPILE_STUCK_SHARE, KUBE_STATE_METRICS_COLLECTORS, LATENCY_TIMEOUT_SHARE,
     QUEUE_WAIT_TIMEOUT_SHARE,
 )

@@ -7,7 +7,7 @@ import pytest
 
 from infra.naming import COMPILE, SERVE, workload_name
 from planning.offline import manifest
-from infra.workloads import COMPILE_START_MINUTES, WAIT_SCRIPT, wait_for_graphs_limit_seconds
+from infra.pods import COMPILE_START_MINUTES, WorkloadSettings, WAIT_SCRIPT, wait_for_graphs_limit_seconds
 from common.artifacts import EXIT_NOT_PUBLISHED
 from model.compile import EXIT_USAGE, main as compile_main
 
@@ -51,7 +51,7 @@ def test_serving_pods_wait_for_graphs_exactly_as_long_as_their_job_can_publish(r
         (wait,) = deployment["spec"]["template"]["spec"]["initContainers"]
         limit, job_name = wait["command"][4:6]
         assert job_name == workload_name(COMPILE, shape) and job_name in jobs
-        assert int(limit) == wait_for_graphs_limit_seconds(stack_config) == \
+        assert int(limit) == wait_for_graphs_limit_seconds(WorkloadSettings.of(stack_config)) == \
             jobs[job_name]["spec"]["activeDeadlineSeconds"] + COMPILE_START_MINUTES * 60
 
 

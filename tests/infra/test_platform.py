@@ -2,6 +2,7 @@
 
 import json
 
+import pulumi.runtime.mocks as pulumi_mocks
 import yaml
 
 from infra import versions
@@ -11,10 +12,11 @@ from infra.karpenter import INTERRUPTION_EVENTS
 from infra.naming import (
     CPU_NODEPOOL, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, neuron_nodepool,
 )
-from planning.offline import REPO_ROOT, manifest
+from infra.monitoring import FORMER_PARENT_NAME, FORMER_PARENT_TYPE
+from planning.offline import REPO_ROOT, manifest, run_program
 
 COMPONENTS = ("Network", "Cluster", "Karpenter", "Storage", "Neuron", "Observability", "NetworkPolicies",
-              "LoadBalancerController", "Ingress", "Workloads", "Image")
+              "LoadBalancerController", "Ingress", "Monitoring", "Workloads", "Image")
 NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
 NODECLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -161,6 +163,65 @@ def test_custom_resources_depend_on_the_releases_that_install_their_crds(renderi
         assert crd_release.urn in resource.dependencies and controller.urn in resource.dependencies
     assert crd_release.urn in controller.dependencies
     assert controller.inputs["skipCrds"] is True
+
+
+def test_what_a_component_waits_for_through_opts_reaches_the_children_that_must_wait(rendering):
+    """Components take depends_on through opts; Pulumi does not hand it to their children, each
+    component does, to the children that run in the cluster."""
+    addons = {r.urn for r in rendering.of_type("aws:eks/addon:Addon") if r.parent.endswith("::cluster")}
+    for chart in ("karpenter-crd", "karpenter", "neuron-helm-chart", "aws-load-balancer-controller"):
+        assert addons <= set(release(rendering, chart).dependencies), chart
+    for addon in ("aws-mountpoint-s3-csi-driver", "amazon-cloudwatch-observability"):
+        (resource,) = [r for r in rendering.of_type("aws:eks/addon:Addon") if r.inputs["addonName"] == addon]
+        assert addons <= set(resource.dependencies), addon
+    csi = next(r for r in rendering.of_type("aws:eks/addon:Addon")
+               if r.inputs["addonName"] == "aws-mountpoint-s3-csi-driver")
+    for kind in ("kubernetes:core/v1:PersistentVolume", "kubernetes:core/v1:PersistentVolumeClaim"):
+        assert all(csi.urn in r.dependencies for r in rendering.of_type(kind)), kind
+    # Pods (and what they use) wait for their NodePools, the scheduler, their NetworkPolicies and the
+    # load balancer controller's webhook; so does the monitoring stack, whose pods run in the cluster too.
+    pods_wait_for = addons | {r.urn for r in rendering.of_type(NODEPOOL)} | {
+        release(rendering, "neuron-helm-chart").urn, release(rendering, "aws-load-balancer-controller").urn,
+        *(r.urn for r in rendering.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy"))}
+    workloads = rendering.one("flux-neuron:infra:Workloads", "workloads").urn
+    monitoring = rendering.one("flux-neuron:infra:Monitoring", "monitoring").urn
+    in_cluster = [r for r in rendering.resources
+                  if r.parent in (workloads, monitoring) and r.type.startswith("kubernetes:")]
+    assert {r.type for r in in_cluster} >= {RELEASE, "kubernetes:batch/v1:Job", "kubernetes:apps/v1:Deployment",
+                                           "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"}
+    for resource in in_cluster:
+        assert pods_wait_for <= set(resource.dependencies), resource.name
+    metrics = {release(rendering, "prometheus").urn, release(rendering, "prometheus-adapter").urn}
+    for autoscaler in rendering.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
+        assert metrics <= set(autoscaler.dependencies), autoscaler.name
+    # Children in AWS start at once: what the component waits for is not theirs to wait for.
+    assert not addons & set(rendering.one("aws:sqs/queue:Queue", "karpenter").dependencies)
+
+
+def test_the_monitoring_stack_keeps_its_urns_through_aliases_to_its_former_parent(monkeypatch, stack):
+    """Prometheus, its adapter and Alertmanager's role were children of the Workloads component: on a
+    stack deployed before the move, each alias names that parent, so `pulumi up` adopts the resource
+    under its new parent instead of replacing it."""
+    requests = []
+    register = pulumi_mocks.MockMonitor.RegisterResource
+
+    def recording(monitor, request):
+        requests.append(request)
+        return register(monitor, request)
+
+    monkeypatch.setattr(pulumi_mocks.MockMonitor, "RegisterResource", recording)
+    topic = "arn:aws:sns:us-west-2:123456789012:flux-alerts"
+    rendering = run_program(stack, {"flux-neuron:monitoring": {"alertTopicArn": topic}})
+    workloads = rendering.one(FORMER_PARENT_TYPE, FORMER_PARENT_NAME)
+    monitoring = rendering.one("flux-neuron:infra:Monitoring", "monitoring")
+    moved = [request for request in requests if request.parent == monitoring.urn]
+    assert {request.type for request in moved} == {
+        RELEASE, ROLE, "aws:iam/rolePolicy:RolePolicy", "aws:eks/podIdentityAssociation:PodIdentityAssociation"}
+    for request in moved:
+        # Only the parent differs: same name, same type, same stack and project.
+        assert [(alias.spec.parentUrn, alias.spec.name, alias.spec.type) for alias in request.aliases] == [
+            (workloads.urn, "", "")], request.name
+    assert not [r for r in rendering.resources if r.parent == workloads.urn and r.type in (RELEASE, ROLE)]
 
 
 def test_pod_identity_roles_trust_only_eks_pods(rendering):

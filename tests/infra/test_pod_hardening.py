@@ -20,7 +20,7 @@ import yaml
 from planning.offline import REPO_ROOT, manifest
 from planning.checks import check
 from planning.checks.objects import pod_templates
-from infra.workloads import HF_TOKEN_PATH_ENV, TMP_MOUNT
+from infra.pods import HF_TOKEN_PATH_ENV, TMP_MOUNT
 
 PLANS = REPO_ROOT / "plans"
 CHECKOV_ENV = "CHECKOV"

@@ -23,11 +23,12 @@ from infra.naming import (
 from infra.ingress import SSL_POLICY, ingress_annotations, url_scheme
 from common.image import CONTAINER_UID
 from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
-from infra.workloads import (
-    AUTOSCALING_METRIC, EXIT_NOT_PUBLISHED, HF_TOKEN_PATH_ENV, IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC, WAIT_SCRIPT,
-    HostShare, host_share, serving_deployment_spec,
+from infra.monitoring import IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC
+from infra.pods import (
+    AUTOSCALING_METRIC, HF_TOKEN_PATH_ENV, WAIT_SCRIPT, HostShare, WorkloadSettings, host_share,
+    serving_deployment_spec,
 )
-from common.artifacts import READERS_ENV
+from common.artifacts import EXIT_NOT_PUBLISHED, READERS_ENV
 from common.shapes import parse_shape
 from planning.checks.kubernetes import kubernetes_schema_problems
 from planning.offline import REPO_ROOT, manifest, run_program, stack_file_config, with_overrides
@@ -265,7 +266,7 @@ def test_more_devices_than_tensor_parallel_needs_render_only_with_a_reason():
     serving = {**json.loads(DEV_RAW["flux-neuron:serving"]), "devices": 8,
                "extraDevicesReason": "a second model copy per pod"}
     config = load_stack_config(with_overrides(DEV_RAW, {"flux-neuron:serving": serving}))
-    spec = serving_deployment_spec(config, config.shapes[0], "image", "ro", "rw", "my-scheduler")
+    spec = serving_deployment_spec(WorkloadSettings.of(config), config.shapes[0], "image", "ro", "rw", "my-scheduler")
     resources = spec["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"][NEURON_DEVICE_RESOURCE] == resources["limits"][NEURON_DEVICE_RESOURCE] == "8"
     with pytest.raises(ConfigError, match="extraDevicesReason saying why"):

@@ -1,4 +1,4 @@
-"""The pods' root filesystems are read-only (infra.workloads): compiling and serving must write only
+"""The pods' root filesystems are read-only (infra.pods): compiling and serving must write only
 where the pods have writable volumes. Checked on the tiny model on CPU, in a fresh interpreter
 (import-time writes count too), with HOME, TMPDIR and HF_HOME set as the pods set them.
 
@@ -82,7 +82,7 @@ def test_compiling_and_serving_write_only_to_the_pods_writable_volumes(
     config = {
         "options": options, "scratch": str(scratch), "graphs": str(graphs), "local": str(local),
         "hf_home": str(scratch / "huggingface"),
-        # As infra.workloads mounts them: the compile Job's /tmp, scratch and graph volume; the
+        # As infra.pods mounts them: the compile Job's /tmp, scratch and graph volume; the
         # serving pod's /tmp and local artifact volume (its graph volume is read-only).
         "writable": {"compile": [str(home), str(scratch), str(graphs), *DEVICES],
                      "serve": [str(home), str(local), *DEVICES]},
