@@ -452,7 +452,8 @@ class StackConfig(BaseModel):
     neuron_pools: dict[Annotated[str, AfterValidator(_neuron_family)], NeuronPool] = _stack_key(
         "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
         + ") -> {instanceTypes (of that family; default all), capacityTypes "
-        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]), maxDevices (NodePool limit, required)}}",
+        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]), maxDevices (NodePool limit, required; at least "
+        "every shape at serving.maxReplicas plus its rollout surge, and every compile Job, on the pools they use)}",
         allowed="a non-empty map keyed by family: " + ", ".join(catalog.NEURON_FAMILIES), min_length=1)
     compile: CompileSettings = _stack_key(
         "required; {pool (a neuronPools family with an instance type whose memory holds one compile worker), "
@@ -594,6 +595,27 @@ class StackConfig(BaseModel):
                 f"a pool with an instance type of at least {sizing.compile_host_gib_needed(tensor_parallel, self.dtype)}"
                 " GiB: one compile worker builds the whole transformer", _key("compile"), "pool",
                 value=self.compile.pool)
+        return self
+
+    @model_validator(mode="after")
+    def _pools_hold_their_pods(self) -> StackConfig:
+        """Each NodePool's device limit holds, at once, every shape at serving.maxReplicas plus its rollout
+        surge and every shape's compile Job: Karpenter launches nothing past the limit, so a pod beyond it
+        would stay Pending."""
+        shapes = len(self.shapes)
+        for family, pool in self.neuron_pools.items():
+            parts = []
+            if self.serving.pool == family:
+                parts.append((shapes * (self.serving.max_replicas + sizing.ROLLOUT_SURGE) * self.serving.devices,
+                              f"{shapes} shapes x (serving.maxReplicas {self.serving.max_replicas} + "
+                              f"{sizing.ROLLOUT_SURGE} rollout surge) x {self.serving.devices} devices"))
+            if self.compile.pool == family:
+                parts.append((shapes * self.compile.devices,
+                              f"{shapes} compile Jobs x {self.compile.devices} devices"))
+            needed = sum(devices for devices, _ in parts)
+            if needed > pool.max_devices:
+                raise _not_allowed(f"at least {needed}: {' + '.join(text for _, text in parts)}",
+                                   _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
         return self
 
     @property

@@ -324,7 +324,7 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
         # No `replicas`: the HPA owns the count (from serving.replicas up), a re-apply must not reset it.
         "selector": {"matchLabels": labels},
         # A new pod must be serving before an old one goes: accelerator capacity is slow to come back.
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": sizing.ROLLOUT_SURGE, "maxUnavailable": 0}},
         "progressDeadlineSeconds": rollout_minutes(pool.family, shape) * 60,
         "template": {
             "metadata": {"labels": labels},

@@ -65,6 +65,9 @@ NODE_RESERVED_BYTES = 16 * GIB
 NODE_RESERVED_CPU = 2
 
 
+# A serving rollout starts this many new pods per shape before it stops an old one (infra/pods.py's
+# maxSurge): a NodePool needs room for them on top of maxReplicas.
+ROLLOUT_SURGE = 1
 # What a serving process holds beyond its graphs: Python, torch, diffusers and the pipeline's CPU tensors.
 SERVING_PROCESS_BYTES = 8 * GIB
 

@@ -105,6 +105,10 @@ BAD_CONFIGS = {
     "devices-over-maxDevices": (
         {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "maxDevices": 2}}},
         "flux-neuron:compile.devices", "4", "at most the pool's maxDevices (2)"),
+    "maxDevices-below-maxReplicas-surge-and-compiles": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "maxDevices": 40}}},
+        "flux-neuron:neuronPools.trn1.maxDevices", "40",
+        "at least 48: 3 shapes x (serving.maxReplicas 2 + 1 rollout surge) x 4 devices + 3 compile Jobs x 4 devices"),
     "devices-7-on-inf2.24xlarge": (
         {"flux-neuron:neuronPools": {**dev("neuronPools"), "inf2": {"instanceTypes": ["inf2.24xlarge"],
                                                                     "maxDevices": 48}},

@@ -265,7 +265,10 @@ def test_a_pod_shares_the_host_of_the_leanest_type_it_fits_on():
 def test_more_devices_than_tensor_parallel_needs_render_only_with_a_reason():
     serving = {**json.loads(DEV_RAW["flux-neuron:serving"]), "devices": 8,
                "extraDevicesReason": "a second model copy per pod"}
-    config = load_stack_config(with_overrides(DEV_RAW, {"flux-neuron:serving": serving}))
+    # Room for 3 shapes x (2 + 1 surge) x 8 serving devices and 3 compiles x 4.
+    pools = json.loads(DEV_RAW["flux-neuron:neuronPools"])
+    pools["trn1"]["maxDevices"] = 84
+    config = load_stack_config(with_overrides(DEV_RAW, {"flux-neuron:serving": serving, "flux-neuron:neuronPools": pools}))
     spec = serving_deployment_spec(WorkloadSettings.of(config), config.shapes[0], "image", "ro", "rw", "my-scheduler")
     resources = spec["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"][NEURON_DEVICE_RESOURCE] == resources["limits"][NEURON_DEVICE_RESOURCE] == "8"
