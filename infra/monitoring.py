@@ -17,9 +17,6 @@ from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NODE_LABEL, w
 from infra.pods import AUTOSCALING_METRIC
 from common import endpoints
 
-# serving/metrics.py exports these per server; the adapter serves their sum per pod to the HPA.
-QUEUE_DEPTH_METRIC = endpoints.QUEUE_DEPTH_METRIC
-IN_FLIGHT_METRIC = endpoints.IN_FLIGHT_METRIC
 PROMETHEUS_RELEASE = "prometheus"
 PROMETHEUS_URL = f"http://{PROMETHEUS_RELEASE}-server.{METRICS_NAMESPACE}.svc"
 SCRAPE_INTERVAL = "15s"
@@ -176,10 +173,11 @@ def adapter_values() -> dict:
         "prometheus": {"url": PROMETHEUS_URL, "port": 80},
         "nodeSelector": SYSTEM_NODE_LABEL,
         "rules": {"default": False, "custom": [{
-            "seriesQuery": f'{QUEUE_DEPTH_METRIC}{{namespace!="",pod!=""}}',
+            # The servers export these (serving/metrics.py); the adapter serves their sum per pod to the HPA.
+            "seriesQuery": f'{endpoints.QUEUE_DEPTH_METRIC}{{namespace!="",pod!=""}}',
             "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
-            "name": {"matches": f"^{QUEUE_DEPTH_METRIC}$", "as": AUTOSCALING_METRIC},
-            "metricsQuery": f"sum({QUEUE_DEPTH_METRIC}{labels} + {IN_FLIGHT_METRIC}{labels}) by (<<.GroupBy>>)",
+            "name": {"matches": f"^{endpoints.QUEUE_DEPTH_METRIC}$", "as": AUTOSCALING_METRIC},
+            "metricsQuery": f"sum({endpoints.QUEUE_DEPTH_METRIC}{labels} + {endpoints.IN_FLIGHT_METRIC}{labels}) by (<<.GroupBy>>)",
         }]},
     }
 

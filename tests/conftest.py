@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pulumi
 import pytest
 
 from infra.config import load_stack_config
@@ -55,3 +56,18 @@ def rendering(stack):
 @pytest.fixture(scope="session")
 def stack_config(stack):
     return load_stack_config(stack_file_config(stack)[0])
+
+
+@pytest.fixture
+def constructed_resources(monkeypatch) -> list[str]:
+    """The types of the Pulumi resources constructed from here on, in order (a program that refuses
+    its config must stop before any resource beyond the stack exists)."""
+    constructed: list[str] = []
+    construct = pulumi.Resource.__init__
+
+    def recording(self, type_, name, *args, **kwargs):
+        constructed.append(type_)
+        construct(self, type_, name, *args, **kwargs)
+
+    monkeypatch.setattr(pulumi.Resource, "__init__", recording)
+    return constructed

@@ -283,18 +283,10 @@ def test_config_errors_are_run_errors_that_pulumi_prints_without_a_traceback():
     assert issubclass(ConfigError, pulumi.RunError)
 
 
-def test_the_program_stops_on_a_bad_config_before_any_resource(monkeypatch):
-    constructed = []
-    construct = pulumi.Resource.__init__
-
-    def recording(self, type_, name, *args, **kwargs):
-        constructed.append(type_)
-        construct(self, type_, name, *args, **kwargs)
-
-    monkeypatch.setattr(pulumi.Resource, "__init__", recording)
+def test_the_program_stops_on_a_bad_config_before_any_resource(constructed_resources):
     with pytest.raises(ConfigError, match=r"^config flux-neuron:shapes\[0\]: '65x64' is not allowed: "):
         run_program("dev", {"flux-neuron:shapes": ["65x64"]})
-    assert constructed == ["pulumi:pulumi:Stack"]
+    assert constructed_resources == ["pulumi:pulumi:Stack"]
 
 
 @pytest.mark.parametrize("key", CONFIG_KEYS, ids=lambda key: key.name)

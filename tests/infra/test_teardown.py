@@ -7,7 +7,6 @@ import re
 import stat
 import subprocess
 
-import pulumi
 import pytest
 
 from planning import offline
@@ -45,19 +44,11 @@ def test_a_stack_name_some_aws_name_would_reject_is_refused_in_one_line(stack):
                        "'flux-neuron-<stack>-graphs-' is limited to 37)")
 
 
-def test_the_program_stops_on_a_bad_stack_name_before_any_resource(monkeypatch):
-    constructed = []
-    construct = pulumi.Resource.__init__
-
-    def recording(self, type_, name, *args, **kwargs):
-        constructed.append(type_)
-        construct(self, type_, name, *args, **kwargs)
-
-    monkeypatch.setattr(pulumi.Resource, "__init__", recording)
+def test_the_program_stops_on_a_bad_stack_name_before_any_resource(constructed_resources):
     raw, secret_keys = stack_file_config("dev")
     with pytest.raises(StackNameError, match=r"^stack name 'dev-in-eu-west-1-team-a' is not allowed: "):
         contextvars.Context().run(offline._run_isolated, "dev-in-eu-west-1-team-a", raw, secret_keys)
-    assert constructed == ["pulumi:pulumi:Stack"]
+    assert constructed_resources == ["pulumi:pulumi:Stack"]
 
 
 def test_the_validated_names_are_the_ones_the_program_gives(rendering, stack):

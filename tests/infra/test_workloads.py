@@ -23,7 +23,6 @@ from infra.naming import (
 from infra.ingress import SSL_POLICY, ingress_annotations, url_scheme
 from common.image import CONTAINER_UID
 from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
-from infra.monitoring import IN_FLIGHT_METRIC, QUEUE_DEPTH_METRIC
 from infra.pods import (
     AUTOSCALING_METRIC, HF_TOKEN_PATH_ENV, WAIT_SCRIPT, HostShare, WorkloadSettings, host_share,
     serving_deployment_spec,
@@ -489,12 +488,12 @@ def test_the_autoscaling_metric_is_served_from_what_the_servers_export(rendering
     from serving.metrics import Metrics
 
     exported = {metric.name for metric in Metrics().registry.collect()}
-    assert {QUEUE_DEPTH_METRIC, IN_FLIGHT_METRIC} <= exported
+    assert {endpoints.QUEUE_DEPTH_METRIC, endpoints.IN_FLIGHT_METRIC} <= exported
     adapter = release(rendering, "prometheus-adapter").inputs
     assert adapter["version"] == versions.PROMETHEUS_ADAPTER_CHART_VERSION
     (rule,) = adapter["values"]["rules"]["custom"]
     assert rule["name"]["as"] == AUTOSCALING_METRIC
-    assert QUEUE_DEPTH_METRIC in rule["metricsQuery"] and IN_FLIGHT_METRIC in rule["metricsQuery"]
+    assert endpoints.QUEUE_DEPTH_METRIC in rule["metricsQuery"] and endpoints.IN_FLIGHT_METRIC in rule["metricsQuery"]
     prometheus = release(rendering, "prometheus").inputs
     assert prometheus["version"] == versions.PROMETHEUS_CHART_VERSION
     assert adapter["values"]["prometheus"]["url"] == \
