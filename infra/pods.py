@@ -4,7 +4,10 @@ infra/workloads.py declares them; tests build them directly."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
 from dataclasses import dataclass
 
 import pulumi
@@ -12,13 +15,16 @@ import pulumi
 from infra import catalog, sizing
 from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
 from infra.config import CompileSettings, ModelSource, NeuronPool, ServingSettings, StackConfig
+from infra.image import REPO_ROOT
 from infra.naming import (
     COMPILE, COMPILE_SERVICE_ACCOUNT, HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_DEVICE_RESOURCE,
     NEURON_TAINT_EFFECT, NEURON_TAINT_KEY, NODEPOOL_LABEL, SERVE, SERVE_SERVICE_ACCOUNT, neuron_nodepool,
     workload_labels, workload_name,
 )
-from common.image import CONTAINER_UID
-from common.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE, READERS_ENV, readers_for_cpus
+from common.image import CONTAINER_UID, NEURON_DLC_IMAGE, NEURON_SDK_VERSION
+from common.artifacts import (
+    COMPILE_CODE_VERSION, EXIT_NOT_PUBLISHED, EXIT_USAGE, MODEL_LIBRARIES, READERS_ENV, readers_for_cpus,
+)
 from common.shapes import Shape
 from common import endpoints
 
@@ -46,7 +52,7 @@ FINISHED_JOB_TTL_SECONDS = 7 * 24 * 3600
 PROBE_PERIOD_SECONDS = 10
 # How often the serving pods' wait loop asks whether the artifact is published.
 RESOLVE_INTERVAL_SECONDS = 30
-# `sh -c WAIT_SCRIPT wait-for-graphs LIMIT_SECONDS COMPILE_JOB RESOLVE_COMMAND...`: retries the resolve
+# `sh -c WAIT_SCRIPT wait-for-graphs LIMIT_SECONDS COMPILE_JOB_NAME RESOLVE_COMMAND...`: retries the resolve
 # command while it exits EXIT_NOT_PUBLISHED, for at most LIMIT_SECONDS; any other failure stops the pod.
 # Giving up fails the init container (the pod shows Init:Error, then retries with back-off).
 WAIT_SCRIPT = (
@@ -125,6 +131,60 @@ def artifact_key_args(settings: WorkloadSettings, shape: Shape) -> list[str]:
             "--max-text-length", str(settings.model.max_text_length)]
 
 
+# The pins the image installs on top of the DLC (serving/Dockerfile): those of MODEL_LIBRARIES are
+# part of the artifact key.
+RUNTIME_REQUIREMENTS = REPO_ROOT / "serving" / "requirements.txt"
+_PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)")
+# Hex digits of the artifact key in a Job's name: 40 bits, so two keys of one shape that a stack
+# ever has collide with odds of about 1e-12.
+ARTIFACT_KEY_DIGITS = 10
+
+
+def _distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def model_library_pins(requirements: str) -> dict[str, str]:
+    """The versions a requirements file pins (`name==version`) for MODEL_LIBRARIES; a library it does
+    not pin is the DLC's, so NEURON_DLC_IMAGE stands for it."""
+    wanted = {_distribution(name) for name in MODEL_LIBRARIES}
+    pins = {}
+    for line in requirements.splitlines():
+        match = _PIN.match(line.strip())
+        if match and _distribution(match.group(1)) in wanted:
+            pins[_distribution(match.group(1))] = match.group(2)
+    return pins
+
+
+def artifact_key(settings: WorkloadSettings, shape: Shape) -> str:
+    """A short, stable hash of what decides a shape's graphs, known at deploy time: the key options
+    (artifact_key_args), the toolchain (the DLC and its SDK, and the model libraries' pins on top of
+    it) and COMPILE_CODE_VERSION. It names the shape's compile Job (compile_job_name), so Pulumi runs
+    a new Job exactly when the graphs change, and never for an image that changed elsewhere.
+
+    The runtime's key, model.compile.cache_key (read from the image the pod runs: what the compile
+    names its artifact by and the serving pods wait for), is the authority; this one only names Jobs.
+    Anything that changes model.compile's key must change this one, or a new key gets no Job to
+    publish it and its serving pods wait until they give up (tests/infra/test_compile_jobs.py holds
+    the two side by side). A prebuilt image (`image.uri`) must therefore be built FROM
+    NEURON_DLC_IMAGE with serving/requirements.txt, as serving/Dockerfile does.
+    """
+    key_args = artifact_key_args(settings, shape)
+    decided_by = {
+        "options": dict(zip(key_args[::2], key_args[1::2])),
+        "toolchain": {"dlc": NEURON_DLC_IMAGE, "sdk": NEURON_SDK_VERSION,
+                      "libraries": model_library_pins(RUNTIME_REQUIREMENTS.read_text())},
+        "compile_code_version": COMPILE_CODE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:ARTIFACT_KEY_DIGITS]
+
+
+def compile_job_name(settings: WorkloadSettings, shape: Shape) -> str:
+    """`flux-compile-1024x576-<artifact key>`: the compile Job's Kubernetes and Pulumi name, a DNS
+    label short enough for the `job-name` label on its pods for every allowed shape."""
+    return f"{workload_name(COMPILE, shape)}-{artifact_key(settings, shape)}"
+
+
 def _neuron_pod_placement(family: str, scheduler_name: str) -> dict:
     return {
         # Only the Neuron scheduler extension places multi-device requests on contiguous devices.
@@ -195,6 +255,11 @@ def _neuron_resources(devices: int, share: HostShare, ephemeral_storage: str) ->
     return {"requests": {**limits, "ephemeral-storage": ephemeral_storage}, "limits": limits}
 
 
+# The parts of a compile Job's spec that follow the image alone, which infra/workloads.py tells
+# Pulumi to ignore: a new image whose artifact key is unchanged leaves the Job as it is.
+COMPILE_JOB_IMAGE_FIELDS = ("spec.template.spec.containers[0].image",)
+
+
 def compile_job_spec(settings: WorkloadSettings, shape: Shape, image: pulumi.Input[str], claim: pulumi.Input[str],
                      scheduler_name: str) -> dict:
     pool = settings.compile_pool
@@ -260,6 +325,12 @@ def wait_for_graphs_limit_seconds(settings: WorkloadSettings) -> int:
     return (COMPILE_START_MINUTES + settings.compile.timeout_minutes) * 60
 
 
+def deployment_deadline_minutes(settings: WorkloadSettings, shape: Shape) -> int:
+    """How long a Deployment's new pods may take to become available: they wait for their key's graphs
+    (a new key's compile runs meanwhile, the Deployment does not wait for the Job), then roll out."""
+    return wait_for_graphs_limit_seconds(settings) // 60 + rollout_minutes(settings.serving_pool.family, shape)
+
+
 def serving_share(settings: WorkloadSettings, host: HostShare) -> HostShare:
     """A serving pod's CPU is its devices' share of the host (`host`); its memory that share or, when
     more, what it holds while it loads (sizing.serving_memory_gib): the verified copy of its artifact
@@ -282,7 +353,7 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
         "name": "wait-for-graphs",
         "image": image,
         "command": ["sh", "-c", WAIT_SCRIPT, "wait-for-graphs", str(wait_for_graphs_limit_seconds(settings)),
-                    workload_name(COMPILE, shape),
+                    compile_job_name(settings, shape),
                     "python", "-m", "model.compile", "--resolve", *key_args, "--out", GRAPHS_MOUNT],
         "env": [HOME_ENV],
         # Equal requests and limits here too, or the pod loses its Guaranteed QoS.
@@ -325,7 +396,8 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
         "selector": {"matchLabels": labels},
         # A new pod must be serving before an old one goes: accelerator capacity is slow to come back.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": sizing.ROLLOUT_SURGE, "maxUnavailable": 0}},
-        "progressDeadlineSeconds": rollout_minutes(pool.family, shape) * 60,
+        # Pods waiting in wait-for-graphs make no progress: the deadline covers that wait too.
+        "progressDeadlineSeconds": deployment_deadline_minutes(settings, shape) * 60,
         "template": {
             "metadata": {"labels": labels},
             "spec": {

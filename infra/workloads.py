@@ -1,7 +1,8 @@
-"""What runs on the Neuron nodes, per configured shape: a compile Job that publishes the shape's
-graphs to the cache, then a Deployment serving them with its Service, PodDisruptionBudget and
-HorizontalPodAutoscaler (their specs: infra.pods). Shared by all shapes: the HF token Secret and
-one ServiceAccount per role. The autoscalers' metric comes from infra.monitoring."""
+"""What runs on the Neuron nodes, per configured shape: a compile Job, named by the shape's artifact
+key, that publishes the shape's graphs to the cache, and a Deployment whose pods wait for them to be
+published and serve them, with its Service, PodDisruptionBudget and HorizontalPodAutoscaler (their
+specs: infra.pods). Shared by all shapes: the HF token Secret and one ServiceAccount per role. The
+autoscalers' metric comes from infra.monitoring."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from infra.naming import (
 )
 from infra.options import after, children
 from infra.pods import (
-    COMPILE_START_MINUTES, WorkloadSettings, autoscaler_spec, compile_job_spec, rollout_minutes,
-    serving_deployment_spec,
+    COMPILE_JOB_IMAGE_FIELDS, COMPILE_START_MINUTES, WorkloadSettings, autoscaler_spec, compile_job_name,
+    compile_job_spec, deployment_deadline_minutes, serving_deployment_spec,
 )
 from common.shapes import Shape
 
@@ -62,22 +63,30 @@ class Workloads(pulumi.ComponentResource):
         self.services = {}
         compile_minutes = f"{settings.compile.timeout_minutes + COMPILE_START_MINUTES}m"
         for shape in args.shapes:
-            compile_name, serve_name = workload_name(COMPILE, shape), workload_name(SERVE, shape)
-            job = k8s.batch.v1.Job(
+            # Named by the artifact key: a new key is a new Job (the old one is deleted at the end of
+            # the update), and an image that changed nothing of the key changes nothing here.
+            compile_name, serve_name = compile_job_name(settings, shape), workload_name(SERVE, shape)
+            k8s.batch.v1.Job(
                 compile_name, metadata=metadata(compile_name, workload_labels(COMPILE, shape)),
                 spec=compile_job_spec(settings, shape, args.image_ref, args.read_write_claim, args.scheduler_name),
                 opts=after(
                     in_cluster, secret, *accounts,
-                    # A changed pod template replaces the Job: stop the old compile before the new one starts.
+                    ignore_changes=list(COMPILE_JOB_IMAGE_FIELDS),
+                    # A Job is still replaced under its name when its pod template changes beyond the
+                    # key (resources, deadline) or on `pulumi up --replace`. Kubernetes refuses a second
+                    # Job of one name, and two compiles of one key would hold the pool's devices twice:
+                    # the old Job goes before the new one starts.
                     delete_before_replace=True,
                     # Pulumi waits for the Job to complete; the Job's own deadline fires first.
                     custom_timeouts=pulumi.CustomTimeouts(create=compile_minutes, update=compile_minutes)))
-            rollout = f"{rollout_minutes(settings.serving_pool.family, shape)}m"
+            # Not after the Job: its pods wait for the key to be published (wait-for-graphs), which
+            # also holds when the Job is unchanged or finished long ago, and Pulumi waits that long too.
+            rollout = f"{deployment_deadline_minutes(settings, shape)}m"
             deployment = k8s.apps.v1.Deployment(
                 serve_name, metadata=metadata(serve_name, workload_labels(SERVE, shape)),
                 spec=serving_deployment_spec(settings, shape, args.image_ref, args.read_only_claim,
                                              args.read_write_claim, args.scheduler_name),
-                opts=after(in_cluster, job, *accounts,
+                opts=after(in_cluster, *accounts,
                            custom_timeouts=pulumi.CustomTimeouts(create=rollout, update=rollout)))
             labels = workload_labels(SERVE, shape)
             service = k8s.core.v1.Service(

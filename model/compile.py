@@ -26,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE
+from common.artifacts import COMPILE_CODE_VERSION, EXIT_NOT_PUBLISHED, EXIT_USAGE, MODEL_LIBRARIES
 from model.artifacts import MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
 from model.backends import (
     BACKENDS,
@@ -41,12 +41,6 @@ from model.components import PIPELINE_CONFIG_NAME, TORCH_DTYPES, VAE_SCALE_FACTO
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 from model.sources import SourceUnavailable, check_revision, key_revision, open_source
 from model.tensor_parallel import TENSOR_PARALLEL_COMPONENTS, check_tp_degree
-
-# Bump whenever a change here, in components.py or in backends.py changes what gets
-# traced or how it is stored: it is part of the cache key, so old artifacts are never reused.
-COMPILE_CODE_VERSION = 2
-# The libraries whose code is traced into every graph, whatever the backend.
-MODEL_LIBRARIES = ("diffusers", "transformers")
 
 EXIT_FAILED = 1
 

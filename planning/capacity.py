@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from infra import catalog, sizing
-from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL, SERVE, workload_name
+from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL, SERVE
 from planning import REFRESH_COMMAND
 from planning.offline import Rendering, manifest
 
@@ -157,7 +157,8 @@ def _groups(rendering: Rendering) -> list[_Group]:
             # A Job runs one pod; a Deployment what its autoscaler keeps.
             low, high = replicas.get(name, (1, 1)) if role == SERVE else (1, 1)
             group = groups.setdefault(request, _Group(request, [], 0, 0))
-            group.shapes.append(name.removeprefix(workload_name(role, "")))
+            # From the command: a Job's name also carries its artifact key.
+            group.shapes.append(_option(container["command"], "--shape"))
             group.min_pods += low
             group.max_pods += high
     return list(groups.values())

@@ -74,6 +74,9 @@ class Registered:
     custom_timeouts: dict[str, str] = field(default_factory=dict)
     # `pulumi destroy` (or a replacement) leaves the cloud resource in place.
     retain_on_delete: bool = False
+    # Input paths whose changes Pulumi does not apply (`ignore_changes`).
+    ignore_changes: tuple[str, ...] = ()
+    delete_before_replace: bool = False
 
 
 @dataclass
@@ -272,6 +275,7 @@ def _rendering(stack: str, monitor: _RecordingMonitor) -> Rendering:
             dependencies=tuple(request.dependencies), provider=request.provider,
             custom_timeouts=_plain(json_format.MessageToDict(request.customTimeouts)),
             retain_on_delete=bool(request.retainOnDelete),
+            ignore_changes=tuple(request.ignoreChanges), delete_before_replace=bool(request.deleteBeforeReplace),
         ))
     return rendering
 

@@ -1,15 +1,24 @@
 """Compile Jobs survive disruptions and fail fast on bad options; serving pods stop waiting for graphs
-once their Job can no longer publish them (issue 13, item 6)."""
+once their Job can no longer publish them (issue 13, item 6). Jobs are named by the artifact key, which
+changes whenever the runtime's key does, and serving does not wait for the Job resource (item 1)."""
 
+import dataclasses
+import re
 import subprocess
 
 import pytest
 
-from infra.naming import COMPILE, SERVE, workload_name
+from infra import pods
+from infra.naming import SERVE, workload_name
 from planning.offline import manifest
-from infra.pods import COMPILE_START_MINUTES, WorkloadSettings, WAIT_SCRIPT, wait_for_graphs_limit_seconds
-from common.artifacts import EXIT_NOT_PUBLISHED
-from model.compile import EXIT_USAGE, main as compile_main
+from infra.pods import (
+    COMPILE_JOB_IMAGE_FIELDS, COMPILE_START_MINUTES, WorkloadSettings, WAIT_SCRIPT, artifact_key_args,
+    compile_job_name, deployment_deadline_minutes, rollout_minutes, wait_for_graphs_limit_seconds,
+)
+from common.artifacts import EXIT_NOT_PUBLISHED, MODEL_LIBRARIES
+from common.neuron import NEURON_FAMILIES
+from common.shapes import MAX_SIDE, Shape, parse_shape
+from model.compile import EXIT_USAGE, CompileOptions, cache_key, main as compile_main
 
 JOB = "kubernetes:batch/v1:Job"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -47,10 +56,10 @@ def test_the_exit_code_the_job_fails_fast_on_is_the_compile_cli_s_usage_error(re
 def test_serving_pods_wait_for_graphs_exactly_as_long_as_their_job_can_publish(rendering, stack_config):
     jobs = declared(rendering, JOB)
     for name, deployment in declared(rendering, DEPLOYMENT).items():
-        shape = name.removeprefix(workload_name(SERVE, ""))
+        shape = parse_shape(name.removeprefix(workload_name(SERVE, "")))
         (wait,) = deployment["spec"]["template"]["spec"]["initContainers"]
         limit, job_name = wait["command"][4:6]
-        assert job_name == workload_name(COMPILE, shape) and job_name in jobs
+        assert job_name == compile_job_name(WorkloadSettings.of(stack_config), shape) and job_name in jobs
         assert int(limit) == wait_for_graphs_limit_seconds(WorkloadSettings.of(stack_config)) == \
             jobs[job_name]["spec"]["activeDeadlineSeconds"] + COMPILE_START_MINUTES * 60
 
@@ -65,3 +74,124 @@ def test_the_wait_gives_up_at_its_limit_with_one_line_naming_the_job(tmp_path):
     (line,) = result.stderr.splitlines()
     assert line.startswith("wait-for-graphs: gave up after 0s: ")
     assert "kubectl describe job flux-compile-256x144" in line
+
+
+# --- the artifact key names the Jobs ---------------------------------------------------------------
+
+def runtime_key(settings, shape, toolchain):
+    """model.compile's key for the options the shape's pods pass (artifact_key_args)."""
+    args = artifact_key_args(settings, shape)
+    given = {flag.removeprefix("--").replace("-", "_"): value for flag, value in zip(args[::2], args[1::2])}
+    typed = {"shape": parse_shape, "tp_degree": int, "max_text_length": int}
+    return cache_key(CompileOptions(**{field: typed.get(field, str)(value) for field, value in given.items()}),
+                     toolchain)
+
+
+TOOLCHAIN = {"neuronx-cc": "2.0", "torch-neuronx": "2.9.0"}
+
+
+def other(values, current):
+    return next(value for value in values if value != current)
+
+
+# One change of each setting artifact_key_args reads (the backend is always neuron).
+KEY_SETTING_CHANGES = {
+    "model": lambda s: dataclasses.replace(s, model=s.model.model_copy(update={"id": s.model.id + "-other"})),
+    "revision": lambda s: dataclasses.replace(s, model=s.model.model_copy(update={
+        "revision": other(("0" * 40, "1" * 40), s.model.revision)})),
+    "max_text_length": lambda s: dataclasses.replace(s, model=s.model.model_copy(update={
+        "max_text_length": s.model.max_text_length // 2})),
+    "dtype": lambda s: dataclasses.replace(s, dtype=other(("bfloat16", "float32"), s.dtype)),
+    "target": lambda s: dataclasses.replace(s, serving=s.serving.model_copy(update={
+        "pool": other(NEURON_FAMILIES, s.serving.pool)})),
+    "tp_degree": lambda s: dataclasses.replace(s, compile=s.compile.model_copy(update={
+        "tensor_parallel": s.compile.tensor_parallel * 2})),
+}
+
+
+def test_the_runtime_key_holds_the_key_options_the_toolchain_and_the_compile_code_version(stack_config):
+    """What artifact_key hashes covers every field of model.compile's key: a field added there
+    without a deploy-time source fails here."""
+    settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
+    options = {flag.removeprefix("--").replace("-", "_") for flag in artifact_key_args(settings, shape)[::2]}
+    assert set(runtime_key(settings, shape, TOOLCHAIN)) == options | {"toolchain", "compile_code_version"}
+
+
+@pytest.mark.parametrize("field", KEY_SETTING_CHANGES)
+def test_each_key_setting_changes_the_runtime_key_and_the_job_name(stack_config, field):
+    settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
+    changed = KEY_SETTING_CHANGES[field](settings)
+    before, after = runtime_key(settings, shape, TOOLCHAIN), runtime_key(changed, shape, TOOLCHAIN)
+    assert {name for name in before if before[name] != after[name]} == {field}
+    assert compile_job_name(changed, shape) != compile_job_name(settings, shape)
+
+
+def test_the_shape_changes_the_job_name_beyond_its_prefix(stack_config):
+    settings, (first, second) = WorkloadSettings.of(stack_config), stack_config.shapes[:2]
+    assert compile_job_name(settings, first).rsplit("-", 1)[1] != compile_job_name(settings, second).rsplit("-", 1)[1]
+
+
+def test_settings_outside_the_key_keep_the_job_name(stack_config):
+    settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
+    changed = dataclasses.replace(
+        settings, compile=settings.compile.model_copy(update={"timeout_minutes": settings.compile.timeout_minutes + 60}),
+        serving=settings.serving.model_copy(update={"max_replicas": settings.serving.max_replicas + 1}))
+    assert runtime_key(changed, shape, TOOLCHAIN) == runtime_key(settings, shape, TOOLCHAIN)
+    assert compile_job_name(changed, shape) == compile_job_name(settings, shape)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("NEURON_DLC_IMAGE", "public.ecr.aws/neuron/pytorch-inference-neuronx:2.9.0-neuronx-py312-sdk2.32.0-ubuntu24.04"),
+    ("NEURON_SDK_VERSION", "2.32.0"),
+    ("COMPILE_CODE_VERSION", pods.COMPILE_CODE_VERSION + 1),
+])
+def test_the_toolchain_and_the_compile_code_version_change_the_job_name(stack_config, monkeypatch, name, value):
+    """The runtime's key reads these from its image and model.compile (the tests of model.compile show
+    that they change it); here they change the Job's name."""
+    settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
+    before = compile_job_name(settings, shape)
+    monkeypatch.setattr(pods, name, value)
+    assert compile_job_name(settings, shape) != before
+
+
+def test_a_model_library_pin_changes_the_job_name_and_other_pins_do_not(stack_config, monkeypatch, tmp_path):
+    settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
+    requirements = pods.RUNTIME_REQUIREMENTS.read_text()
+    pins = pods.model_library_pins(requirements)
+    assert pins and set(pins) <= set(MODEL_LIBRARIES)
+    before = compile_job_name(settings, shape)
+    edited = tmp_path / "requirements.txt"
+    monkeypatch.setattr(pods, "RUNTIME_REQUIREMENTS", edited)
+    edited.write_text(requirements + "\nsome-serving-library==1.0\n")
+    assert compile_job_name(settings, shape) == before
+    library, version = next(iter(pins.items()))
+    edited.write_text(requirements.replace(f"{library}=={version}", f"{library}=={version}.post1"))
+    assert compile_job_name(settings, shape) != before
+
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def test_the_longest_job_name_is_a_dns_label(stack_config):
+    # The Job controller puts the name in its pods' `job-name` label: a label value, at most 63 characters.
+    assert DNS_LABEL.match(compile_job_name(WorkloadSettings.of(stack_config), Shape(MAX_SIDE, MAX_SIDE)))
+
+
+def test_a_new_image_changes_no_job_and_a_replaced_one_goes_before_its_successor(rendering):
+    for job in rendering.of_type(JOB):
+        assert job.name == manifest(job)["metadata"]["name"]
+        assert job.ignore_changes == COMPILE_JOB_IMAGE_FIELDS
+        assert manifest(job)["spec"]["template"]["spec"]["containers"][0]["image"] == rendering.outputs["image"]
+        assert job.delete_before_replace
+
+
+def test_serving_waits_for_the_published_key_not_for_the_job(rendering, stack_config):
+    settings, jobs = WorkloadSettings.of(stack_config), {job.urn for job in rendering.of_type(JOB)}
+    for deployment in rendering.of_type(DEPLOYMENT):
+        assert not jobs & set(deployment.dependencies), deployment.name
+        shape = parse_shape(deployment.name.removeprefix(workload_name(SERVE, "")))
+        deadline = deployment_deadline_minutes(settings, shape)
+        assert deadline * 60 == wait_for_graphs_limit_seconds(settings) + rollout_minutes(
+            settings.serving_pool.family, shape) * 60
+        assert manifest(deployment)["spec"]["progressDeadlineSeconds"] == deadline * 60
+        assert deployment.custom_timeouts == {"create": f"{deadline}m", "update": f"{deadline}m"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from infra.naming import COMPILE, GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, NEURON_SCHEDULER_NAME, SERVE, workload_name
+from infra.naming import GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, NEURON_SCHEDULER_NAME, SERVE, workload_name
 from planning.offline import manifest
 from infra.pods import (
-    COMPILE_START_MINUTES, WorkloadSettings, artifact_key_args, autoscaler_spec, compile_job_spec,
+    COMPILE_START_MINUTES, WorkloadSettings, artifact_key_args, autoscaler_spec, compile_job_name, compile_job_spec,
     serving_deployment_spec, wait_for_graphs_limit_seconds,
 )
 
@@ -17,7 +17,7 @@ def test_the_program_declares_exactly_what_the_builders_build(rendering, stack_c
     settings = WorkloadSettings.of(stack_config)
     image = rendering.outputs["image"]
     for shape in stack_config.shapes:
-        job = manifest(rendering.one("kubernetes:batch/v1:Job", workload_name(COMPILE, shape)))
+        job = manifest(rendering.one("kubernetes:batch/v1:Job", compile_job_name(settings, shape)))
         assert job["spec"] == compile_job_spec(settings, shape, image, GRAPHS_PV_READ_WRITE, NEURON_SCHEDULER_NAME)
         serve_name = workload_name(SERVE, shape)
         deployment = manifest(rendering.one("kubernetes:apps/v1:Deployment", serve_name))

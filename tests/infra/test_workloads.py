@@ -24,7 +24,7 @@ from infra.ingress import SSL_POLICY, ingress_annotations, url_scheme
 from common.image import CONTAINER_UID
 from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
 from infra.pods import (
-    AUTOSCALING_METRIC, HF_TOKEN_PATH_ENV, WAIT_SCRIPT, HostShare, WorkloadSettings, host_share,
+    AUTOSCALING_METRIC, HF_TOKEN_PATH_ENV, WAIT_SCRIPT, HostShare, WorkloadSettings, compile_job_name, host_share,
     serving_deployment_spec,
 )
 from common.artifacts import EXIT_NOT_PUBLISHED, READERS_ENV
@@ -123,7 +123,8 @@ def minutes(duration):
 
 def test_every_shape_has_a_compile_job_and_its_serving_objects(rendering, stack_config):
     shapes = [str(shape) for shape in stack_config.shapes]
-    assert set(declared(rendering, JOB)) == {workload_name(COMPILE, shape) for shape in shapes}
+    settings = WorkloadSettings.of(stack_config)
+    assert set(declared(rendering, JOB)) == {compile_job_name(settings, shape) for shape in stack_config.shapes}
     for type_ in (DEPLOYMENT, SERVICE, PDB, HPA):
         assert set(declared(rendering, type_)) == {workload_name(SERVE, shape) for shape in shapes}, type_
     for type_ in WORKLOAD_TYPES:
@@ -391,7 +392,8 @@ def test_serving_waits_for_published_graphs_and_serves_the_same_key(rendering, s
         shape = name.removeprefix(workload_name(SERVE, ""))
         pod = deployment["spec"]["template"]["spec"]
         (wait,), (server,) = pod["initContainers"], pod["containers"]
-        compile_command = jobs[workload_name(COMPILE, shape)]["spec"]["template"]["spec"]["containers"][0]["command"]
+        job = jobs[compile_job_name(WorkloadSettings.of(stack_config), parse_shape(shape))]
+        compile_command = job["spec"]["template"]["spec"]["containers"][0]["command"]
         expected = {"--shape": shape, "--model": stack_config.model.id, "--revision": stack_config.model.revision,
                     "--backend": "neuron", "--target": stack_config.serving.pool,
                     "--tp-degree": str(stack_config.compile.tensor_parallel), "--dtype": stack_config.dtype,
@@ -624,21 +626,21 @@ def resource_keys(rendering):
     return {(r.type, r.name) for r in rendering.resources}
 
 
-def shape_resources(shape):
-    return {(JOB, workload_name(COMPILE, shape))} | {
+def shape_resources(stack_config, shape):
+    return {(JOB, compile_job_name(WorkloadSettings.of(stack_config), parse_shape(shape)))} | {
         (type_, workload_name(SERVE, shape)) for type_ in (DEPLOYMENT, SERVICE, PDB, HPA)}
 
 
-def test_adding_a_shape_adds_exactly_its_resources(rendering, stack):
+def test_adding_a_shape_adds_exactly_its_resources(rendering, stack, stack_config):
     added = variant(stack, "added")
-    assert resource_keys(added) - resource_keys(rendering) == shape_resources(EXTRA_SHAPE)
+    assert resource_keys(added) - resource_keys(rendering) == shape_resources(stack_config, EXTRA_SHAPE)
     assert resource_keys(rendering) - resource_keys(added) == set()
     assert EXTRA_SHAPE in added.outputs["endpoints"]
 
 
 def test_removing_a_shape_removes_exactly_its_resources(rendering, stack, stack_config):
     removed = variant(stack, "removed")
-    assert resource_keys(rendering) - resource_keys(removed) == shape_resources(stack_config.shapes[0])
+    assert resource_keys(rendering) - resource_keys(removed) == shape_resources(stack_config, str(stack_config.shapes[0]))
     assert resource_keys(removed) - resource_keys(rendering) == set()
 
 
