@@ -135,8 +135,8 @@ def artifact_key_args(settings: WorkloadSettings, shape: Shape) -> list[str]:
 # part of the artifact key.
 RUNTIME_REQUIREMENTS = REPO_ROOT / "serving" / "requirements.txt"
 _PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)")
-# Hex digits of the artifact key in a Job's name: 40 bits, so two keys of one shape that a stack
-# ever has collide with odds of about 1e-12.
+# Hex digits of the artifact key in a Job's name: 40 bits, so two keys of one shape share a name
+# with odds of about one in 10^12.
 ARTIFACT_KEY_DIGITS = 10
 
 

@@ -79,8 +79,9 @@ class Workloads(pulumi.ComponentResource):
                     delete_before_replace=True,
                     # Pulumi waits for the Job to complete; the Job's own deadline fires first.
                     custom_timeouts=pulumi.CustomTimeouts(create=compile_minutes, update=compile_minutes)))
-            # Not after the Job: its pods wait for the key to be published (wait-for-graphs), which
-            # also holds when the Job is unchanged or finished long ago, and Pulumi waits that long too.
+            # Not after the Job: its pods wait for their key to be published (wait-for-graphs), so a
+            # new key's rollout starts beside its compile, old pods serving meanwhile, and a running
+            # or failed Job holds up no serving change. Pulumi waits for both parts.
             rollout = f"{deployment_deadline_minutes(settings, shape)}m"
             deployment = k8s.apps.v1.Deployment(
                 serve_name, metadata=metadata(serve_name, workload_labels(SERVE, shape)),
