@@ -32,7 +32,19 @@ from infra import catalog, sizing, versions
 from infra.naming import PROJECT, graphs_bucket_prefix, stack_resource_name
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
-CAPACITY_TYPES = ("on-demand", "spot", "reserved")
+CAPACITY_TYPES = ("on-demand", "spot")
+# Karpenter's third capacity type: it launches into a capacity reservation only when its EC2NodeClass selects
+# one (capacityReservationSelectorTerms), which this program does not do, so a pool listing it could never
+# launch a node. Refused with the way that works: EC2 itself assigns a matching on-demand instance to an
+# *open* reservation (Karpenter's docs, tasks/odcrs, "Migrating From Previous Versions"; the node is
+# labelled on-demand).
+RESERVED = "reserved"
+_CAPACITY_TYPES_ALLOWED = f"a non-empty list of capacity types: {', '.join(CAPACITY_TYPES)}"
+_RESERVED_REFUSED = (
+    f"{_CAPACITY_TYPES_ALLOWED} ({RESERVED} is not supported: no EC2NodeClass here selects a capacity "
+    "reservation; to use an On-Demand Capacity Reservation, create it with instance eligibility 'open' for "
+    "the pool's instance type in one of the stack's zones and list on-demand: EC2 runs matching on-demand "
+    "launches in it)")
 MAX_REPLICAS = 100
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
@@ -227,8 +239,15 @@ class NeuronPool(_Section):
         "a non-empty list of the family's instance types", whole=True,
         default_factory=lambda fields: _family_types(fields.get("family")))
     capacity_types: Annotated[tuple[StrictStr, ...], _that(lambda kinds: all(kind in CAPACITY_TYPES for kind in kinds))] = (
-        _rule(f"a non-empty list of capacity types: {', '.join(CAPACITY_TYPES)}", whole=True, min_length=1,
+        _rule(_CAPACITY_TYPES_ALLOWED, whole=True, min_length=1,
               default=("on-demand",)))
+
+    @field_validator("capacity_types", mode="before")
+    @classmethod
+    def _no_reservations(cls, kinds: object) -> object:
+        if isinstance(kinds, (list, tuple)) and RESERVED in kinds:
+            raise _not_allowed(_RESERVED_REFUSED)
+        return kinds
     max_devices: StrictInt = _integer(1, 4096, missing="required: the NodePool's limit on Neuron devices")
 
     @field_validator("instance_types", mode="wrap")
@@ -452,7 +471,8 @@ class StackConfig(BaseModel):
     neuron_pools: dict[Annotated[str, AfterValidator(_neuron_family)], NeuronPool] = _stack_key(
         "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
         + ") -> {instanceTypes (of that family; default all), capacityTypes "
-        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]), maxDevices (NodePool limit, required; at least "
+        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]; {RESERVED} is refused: use an open capacity "
+        "reservation with on-demand), maxDevices (NodePool limit, required; at least "
         "every shape at serving.maxReplicas plus its rollout surge, and every compile Job, on the pools they use)}",
         allowed="a non-empty map keyed by family: " + ", ".join(catalog.NEURON_FAMILIES), min_length=1)
     compile: CompileSettings = _stack_key(

@@ -174,7 +174,13 @@ BAD_CONFIGS = {
     "capacityType-preemptible": (
         {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["preemptible"]}}},
         "flux-neuron:neuronPools.trn1.capacityTypes", '["preemptible"]',
-        "a non-empty list of capacity types: on-demand, spot, reserved"),
+        "a non-empty list of capacity types: on-demand, spot"),
+    "capacityType-reserved-without-a-reservation-selector": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["on-demand", "reserved"]}}},
+        "flux-neuron:neuronPools.trn1.capacityTypes", '["on-demand", "reserved"]',
+        "(reserved is not supported: no EC2NodeClass here selects a capacity reservation; to use an On-Demand "
+        "Capacity Reservation, create it with instance eligibility 'open' for the pool's instance type in one of "
+        "the stack's zones and list on-demand"),
     "pool-without-maxDevices": (
         {"flux-neuron:neuronPools": {"trn1": {"instanceTypes": ["trn1.32xlarge"]}}},
         "flux-neuron:neuronPools.trn1.maxDevices", "null", "required: the NodePool's limit on Neuron devices"),
