@@ -21,7 +21,10 @@ validate_stack_name(pulumi.get_stack())
 config = load_stack_config(raw_pulumi_config())
 cluster_name = stack_resource_name(pulumi.get_stack())
 
-network = Network("network", NetworkArgs(cluster_name, config.network, config.existing_vpc))
+network = Network("network", NetworkArgs(
+    cluster_name, config.network,
+    neuron_pools=tuple({pool.family: pool for pool in (config.serving_pool, config.compile_pool)}.values()),
+    existing=config.existing_vpc))
 cluster = Cluster("cluster", ClusterArgs(
     cluster_name=cluster_name,
     kubernetes_version=config.kubernetes_version,
