@@ -64,6 +64,8 @@ MAX_PROMETHEUS_STORAGE_GI = 8
 # EKS accepts at most this many public access CIDR blocks.
 MAX_PUBLIC_ACCESS_CIDRS = 40
 OPEN_TO_ALL = "0.0.0.0/0"
+# ECR repository names (CreateRepository's pattern), at most 256 characters.
+_ECR_REPOSITORY = re.compile(r"^(?=.{2,256}$)(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 # S3 general purpose bucket names: 3-63 lowercase letters, digits, dots and hyphens, alphanumeric at both ends.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -346,6 +348,22 @@ class SystemNodes(_Section):
 class ImageSettings(_Section):
     uri: Annotated[StrictStr, _that(_matches(_IMAGE_BY_DIGEST))] | None = _rule(
         "an image pinned by digest, 'registry/repository@sha256:<64 hex>' (a tag can move)", default=None)
+    # Built images are kept across `destroy`/`up` like the graph cache: the repository outlives the stack.
+    retain_on_destroy: StrictBool = _rule(_TRUE_OR_FALSE, default=True)
+    # An existing repository (this stack's, kept by an earlier destroy, or another stack's) to push to.
+    repository: Annotated[StrictStr, _that(_matches(_ECR_REPOSITORY))] | None = _rule(
+        "an ECR repository name in the stack's region: 2-256 lowercase letters, digits and single . _ - or / "
+        "between them", default=None)
+
+    @model_validator(mode="after")
+    def _repository_only_when_building(self) -> ImageSettings:
+        if self.repository is not None and self.uri is not None:
+            raise _not_allowed("unset with image.uri: a prebuilt image is pushed nowhere", "repository",
+                               value=self.repository)
+        if self.repository is not None and not self.retain_on_destroy:
+            raise _not_allowed("true with image.repository: that repository is not this stack's to delete",
+                               "retainOnDestroy", value=self.retain_on_destroy)
+        return self
 
 
 class IngressSettings(_Section):
@@ -499,8 +517,13 @@ class StackConfig(BaseModel):
     system_nodes: SystemNodes = _stack_key(
         "{instanceType, minSize (1-10), desiredSize (min-max), maxSize (min-10)}", default=SystemNodes())
     image: ImageSettings = _stack_key(
-        "optional {uri}: a prebuilt image pinned by digest, 'registry/repository@sha256:<64 hex>'; "
-        "without it `pulumi up` builds serving/Dockerfile and pushes it to the stack's ECR repository",
+        "{uri (optional: a prebuilt image pinned by digest, 'registry/repository@sha256:<64 hex>'; without it "
+        "`pulumi up` builds serving/Dockerfile and pushes it to the stack's ECR repository), retainOnDestroy "
+        "(true: `pulumi destroy` leaves the repository and its images, and `scripts/destroy` sets "
+        "image.repository to it so the next `up` pushes there again; false: destroy deletes it with every "
+        "image), repository (optional: an existing ECR repository of the stack's region, e.g. one an earlier "
+        "destroy kept, pushed to instead of creating one and never deleted by this stack; not with uri, not "
+        "with retainOnDestroy false)}",
         default=ImageSettings())
     # Never printed.
     hf_token: Annotated[SecretText, PlainValidator(_hf_token)] = _stack_key(
@@ -640,10 +663,6 @@ class StackConfig(BaseModel):
                 raise _not_allowed(f"at least {needed}: {' + '.join(text for _, text in parts)}",
                                    _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
         return self
-
-    @property
-    def image_uri(self) -> str | None:
-        return self.image.uri
 
     @property
     def serving_pool(self) -> NeuronPool:

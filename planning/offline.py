@@ -224,6 +224,11 @@ class _Mocks(pulumi.runtime.Mocks):
             digest = hashlib.sha256(args.args["id"].encode()).digest()
             return {"id": args.args["id"], "cidrBlock": f"10.{digest[0]}.{digest[1]}.0/24",
                     "availabilityZone": mock_subnet_zone(self.region, args.args["id"])}
+        if token == "aws:ecr/getRepository:getRepository":
+            repository = args.args["name"]
+            return {"id": repository, "name": repository, "registryId": ACCOUNT_ID,
+                    "arn": f"arn:aws:ecr:{self.region}:{ACCOUNT_ID}:repository/{repository}",
+                    "repositoryUrl": f"{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com/{repository}"}
         if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             return {"userName": "AWS", "password": "offline-ecr-password", "authorizationToken": "offline",
                     "proxyEndpoint": f"https://{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com",

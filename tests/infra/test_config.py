@@ -260,6 +260,18 @@ BAD_CONFIGS = {
                                      "publicSubnetIds": SUBNETS}},
         "flux-neuron:existingVpc.privateSubnetIds", json.dumps([SUBNETS[0], "subnet-x"]),
         "a list of at least 2 subnet ids"),
+    "image-repository-with-capitals": (
+        {"flux-neuron:image": {"repository": "Flux_Neuron"}}, "flux-neuron:image.repository", "'Flux_Neuron'",
+        "an ECR repository name in the stack's region: 2-256 lowercase letters, digits and single . _ - or / "
+        "between them"),
+    "image-repository-with-a-prebuilt-uri": (
+        {"flux-neuron:image": {"uri": f"123456789012.dkr.ecr.us-west-2.amazonaws.com/flux@sha256:{'0' * 64}",
+                               "repository": "flux-neuron-dev"}},
+        "flux-neuron:image.repository", "'flux-neuron-dev'", "unset with image.uri: a prebuilt image is pushed nowhere"),
+    "another-stacks-repository-deleted": (
+        {"flux-neuron:image": {"repository": "flux-neuron-prod", "retainOnDestroy": False}},
+        "flux-neuron:image.retainOnDestroy", "false",
+        "true with image.repository: that repository is not this stack's to delete"),
     # A default is held to the rules as a given value is.
     "minSize-above-the-default-maxSize": (
         {"flux-neuron:systemNodes": {"minSize": 5}}, "flux-neuron:systemNodes.maxSize", "4",
