@@ -32,19 +32,13 @@ from infra import catalog, sizing, versions
 from infra.naming import PROJECT, graphs_bucket_prefix, stack_resource_name
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
-CAPACITY_TYPES = ("on-demand", "spot")
-# Karpenter's third capacity type: it launches into a capacity reservation only when its EC2NodeClass selects
-# one (capacityReservationSelectorTerms), which this program does not do, so a pool listing it could never
-# launch a node. Refused with the way that works: EC2 itself assigns a matching on-demand instance to an
-# *open* reservation (Karpenter's docs, tasks/odcrs, "Migrating From Previous Versions"; the node is
-# labelled on-demand).
+CAPACITY_TYPES = ("on-demand", "spot", "reserved")
+# Karpenter launches into a capacity reservation only when the EC2NodeClass selects it (its ReservedCapacity
+# feature gate, on by default since v1.6); the pools share one EC2NodeClass, whose
+# capacityReservationSelectorTerms the CRD caps at this many.
 RESERVED = "reserved"
-_CAPACITY_TYPES_ALLOWED = f"a non-empty list of capacity types: {', '.join(CAPACITY_TYPES)}"
-_RESERVED_REFUSED = (
-    f"{_CAPACITY_TYPES_ALLOWED} ({RESERVED} is not supported: no EC2NodeClass here selects a capacity "
-    "reservation; to use an On-Demand Capacity Reservation, create it with instance eligibility 'open' for "
-    "the pool's instance type in one of the stack's zones and list on-demand: EC2 runs matching on-demand "
-    "launches in it)")
+MAX_CAPACITY_RESERVATIONS = 30
+_CAPACITY_RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
 MAX_REPLICAS = 100
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
@@ -241,16 +235,27 @@ class NeuronPool(_Section):
         "a non-empty list of the family's instance types", whole=True,
         default_factory=lambda fields: _family_types(fields.get("family")))
     capacity_types: Annotated[tuple[StrictStr, ...], _that(lambda kinds: all(kind in CAPACITY_TYPES for kind in kinds))] = (
-        _rule(_CAPACITY_TYPES_ALLOWED, whole=True, min_length=1,
+        _rule(f"a non-empty list of capacity types: {', '.join(CAPACITY_TYPES)}", whole=True, min_length=1,
               default=("on-demand",)))
-
-    @field_validator("capacity_types", mode="before")
-    @classmethod
-    def _no_reservations(cls, kinds: object) -> object:
-        if isinstance(kinds, (list, tuple)) and RESERVED in kinds:
-            raise _not_allowed(_RESERVED_REFUSED)
-        return kinds
     max_devices: StrictInt = _integer(1, 4096, missing="required: the NodePool's limit on Neuron devices")
+    # On-Demand Capacity Reservations (ODCRs, Capacity Blocks) of the pool's types that `reserved` launches into.
+    capacity_reservation_ids: tuple[Annotated[StrictStr, _that(_matches(_CAPACITY_RESERVATION_ID))], ...] = _rule(
+        f"a list of at most {MAX_CAPACITY_RESERVATIONS} capacity reservation ids such as cr-0123456789abcdef0",
+        whole=True, max_length=MAX_CAPACITY_RESERVATIONS, default=())
+
+    @model_validator(mode="after")
+    def _reservations_with_reserved(self) -> NeuronPool:
+        """`reserved` launches only into selected reservations, and selected ones serve only `reserved`."""
+        reserved = RESERVED in self.capacity_types
+        if reserved and not self.capacity_reservation_ids:
+            raise _not_allowed(
+                f"{RESERVED} only with capacityReservationIds: Karpenter launches into the capacity reservations "
+                "the EC2NodeClass selects, and selects none without them", "capacityTypes",
+                value=list(self.capacity_types))
+        if self.capacity_reservation_ids and not reserved:
+            raise _not_allowed(f"only with {RESERVED} in capacityTypes", "capacityReservationIds",
+                               value=list(self.capacity_reservation_ids))
+        return self
 
     @field_validator("instance_types", mode="wrap")
     @classmethod
@@ -489,9 +494,12 @@ class StackConfig(BaseModel):
     neuron_pools: dict[Annotated[str, AfterValidator(_neuron_family)], NeuronPool] = _stack_key(
         "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
         + ") -> {instanceTypes (of that family; default all), capacityTypes "
-        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]; {RESERVED} is refused: use an open capacity "
-        "reservation with on-demand), maxDevices (NodePool limit, required; at least "
-        "every shape at serving.maxReplicas plus its rollout surge, and every compile Job, on the pools they use)}",
+        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]; {RESERVED} needs capacityReservationIds), "
+        "maxDevices (NodePool limit, required; at least "
+        "every shape at serving.maxReplicas plus its rollout surge, and every compile Job, on the pools they use), "
+        "capacityReservationIds (with reserved only: ids cr-... of On-Demand Capacity Reservations or Capacity "
+        f"Blocks for the pool's types in the stack's zones, each id once, at most {MAX_CAPACITY_RESERVATIONS} "
+        "over all pools; Karpenter launches into them before on-demand or spot)}",
         allowed="a non-empty map keyed by family: " + ", ".join(catalog.NEURON_FAMILIES), min_length=1)
     compile: CompileSettings = _stack_key(
         "required; {pool (a neuronPools family with an instance type whose memory holds one compile worker), "
@@ -662,6 +670,20 @@ class StackConfig(BaseModel):
             if needed > pool.max_devices:
                 raise _not_allowed(f"at least {needed}: {' + '.join(text for _, text in parts)}",
                                    _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
+        return self
+
+    @model_validator(mode="after")
+    def _reservations_fit_the_node_class(self) -> StackConfig:
+        """Every pool's reservations are selected by the one EC2NodeClass: each once, within the CRD's cap."""
+        seen: list[str] = []
+        for family, pool in self.neuron_pools.items():
+            for index, reservation in enumerate(pool.capacity_reservation_ids):
+                if reservation in seen or len(seen) == MAX_CAPACITY_RESERVATIONS:
+                    raise _not_allowed(
+                        f"each capacity reservation id once, at most {MAX_CAPACITY_RESERVATIONS} over all pools "
+                        "(one EC2NodeClass selects them all)", _key("neuronPools"), family, "capacityReservationIds",
+                        index, value=reservation)
+                seen.append(reservation)
         return self
 
     @property

@@ -5,7 +5,8 @@ purchase option (On-Demand, Spot). A NodePool launches no node whose Neuron devi
 past its `maxDevices` (kubernetes-sigs/karpenter's scheduler drops such instance types,
 `filterByRemainingResources`), so the most vCPUs it can hold is the best packing of its instance types into
 that many devices (instance facts from infra/catalog.py). A pool allowed both On-Demand and Spot may
-launch all of it as either, so each of those quotas must hold all of it; pools of one class add up.
+launch all of it as either, so each of those quotas must hold all of it (reserved capacity counts as
+On-Demand); pools of one class add up.
 Instances of the class that something else in the account runs count against the same quota: these
 are the stack's needs alone. scripts/deploy compares them with the account's quotas before `pulumi up`.
 
@@ -39,6 +40,8 @@ QUOTAS: dict[tuple[str, str], Quota] = {
     ("Inf", "spot"): Quota("L-B5D1601B", "All Inf Spot Instance Requests"),
 }
 QUOTA_CLASS = {"trn1": "Trn", "trn1n": "Trn", "trn2": "Trn", "inf2": "Inf"}
+# Instances in a capacity reservation are On-Demand instances: they count against the On-Demand quota.
+PURCHASE_OPTION = {"on-demand": "on-demand", "reserved": "on-demand", "spot": "spot"}
 
 
 def vcpus_at_limit(pool: NeuronPool) -> int:
@@ -56,8 +59,9 @@ def needed_vcpus(config: StackConfig) -> dict[Quota, int]:
     """Each quota the stack's Neuron pools draw on, and the vCPUs they may need of it at their limits."""
     needed: dict[Quota, int] = {}
     for pool in config.neuron_pools.values():
-        for capacity_type in pool.capacity_types:
-            quota = QUOTAS[(QUOTA_CLASS[pool.family], capacity_type)]
+        purchase_options = {PURCHASE_OPTION[capacity_type] for capacity_type in pool.capacity_types}
+        for purchase_option in sorted(purchase_options):
+            quota = QUOTAS[(QUOTA_CLASS[pool.family], purchase_option)]
             needed[quota] = needed.get(quota, 0) + vcpus_at_limit(pool)
     return needed
 

@@ -48,6 +48,14 @@ def test_a_pool_allowed_spot_and_on_demand_may_need_all_of_it_in_either_and_one_
     assert needed_vcpus(config) == {TRN_ON_DEMAND: 640 + trn2, TRN_SPOT: 640}
 
 
+def test_reserved_capacity_counts_against_the_on_demand_quota_once():
+    dev = stack_file_config("dev")[0]
+    config = load_stack_config(with_overrides(dev, {"flux-neuron:neuronPools": {
+        "trn1": {"instanceTypes": ["trn1.32xlarge"], "capacityTypes": ["reserved", "on-demand"],
+                 "capacityReservationIds": ["cr-0123456789abcdef0"], "maxDevices": 80}}}))
+    assert needed_vcpus(config) == {TRN_ON_DEMAND: 640}
+
+
 def test_the_command_prints_region_code_vcpus_and_name_per_quota():
     assert lines("dev") == ["us-west-2\tL-2C3B7624\t640\tRunning On-Demand Trn instances"]
     assert lines("prod") == ["us-east-1\tL-1945791B\t1536\tRunning On-Demand Inf instances"]
