@@ -4,7 +4,9 @@ The program (`__main__.py`) runs under `pulumi.runtime.set_mocks` with a stack's
 `Pulumi.<stack>.yaml`. Every resource it registers is recorded with its inputs, parent and
 dependencies, and the stack outputs are kept with their secretness. Tests and `python -m planning`
 read what was recorded. The mocks answer like AWS would in shape (ids, ARNs, names), never
-in content: assertions are about the program's wiring, not AWS behaviour.
+in content: assertions are about the program's wiring, not AWS behaviour. One answer has content
+the program acts on, which zones offer which Neuron types (MOCK_OFFERED_LETTERS), so that the
+choice of zones is exercised; it is illustrative, not AWS's real offering.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
+from infra import catalog
 from infra.config import SecretText
 from infra.naming import PROJECT
 from planning.secrets import reveal
@@ -122,12 +125,14 @@ MOCK_OFFERED_LETTERS = {
 
 
 def mock_zones(region: str) -> list[str]:
+    """The region's available zones, as the mocks answer getAvailabilityZones."""
     return [f"{region}{letter}" for letter in MOCK_ZONE_LETTERS.get(region, "abcd")]
 
 
 def mock_offered_zones(region: str, instance_type: str) -> list[str]:
     """The zones the mocks say offer an instance type (a family's types are offered alike)."""
-    letters = MOCK_OFFERED_LETTERS.get(region, {}).get(instance_type.split(".", 1)[0], MOCK_ZONE_LETTERS.get(region, "abcd"))
+    every_zone = MOCK_ZONE_LETTERS.get(region, "abcd")
+    letters = MOCK_OFFERED_LETTERS.get(region, {}).get(catalog.family_of(instance_type), every_zone)
     return [f"{region}{letter}" for letter in letters]
 
 
