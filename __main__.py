@@ -21,7 +21,10 @@ validate_stack_name(pulumi.get_stack())
 config = load_stack_config(raw_pulumi_config())
 cluster_name = stack_resource_name(pulumi.get_stack())
 
-network = Network("network", NetworkArgs(cluster_name, config.network, config.existing_vpc))
+network = Network("network", NetworkArgs(
+    cluster_name, config.network,
+    neuron_pools=tuple({pool.family: pool for pool in (config.serving_pool, config.compile_pool)}.values()),
+    existing=config.existing_vpc))
 cluster = Cluster("cluster", ClusterArgs(
     cluster_name=cluster_name,
     kubernetes_version=config.kubernetes_version,
@@ -56,7 +59,7 @@ storage = Storage("graphs", StorageArgs(
 neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version), opts=in_cluster())
 Observability("observability", ObservabilityArgs(cluster.name, config.kubernetes_version),
               opts=pulumi.ResourceOptions(depends_on=cluster.addons))
-image = Image("image", ImageArgs(config.image_uri))
+image = Image("image", ImageArgs(config.image))
 load_balancer_controller = LoadBalancerController("ingress-controller", LoadBalancerControllerArgs(
     cluster_name=cluster.name,
     region=config.region,
@@ -103,5 +106,8 @@ pulumi.export("kubeconfig", pulumi.Output.secret(cluster.kubeconfig_json))
 pulumi.export("graphsBucket", storage.bucket_name)
 pulumi.export("nodePools", karpenter.nodepool_names)
 pulumi.export("image", image.image_ref)
+if image.repository_name is not None:
+    # What scripts/destroy records in image.repository when destroy keeps the repository.
+    pulumi.export("imageRepository", image.repository_name)
 pulumi.export("endpoints", ingress.endpoints)
 pulumi.export("exampleRequest", ingress.example_request)

@@ -33,6 +33,12 @@ from infra.naming import PROJECT, graphs_bucket_prefix, stack_resource_name
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
 CAPACITY_TYPES = ("on-demand", "spot", "reserved")
+# Karpenter launches into a capacity reservation only when the EC2NodeClass selects it (its ReservedCapacity
+# feature gate, on by default since v1.6); the pools share one EC2NodeClass, whose
+# capacityReservationSelectorTerms the CRD caps at this many.
+RESERVED = "reserved"
+MAX_CAPACITY_RESERVATIONS = 30
+_CAPACITY_RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
 MAX_REPLICAS = 100
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
@@ -52,6 +58,8 @@ MAX_PROMETHEUS_STORAGE_GI = 8
 # EKS accepts at most this many public access CIDR blocks.
 MAX_PUBLIC_ACCESS_CIDRS = 40
 OPEN_TO_ALL = "0.0.0.0/0"
+# ECR repository names (CreateRepository's pattern), at most 256 characters.
+_ECR_REPOSITORY = re.compile(r"^(?=.{2,256}$)(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 # S3 general purpose bucket names: 3-63 lowercase letters, digits, dots and hyphens, alphanumeric at both ends.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -230,6 +238,24 @@ class NeuronPool(_Section):
         _rule(f"a non-empty list of capacity types: {', '.join(CAPACITY_TYPES)}", whole=True, min_length=1,
               default=("on-demand",)))
     max_devices: StrictInt = _integer(1, 4096, missing="required: the NodePool's limit on Neuron devices")
+    # On-Demand Capacity Reservations (ODCRs, Capacity Blocks) of the pool's types that `reserved` launches into.
+    capacity_reservation_ids: tuple[Annotated[StrictStr, _that(_matches(_CAPACITY_RESERVATION_ID))], ...] = _rule(
+        f"a list of at most {MAX_CAPACITY_RESERVATIONS} capacity reservation ids such as cr-0123456789abcdef0",
+        whole=True, max_length=MAX_CAPACITY_RESERVATIONS, default=())
+
+    @model_validator(mode="after")
+    def _reservations_with_reserved(self) -> NeuronPool:
+        """`reserved` launches only into selected reservations, and selected ones serve only `reserved`."""
+        reserved = RESERVED in self.capacity_types
+        if reserved and not self.capacity_reservation_ids:
+            raise _not_allowed(
+                f"{RESERVED} only with capacityReservationIds: Karpenter launches into the capacity reservations "
+                "the EC2NodeClass selects, and selects none without them", "capacityTypes",
+                value=list(self.capacity_types))
+        if self.capacity_reservation_ids and not reserved:
+            raise _not_allowed(f"only with {RESERVED} in capacityTypes", "capacityReservationIds",
+                               value=list(self.capacity_reservation_ids))
+        return self
 
     @field_validator("instance_types", mode="wrap")
     @classmethod
@@ -327,6 +353,22 @@ class SystemNodes(_Section):
 class ImageSettings(_Section):
     uri: Annotated[StrictStr, _that(_matches(_IMAGE_BY_DIGEST))] | None = _rule(
         "an image pinned by digest, 'registry/repository@sha256:<64 hex>' (a tag can move)", default=None)
+    # Built images are kept across `destroy`/`up` like the graph cache: the repository outlives the stack.
+    retain_on_destroy: StrictBool = _rule(_TRUE_OR_FALSE, default=True)
+    # An existing repository (this stack's, kept by an earlier destroy, or another stack's) to push to.
+    repository: Annotated[StrictStr, _that(_matches(_ECR_REPOSITORY))] | None = _rule(
+        "an ECR repository name in the stack's region: 2-256 lowercase letters, digits and single . _ - or / "
+        "between them", default=None)
+
+    @model_validator(mode="after")
+    def _repository_only_when_building(self) -> ImageSettings:
+        if self.repository is not None and self.uri is not None:
+            raise _not_allowed("unset with image.uri: a prebuilt image is pushed nowhere", "repository",
+                               value=self.repository)
+        if self.repository is not None and not self.retain_on_destroy:
+            raise _not_allowed("true with image.repository: that repository is not this stack's to delete",
+                               "retainOnDestroy", value=self.retain_on_destroy)
+        return self
 
 
 class IngressSettings(_Section):
@@ -452,8 +494,12 @@ class StackConfig(BaseModel):
     neuron_pools: dict[Annotated[str, AfterValidator(_neuron_family)], NeuronPool] = _stack_key(
         "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
         + ") -> {instanceTypes (of that family; default all), capacityTypes "
-        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]), maxDevices (NodePool limit, required; at least "
-        "every shape at serving.maxReplicas plus its rollout surge, and every compile Job, on the pools they use)}",
+        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]; {RESERVED} needs capacityReservationIds), "
+        "maxDevices (NodePool limit, required; at least "
+        "every shape at serving.maxReplicas plus its rollout surge, and every compile Job, on the pools they use), "
+        "capacityReservationIds (with reserved only: ids cr-... of On-Demand Capacity Reservations or Capacity "
+        f"Blocks for the pool's types in the stack's zones, each id once, at most {MAX_CAPACITY_RESERVATIONS} "
+        "over all pools; Karpenter launches into them before on-demand or spot)}",
         allowed="a non-empty map keyed by family: " + ", ".join(catalog.NEURON_FAMILIES), min_length=1)
     compile: CompileSettings = _stack_key(
         "required; {pool (a neuronPools family with an instance type whose memory holds one compile worker), "
@@ -470,14 +516,22 @@ class StackConfig(BaseModel):
         "required; non-empty list of distinct shapes 'HxW' (height x width), each side a multiple of 16 in 64-2048",
         allowed="a non-empty list of shapes 'HxW'", min_length=1)
     network: NetworkSettings = _stack_key(
-        "{cidr (IPv4 /16-/20), availabilityZones (2-3)}; ignored with existingVpc", default=NetworkSettings())
+        "{cidr (IPv4 /16-/20), availabilityZones (2-3: the VPC takes that many zones, in name order, of those "
+        "where EC2 offers an instance type of the serving pool and one of the compile pool; fewer such zones "
+        "is refused)}; ignored with existingVpc", default=NetworkSettings())
     existing_vpc: ExistingVpc | None = _stack_key(
-        "optional {vpcId, privateSubnetIds (>=2), publicSubnetIds (>=2)}", default=None)
+        "optional {vpcId, privateSubnetIds (>=2, each in a zone where EC2 offers an instance type of the "
+        "serving pool and one of the compile pool), publicSubnetIds (>=2)}", default=None)
     system_nodes: SystemNodes = _stack_key(
         "{instanceType, minSize (1-10), desiredSize (min-max), maxSize (min-10)}", default=SystemNodes())
     image: ImageSettings = _stack_key(
-        "optional {uri}: a prebuilt image pinned by digest, 'registry/repository@sha256:<64 hex>'; "
-        "without it `pulumi up` builds serving/Dockerfile and pushes it to the stack's ECR repository",
+        "{uri (optional: a prebuilt image pinned by digest, 'registry/repository@sha256:<64 hex>'; without it "
+        "`pulumi up` builds serving/Dockerfile and pushes it to the stack's ECR repository), retainOnDestroy "
+        "(true: `pulumi destroy` leaves the repository and its images, and `scripts/destroy` sets "
+        "image.repository to it so the next `up` pushes there again; false: destroy deletes it with every "
+        "image), repository (optional: an existing ECR repository of the stack's region, e.g. one an earlier "
+        "destroy kept, pushed to instead of creating one and never deleted by this stack; not with uri, not "
+        "with retainOnDestroy false)}",
         default=ImageSettings())
     # Never printed.
     hf_token: Annotated[SecretText, PlainValidator(_hf_token)] = _stack_key(
@@ -618,9 +672,19 @@ class StackConfig(BaseModel):
                                    _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
         return self
 
-    @property
-    def image_uri(self) -> str | None:
-        return self.image.uri
+    @model_validator(mode="after")
+    def _reservations_fit_the_node_class(self) -> StackConfig:
+        """Every pool's reservations are selected by the one EC2NodeClass: each once, within the CRD's cap."""
+        seen: list[str] = []
+        for family, pool in self.neuron_pools.items():
+            for index, reservation in enumerate(pool.capacity_reservation_ids):
+                if reservation in seen or len(seen) == MAX_CAPACITY_RESERVATIONS:
+                    raise _not_allowed(
+                        f"each capacity reservation id once, at most {MAX_CAPACITY_RESERVATIONS} over all pools "
+                        "(one EC2NodeClass selects them all)", _key("neuronPools"), family, "capacityReservationIds",
+                        index, value=reservation)
+                seen.append(reservation)
+        return self
 
     @property
     def serving_pool(self) -> NeuronPool:

@@ -1,5 +1,11 @@
 """The one image compile Jobs and serving pods run: built from serving/Dockerfile and pushed to
-the stack's ECR repository, or a prebuilt one from config. Either way, pinned by digest."""
+the stack's ECR repository, or a prebuilt one from config. Either way, pinned by digest.
+
+The repository outlives the stack by default, as the graph cache does (docs/upgrades.md, "The graph
+cache"): `pulumi destroy` leaves it, its lifecycle policy and its images (with `image.retainOnDestroy`
+false it deletes them all). A kept repository is no longer in the stack's state, and ECR names are unique
+per region, so the next `up` must push to it rather than create it again: `image.repository` names it
+(scripts/destroy sets it), and the stack then only reads it."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
+from infra.config import ImageSettings
 from infra.naming import stack_resource_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,41 +64,56 @@ def lifecycle_policy() -> str:
 
 @dataclass
 class ImageArgs:
-    uri: str | None  # a prebuilt image pinned by digest (config `image.uri`), or None to build
+    settings: ImageSettings  # config `image`: a prebuilt uri, or where to build to
 
 
 class Image(pulumi.ComponentResource):
     image_ref: pulumi.Output[str]
+    # The ECR repository built images go to; None with a prebuilt image.
+    repository_name: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: ImageArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flux-neuron:infra:Image", name, None, opts)
-        if args.uri is not None:
-            self.image_ref = pulumi.Output.from_input(args.uri)
+        settings = args.settings
+        if settings.uri is not None:
+            self.image_ref = pulumi.Output.from_input(settings.uri)
+            self.repository_name = None
         else:
-            self.image_ref = self._build(name)
-        self.register_outputs({"image_ref": self.image_ref})
+            if settings.repository is None:
+                repository_url, self.repository_name = self._repository(name, settings.retain_on_destroy)
+            else:
+                # Kept by an earlier destroy, or another stack's: read, never changed or deleted here.
+                existing = aws.ecr.get_repository_output(name=settings.repository)
+                repository_url, self.repository_name = existing.repository_url, existing.name
+            self.image_ref = self._build(name, repository_url)
+        self.register_outputs({"image_ref": self.image_ref, "repository_name": self.repository_name})
 
-    def _build(self, name: str) -> pulumi.Output[str]:
-        child = pulumi.ResourceOptions(parent=self)
+    def _repository(self, name: str, retain: bool) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        """The stack's own repository and its lifecycle policy, both kept by destroy unless `retain` is false."""
+        child = pulumi.ResourceOptions(parent=self, retain_on_delete=retain)
         repository = aws.ecr.Repository(
             name, name=stack_resource_name(pulumi.get_stack()),
             image_scanning_configuration={"scan_on_push": True},
             image_tag_mutability="IMMUTABLE_WITH_EXCLUSION",
             image_tag_mutability_exclusion_filters=[{"filter": CACHE_TAG, "filter_type": "WILDCARD"}],
-            # Every image here is rebuilt from the repository's sources: `pulumi destroy` may drop them.
-            force_delete=True,
+            # Not kept: every image here is rebuilt from the repository's sources, so destroy may drop them.
+            force_delete=not retain,
             opts=child)
         aws.ecr.LifecyclePolicy(name, repository=repository.name, policy=lifecycle_policy(), opts=child)
+        return repository.repository_url, repository.name
+
+    def _build(self, name: str, repository_url: pulumi.Output[str]) -> pulumi.Output[str]:
+        child = pulumi.ResourceOptions(parent=self)
         credentials = aws.ecr.get_authorization_token_output()
-        cache = pulumi.Output.concat(repository.repository_url, f":{CACHE_TAG}")
+        cache = pulumi.Output.concat(repository_url, f":{CACHE_TAG}")
         image = docker_build.Image(
             name,
             context={"location": "."},  # the repository root: Pulumi runs the program from there
             dockerfile={"location": DOCKERFILE},
             platforms=[PLATFORM],
-            tags=[pulumi.Output.concat(repository.repository_url, ":", source_tag())],
+            tags=[pulumi.Output.concat(repository_url, ":", source_tag())],
             push=True,
-            registries=[{"address": repository.repository_url, "username": credentials.user_name,
+            registries=[{"address": repository_url, "username": credentials.user_name,
                          "password": pulumi.Output.secret(credentials.password)}],
             cache_from=[{"registry": {"ref": cache}}],
             # ECR stores BuildKit caches only as OCI image manifests.
@@ -99,4 +121,4 @@ class Image(pulumi.ComponentResource):
             # Previews stay fast and need no Docker daemon; `pulumi up` builds.
             build_on_preview=False,
             opts=child)
-        return pulumi.Output.concat(repository.repository_url, "@", image.digest)
+        return pulumi.Output.concat(repository_url, "@", image.digest)

@@ -72,6 +72,14 @@ def neuron_nodepool_spec(pool: NeuronPool) -> dict:
     }
 
 
+def capacity_reservation_terms(pools: dict[str, NeuronPool]) -> dict:
+    """The reservations the pools' `reserved` capacity launches into, for the EC2NodeClass they share (none:
+    no field, and EC2 may still place an on-demand launch in an open reservation; with the field, Karpenter
+    opts its launches out of open ones)."""
+    ids = [reservation for pool in pools.values() for reservation in pool.capacity_reservation_ids]
+    return {"capacityReservationSelectorTerms": [{"id": reservation} for reservation in ids]} if ids else {}
+
+
 CPU_NODEPOOL_SPEC = {
     "template": {
         "spec": {
@@ -259,6 +267,7 @@ class Karpenter(pulumi.ComponentResource):
                 "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": ROOT_VOLUME}],
                 # trn1.32xlarge carries 8 TB of NVMe: striped, it holds container images and compile scratch.
                 "instanceStorePolicy": "RAID0",
+                **capacity_reservation_terms(args.neuron_pools),
                 # No tags: Karpenter tags instances itself, with eks:eks-cluster-name among others, and the
                 # CRD forbids setting that tag (or kubernetes.io/cluster/*, karpenter.*) here.
             },

@@ -1,4 +1,14 @@
-"""The VPC: private subnets for nodes, public subnets for load balancers, NAT; or an existing VPC."""
+"""The VPC: private subnets for nodes, public subnets for load balancers, NAT; or an existing VPC.
+
+Its zones are where the Neuron pods can run: a zone qualifies when EC2 offers it at least one instance
+type of every Neuron pool the pods use (the serving pool and the compile pool), and the VPC takes the
+first network.availabilityZones qualifying zones in name order. A private subnet elsewhere would be a
+zone where Karpenter can launch no node for those pods, and a Job or a spread replica could wait there
+for its whole deadline. An existing VPC's private subnets are held to the same rule.
+
+The choice is made again at every `up`, from EC2's answer then: should EC2 start offering a type in a
+zone earlier in name order, the preview shows that zone's subnets added and the last one's replaced, a
+change to refuse (or to make with the cluster empty)."""
 
 from __future__ import annotations
 
@@ -8,7 +18,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.config import ExistingVpc, NetworkSettings
+from infra.config import ConfigError, ExistingVpc, NetworkSettings, NeuronPool
+from infra.naming import PROJECT
 
 # Karpenter discovers subnets and security groups by this tag; ELB roles tell the load
 # balancer controller where internet-facing and internal load balancers go.
@@ -17,11 +28,64 @@ PUBLIC_ELB_TAG = {"kubernetes.io/role/elb": "1"}
 INTERNAL_ELB_TAG = {"kubernetes.io/role/internal-elb": "1"}
 
 
+ZONES_KEY = f"{PROJECT}:network.availabilityZones"
+PRIVATE_SUBNETS_KEY = f"{PROJECT}:existingVpc.privateSubnetIds"
+
+
 @dataclass
 class NetworkArgs:
     cluster_name: str
     settings: NetworkSettings
+    # The pools the Neuron pods run on (serving's and compile's): the zones must offer each of them.
+    neuron_pools: tuple[NeuronPool, ...]
     existing: ExistingVpc | None = None
+
+
+def offered_zones(instance_types: tuple[str, ...]) -> dict[str, set[str]]:
+    """Each instance type and the availability zones of the stack's region that offer it."""
+    offerings = aws.ec2.get_instance_type_offerings(
+        location_type="availability-zone", filters=[{"name": "instance-type", "values": list(instance_types)}])
+    zones: dict[str, set[str]] = {name: set() for name in instance_types}
+    for name, zone in zip(offerings.instance_types, offerings.locations):
+        zones.setdefault(name, set()).add(zone)
+    return zones
+
+
+def qualifying_zones(zones: list[str], pools: tuple[NeuronPool, ...], offered: dict[str, set[str]]) -> list[str]:
+    """The zones, in name order, that offer at least one instance type of every pool."""
+    return sorted(zone for zone in zones
+                  if all(any(zone in offered.get(name, ()) for name in pool.instance_types) for pool in pools))
+
+
+def pool_types(pools: tuple[NeuronPool, ...]) -> str:
+    """The pools and their types, for messages: "trn1 (trn1.32xlarge), inf2 (inf2.24xlarge, inf2.48xlarge)"."""
+    return ", ".join(f"{pool.family} ({', '.join(pool.instance_types)})" for pool in pools)
+
+
+def choose_zones(count: int, zones: list[str], pools: tuple[NeuronPool, ...], offered: dict[str, set[str]]) -> list[str]:
+    """The first `count` qualifying zones; fewer qualifying is refused, naming them and the types."""
+    qualifying = qualifying_zones(zones, pools, offered)
+    if len(qualifying) < count:
+        raise ConfigError(ZONES_KEY, count, (
+            f"at most {len(qualifying)}: only {', '.join(qualifying) or 'no zone'} of {', '.join(sorted(zones))} "
+            f"offer an instance type of every Neuron pool, {pool_types(pools)}; lower it, or choose instance "
+            "types offered in more zones"))
+    return qualifying[:count]
+
+
+def check_subnet_zones(subnet_zones: dict[str, str], pools: tuple[NeuronPool, ...],
+                       offered: dict[str, set[str]]) -> None:
+    """An existing VPC's private subnets (id -> zone) must all be in qualifying zones."""
+    qualifying = qualifying_zones(sorted(set().union(*offered.values())), pools, offered)
+    for subnet, zone in subnet_zones.items():
+        if zone not in qualifying:
+            raise ConfigError(PRIVATE_SUBNETS_KEY, list(subnet_zones), (
+                f"subnets in zones that offer an instance type of every Neuron pool, {pool_types(pools)}: "
+                f"{subnet} is in {zone}, which does not; the zones that do: {', '.join(qualifying) or 'none'}"))
+
+
+def _all_types(pools: tuple[NeuronPool, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for pool in pools for name in pool.instance_types))
 
 
 class Network(pulumi.ComponentResource):
@@ -32,6 +96,14 @@ class Network(pulumi.ComponentResource):
     public_subnet_cidrs: pulumi.Output[list[str]]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
+        # Checked before anything is created: a refused zone count or subnet leaves no partial network.
+        offered = offered_zones(_all_types(args.neuron_pools))
+        if args.existing is not None:
+            check_subnet_zones({subnet_id: aws.ec2.get_subnet(id=subnet_id).availability_zone
+                                for subnet_id in args.existing.private_subnet_ids}, args.neuron_pools, offered)
+        else:
+            zones = choose_zones(args.settings.availability_zones,
+                                 aws.get_availability_zones(state="available").names, args.neuron_pools, offered)
         super().__init__("flux-neuron:infra:Network", name, None, opts)
         if args.existing is not None:
             self.vpc_id = pulumi.Output.from_input(args.existing.vpc_id)
@@ -41,15 +113,14 @@ class Network(pulumi.ComponentResource):
             self.public_subnet_cidrs = pulumi.Output.all(*[
                 aws.ec2.get_subnet_output(id=subnet_id).cidr_block for subnet_id in args.existing.public_subnet_ids])
         else:
-            self._create(name, args)
+            self._create(name, args, zones)
         self.register_outputs({"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids,
                                "public_subnet_ids": self.public_subnet_ids,
                                "public_subnet_cidrs": self.public_subnet_cidrs})
 
-    def _create(self, name: str, args: NetworkArgs) -> None:
+    def _create(self, name: str, args: NetworkArgs, zones: list[str]) -> None:
         child = pulumi.ResourceOptions(parent=self)
         tags = {"Name": name, KARPENTER_DISCOVERY_TAG: args.cluster_name}
-        zones = aws.get_availability_zones(state="available").names[: args.settings.availability_zones]
         vpc = aws.ec2.Vpc(name, cidr_block=args.settings.cidr, enable_dns_hostnames=True,
                           enable_dns_support=True, tags=tags, opts=child)
         gateway = aws.ec2.InternetGateway(name, vpc_id=vpc.id, tags=tags, opts=child)

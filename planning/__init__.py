@@ -9,6 +9,8 @@ imports `planning`). What is here:
 - `checks`: the check families (one module each) and `check()`, which runs them all;
 - `cel`, `official_iam`: the CRD CEL evaluator and the official-policy comparison the checks and tests use;
 - `capacity`: the capacity table written beside each plan; `config_reference`: docs/config.md's table;
+- `quotas` (`python -m planning.quotas --stack S`): the EC2 vCPU quotas the NodePools may need, which
+  scripts/deploy checks before `pulumi up`;
 - `cli` (`python -m planning`): write and check plans;
 - `data/`: the Karpenter CRDs, official controller policies and published release data the checks read.
 """

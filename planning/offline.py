@@ -4,7 +4,9 @@ The program (`__main__.py`) runs under `pulumi.runtime.set_mocks` with a stack's
 `Pulumi.<stack>.yaml`. Every resource it registers is recorded with its inputs, parent and
 dependencies, and the stack outputs are kept with their secretness. Tests and `python -m planning`
 read what was recorded. The mocks answer like AWS would in shape (ids, ARNs, names), never
-in content: assertions are about the program's wiring, not AWS behaviour.
+in content: assertions are about the program's wiring, not AWS behaviour. One answer has content
+the program acts on, which zones offer which Neuron types (MOCK_OFFERED_LETTERS), so that the
+choice of zones is exercised; it is illustrative, not AWS's real offering.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
+from infra import catalog
 from infra.config import SecretText
 from infra.naming import PROJECT
 from planning.secrets import reveal
@@ -114,6 +117,34 @@ def _ec2_id(prefix: str, name: str) -> str:
     return f"{prefix}-{hashlib.sha256(name.encode()).hexdigest()[:17]}"
 
 
+# Zones per region and the zones that offer each Neuron family, shaped like EC2's answers: Trainium in
+# fewer zones than Inferentia, trn2 in one. Letters are illustrative (each account maps zone names to
+# physical zones its own way); the planning run relies only on the shape: dev's trn1 skips a zone.
+MOCK_ZONE_LETTERS = {"us-east-1": "abcdef", "us-west-2": "abcd"}
+MOCK_OFFERED_LETTERS = {
+    "us-east-1": {"trn1": "abcf", "trn1n": "af", "trn2": "f", "inf2": "abcdef"},
+    "us-west-2": {"trn1": "bcd", "trn1n": "d", "trn2": "d", "inf2": "abcd"},
+}
+
+
+def mock_zones(region: str) -> list[str]:
+    """The region's available zones, as the mocks answer getAvailabilityZones."""
+    return [f"{region}{letter}" for letter in MOCK_ZONE_LETTERS.get(region, "abcd")]
+
+
+def mock_offered_zones(region: str, instance_type: str) -> list[str]:
+    """The zones the mocks say offer an instance type (a family's types are offered alike)."""
+    every_zone = MOCK_ZONE_LETTERS.get(region, "abcd")
+    letters = MOCK_OFFERED_LETTERS.get(region, {}).get(catalog.family_of(instance_type), every_zone)
+    return [f"{region}{letter}" for letter in letters]
+
+
+def mock_subnet_zone(region: str, subnet_id: str) -> str:
+    """An existing subnet's zone: the one its id's last hex digit picks, so tests can choose it."""
+    zones = mock_zones(region)
+    return zones[int(subnet_id[-1], 16) % len(zones)]
+
+
 class _Mocks(pulumi.runtime.Mocks):
     """Shapes of provider answers: enough for the program's wiring to resolve."""
 
@@ -157,6 +188,17 @@ class _Mocks(pulumi.runtime.Mocks):
         resource_id = _ec2_id(_EC2_ID_PREFIXES[kind], name) if kind in _EC2_ID_PREFIXES else f"{name}-id"
         return resource_id, state
 
+    def _offerings(self, query: dict[str, Any]) -> dict[str, Any]:
+        """One (type, zone) pair per offering of the types filtered on, as EC2 lists them."""
+        if query.get("locationType") != "availability-zone":
+            raise LookupError(f"the offline run answers instance type offerings by availability-zone, not {query}")
+        types = [value for entry in query.get("filters", []) if entry["name"] == "instance-type"
+                 for value in entry["values"]]
+        pairs = [(name, zone) for name in types for zone in mock_offered_zones(self.region, name)]
+        return {"id": self.region, "instanceTypes": [name for name, _ in pairs],
+                "locations": [zone for _, zone in pairs], "locationTypes": ["availability-zone"] * len(pairs),
+                "locationType": "availability-zone", "filters": query.get("filters", [])}
+
     @staticmethod
     def _cluster_outputs(inputs: dict[str, Any]) -> dict[str, Any]:
         """pulumi-eks is a remote component: under mocks it has no children, so model its outputs."""
@@ -182,11 +224,19 @@ class _Mocks(pulumi.runtime.Mocks):
         if token == "aws:index/getRegion:getRegion":
             return {"name": self.region, "region": self.region}
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            return {"names": [f"{self.region}{zone}" for zone in "abcd"], "zoneIds": []}
+            return {"names": mock_zones(self.region), "zoneIds": []}
+        if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            return self._offerings(args.args)
         if token == "aws:ec2/getSubnet:getSubnet":
             # A /24 derived from the id: an existing VPC's subnets are looked up, never in config.
             digest = hashlib.sha256(args.args["id"].encode()).digest()
-            return {"id": args.args["id"], "cidrBlock": f"10.{digest[0]}.{digest[1]}.0/24"}
+            return {"id": args.args["id"], "cidrBlock": f"10.{digest[0]}.{digest[1]}.0/24",
+                    "availabilityZone": mock_subnet_zone(self.region, args.args["id"])}
+        if token == "aws:ecr/getRepository:getRepository":
+            repository = args.args["name"]
+            return {"id": repository, "name": repository, "registryId": ACCOUNT_ID,
+                    "arn": f"arn:aws:ecr:{self.region}:{ACCOUNT_ID}:repository/{repository}",
+                    "repositoryUrl": f"{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com/{repository}"}
         if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             return {"userName": "AWS", "password": "offline-ecr-password", "authorizationToken": "offline",
                     "proxyEndpoint": f"https://{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com",

@@ -76,6 +76,7 @@ def test_real_stack_files_load_with_the_values_they_state(stack):
 
 VPC = "vpc-0123456789abcdef0"
 SUBNETS = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+RESERVATION = "cr-0123456789abcdef0"
 KNOWN_KEYS = ("aws:region, flux-neuron:cluster, flux-neuron:compile, flux-neuron:dtype, flux-neuron:existingVpc, "
               "flux-neuron:graphCache, flux-neuron:hfToken, flux-neuron:image, flux-neuron:ingress, "
               "flux-neuron:kubernetesVersion, flux-neuron:model, flux-neuron:monitoring, "
@@ -175,6 +176,32 @@ BAD_CONFIGS = {
         {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["preemptible"]}}},
         "flux-neuron:neuronPools.trn1.capacityTypes", '["preemptible"]',
         "a non-empty list of capacity types: on-demand, spot, reserved"),
+    "capacityType-reserved-without-reservations": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["reserved", "on-demand"]}}},
+        "flux-neuron:neuronPools.trn1.capacityTypes", '["reserved", "on-demand"]',
+        "reserved only with capacityReservationIds: Karpenter launches into the capacity reservations the "
+        "EC2NodeClass selects, and selects none without them"),
+    "capacityReservationIds-without-reserved": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityReservationIds": [RESERVATION]}}},
+        "flux-neuron:neuronPools.trn1.capacityReservationIds", f'["{RESERVATION}"]',
+        "only with reserved in capacityTypes"),
+    "capacityReservationIds-malformed": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["reserved"],
+                                              "capacityReservationIds": ["cr-X"]}}},
+        "flux-neuron:neuronPools.trn1.capacityReservationIds", '["cr-X"]',
+        "a list of at most 30 capacity reservation ids such as cr-0123456789abcdef0"),
+    "capacityReservationIds-twice": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["reserved"],
+                                              "capacityReservationIds": [RESERVATION, RESERVATION]}}},
+        "flux-neuron:neuronPools.trn1.capacityReservationIds[1]", repr(RESERVATION),
+        "each capacity reservation id once, at most 30 over all pools (one EC2NodeClass selects them all)"),
+    "capacityReservationIds-over-the-node-class-cap": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["reserved"],
+                                              "capacityReservationIds": [f"cr-{index:017x}" for index in range(30)]},
+                                     "inf2": {"capacityTypes": ["reserved"], "maxDevices": 12,
+                                              "capacityReservationIds": ["cr-1f"]}}},
+        "flux-neuron:neuronPools.inf2.capacityReservationIds[0]", "'cr-1f'",
+        "each capacity reservation id once, at most 30 over all pools"),
     "pool-without-maxDevices": (
         {"flux-neuron:neuronPools": {"trn1": {"instanceTypes": ["trn1.32xlarge"]}}},
         "flux-neuron:neuronPools.trn1.maxDevices", "null", "required: the NodePool's limit on Neuron devices"),
@@ -254,6 +281,18 @@ BAD_CONFIGS = {
                                      "publicSubnetIds": SUBNETS}},
         "flux-neuron:existingVpc.privateSubnetIds", json.dumps([SUBNETS[0], "subnet-x"]),
         "a list of at least 2 subnet ids"),
+    "image-repository-with-capitals": (
+        {"flux-neuron:image": {"repository": "Flux_Neuron"}}, "flux-neuron:image.repository", "'Flux_Neuron'",
+        "an ECR repository name in the stack's region: 2-256 lowercase letters, digits and single . _ - or / "
+        "between them"),
+    "image-repository-with-a-prebuilt-uri": (
+        {"flux-neuron:image": {"uri": f"123456789012.dkr.ecr.us-west-2.amazonaws.com/flux@sha256:{'0' * 64}",
+                               "repository": "flux-neuron-dev"}},
+        "flux-neuron:image.repository", "'flux-neuron-dev'", "unset with image.uri: a prebuilt image is pushed nowhere"),
+    "another-stacks-repository-deleted": (
+        {"flux-neuron:image": {"repository": "flux-neuron-prod", "retainOnDestroy": False}},
+        "flux-neuron:image.retainOnDestroy", "false",
+        "true with image.repository: that repository is not this stack's to delete"),
     # A default is held to the rules as a given value is.
     "minSize-above-the-default-maxSize": (
         {"flux-neuron:systemNodes": {"minSize": 5}}, "flux-neuron:systemNodes.maxSize", "4",

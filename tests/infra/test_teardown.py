@@ -79,7 +79,10 @@ case "$*" in
   "stack output graphsBucket "*) echo {BUCKET} ;;
   "stack output kubeconfig "*) echo '{{"apiVersion": "v1", "kind": "Config"}}' ;;
   "config get aws:region "*) echo us-west-2 ;;
+  "stack output imageRepository "*) echo flux-neuron-dev ;;
   "config get --path graphCache.retainOnDestroy "*) [ -n "$RETAIN" ] && echo "$RETAIN" || exit 255 ;;
+  "config get --path image.retainOnDestroy "*) [ -n "$RETAIN_IMAGE" ] && echo "$RETAIN_IMAGE" || exit 255 ;;
+  "config get --path image.repository "*) [ -n "$ADOPTED_REPOSITORY" ] && echo "$ADOPTED_REPOSITORY" || exit 255 ;;
   "config get --path graphCache."*) exit 255 ;;
 esac
 """
@@ -94,7 +97,7 @@ esac
 """
 
 
-def run_destroy(tmp_path, retain="", cluster_gone=""):
+def run_destroy(tmp_path, retain="", cluster_gone="", retain_image="", adopted_repository=""):
     bin_dir, log = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
     for tool, answers in (("pulumi", FAKE_PULUMI), ("kubectl", ""), ("aws", FAKE_AWS)):
@@ -102,7 +105,8 @@ def run_destroy(tmp_path, retain="", cluster_gone=""):
         fake.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n{answers}')
         fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PULUMI_CONFIG_PASSPHRASE": "x",
-           "RETAIN": retain, "CLUSTER_GONE": cluster_gone}
+           "RETAIN": retain, "CLUSTER_GONE": cluster_gone, "RETAIN_IMAGE": retain_image,
+           "ADOPTED_REPOSITORY": adopted_repository}
     result = subprocess.run([str(DESTROY), "dev", "--yes"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [line for line in log.read_text().splitlines()
@@ -120,18 +124,62 @@ def test_destroy_drains_the_cluster_before_pulumi_destroy_then_removes_the_log_g
     ]
     assert calls[4] == "pulumi destroy --stack dev --yes"
     assert calls[5] == f"pulumi config set --path graphCache.bucket {BUCKET} --stack dev"
+    assert calls[6] == "pulumi config set --path image.repository flux-neuron-dev --stack dev"
     deleted = [call.rsplit(" ", 1)[1] for call in calls if "delete-log-group " in call]
     assert deleted == ["/aws/eks/flux-neuron-dev/cluster", "/aws/containerinsights/flux-neuron-dev/application",
                        "/aws/containerinsights/flux-neuron-dev/performance"]
 
 
-def test_destroy_forgets_the_cache_when_it_is_not_retained(tmp_path):
-    calls = run_destroy(tmp_path, retain="false")
+def test_destroy_forgets_the_cache_and_the_repository_when_they_are_not_retained(tmp_path):
+    calls = run_destroy(tmp_path, retain="false", retain_image="false")
     assert "pulumi destroy --stack dev --yes" in calls
     assert not any(call.startswith("pulumi config set") for call in calls)
+
+
+def test_destroy_leaves_a_repository_already_named_in_config_as_it_is(tmp_path):
+    calls = run_destroy(tmp_path, adopted_repository="flux-neuron-prod")
+    assert not any(call.startswith("pulumi config set --path image.") for call in calls)
 
 
 def test_destroy_after_the_cluster_is_gone_skips_straight_to_pulumi_destroy(tmp_path):
     calls = run_destroy(tmp_path, cluster_gone="yes")
     assert not any(call.startswith("kubectl") for call in calls)
     assert calls[0] == "pulumi destroy --stack dev --yes"
+
+
+# The image repository survives destroy like the graph cache (infra/image.py).
+ECR = ("aws:ecr/repository:Repository", "aws:ecr/lifecyclePolicy:LifecyclePolicy")
+IMAGE = "flux-neuron:image"
+
+
+def ecr_resources(rendering):
+    return [resource for resource in rendering.resources if resource.type in ECR]
+
+
+def test_destroy_keeps_the_image_repository_with_its_lifecycle_policy(rendering, stack):
+    assert [resource.type for resource in ecr_resources(rendering)] == list(ECR)
+    assert all(resource.retain_on_delete for resource in ecr_resources(rendering))
+    assert rendering.one(ECR[0], "image").inputs["forceDelete"] is False
+    assert rendering.outputs["imageRepository"] == stack_resource_name(stack)
+
+
+def test_without_retention_destroy_deletes_the_repository_with_its_images():
+    rendering = offline.run_program("dev", {IMAGE: {"retainOnDestroy": False}})
+    assert not any(resource.retain_on_delete for resource in ecr_resources(rendering))
+    assert rendering.one(ECR[0], "image").inputs["forceDelete"] is True
+
+
+def test_a_kept_repository_is_pushed_to_and_never_created_again():
+    rendering = offline.run_program("dev", {IMAGE: {"repository": "flux-neuron-dev"}})
+    assert ecr_resources(rendering) == []
+    url = f"{offline.ACCOUNT_ID}.dkr.ecr.us-west-2.amazonaws.com/flux-neuron-dev"
+    build = rendering.one("docker-build:index:Image", "image").inputs
+    assert build["tags"][0].startswith(f"{url}:") and build["registries"][0]["address"] == url
+    assert rendering.outputs["image"].startswith(f"{url}@sha256:")
+    assert rendering.outputs["imageRepository"] == "flux-neuron-dev"
+
+
+def test_a_prebuilt_image_has_no_repository_to_keep():
+    uri = f"{offline.ACCOUNT_ID}.dkr.ecr.us-west-2.amazonaws.com/flux@sha256:{'0' * 64}"
+    rendering = offline.run_program("dev", {IMAGE: {"uri": uri}})
+    assert ecr_resources(rendering) == [] and "imageRepository" not in rendering.outputs
