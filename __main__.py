@@ -102,6 +102,7 @@ ingress = Ingress("ingress", IngressArgs(
 
 pulumi.export("region", config.region)
 pulumi.export("clusterName", cluster.name)
+pulumi.export("availabilityZones", network.zones)
 pulumi.export("kubeconfig", pulumi.Output.secret(cluster.kubeconfig_json))
 pulumi.export("graphsBucket", storage.bucket_name)
 pulumi.export("nodePools", karpenter.nodepool_names)

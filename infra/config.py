@@ -44,6 +44,7 @@ _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_ZONE_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
 _SYSTEM_INSTANCE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # registry/repository@sha256:<digest>: a tag can move, a digest cannot.
 _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+@sha256:[0-9a-f]{64}$")
@@ -331,6 +332,27 @@ class NetworkSettings(_Section):
     cidr: Annotated[StrictStr, _that(_cidr_in_range)] = _rule(
         "an IPv4 network from /16 to /20, e.g. 10.0.0.0/16", default="10.0.0.0/16")
     availability_zones: StrictInt = _integer(2, 3, default=3)
+    # The zones themselves, once chosen: derived zones follow EC2's offerings at every `up`, and a zone
+    # that starts offering a type earlier in name order would move subnets (docs/upgrades.md, "Zones").
+    zones: tuple[Annotated[StrictStr, _that(_matches(_ZONE_NAME))], ...] | None = _rule(
+        "a list of 2 or 3 distinct availability zone names of the region, e.g. [us-west-2b, us-west-2c]",
+        whole=True, min_length=2, max_length=3, default=None)
+
+    @model_validator(mode="after")
+    def _zones_once_and_counted(self) -> NetworkSettings:
+        if self.zones is None:
+            return self
+        if len(set(self.zones)) != len(self.zones):
+            raise _not_allowed("a list of 2 or 3 distinct availability zone names of the region", "zones",
+                               value=list(self.zones))
+        if "availability_zones" in self.model_fields_set and self.availability_zones != len(self.zones):
+            raise _not_allowed(f"unset, or the number of network.zones ({len(self.zones)})", "availabilityZones",
+                               value=self.availability_zones)
+        return self
+
+    @property
+    def zone_count(self) -> int:
+        return len(self.zones) if self.zones is not None else self.availability_zones
 
 
 class SystemNodes(_Section):
@@ -518,7 +540,8 @@ class StackConfig(BaseModel):
     network: NetworkSettings = _stack_key(
         "{cidr (IPv4 /16-/20), availabilityZones (2-3: the VPC takes that many zones, in name order, of those "
         "where EC2 offers an instance type of the serving pool and one of the compile pool; fewer such zones "
-        "is refused)}; ignored with existingVpc", default=NetworkSettings())
+        "is refused), zones (optional: 2-3 zone names to keep, each held to the same rule; "
+        "availabilityZones is then their number)}; ignored with existingVpc", default=NetworkSettings())
     existing_vpc: ExistingVpc | None = _stack_key(
         "optional {vpcId, privateSubnetIds (>=2, each in a zone where EC2 offers an instance type of the "
         "serving pool and one of the compile pool), publicSubnetIds (>=2)}", default=None)

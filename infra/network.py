@@ -6,9 +6,10 @@ first network.availabilityZones qualifying zones in name order. A private subnet
 zone where Karpenter can launch no node for those pods, and a Job or a spread replica could wait there
 for its whole deadline. An existing VPC's private subnets are held to the same rule.
 
-The choice is made again at every `up`, from EC2's answer then: should EC2 start offering a type in a
-zone earlier in name order, the preview shows that zone's subnets added and the last one's replaced, a
-change to refuse (or to make with the cluster empty)."""
+Derived, the choice is made again at every `up`, from EC2's answer then: should EC2 start offering a type
+in a zone earlier in name order, the preview would show that zone's subnets added and the last one's
+replaced. So a stack keeps its zones by listing them (network.zones, from the `availabilityZones` output
+after the first `up`); listed zones are held to the same rule."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ INTERNAL_ELB_TAG = {"kubernetes.io/role/internal-elb": "1"}
 
 
 ZONES_KEY = f"{PROJECT}:network.availabilityZones"
+LISTED_ZONES_KEY = f"{PROJECT}:network.zones"
 PRIVATE_SUBNETS_KEY = f"{PROJECT}:existingVpc.privateSubnetIds"
 
 
@@ -73,6 +75,19 @@ def choose_zones(count: int, zones: list[str], pools: tuple[NeuronPool, ...], of
     return qualifying[:count]
 
 
+def check_listed_zones(listed: tuple[str, ...], zones: list[str], pools: tuple[NeuronPool, ...],
+                       offered: dict[str, set[str]]) -> list[str]:
+    """Zones from config, each of the region and qualifying; refused naming the first that is not."""
+    qualifying = qualifying_zones(zones, pools, offered)
+    for zone in listed:
+        if zone not in qualifying:
+            raise ConfigError(LISTED_ZONES_KEY, list(listed), (
+                f"zones of the region that offer an instance type of every Neuron pool, {pool_types(pools)}: "
+                f"{zone} is {'not a zone of the region' if zone not in zones else 'not one of them'}; "
+                f"the zones that are: {', '.join(qualifying) or 'none'}"))
+    return list(listed)
+
+
 def check_subnet_zones(subnet_zones: dict[str, str], pools: tuple[NeuronPool, ...],
                        offered: dict[str, set[str]]) -> None:
     """An existing VPC's private subnets (id -> zone) must all be in qualifying zones."""
@@ -94,17 +109,24 @@ class Network(pulumi.ComponentResource):
     public_subnet_ids: pulumi.Output[list[str]]
     # Where the load balancer lives (infra.ingress): the only addresses the serving pods admit.
     public_subnet_cidrs: pulumi.Output[list[str]]
+    # The zones of the private subnets (the stack's `availabilityZones` output: what network.zones keeps).
+    zones: list[str]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         # Checked before anything is created: a refused zone count or subnet leaves no partial network.
         offered = offered_zones(_all_types(args.neuron_pools))
         if args.existing is not None:
-            check_subnet_zones({subnet_id: aws.ec2.get_subnet(id=subnet_id).availability_zone
-                                for subnet_id in args.existing.private_subnet_ids}, args.neuron_pools, offered)
+            subnet_zones = {subnet_id: aws.ec2.get_subnet(id=subnet_id).availability_zone
+                            for subnet_id in args.existing.private_subnet_ids}
+            check_subnet_zones(subnet_zones, args.neuron_pools, offered)
+            zones = sorted(set(subnet_zones.values()))
         else:
-            zones = choose_zones(args.settings.availability_zones,
-                                 aws.get_availability_zones(state="available").names, args.neuron_pools, offered)
+            region_zones = aws.get_availability_zones(state="available").names
+            zones = (check_listed_zones(args.settings.zones, region_zones, args.neuron_pools, offered)
+                     if args.settings.zones is not None else
+                     choose_zones(args.settings.availability_zones, region_zones, args.neuron_pools, offered))
         super().__init__("flux-neuron:infra:Network", name, None, opts)
+        self.zones = zones
         if args.existing is not None:
             self.vpc_id = pulumi.Output.from_input(args.existing.vpc_id)
             self.private_subnet_ids = pulumi.Output.from_input(list(args.existing.private_subnet_ids))
@@ -116,7 +138,7 @@ class Network(pulumi.ComponentResource):
             self._create(name, args, zones)
         self.register_outputs({"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids,
                                "public_subnet_ids": self.public_subnet_ids,
-                               "public_subnet_cidrs": self.public_subnet_cidrs})
+                               "public_subnet_cidrs": self.public_subnet_cidrs, "zones": self.zones})
 
     def _create(self, name: str, args: NetworkArgs, zones: list[str]) -> None:
         child = pulumi.ResourceOptions(parent=self)

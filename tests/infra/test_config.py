@@ -229,6 +229,18 @@ BAD_CONFIGS = {
     "cidr-not-a-network": (
         {"flux-neuron:network": {"cidr": "10.0.0/16"}}, "flux-neuron:network.cidr", "'10.0.0/16'",
         "an IPv4 network from /16 to /20"),
+    "one-zone-listed": (
+        {"flux-neuron:network": {"zones": ["us-west-2b"]}}, "flux-neuron:network.zones", '["us-west-2b"]',
+        "a list of 2 or 3 distinct availability zone names of the region"),
+    "not-a-zone-name": (
+        {"flux-neuron:network": {"zones": ["us-west-2b", "2c"]}}, "flux-neuron:network.zones",
+        '["us-west-2b", "2c"]', "a list of 2 or 3 distinct availability zone names of the region"),
+    "a-zone-listed-twice": (
+        {"flux-neuron:network": {"zones": ["us-west-2b", "us-west-2b"]}}, "flux-neuron:network.zones",
+        '["us-west-2b", "us-west-2b"]', "a list of 2 or 3 distinct availability zone names of the region"),
+    "zone-count-disagreeing-with-the-zones": (
+        {"flux-neuron:network": {"zones": ["us-west-2b", "us-west-2c"], "availabilityZones": 3}},
+        "flux-neuron:network.availabilityZones", "3", "unset, or the number of network.zones (2)"),
     "existingVpc-with-one-private-subnet": (
         {"flux-neuron:existingVpc": {"vpcId": VPC, "privateSubnetIds": SUBNETS[:1], "publicSubnetIds": SUBNETS}},
         "flux-neuron:existingVpc.privateSubnetIds", json.dumps(SUBNETS[:1]), "a list of at least 2 subnet ids"),

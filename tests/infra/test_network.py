@@ -91,3 +91,21 @@ def test_an_existing_private_subnet_where_no_pool_type_is_offered_is_refused(con
         "subnets in zones that offer an instance type of every Neuron pool, trn1 (trn1.32xlarge): "
         f"{subnets[1]} is in us-west-2a, which does not; the zones that do: us-west-2b, us-west-2c, us-west-2d")
     assert constructed_resources == ["pulumi:pulumi:Stack"]
+
+
+def test_listed_zones_are_kept_in_their_order_and_held_to_the_same_rule():
+    assert private_zones(run_program("dev", {NETWORK: {"zones": ["us-west-2d", "us-west-2b"]}})) == [
+        "us-west-2d", "us-west-2b"]
+    assert "us-west-2a" not in mock_offered_zones("us-west-2", "trn1.32xlarge")
+    with pytest.raises(ConfigError) as raised:
+        run_program("dev", {NETWORK: {"zones": ["us-west-2a", "us-west-2b"]}})
+    assert str(raised.value) == (
+        'config flux-neuron:network.zones: ["us-west-2a", "us-west-2b"] is not allowed: zones of the region that '
+        "offer an instance type of every Neuron pool, trn1 (trn1.32xlarge): us-west-2a is not one of them; the "
+        "zones that are: us-west-2b, us-west-2c, us-west-2d")
+    with pytest.raises(ConfigError, match=r"us-east-1a is not a zone of the region"):
+        run_program("dev", {NETWORK: {"zones": ["us-east-1a", "us-west-2b"]}})
+
+
+def test_the_zones_are_a_stack_output(rendering):
+    assert rendering.outputs["availabilityZones"] == private_zones(rendering)
