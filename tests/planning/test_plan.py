@@ -13,7 +13,8 @@ import pytest
 from common.image import NEURON_SDK_VERSION
 from infra import versions
 from infra.naming import (
-    HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, NODEPOOL_LABEL, WORKLOAD_NAMESPACE,
+    HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_FAMILY_LABEL, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY,
+    WORKLOAD_NAMESPACE, neuron_nodepool,
 )
 from planning import REFRESH_COMMAND, checks, cli
 from planning.checks.karpenter import CEL_FAMILY
@@ -207,7 +208,7 @@ def test_a_seeded_pod_defect_fails_the_check_by_name(rendering, seed, check, mes
     changed, job = _seeded(rendering, JOB, seed)
     original = _first(rendering, JOB)
     expected = message.format(job=job, container=_container(original)["name"],
-                              pool=_pod(original)["nodeSelector"][NODEPOOL_LABEL])
+                              pool=neuron_nodepool(_pod(original)["nodeSelector"][NEURON_FAMILY_LABEL]))
     assert _messages(changed, check, rendering) == [expected]
 
 
