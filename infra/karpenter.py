@@ -74,10 +74,11 @@ def drain_seconds(config: StackConfig, family: str, holds_compile: bool) -> int:
     """How long a node of the family's pool may take to drain, from its deletion (its terminationGracePeriod):
     - a compile Job, running under the do-not-disrupt annotation, gets to its own deadline (it started
       before the drain, so it ends by then), then its pod's grace;
-    - serving pods are evicted one per shape at a time (their PodDisruptionBudget), each waiting for the
-      evicted one's replacement to start on a new node (the rollout time of the slowest shape), and
-      keep their full grace (Karpenter deletes a pod that long before the bound).
-    Longer than either, Karpenter deletes what is left."""
+    - serving pods are evicted one per shape at a time (their PodDisruptionBudget): the bound lets the
+      evicted one's replacement start on a new node (the rollout time of the slowest shape), and the pods
+      left keep their full grace (Karpenter deletes each that long before the bound).
+    Past it Karpenter deletes what is left: on a node holding several replicas of one shape, those after
+    the first go without waiting for their replacements."""
     bounds = [disruption.DEFAULT_POD_GRACE_SECONDS]
     if holds_compile:
         bounds.append(config.compile.timeout_minutes * 60 + disruption.DEFAULT_POD_GRACE_SECONDS)
