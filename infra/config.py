@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import types
 import typing
@@ -28,15 +29,15 @@ from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError, PydanticUndefined
 
-from infra import catalog, sizing, versions
-from infra.naming import PROJECT, graphs_bucket_prefix, stack_resource_name
+from infra import catalog, disruption, sizing, versions
+from infra.naming import ON_DEMAND, PROJECT, SPOT, graphs_bucket_prefix, stack_resource_name
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
-CAPACITY_TYPES = ("on-demand", "spot", "reserved")
 # Karpenter launches into a capacity reservation only when the EC2NodeClass selects it (its ReservedCapacity
 # feature gate, on by default since v1.6); the pools share one EC2NodeClass, whose
 # capacityReservationSelectorTerms the CRD caps at this many.
 RESERVED = "reserved"
+CAPACITY_TYPES = (ON_DEMAND, SPOT, RESERVED)
 MAX_CAPACITY_RESERVATIONS = 30
 _CAPACITY_RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
 MAX_REPLICAS = 100
@@ -271,6 +272,28 @@ class NeuronPool(_Section):
         if not instance_types or not set(instance_types) <= set(family_types):
             raise _not_allowed(allowed)
         return instance_types
+
+    @model_validator(mode="after")
+    def _spot_over_an_on_demand_base(self) -> NeuronPool:
+        if SPOT in self.capacity_types and ON_DEMAND not in self.capacity_types:
+            raise _not_allowed(f"a list with {ON_DEMAND} too when it has {SPOT}: the pool's base (serving.replicas, "
+                               f"the rollout surge, compile Jobs) runs on-demand, Spot only holds serving burst",
+                               "capacityTypes", value=list(self.capacity_types))
+        return self
+
+    @property
+    def allows_spot(self) -> bool:
+        """Spot allowed: the family gets an on-demand base NodePool and a Spot NodePool for serving burst."""
+        return SPOT in self.capacity_types
+
+    @property
+    def base_capacity_types(self) -> tuple[str, ...]:
+        """The capacity types of the family's only NodePool, or of its base one when it allows Spot."""
+        return tuple(kind for kind in self.capacity_types if kind != SPOT)
+
+    @property
+    def largest_node_devices(self) -> int:
+        return max(catalog.instance(name).devices for name in self.instance_types)
 
     @property
     def valid_device_counts(self) -> tuple[int, ...]:
@@ -516,9 +539,14 @@ class StackConfig(BaseModel):
     neuron_pools: dict[Annotated[str, AfterValidator(_neuron_family)], NeuronPool] = _stack_key(
         "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
         + ") -> {instanceTypes (of that family; default all), capacityTypes "
-        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]; {RESERVED} needs capacityReservationIds), "
-        "maxDevices (NodePool limit, required; at least "
-        "every shape at serving.maxReplicas plus its rollout surge, and every compile Job, on the pools they use), "
+        f"({', '.join(CAPACITY_TYPES)}; default [on-demand]; {RESERVED} needs capacityReservationIds; "
+        f"compile.pool's must have {ON_DEMAND}; {SPOT} only "
+        f"with {ON_DEMAND}, on serving.pool, and with serving.maxReplicas above serving.replicas: the family then "
+        "gets an on-demand base NodePool holding every shape at serving.replicas plus its rollout surge and every "
+        "compile Job, rounded up to whole nodes of its largest instance type, and a Spot NodePool with the rest of "
+        "maxDevices for the serving pods above serving.replicas), maxDevices (the family's device limit, required; "
+        "at least every shape at serving.maxReplicas plus its rollout surge, and every compile Job, on the pools "
+        "they use), "
         "capacityReservationIds (with reserved only: ids cr-... of On-Demand Capacity Reservations or Capacity "
         f"Blocks for the pool's types in the stack's zones, each id once, at most {MAX_CAPACITY_RESERVATIONS} "
         "over all pools; Karpenter launches into them before on-demand or spot)}",
@@ -533,7 +561,9 @@ class StackConfig(BaseModel):
     serving: ServingSettings = _stack_key(
         "required; {pool (a neuronPools family), devices (default: " + _DERIVED_DEVICES
         + "), extraDevicesReason (as compile's), replicas (1-100), maxReplicas (replicas-100; default "
-        "replicas), queueSize (0-64), requestTimeoutSeconds (1-3600)}")
+        "replicas), queueSize (0-64), requestTimeoutSeconds (1-3600; at most "
+        f"{disruption.MAX_SPOT_REQUEST_TIMEOUT_SECONDS} when serving.pool allows {SPOT}: a serving pod finishes "
+        "its admitted requests within the Spot interruption notice)}")
     shapes: tuple[Annotated[Shape, _parsed_by(parse_shape, Shape)], ...] = _stack_key(
         "required; non-empty list of distinct shapes 'HxW' (height x width), each side a multiple of 16 in 64-2048",
         allowed="a non-empty list of shapes 'HxW'", min_length=1)
@@ -675,20 +705,84 @@ class StackConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _pools_hold_their_pods(self) -> StackConfig:
-        """Each NodePool's device limit holds, at once, every shape at serving.maxReplicas plus its rollout
-        surge and every shape's compile Job: Karpenter launches nothing past the limit, so a pod beyond it
-        would stay Pending."""
-        shapes = len(self.shapes)
+    def _on_demand_where_it_must_be(self) -> StackConfig:
+        """Compile Jobs run on-demand only, so their pool has it; Spot holds serving burst, so only serving's pool
+        may allow it, and only with pods above serving.replicas to hold."""
+        if ON_DEMAND not in self.compile_pool.capacity_types:
+            raise _not_allowed(f"a list with {ON_DEMAND}: compile.pool's Jobs run on-demand only (an interruption "
+                               "would lose hours of compiling)", _key("neuronPools"), self.compile.pool,
+                               "capacityTypes", value=list(self.compile_pool.capacity_types))
         for family, pool in self.neuron_pools.items():
-            parts = []
-            if self.serving.pool == family:
-                parts.append((shapes * (self.serving.max_replicas + sizing.ROLLOUT_SURGE) * self.serving.devices,
-                              f"{shapes} shapes x (serving.maxReplicas {self.serving.max_replicas} + "
-                              f"{sizing.ROLLOUT_SURGE} rollout surge) x {self.serving.devices} devices"))
-            if self.compile.pool == family:
-                parts.append((shapes * self.compile.devices,
-                              f"{shapes} compile Jobs x {self.compile.devices} devices"))
+            if not pool.allows_spot:
+                continue
+            if family != self.serving.pool:
+                raise _not_allowed(f"no {SPOT} on a pool that serving.pool ({self.serving.pool}) does not name: Spot "
+                                   "holds only serving burst", _key("neuronPools"), family, "capacityTypes",
+                                   value=list(pool.capacity_types))
+            if self.serving.max_replicas == self.serving.replicas:
+                raise _not_allowed(f"no {SPOT} while serving.maxReplicas equals serving.replicas "
+                                   f"({self.serving.replicas}): Spot holds only the pods above serving.replicas",
+                                   _key("neuronPools"), family, "capacityTypes", value=list(pool.capacity_types))
+        return self
+
+    @model_validator(mode="after")
+    def _drains_within_the_spot_notice(self) -> StackConfig:
+        """A serving pod that Spot may hold finishes its admitted requests before the instance is reclaimed."""
+        limit = disruption.MAX_SPOT_REQUEST_TIMEOUT_SECONDS
+        if self.serving_pool.allows_spot and self.serving.request_timeout_seconds > limit:
+            raise _not_allowed(
+                f"at most {limit} while neuronPools.{self.serving.pool}.capacityTypes has {SPOT}: a serving pod's "
+                f"grace ({disruption.DEREGISTRATION_SECONDS} s deregistration + the timeout + "
+                f"{disruption.EXIT_SECONDS} s to exit) must end within the {disruption.SPOT_NOTICE_SECONDS} s Spot "
+                f"interruption notice less {disruption.INTERRUPTION_REACTION_SECONDS} s for Karpenter to react",
+                _key("serving"), "requestTimeoutSeconds", value=self.serving.request_timeout_seconds)
+        return self
+
+    def _device_parts(self, family: str, replicas: int, counted: str) -> list[tuple[int, str]]:
+        """What the family's pools hold at once with `replicas` serving pods per shape (`counted` names
+        that key): those pods plus the rollout surge, and every compile Job; with the text a message shows."""
+        shapes, parts = len(self.shapes), []
+        if self.serving.pool == family:
+            parts.append((shapes * (replicas + sizing.ROLLOUT_SURGE) * self.serving.devices,  # type: ignore[operator]
+                          f"{shapes} shapes x ({counted} {replicas} + {sizing.ROLLOUT_SURGE} rollout surge) x "
+                          f"{self.serving.devices} devices"))
+        if self.compile.pool == family:
+            parts.append((shapes * self.compile.devices,  # type: ignore[operator]
+                          f"{shapes} compile Jobs x {self.compile.devices} devices"))
+        return parts
+
+    def on_demand_base_devices(self, family: str) -> int:
+        """The device limit of the on-demand base NodePool of a family that allows Spot: every shape at
+        serving.replicas plus its rollout surge and every compile Job, rounded up to whole nodes of the largest
+        instance type (Karpenter counts a node's devices against the limit, so the last node must fit)."""
+        node = self.neuron_pools[family].largest_node_devices
+        needed = sum(devices for devices, _ in self._device_parts(family, self.serving.replicas, "serving.replicas"))
+        return math.ceil(needed / node) * node
+
+    def spot_burst_devices(self) -> int:
+        """The devices of the serving pods above serving.replicas: what the Spot NodePool must hold."""
+        return len(self.shapes) * (self.serving.max_replicas - self.serving.replicas) * self.serving.devices  # type: ignore[operator]
+
+    @model_validator(mode="after")
+    def _pools_hold_their_pods(self) -> StackConfig:
+        """Each family's device limit holds, at once, every shape at serving.maxReplicas plus its rollout
+        surge and every shape's compile Job: Karpenter launches nothing past the limit, so a pod beyond it
+        would stay Pending. Where the family allows Spot, the on-demand base holds serving.replicas, the
+        surge and the compile Jobs, and the rest of the limit (the Spot pool's) the pods above them."""
+        for family, pool in self.neuron_pools.items():
+            if pool.allows_spot:
+                base, burst = self.on_demand_base_devices(family), self.spot_burst_devices()
+                counted = " + ".join(text for _, text in self._device_parts(
+                    family, self.serving.replicas, "serving.replicas"))
+                if base + burst > pool.max_devices:
+                    raise _not_allowed(
+                        f"at least {base + burst}: the on-demand base {base} ({counted}, rounded up to whole "
+                        f"{pool.largest_node_devices}-device nodes) + the Spot burst {burst} ({len(self.shapes)} "
+                        f"shapes x (serving.maxReplicas {self.serving.max_replicas} - serving.replicas "
+                        f"{self.serving.replicas}) x {self.serving.devices} devices)",
+                        _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
+                continue
+            parts = self._device_parts(family, self.serving.max_replicas, "serving.maxReplicas")
             needed = sum(devices for devices, _ in parts)
             if needed > pool.max_devices:
                 raise _not_allowed(f"at least {needed}: {' + '.join(text for _, text in parts)}",

@@ -10,14 +10,16 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra import iam, versions
+from infra import disruption, iam, versions
 from infra.iam import Difference
-from infra.config import NeuronPool
+from infra.config import NeuronPool, StackConfig
 from infra.naming import (
-    CPU_NODEPOOL, EC2_NODECLASS, KARPENTER_NAMESPACE, NEURON_DEVICE_RESOURCE, NEURON_TAINT_EFFECT,
-    NEURON_TAINT_KEY, SYSTEM_NODE_LABEL, neuron_nodepool,
+    CAPACITY_TYPE_LABEL, CPU_NODEPOOL, EC2_NODECLASS, KARPENTER_NAMESPACE, NEURON_DEVICE_RESOURCE,
+    NEURON_FAMILY_LABEL, NEURON_TAINT_EFFECT, NEURON_TAINT_KEY, ON_DEMAND, SPOT, SYSTEM_NODE_LABEL, neuron_nodepool,
+    neuron_spot_nodepool,
 )
 from infra.options import after, children
+from infra.pods import rollout_minutes
 
 SERVICE_ACCOUNT = "karpenter"
 # Root volume for nodes that pull a multi-GB Neuron DLC image; graphs live in S3, scratch on NVMe.
@@ -36,7 +38,25 @@ INTERRUPTION_EVENTS = {
 AMI_ALIAS = "al2023-ami-alias"
 IMDS_HOP_LIMIT = 1
 NODECLASS_REF = {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": EC2_NODECLASS}
-NEURON_FAMILY_LABEL = "flux-neuron.io/neuron-family"
+# Karpenter tries NodePools by weight, and the next once one's limit is reached: the family's on-demand
+# base first, its Spot pool for what the base cannot hold.
+ON_DEMAND_BASE_WEIGHT = 10
+SPOT_BURST_WEIGHT = 1
+# No node expires: expiry is forceful (no budget, no replacement started first), and the nodes of the
+# first `up` would all expire together. Nodes are replaced through drift instead, which follows the
+# budgets below and starts the replacement first: a new AMI (the alias pinned per Kubernetes minor in
+# infra/versions.py), a changed NodePool template or EC2NodeClass (docs/upgrades.md, "Disruptions").
+EXPIRE_AFTER = "Never"
+# Accelerator nodes are expensive and slow to warm (multi-GB image, graph cache): drift and
+# consolidation take one node at a time (and consolidation only empty ones: running work is never
+# packed onto others); empty nodes go all at once, as removing them stops nothing.
+NEURON_DISRUPTION = {
+    "consolidationPolicy": "WhenEmpty", "consolidateAfter": "10m",
+    "budgets": [{"nodes": "1", "reasons": ["Drifted", "Underutilized"]}, {"nodes": "100%", "reasons": ["Empty"]}],
+}
+# Nothing of this stack runs on the CPU pool with a grace beyond Kubernetes' default: a drain that
+# takes longer is stuck, and this bounds it.
+CPU_DRAIN = "30m"
 
 
 @dataclass
@@ -45,12 +65,32 @@ class KarpenterArgs:
     region: str
     private_subnet_ids: pulumi.Input[list[str]]
     node_security_group_id: pulumi.Input[str]
-    neuron_pools: dict[str, NeuronPool]
+    # What the Neuron NodePools are sized and bounded from: the pools, shapes, serving and compile settings.
+    config: StackConfig
     kubernetes_version: str
 
 
-def neuron_nodepool_spec(pool: NeuronPool) -> dict:
-    return {
+def drain_seconds(config: StackConfig, family: str, holds_compile: bool) -> int:
+    """How long a node of the family's pool may take to drain, from its deletion (its terminationGracePeriod):
+    - a compile Job, running under the do-not-disrupt annotation, gets to its own deadline (it started
+      before the drain, so it ends by then), then its pod's grace;
+    - serving pods are evicted one per shape at a time (their PodDisruptionBudget): the bound lets the
+      evicted one's replacement start on a new node (the rollout time of the slowest shape), and the pods
+      left keep their full grace (Karpenter deletes each that long before the bound).
+    Past it Karpenter deletes what is left: on a node holding several replicas of one shape, those after
+    the first go without waiting for their replacements."""
+    bounds = [disruption.DEFAULT_POD_GRACE_SECONDS]
+    if holds_compile:
+        bounds.append(config.compile.timeout_minutes * 60 + disruption.DEFAULT_POD_GRACE_SECONDS)
+    if config.serving.pool == family:
+        bounds.append(max(rollout_minutes(family, shape) for shape in config.shapes) * 60
+                      + disruption.serving_grace_seconds(config.serving.request_timeout_seconds))
+    return max(bounds)
+
+
+def _neuron_nodepool_spec(pool: NeuronPool, capacity_types: tuple[str, ...], max_devices: int, drain: int,
+                          weight: int | None) -> dict:
+    spec = {
         "template": {
             "metadata": {"labels": {NEURON_FAMILY_LABEL: pool.family}},
             "spec": {
@@ -58,18 +98,36 @@ def neuron_nodepool_spec(pool: NeuronPool) -> dict:
                 "requirements": [
                     {"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": [pool.family]},
                     {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": list(pool.instance_types)},
-                    {"key": "karpenter.sh/capacity-type", "operator": "In", "values": list(pool.capacity_types)},
+                    {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": list(capacity_types)},
                 ],
                 "taints": [{"key": NEURON_TAINT_KEY, "effect": NEURON_TAINT_EFFECT}],
-                "expireAfter": "720h",
+                "expireAfter": EXPIRE_AFTER,
+                "terminationGracePeriod": disruption.duration(drain),
             },
         },
-        "limits": {NEURON_DEVICE_RESOURCE: pool.max_devices},
-        # Accelerator nodes are expensive and slow to warm (multi-GB image, graph cache): remove
-        # them once empty, one at a time, and never consolidate running work onto others.
-        "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "10m",
-                       "budgets": [{"nodes": "1"}]},
+        "limits": {NEURON_DEVICE_RESOURCE: max_devices},
+        "disruption": NEURON_DISRUPTION,
     }
+    return spec if weight is None else {**spec, "weight": weight}
+
+
+def neuron_nodepool_specs(config: StackConfig) -> dict[str, dict]:
+    """The NodePools of each Neuron family, by name: one, or where it allows Spot an on-demand base (the
+    compile Jobs, serving.replicas and the rollout surge) and a Spot pool with the rest of maxDevices."""
+    specs = {}
+    for family, pool in config.neuron_pools.items():
+        holds_compile = config.compile.pool == family
+        if not pool.allows_spot:
+            specs[neuron_nodepool(family)] = _neuron_nodepool_spec(
+                pool, pool.capacity_types, pool.max_devices, drain_seconds(config, family, holds_compile), None)
+            continue
+        base = config.on_demand_base_devices(family)
+        specs[neuron_nodepool(family)] = _neuron_nodepool_spec(
+            pool, pool.base_capacity_types, base, drain_seconds(config, family, holds_compile), ON_DEMAND_BASE_WEIGHT)
+        # Compile Jobs require on-demand capacity, so the Spot pool holds serving pods only.
+        specs[neuron_spot_nodepool(family)] = _neuron_nodepool_spec(
+            pool, (SPOT,), pool.max_devices - base, drain_seconds(config, family, False), SPOT_BURST_WEIGHT)
+    return specs
 
 
 def capacity_reservation_terms(pools: dict[str, NeuronPool]) -> dict:
@@ -88,9 +146,10 @@ CPU_NODEPOOL_SPEC = {
                 {"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["c", "m", "r"]},
                 {"key": "karpenter.k8s.aws/instance-generation", "operator": "Gt", "values": ["5"]},
                 {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
-                {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["on-demand", "spot"]},
+                {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": [ON_DEMAND, SPOT]},
             ],
-            "expireAfter": "720h",
+            "expireAfter": EXPIRE_AFTER,
+            "terminationGracePeriod": CPU_DRAIN,
         },
     },
     "limits": {"cpu": "256", "memory": "1024Gi"},
@@ -267,12 +326,12 @@ class Karpenter(pulumi.ComponentResource):
                 "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": ROOT_VOLUME}],
                 # trn1.32xlarge carries 8 TB of NVMe: striped, it holds container images and compile scratch.
                 "instanceStorePolicy": "RAID0",
-                **capacity_reservation_terms(args.neuron_pools),
+                **capacity_reservation_terms(args.config.neuron_pools),
                 # No tags: Karpenter tags instances itself, with eks:eks-cluster-name among others, and the
                 # CRD forbids setting that tag (or kubernetes.io/cluster/*, karpenter.*) here.
             },
             opts=custom)
-        nodepools = {neuron_nodepool(family): neuron_nodepool_spec(pool) for family, pool in args.neuron_pools.items()}
+        nodepools = neuron_nodepool_specs(args.config)
         nodepools[CPU_NODEPOOL] = CPU_NODEPOOL_SPEC
         for pool_name, spec in nodepools.items():
             k8s.apiextensions.CustomResource(

@@ -30,10 +30,23 @@ NEURON_SCHEDULER_NAME = "my-scheduler"
 NODEPOOL_LABEL = "karpenter.sh/nodepool"
 CPU_NODEPOOL = "cpu"
 EC2_NODECLASS = "default"
+# Every NodePool of a Neuron family labels its nodes with the family: pods select the family, and
+# Karpenter picks among its pools (the on-demand base first, then Spot) by weight and limits.
+NEURON_FAMILY_LABEL = "flux-neuron.io/neuron-family"
+# Karpenter's well-known label of a node's capacity type, and the values this program uses.
+CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"
+ON_DEMAND = "on-demand"
+SPOT = "spot"
 
 
 def neuron_nodepool(family: str) -> str:
+    """The family's only NodePool or, where its capacity types include Spot, its on-demand base."""
     return f"neuron-{family}"
+
+
+def neuron_spot_nodepool(family: str) -> str:
+    """The family's Spot NodePool for serving burst, when its capacity types include Spot."""
+    return f"neuron-{family}-{SPOT}"
 
 
 # Mountpoint volumes for the compiled graph cache.

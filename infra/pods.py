@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import pulumi
 
-from infra import catalog, sizing
+from infra import catalog, disruption, sizing
 from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
 from infra.config import CompileSettings, ModelSource, NeuronPool, ServingSettings, StackConfig
 from infra.image import REPO_ROOT
 from infra.naming import (
-    COMPILE, COMPILE_SERVICE_ACCOUNT, HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_DEVICE_RESOURCE,
-    NEURON_TAINT_EFFECT, NEURON_TAINT_KEY, NODEPOOL_LABEL, SERVE, SERVE_SERVICE_ACCOUNT, neuron_nodepool,
-    workload_labels, workload_name,
+    CAPACITY_TYPE_LABEL, COMPILE, COMPILE_SERVICE_ACCOUNT, HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY,
+    NEURON_DEVICE_RESOURCE, NEURON_FAMILY_LABEL, NEURON_TAINT_EFFECT, NEURON_TAINT_KEY, ON_DEMAND, SERVE,
+    SERVE_SERVICE_ACCOUNT, workload_labels, workload_name,
 )
 from common.image import CONTAINER_UID, NEURON_DLC_IMAGE, NEURON_SDK_VERSION
 from common.artifacts import (
@@ -66,8 +66,6 @@ WAIT_SCRIPT = (
 # is left is a failure of the compile itself: one retry covers a transient one (a download or S3 error);
 # a second would most likely fail again, after hours on a trn1.
 COMPILE_RETRIES = 1
-# The ALB stops sending to a terminating pod only after it deregisters it.
-DEREGISTRATION_SECONDS = 15
 # The metric the autoscalers read, per serving pod: infra.monitoring's adapter serves it.
 AUTOSCALING_METRIC = "flux_requests_outstanding"
 # One generation at a time per pod: one outstanding request per pod is a full pod with no queue.
@@ -185,11 +183,14 @@ def compile_job_name(settings: WorkloadSettings, shape: Shape) -> str:
     return f"{workload_name(COMPILE, shape)}-{artifact_key(settings, shape)}"
 
 
-def _neuron_pod_placement(family: str, scheduler_name: str) -> dict:
+def _neuron_pod_placement(family: str, scheduler_name: str, on_demand_only: bool = False) -> dict:
+    """On the family's nodes, whichever of its NodePools Karpenter launches them from (the on-demand base
+    first, then Spot where the family allows it); only on on-demand ones if `on_demand_only`."""
+    capacity = {CAPACITY_TYPE_LABEL: ON_DEMAND} if on_demand_only else {}
     return {
         # Only the Neuron scheduler extension places multi-device requests on contiguous devices.
         "schedulerName": scheduler_name,
-        "nodeSelector": {NODEPOOL_LABEL: neuron_nodepool(family)},
+        "nodeSelector": {NEURON_FAMILY_LABEL: family, **capacity},
         "tolerations": [{"key": NEURON_TAINT_KEY, "operator": "Exists", "effect": NEURON_TAINT_EFFECT}],
     }
 
@@ -306,7 +307,8 @@ def compile_job_spec(settings: WorkloadSettings, shape: Shape, image: pulumi.Inp
                          # Karpenter must not consolidate a node away under an hours-long compile.
                          "annotations": {"karpenter.sh/do-not-disrupt": "true"}},
             "spec": {
-                **_neuron_pod_placement(pool.family, scheduler_name),
+                # A Spot interruption would lose hours of compiling.
+                **_neuron_pod_placement(pool.family, scheduler_name, on_demand_only=True),
                 "restartPolicy": "Never",
                 "serviceAccountName": COMPILE_SERVICE_ACCOUNT,
                 "automountServiceAccountToken": False,
@@ -337,6 +339,25 @@ def serving_share(settings: WorkloadSettings, host: HostShare) -> HostShare:
     in memory, the graphs loaded from it, /dev/shm and the process."""
     needed = sizing.serving_memory_gib(settings.dtype, LOCAL_ARTIFACT_GIB, shm_gib(host.memory_gib))
     return HostShare(host.cpu, max(host.memory_gib, needed))
+
+
+ZONE_KEY = "topology.kubernetes.io/zone"
+HOSTNAME_KEY = "kubernetes.io/hostname"
+
+
+def serving_spread(replicas: int, labels: dict[str, str]) -> list[dict]:
+    """A shape's pods spread over zones and nodes.
+
+    With more than one replica, the zones are a hard rule (DoNotSchedule): a zone outage or the
+    loss of one Spot pool then takes at most its share, where ScheduleAnyway would let every replica
+    land in one zone. Karpenter launches nodes in the zone a pending pod needs. No minDomains: it
+    would count a zone that has lost its nodes as an empty domain and keep replicas Pending during
+    that very outage, instead of placing them in the zones that are up. Nodes stay a preference: a
+    node holding several replicas of a shape is better than replicas left Pending.
+    """
+    zone_rule = "DoNotSchedule" if replicas > 1 else "ScheduleAnyway"
+    return [{"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": rule, "labelSelector": {"matchLabels": labels}}
+            for key, rule in ((ZONE_KEY, zone_rule), (HOSTNAME_KEY, "ScheduleAnyway"))]
 
 
 def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pulumi.Input[str],
@@ -379,7 +400,7 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
                            "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"port": "http", "path": endpoints.HEALTHZ}, "periodSeconds": 20,
                           "timeoutSeconds": 5, "failureThreshold": 3},
-        "lifecycle": {"preStop": {"sleep": {"seconds": DEREGISTRATION_SECONDS}}},
+        "lifecycle": {"preStop": {"sleep": {"seconds": disruption.DEREGISTRATION_SECONDS}}},
         "resources": _neuron_resources(settings.serving.devices, serving_share(settings, share),
                                        ephemeral_storage=SERVING_EPHEMERAL_STORAGE),
         "securityContext": CONTAINER_SECURITY,
@@ -388,9 +409,7 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
                          {"name": "shm", "mountPath": "/dev/shm"},
                          TMP_VOLUME_MOUNT],
     }
-    spread = [{"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
-               "labelSelector": {"matchLabels": labels}}
-              for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")]
+    spread = serving_spread(settings.serving.replicas, labels)
     return {
         # No `replicas`: the HPA owns the count (from serving.replicas up), a re-apply must not reset it.
         "selector": {"matchLabels": labels},
@@ -405,8 +424,10 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
                 "serviceAccountName": SERVE_SERVICE_ACCOUNT,
                 "automountServiceAccountToken": False,
                 "securityContext": _pod_security(),
-                # Admitted requests finish before the process exits.
-                "terminationGracePeriodSeconds": settings.serving.request_timeout_seconds + DEREGISTRATION_SECONDS + 15,
+                # Deregistered, then the admitted requests finish before the process exits: within the
+                # Spot notice where the pool allows Spot (config refuses a request timeout that is not).
+                "terminationGracePeriodSeconds": disruption.serving_grace_seconds(
+                    settings.serving.request_timeout_seconds),
                 "topologySpreadConstraints": spread,
                 "initContainers": [wait_for_graphs],
                 "containers": [server],

@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass
 
 from infra import catalog, sizing
-from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL, SERVE
+from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, SERVE
 from planning import REFRESH_COMMAND
+from planning.checks.references import node_labels
 from planning.offline import Rendering, manifest
 
 FILENAME = "capacity.md"
@@ -32,7 +33,7 @@ class PodRequest:
     """What one Neuron pod asks for; pods of every shape asking the same are one row."""
 
     role: str
-    nodepool: str
+    nodepools: tuple[str, ...]  # those whose nodes its node selection accepts, by name
     instance_types: tuple[str, ...]
     tensor_parallel: int
     devices: int
@@ -131,11 +132,10 @@ class _Group:
 
 def _groups(rendering: Rendering) -> list[_Group]:
     nodepools = {}
-    for resource in rendering.of_type(NODEPOOL):
-        obj = manifest(resource)
-        requirements = {r["key"]: r["values"] for r in obj["spec"]["template"]["spec"]["requirements"]}
-        if "node.kubernetes.io/instance-type" in requirements:  # the Neuron pools name their types
-            nodepools[obj["metadata"]["name"]] = tuple(requirements["node.kubernetes.io/instance-type"])
+    for resource in sorted(rendering.of_type(NODEPOOL), key=lambda pool: manifest(pool)["metadata"]["name"]):
+        labels = node_labels(manifest(resource))
+        if "node.kubernetes.io/instance-type" in labels:  # the Neuron pools name their types
+            nodepools[manifest(resource)["metadata"]["name"]] = labels
     replicas = {}
     for resource in rendering.of_type(HPA):
         spec = manifest(resource)["spec"]
@@ -149,9 +149,12 @@ def _groups(rendering: Rendering) -> list[_Group]:
             limits = container["resources"]["limits"]
             if NEURON_DEVICE_RESOURCE not in limits:
                 continue
-            nodepool = pod["nodeSelector"][NODEPOOL_LABEL]
+            accepted = tuple(name for name, labels in nodepools.items()
+                             if all(value in labels.get(key, ()) for key, value in pod["nodeSelector"].items()))
+            # The pools of one family launch the same instance types.
+            instance_types = tuple(sorted(nodepools[accepted[0]]["node.kubernetes.io/instance-type"]))
             parallel = _option(container["command"], "--max-parallel-compilations")
-            request = PodRequest(role, nodepool, nodepools[nodepool], int(_option(container["command"], "--tp-degree")),
+            request = PodRequest(role, accepted, instance_types, int(_option(container["command"], "--tp-degree")),
                                  int(limits[NEURON_DEVICE_RESOURCE]), _cpu(limits["cpu"]), _gib(limits["memory"]),
                                  int(parallel) if parallel else None)
             # A Job runs one pod; a Deployment what its autoscaler keeps.
@@ -220,7 +223,7 @@ def table(rendering: Rendering) -> str:
     for group in groups:
         request = group.request
         lines.append(
-            f"| {request.role} | {', '.join(sorted(group.shapes))} | {request.nodepool} | {request.tensor_parallel} "
+            f"| {request.role} | {', '.join(sorted(group.shapes))} | {', '.join(request.nodepools)} | {request.tensor_parallel} "
             f"| {request.cores} | {request.devices} | {request.cores - request.tensor_parallel} "
             f"| {request.parallel_compilations or '-'} | {request.cpu:g} | {request.memory_gib:g} GiB "
             f"| {_pods(group)} |")
@@ -237,7 +240,7 @@ def table(rendering: Rendering) -> str:
     lines += ["", "## Nodes and $/hour", "",
               "Each row on nodes of its own (compile and serving pods may share nodes, so this is an upper bound).", "",
               "| what | nodes at min | $/hour at min | nodes at max | $/hour at max |", "|---|---|---|---|---|"]
-    serving_low, serving_high, compile_cost, needed_devices = [], [], [], {}
+    serving_low, serving_high, compile_cost, node_devices = [], [], [], {}
     for group in groups:
         low = cheapest_mix(group.request, group.min_pods, region)
         high = cheapest_mix(group.request, group.max_pods, region)
@@ -247,7 +250,7 @@ def table(rendering: Rendering) -> str:
         (serving_low if group.request.role == SERVE else compile_cost).append(low.price(region))
         if group.request.role == SERVE:
             serving_high.append(high.price(region))
-        needed_devices.setdefault(group.request.nodepool, []).append((group.request.role, high.devices))
+        node_devices[group.request] = (low.devices, high.devices)
     platform, platform_low, platform_high = _platform(rendering, region)
     lines.append(f"| platform: {platform} | | {_money(platform_low)} | | {_money(platform_high)} |")
     total_low, total_high = _sum([*serving_low, platform_low]), _sum([*serving_high, platform_high])
@@ -256,16 +259,25 @@ def table(rendering: Rendering) -> str:
     with_compile_high = None if total_high is None else _sum([total_high, *compile_cost])
     lines.append(f"| **while compiling too** | | **{_money(with_compile_low)}** | | **{_money(with_compile_high)}** |")
     lines += ["", "## NodePool limits", "",
-              "Karpenter counts the devices of the nodes it launches against a NodePool's limit.", "",
-              "| NodePool | limit (devices) | node devices at max, by pod | within the limit |", "|---|---|---|---|"]
-    for resource in rendering.of_type(NODEPOOL):
-        obj = manifest(resource)
-        name = obj["metadata"]["name"]
-        if NEURON_DEVICE_RESOURCE not in obj["spec"].get("limits", {}):
-            continue
-        limit = int(obj["spec"]["limits"][NEURON_DEVICE_RESOURCE])
-        by_role = needed_devices.get(name, [])
-        shown = ", ".join(f"{role} {devices}" for role, devices in by_role) or "-"
-        total = sum(devices for _, devices in by_role)
-        lines.append(f"| {name} | {limit} | {shown} | {'yes' if total <= limit else f'no: {total} needed'} |")
+              "Karpenter counts the devices of the nodes it launches against a NodePool's limit, and fills the "
+              "pools a pod may use by weight: each set of pools that some pod may use holds, at max, the pods "
+              "that may use only those pools and, at min, the pods that may use others too (a family's "
+              "on-demand base holds the compile Jobs and the serving pods at min; with its Spot pool, all of "
+              "them at max).", "",
+              "| NodePools | limit (devices) | node devices, by pod | within the limit |", "|---|---|---|---|"]
+    limits = {manifest(resource)["metadata"]["name"]: int(manifest(resource)["spec"]["limits"][NEURON_DEVICE_RESOURCE])
+              for resource in rendering.of_type(NODEPOOL)
+              if NEURON_DEVICE_RESOURCE in manifest(resource)["spec"].get("limits", {})}
+    for pools in dict.fromkeys(group.request.nodepools for group in groups):
+        limit = sum(limits[name] for name in pools)
+        held = []
+        for group in groups:
+            low, high = node_devices[group.request]
+            if set(group.request.nodepools) <= set(pools):
+                held.append((f"{group.request.role} {high} at max", high))
+            elif set(group.request.nodepools) & set(pools):
+                held.append((f"{group.request.role} {low} at min", low))
+        total = sum(devices for _, devices in held)
+        lines.append(f"| {' + '.join(pools)} | {limit} | {', '.join(text for text, _ in held)} "
+                     f"| {'yes' if total <= limit else f'no: {total} needed'} |")
     return "\n".join(lines) + "\n"

@@ -29,18 +29,34 @@ def _tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> bool
     return False
 
 
-def _selected_nodepools(spec: dict[str, Any]) -> list[str]:
-    """NodePools a pod must land on: its nodeSelector, or a required node affinity `In` term."""
-    names = []
-    if NODEPOOL_LABEL in (spec.get("nodeSelector") or {}):
-        names.append(spec["nodeSelector"][NODEPOOL_LABEL])
+def node_labels(pool: dict[str, Any]) -> dict[str, set[str]]:
+    """The labels a NodePool's nodes carry (template labels, `In` requirements, its own name), by key."""
+    template = pool["spec"]["template"]
+    labels = {key: {value} for key, value in ((template.get("metadata") or {}).get("labels") or {}).items()}
+    for requirement in template["spec"].get("requirements", []):
+        if requirement.get("operator") == "In":
+            labels.setdefault(requirement["key"], set(requirement.get("values", [])))
+    labels[NODEPOOL_LABEL] = {pool["metadata"]["name"]}
+    return labels
+
+
+def _selected_nodepools(spec: dict[str, Any], objects: Objects) -> list[str] | None:
+    """The NodePools whose nodes a pod's nodeSelector or required node affinity `In` terms accept; None when
+    it selects on no label a NodePool sets (the pod does not run on Karpenter's nodes)."""
+    wanted = {key: {value} for key, value in (spec.get("nodeSelector") or {}).items()}
     required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
                 .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
     for term in required.get("nodeSelectorTerms", []):
         for expression in term.get("matchExpressions", []):
-            if expression.get("key") == NODEPOOL_LABEL and expression.get("operator") == "In":
-                names += expression.get("values", [])
-    return names
+            if expression.get("operator") == "In":
+                wanted[expression["key"]] = set(expression.get("values", []))
+    pools = {pool["metadata"]["name"]: node_labels(pool) for pool in objects.of_kind("NodePool")}
+    pool_keys = {NODEPOOL_LABEL} | {key for pool in objects.of_kind("NodePool")
+                                    for key in ((pool["spec"]["template"].get("metadata") or {}).get("labels") or {})}
+    if not wanted.keys() & pool_keys:
+        return None
+    return [name for name, labels in pools.items()
+            if all(values & labels.get(key, set()) for key, values in wanted.items())]
 
 
 def _secret_keys(secret: dict[str, Any]) -> set[str]:
@@ -111,11 +127,11 @@ def _pod_reference_problems(pod: PodTemplate, objects: Objects, rendering: Rende
     elif scheduler == NEURON_SCHEDULER_NAME and not _neuron_scheduler_installed(rendering):
         found.append(f"{subject}: schedulerName {scheduler!r} but no {NEURON_CHART} release installs that scheduler")
 
-    for pool_name in _selected_nodepools(spec):
+    pool_names = _selected_nodepools(spec, objects)
+    if pool_names == []:
+        found.append(f"{subject}: no NodePool launches nodes its node selection accepts")
+    for pool_name in pool_names or []:
         pool = objects.get("NodePool", "", pool_name)
-        if pool is None:
-            found.append(f"{subject}: NodePool {pool_name!r} does not exist")
-            continue
         for taint in pool["spec"]["template"]["spec"].get("taints", []):
             if not _tolerates(spec.get("tolerations", []), taint):
                 found.append(f"{subject}: does not tolerate taint {taint['key']}:{taint.get('effect')} "

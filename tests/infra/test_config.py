@@ -45,10 +45,10 @@ STATED = {
         kubernetes_version="1.34",
         model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 256),
         dtype="bfloat16",
-        neuron_pools={"inf2": NeuronPool("inf2", ("inf2.24xlarge", "inf2.48xlarge"), ("on-demand",), 96)},
+        neuron_pools={"inf2": NeuronPool("inf2", ("inf2.24xlarge", "inf2.48xlarge"), ("on-demand", "spot"), 108)},
         compile=CompileSettings("inf2", devices=2, tensor_parallel=4, timeout_minutes=480),
         serving=ServingSettings("inf2", devices=2, replicas=3, max_replicas=10, queue_size=8,
-                                request_timeout_seconds=120),
+                                request_timeout_seconds=75),
         shapes=(Shape(1024, 1024), Shape(1024, 576), Shape(576, 1024)),
         network=NetworkSettings("10.40.0.0/16", 3),
         existing_vpc=None,
@@ -83,6 +83,10 @@ KNOWN_KEYS = ("aws:region, flux-neuron:cluster, flux-neuron:compile, flux-neuron
               "flux-neuron:network, flux-neuron:neuronPools, "
               "flux-neuron:serving, flux-neuron:shapes, flux-neuron:systemNodes")
 
+# The dev stack's pool allowing Spot, and its serving within the Spot notice.
+SPOT_TRN1 = {**dev("neuronPools")["trn1"], "capacityTypes": ["on-demand", "spot"]}
+SPOT_SERVING = {**dev("serving"), "requestTimeoutSeconds": 75}
+
 # (change to the dev stack file, key named, bad value as shown, what is allowed)
 BAD_CONFIGS = {
     "shape-side-not-multiple-of-16": (
@@ -110,6 +114,43 @@ BAD_CONFIGS = {
         {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "maxDevices": 40}}},
         "flux-neuron:neuronPools.trn1.maxDevices", "40",
         "at least 48: 3 shapes x (serving.maxReplicas 2 + 1 rollout surge) x 4 devices + 3 compile Jobs x 4 devices"),
+    # Spot: an on-demand base under it, on the serving pool only, with burst to hold, requests that fit its notice.
+    "spot-without-on-demand": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["spot"]}}},
+        "flux-neuron:neuronPools.trn1.capacityTypes", '["spot"]',
+        "a list with on-demand too when it has spot: the pool's base (serving.replicas, the rollout surge, "
+        "compile Jobs) runs on-demand, Spot only holds serving burst"),
+    "compile-pool-without-on-demand": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["reserved"]}}},
+        "flux-neuron:neuronPools.trn1.capacityTypes", '["reserved"]',
+        "a list with on-demand: compile.pool's Jobs run on-demand only"),
+    "spot-on-a-pool-serving-does-not-use": (
+        {"flux-neuron:neuronPools": {**dev("neuronPools"), "inf2": {"capacityTypes": ["on-demand", "spot"],
+                                                                    "maxDevices": 12}}},
+        "flux-neuron:neuronPools.inf2.capacityTypes", '["on-demand", "spot"]',
+        "no spot on a pool that serving.pool (trn1) does not name: Spot holds only serving burst"),
+    "spot-without-burst": (
+        {"flux-neuron:neuronPools": {"trn1": SPOT_TRN1},
+         "flux-neuron:serving": {**SPOT_SERVING, "maxReplicas": 1}},
+        "flux-neuron:neuronPools.trn1.capacityTypes", '["on-demand", "spot"]',
+        "no spot while serving.maxReplicas equals serving.replicas (1): Spot holds only the pods above "
+        "serving.replicas"),
+    "requestTimeoutSeconds-past-the-spot-notice": (
+        {"flux-neuron:neuronPools": {"trn1": SPOT_TRN1}, "flux-neuron:serving": {**SPOT_SERVING,
+                                                                                "requestTimeoutSeconds": 76}},
+        "flux-neuron:serving.requestTimeoutSeconds", "76",
+        "at most 75 while neuronPools.trn1.capacityTypes has spot: a serving pod's grace (15 s deregistration + "
+        "the timeout + 10 s to exit) must end within the 120 s Spot interruption notice less 20 s for Karpenter "
+        "to react"),
+    "requestTimeoutSeconds-default-with-spot": (
+        {"flux-neuron:neuronPools": {"trn1": SPOT_TRN1}, "flux-neuron:serving": dev("serving")},
+        "flux-neuron:serving.requestTimeoutSeconds", "120", "at most 75 while neuronPools.trn1.capacityTypes has spot"),
+    "maxDevices-below-the-on-demand-base-and-the-spot-burst": (
+        {"flux-neuron:neuronPools": {"trn1": {**SPOT_TRN1, "maxDevices": 56}}, "flux-neuron:serving": SPOT_SERVING},
+        "flux-neuron:neuronPools.trn1.maxDevices", "56",
+        "at least 60: the on-demand base 48 (3 shapes x (serving.replicas 1 + 1 rollout surge) x 4 devices + "
+        "3 compile Jobs x 4 devices, rounded up to whole 16-device nodes) + the Spot burst 12 (3 shapes x "
+        "(serving.maxReplicas 2 - serving.replicas 1) x 4 devices)"),
     "devices-7-on-inf2.24xlarge": (
         {"flux-neuron:neuronPools": {**dev("neuronPools"), "inf2": {"instanceTypes": ["inf2.24xlarge"],
                                                                     "maxDevices": 48}},

@@ -10,7 +10,8 @@ from infra.cluster import CORE_ADDONS
 from infra.iam import POD_IDENTITY_TRUST
 from infra.karpenter import INTERRUPTION_EVENTS
 from infra.naming import (
-    CPU_NODEPOOL, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, neuron_nodepool,
+    CPU_NODEPOOL, NEURON_FAMILY_LABEL, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE,
+    neuron_nodepool, neuron_spot_nodepool,
 )
 from infra.monitoring import FORMER_PARENT_NAME, FORMER_PARENT_TYPE
 from planning.offline import REPO_ROOT, manifest, run_program
@@ -138,21 +139,27 @@ def test_karpenter_nodes_share_the_eks_security_group_with_the_system_nodes(rend
     assert tag == {"resourceId": eks_group, "key": "karpenter.sh/discovery", "value": rendering.outputs["clusterName"]}
 
 
-def test_one_tainted_nodepool_per_neuron_family_and_a_cpu_pool(rendering, stack_config):
+def test_tainted_nodepools_per_neuron_family_and_a_cpu_pool(rendering, stack_config):
+    """One NodePool per family, two (on-demand base and Spot) where it allows Spot: tests/infra/test_disruption.py
+    has how they split the family's devices."""
     pools = {manifest(p)["metadata"]["name"]: manifest(p)["spec"] for p in rendering.of_type(NODEPOOL)}
-    expected = {neuron_nodepool(family) for family in stack_config.neuron_pools} | {CPU_NODEPOOL}
+    family_pools = {family: [neuron_nodepool(family), *([neuron_spot_nodepool(family)] if pool.allows_spot else [])]
+                    for family, pool in stack_config.neuron_pools.items()}
+    expected = {name for names in family_pools.values() for name in names} | {CPU_NODEPOOL}
     assert set(pools) == expected
     assert sorted(rendering.outputs["nodePools"]) == sorted(expected)
     node_class_name = manifest(rendering.one(NODECLASS, "karpenter-default"))["metadata"]["name"]
     for name, spec in pools.items():
         assert spec["template"]["spec"]["nodeClassRef"]["name"] == node_class_name
     for family, pool in stack_config.neuron_pools.items():
-        spec = pools[neuron_nodepool(family)]
-        assert spec["template"]["spec"]["taints"] == [{"key": NEURON_TAINT_KEY, "effect": "NoSchedule"}]
-        requirements = {r["key"]: r["values"] for r in spec["template"]["spec"]["requirements"]}
-        assert requirements["karpenter.k8s.aws/instance-family"] == [family]
-        assert requirements["node.kubernetes.io/instance-type"] == list(pool.instance_types)
-        assert spec["limits"] == {"aws.amazon.com/neuron": pool.max_devices}
+        for name in family_pools[family]:
+            spec = pools[name]
+            assert spec["template"]["metadata"]["labels"] == {NEURON_FAMILY_LABEL: family}
+            assert spec["template"]["spec"]["taints"] == [{"key": NEURON_TAINT_KEY, "effect": "NoSchedule"}]
+            requirements = {r["key"]: r["values"] for r in spec["template"]["spec"]["requirements"]}
+            assert requirements["karpenter.k8s.aws/instance-family"] == [family]
+            assert requirements["node.kubernetes.io/instance-type"] == list(pool.instance_types)
+        assert sum(pools[name]["limits"]["aws.amazon.com/neuron"] for name in family_pools[family]) == pool.max_devices
     assert "taints" not in pools[CPU_NODEPOOL]["template"]["spec"]
 
 

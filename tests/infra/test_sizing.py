@@ -9,7 +9,7 @@ import math
 import pytest
 
 from infra import catalog, sizing
-from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, SERVE
+from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, SERVE, neuron_nodepool, neuron_spot_nodepool
 from infra.sizing import GB, GIB
 from planning import REFRESH_COMMAND, capacity
 from planning.offline import REPO_ROOT, manifest
@@ -181,12 +181,15 @@ def test_the_committed_capacity_tables_are_current(rendering, tmp_path):
 def test_the_table_shows_each_pod_with_the_cores_its_tensor_parallel_degree_needs(rendering, stack_config):
     text = capacity.table(rendering)
     shapes = ", ".join(sorted(str(shape) for shape in stack_config.shapes))
-    for role, settings, pool in ((COMPILE, stack_config.compile, stack_config.compile_pool),
-                                 (SERVE, stack_config.serving, stack_config.serving_pool)):
+    serving_pools = [neuron_nodepool(stack_config.serving.pool)]
+    if stack_config.serving_pool.allows_spot:  # compile Jobs run on-demand only: not on the Spot pool
+        serving_pools.append(neuron_spot_nodepool(stack_config.serving.pool))
+    for role, settings, pools in ((COMPILE, stack_config.compile, [neuron_nodepool(stack_config.compile.pool)]),
+                                  (SERVE, stack_config.serving, serving_pools)):
         tp = stack_config.compile.tensor_parallel
-        row = (f"| {role} | {shapes} | neuron-{pool.family} | {tp} | {tp} | {settings.devices} | 0 |")
+        row = (f"| {role} | {shapes} | {', '.join(pools)} | {tp} | {tp} | {settings.devices} | 0 |")
         assert row in text, row
-    assert f"| neuron-{stack_config.serving.pool} | {stack_config.serving_pool.max_devices} |" in text
+    assert f"| {' + '.join(serving_pools)} | {stack_config.serving_pool.max_devices} |" in text
     assert "| no: " not in text, "a NodePool limit is below what its pods need at max"
 
 

@@ -17,8 +17,8 @@ from infra import catalog, versions
 from infra.config import ConfigError, NeuronPool, SecretText, load_stack_config
 from infra.image import CACHE_TAG, DOCKERFILE, PLATFORM, SOURCE_TAG_PREFIX, image_sources, source_tag
 from infra.naming import (
-    COMPILE, HF_TOKEN_SECRET, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, NEURON_DEVICE_RESOURCE, NODEPOOL_LABEL,
-    SERVE, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, endpoint_path, workload_labels, workload_name,
+    CAPACITY_TYPE_LABEL, COMPILE, HF_TOKEN_SECRET, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, NEURON_DEVICE_RESOURCE,
+    NEURON_FAMILY_LABEL, ON_DEMAND, SERVE, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, endpoint_path, workload_labels, workload_name,
 )
 from infra.ingress import SSL_POLICY, ingress_annotations, url_scheme
 from common.image import CONTAINER_UID
@@ -227,15 +227,19 @@ def test_neuron_pods_use_the_neuron_scheduler_and_fit_a_tolerated_pool(rendering
     nodepools = declared(rendering, NODEPOOL)
     for _, name, spec, _ in pod_specs(rendering):
         assert spec["schedulerName"] == installed["fullnameOverride"], name
-        pool = nodepools[spec["nodeSelector"][NODEPOOL_LABEL]]["spec"]["template"]["spec"]
-        for taint in pool["taints"]:
-            assert tolerates(spec["tolerations"], taint), name
-        requirements = {r["key"]: r["values"] for r in pool["requirements"]}
-        family = requirements["karpenter.k8s.aws/instance-family"][0]
-        counts = catalog.valid_device_counts(family, tuple(requirements["node.kubernetes.io/instance-type"]))
-        resources = next(c for c in spec["containers"])["resources"]
-        devices = int(resources["limits"][NEURON_DEVICE_RESOURCE])
-        assert resources["requests"][NEURON_DEVICE_RESOURCE] == str(devices) and devices in counts, name
+        family_pools = [pool["spec"]["template"]["spec"] for pool in nodepools.values()
+                        if (pool["spec"]["template"].get("metadata") or {}).get("labels", {}).get(NEURON_FAMILY_LABEL)
+                        == spec["nodeSelector"][NEURON_FAMILY_LABEL]]
+        assert family_pools, name
+        for pool in family_pools:
+            for taint in pool["taints"]:
+                assert tolerates(spec["tolerations"], taint), name
+            requirements = {r["key"]: r["values"] for r in pool["requirements"]}
+            family = requirements["karpenter.k8s.aws/instance-family"][0]
+            counts = catalog.valid_device_counts(family, tuple(requirements["node.kubernetes.io/instance-type"]))
+            resources = next(c for c in spec["containers"])["resources"]
+            devices = int(resources["limits"][NEURON_DEVICE_RESOURCE])
+            assert resources["requests"][NEURON_DEVICE_RESOURCE] == str(devices) and devices in counts, name
 
 
 # Dev: a trn1.32xlarge device's share is 128/16 = 8 vCPUs and 512/16 = 32 GiB; prod: an inf2 device's
@@ -309,7 +313,7 @@ def test_compile_jobs_run_once_within_their_deadline_and_pulumi_waits_longer(ren
         assert template["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
         pod = template["spec"]
         assert pod["restartPolicy"] == "Never"
-        assert pod["nodeSelector"][NODEPOOL_LABEL] == f"neuron-{stack_config.compile.pool}"
+        assert pod["nodeSelector"] == {NEURON_FAMILY_LABEL: stack_config.compile.pool, CAPACITY_TYPE_LABEL: ON_DEMAND}
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         (container,) = pod["containers"]
         mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}

@@ -13,7 +13,8 @@ import pytest
 from common.image import NEURON_SDK_VERSION
 from infra import versions
 from infra.naming import (
-    HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, NODEPOOL_LABEL, WORKLOAD_NAMESPACE,
+    CAPACITY_TYPE_LABEL, HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_FAMILY_LABEL, NEURON_SCHEDULER_NAME,
+    NEURON_TAINT_KEY, SPOT, WORKLOAD_NAMESPACE, neuron_nodepool,
 )
 from planning import REFRESH_COMMAND, checks, cli
 from planning.checks.karpenter import CEL_FAMILY
@@ -135,6 +136,11 @@ def _no_toleration(job):
     _pod(job)["tolerations"] = []
 
 
+def _spot_only(job):
+    # dev's one trn1 pool is on-demand: no NodePool launches Spot nodes of the family.
+    _pod(job)["nodeSelector"][CAPACITY_TYPE_LABEL] = SPOT
+
+
 def _env(job, variable):
     _container(job).setdefault("env", []).append(variable)
 
@@ -190,6 +196,7 @@ def _mutable_tag(job):
      f"nor the Neuron scheduler '{NEURON_SCHEDULER_NAME}'"),
     (_no_toleration, "Cross-references", f"{{job}}: does not tolerate taint {NEURON_TAINT_KEY}:NoSchedule "
                                          "of NodePool '{pool}'"),
+    (_spot_only, "Cross-references", "{job}: no NodePool launches nodes its node selection accepts"),
     (_missing_secret, "Cross-references", "{job}: Secret 'no-such-secret' does not exist in namespace flux"),
     (_missing_secret_key, "Cross-references", f"{{job}}: Secret '{HF_TOKEN_SECRET}' has no key 'no-such-key'"),
     (_literal_token, "Security posture",
@@ -207,7 +214,7 @@ def test_a_seeded_pod_defect_fails_the_check_by_name(rendering, seed, check, mes
     changed, job = _seeded(rendering, JOB, seed)
     original = _first(rendering, JOB)
     expected = message.format(job=job, container=_container(original)["name"],
-                              pool=_pod(original)["nodeSelector"][NODEPOOL_LABEL])
+                              pool=neuron_nodepool(_pod(original)["nodeSelector"][NEURON_FAMILY_LABEL]))
     assert _messages(changed, check, rendering) == [expected]
 
 
