@@ -20,3 +20,11 @@ GENERATION_METRIC = "flux_generation_seconds"  # a histogram of pipeline time pe
 QUEUE_WAIT_METRIC = "flux_queue_wait_seconds"  # a histogram of the wait for the pipeline
 QUEUE_DEPTH_METRIC = "flux_queue_depth"
 IN_FLIGHT_METRIC = "flux_generations_in_flight"
+RUNTIME_ERRORS_METRIC = "flux_runtime_errors"  # a counter by `during`, exported as flux_runtime_errors_total
+UNREADY_ON_ERRORS_METRIC = "flux_unready_on_runtime_errors"  # a gauge: 1 while /readyz is 503 for runtime errors
+
+# Consecutive runtime errors (failed generations, serving/health.py) after which /readyz turns 503: the
+# server's default and what the serving Deployment passes. The graphs are compiled for one shape and every
+# input is validated before it reaches them, so a generation that fails is the device or the runtime, not the
+# request: 3 in a row tell that from a one-off while the pod loses its traffic after a few requests.
+UNREADY_AFTER_RUNTIME_ERRORS = 3

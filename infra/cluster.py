@@ -16,7 +16,11 @@ from infra.config import OPEN_TO_ALL, ClusterAccess, SystemNodes, admin_role_nam
 from infra.naming import SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE
 from infra.network import KARPENTER_DISCOVERY_TAG
 
-CORE_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent")
+# The node monitoring agent (a DaemonSet tolerating every taint, so on Neuron nodes too) reads the nodes'
+# kernel and Neuron driver logs and sets conditions such as AcceleratedHardwareReady, which Karpenter's node
+# repair acts on (infra.karpenter; docs/upgrades.md, Node health). It calls no AWS API: no IAM.
+NODE_MONITORING_AGENT = "eks-node-monitoring-agent"
+CORE_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", NODE_MONITORING_AGENT)
 CLUSTER_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
 # The VPC CNI's node agent enforces NetworkPolicies (infra.network_policy); without it they are inert.
 ADDON_CONFIGURATION = {"vpc-cni": {"enableNetworkPolicy": "true"}}

@@ -23,12 +23,21 @@ from infra.naming import (
 from common import endpoints
 from infra.iam import CONDITIONS, OMITTED, Difference
 from infra.options import after, children
+from infra.pods import PROBE_PERIOD_SECONDS
 
 CLUSTER_TAG = "elbv2.k8s.aws/cluster"
 # TLS 1.2 and 1.3 only.
 SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 # The ALB's maximum idle timeout.
 MAX_IDLE_TIMEOUT_SECONDS = 4000
+# The ALB probes each pod's /readyz as often as the kubelet does and gives up after 2 failures
+# (20 s), before the kubelet's 3 (30 s) take the pod out of the Service's endpoints: a pod whose
+# generations keep failing loses its ALB traffic first. 2 successes bring it back. A probe is
+# answered by the event loop, never queued behind a generation, so 5 s is ample.
+HEALTHCHECK_INTERVAL_SECONDS = PROBE_PERIOD_SECONDS
+HEALTHCHECK_TIMEOUT_SECONDS = 5
+HEALTHCHECK_UNHEALTHY_THRESHOLD = 2
+HEALTHCHECK_HEALTHY_THRESHOLD = 2
 
 # Read-only calls: no resource-level permissions, "*" is the only valid resource.
 DESCRIBE_ACTIONS = (
@@ -185,7 +194,13 @@ def ingress_annotations(services: dict[str, str], settings: IngressSettings, req
         "alb.ingress.kubernetes.io/subnets": ",".join(subnet_ids),
         # Straight to pod IPs: the ALB sees each pod's readiness, no NodePort hop.
         "alb.ingress.kubernetes.io/target-type": "ip",
-        "alb.ingress.kubernetes.io/healthcheck-path": endpoints.HEALTHZ,
+        # Readiness, not liveness: a pod that is up but failing (serving/health.py) gets no traffic.
+        "alb.ingress.kubernetes.io/healthcheck-path": endpoints.READYZ,
+        "alb.ingress.kubernetes.io/healthcheck-interval-seconds": str(HEALTHCHECK_INTERVAL_SECONDS),
+        "alb.ingress.kubernetes.io/healthcheck-timeout-seconds": str(HEALTHCHECK_TIMEOUT_SECONDS),
+        "alb.ingress.kubernetes.io/unhealthy-threshold-count": str(HEALTHCHECK_UNHEALTHY_THRESHOLD),
+        "alb.ingress.kubernetes.io/healthy-threshold-count": str(HEALTHCHECK_HEALTHY_THRESHOLD),
+        "alb.ingress.kubernetes.io/success-codes": "200",
         # A generation may take the whole request timeout; the ALB's default idle timeout is 60 s.
         "alb.ingress.kubernetes.io/load-balancer-attributes":
             f"idle_timeout.timeout_seconds={min(MAX_IDLE_TIMEOUT_SECONDS, request_timeout_seconds + 30)}",

@@ -37,6 +37,8 @@ INTERRUPTION_EVENTS = {
 # The EKS-optimized AL2023 release is per Kubernetes minor: its key in versions.KUBERNETES_RELEASES.
 AMI_ALIAS = "al2023-ami-alias"
 IMDS_HOP_LIMIT = 1
+# Karpenter's node repair (alpha since v1.1, off by default): its Helm value settings.featureGates.nodeRepair.
+NODE_REPAIR_GATE = "nodeRepair"
 NODECLASS_REF = {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": EC2_NODECLASS}
 # Karpenter tries NodePools by weight, and the next once one's limit is reached: the family's on-demand
 # base first, its Spot pool for what the base cannot hold.
@@ -298,7 +300,11 @@ class Karpenter(pulumi.ComponentResource):
             name, name="karpenter", chart=f"{versions.KARPENTER_CHART_REPO}/karpenter",
             version=versions.KARPENTER_VERSION, namespace=KARPENTER_NAMESPACE, skip_crds=True,
             values={
-                "settings": {"clusterName": args.cluster_name, "interruptionQueue": queue.name},
+                "settings": {"clusterName": args.cluster_name, "interruptionQueue": queue.name,
+                             # Replace a node whose conditions stay unhealthy: AcceleratedHardwareReady (set by
+                             # the node monitoring agent, infra.cluster) after 10 min, Ready after 30 min
+                             # (docs/upgrades.md, Node health).
+                             "featureGates": {NODE_REPAIR_GATE: True}},
                 "serviceAccount": {"name": SERVICE_ACCOUNT},
                 "nodeSelector": SYSTEM_NODE_LABEL,
                 "replicas": 2,

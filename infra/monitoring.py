@@ -36,6 +36,13 @@ LATENCY_TIMEOUT_SHARE = 0.8
 # Requests that wait for the pipeline this share of the timeout leave little time to generate: capacity is short.
 QUEUE_WAIT_TIMEOUT_SHARE = 0.5
 UNSCHEDULED_MINUTES = 15
+# Runtime errors of a shape's pipelines (device or Neuron runtime failures, serving/health.py) that go on
+# this long: longer than the rate's window, so one burst the pod recovered from pages nobody, while a
+# device that stays broken (its self-tests fail every 30 s) does.
+RUNTIME_ERRORS_WINDOW = "5m"
+RUNTIME_ERRORS_FOR = "10m"
+# A pod out of the load balancer for runtime errors this long has not recovered by its self-tests.
+UNREADY_ON_ERRORS_FOR = "5m"
 # Kept below the data volume's size, so Prometheus deletes old blocks before the kubelet evicts it.
 RETENTION_SHARE_OF_STORAGE = 0.8
 
@@ -47,7 +54,9 @@ def _alert(name: str, expr: str, duration: str, severity: str, summary: str) -> 
 
 def alert_rules(namespace: str, compile_timeout_minutes: int, request_timeout_seconds: int) -> list[dict]:
     """What pages someone: compiles that failed or will, pods without a node, shapes out of capacity,
-    failing or refused generations, latency near the timeout and pods whose readiness flaps."""
+    failing or refused generations, latency near the timeout, pods whose readiness flaps, and Neuron
+    runtime errors (the servers' own count: this Prometheus does not scrape neuron-monitor, whose
+    execution errors the CloudWatch observability add-on collects, infra.observability)."""
     in_namespace = f'namespace="{namespace}"'
     compile_jobs = f'{in_namespace},job_name=~"{workload_name(COMPILE, "")}.+"'
     generations = f'{in_namespace},route=~"{endpoints.GENERATE}|{endpoints.OPENAI_IMAGES}"'
@@ -97,6 +106,16 @@ def alert_rules(namespace: str, compile_timeout_minutes: int, request_timeout_se
         _alert("ReadinessFlapping", f'changes(kube_pod_status_ready{{{in_namespace},condition="true"}}[30m]) > 3',
                "0m", "warning",
                "{{ $labels.pod }} went in and out of the load balancer more than 3 times in 30 minutes"),
+        _alert("NeuronRuntimeErrors",
+               f"sum by (workload) (rate({endpoints.RUNTIME_ERRORS_METRIC}_total{{{in_namespace}}}"
+               f"[{RUNTIME_ERRORS_WINDOW}])) > 0", RUNTIME_ERRORS_FOR, "critical",
+               f"the pipelines of {{{{ $labels.workload }}}} have kept failing with runtime errors (device or Neuron "
+               f"runtime) for {RUNTIME_ERRORS_FOR}: see the pods' logs and their nodes' AcceleratedHardwareReady"),
+        _alert("PodUnreadyOnRuntimeErrors",
+               f"max by (workload, pod) ({endpoints.UNREADY_ON_ERRORS_METRIC}{{{in_namespace}}}) == 1",
+               UNREADY_ON_ERRORS_FOR, "warning",
+               f"{{{{ $labels.pod }}}} has been out of the load balancer for runtime errors for "
+               f"{UNREADY_ON_ERRORS_FOR}; its liveness probe restarts it once its self-tests fail"),
     ]
 
 

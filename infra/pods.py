@@ -389,7 +389,9 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
         "command": ["python", "-m", "serving", "--host", "0.0.0.0", "--port", str(endpoints.DEFAULT_PORT),
                     "--graphs-root", GRAPHS_MOUNT, *key_args,
                     "--queue-size", str(settings.serving.queue_size),
-                    "--request-timeout", str(settings.serving.request_timeout_seconds)],
+                    "--request-timeout", str(settings.serving.request_timeout_seconds),
+                    # Failing generations take the pod out of the load balancer (docs/serving.md, Runtime errors).
+                    "--unready-after-errors", str(endpoints.UNREADY_AFTER_RUNTIME_ERRORS)],
         "env": [HOME_ENV, {"name": "TMPDIR", "value": LOCAL_ARTIFACT_MOUNT},
                 {"name": READERS_ENV, "value": str(readers_for_cpus(share.cpu))}],
         "ports": [{"name": "http", "containerPort": endpoints.DEFAULT_PORT, "protocol": "TCP"}],

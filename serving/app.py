@@ -29,6 +29,7 @@ from common.shapes import Shape, parse_shape
 from common import endpoints
 from serving.errors import ApiError, documented_errors, install_error_handlers
 from serving.generation_queue import ClientGone, GenerationQueue, QueueFull
+from serving.health import During, HealthPolicy, RuntimeHealth
 from serving.metrics import CLIENT_CLOSED_REQUEST, LOG_FIELDS_SCOPE_KEY, Metrics, RequestObserver
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES, JsonBodyGuard
 from serving.schemas import (
@@ -118,6 +119,8 @@ class Status(str, enum.Enum):
     WARMING_UP = "warming_up"
     READY = "ready"
     FAILED = "failed"
+    # Loaded, but its generations keep failing (serving/health.py): what /readyz (and, at last, /healthz) says.
+    FAILING = "failing"
 
 
 class Pipeline:
@@ -187,6 +190,7 @@ def render(
     request: Images,
     generations: GenerationQueue,
     metrics: Metrics,
+    health: RuntimeHealth,
     should_stop: Callable[[], bool],
 ) -> tuple[list[bytes], float]:
     """Generate on the worker thread, one image after another; return the encoded images and
@@ -201,7 +205,9 @@ def render(
             raise
         except Exception:
             metrics.generations.labels("failed").inc()
+            health.failed(During.GENERATION)
             raise
+        health.succeeded()
         seconds = time.perf_counter() - started
         generating += seconds
         metrics.generations.labels("completed").inc()
@@ -209,6 +215,26 @@ def render(
         generations.observe_step_time(seconds, request.steps)
         encoded.append(encode(image, request.image_format, request.compression))
     return encoded, generating
+
+
+def self_test(generator: FluxGenerator, health: RuntimeHealth) -> None:
+    """The warm-up generation, on the worker thread, as the probe of a pipeline that keeps failing."""
+    try:
+        generator.generate(WARMUP_PROMPT, WARMUP_STEPS, DEFAULT_GUIDANCE_SCALE, 0)
+    except Exception:
+        log.exception("self-test generation failed")
+        health.failed(During.SELF_TEST)
+        return
+    log.info("self-test generation succeeded: ready again")
+    health.succeeded()
+
+
+async def self_test_while_unready(pipeline: Pipeline, generations: GenerationQueue, health: RuntimeHealth) -> None:
+    """Forever: every interval, a self-test if runtime errors made the server unready and no restart is due."""
+    while True:
+        await asyncio.sleep(health.policy.self_test_interval)
+        if pipeline.generator is not None and health.unready and not health.needs_restart:
+            await asyncio.wrap_future(generations.run_exclusively(partial(self_test, pipeline.generator, health)))
 
 
 async def _client_gone(request: Request) -> None:
@@ -225,6 +251,7 @@ def create_app(
     load: Callable[[], FluxGenerator],
     served: ServedArtifact,
     limits: ServerLimits,
+    health_policy: HealthPolicy = HealthPolicy(),
 ) -> FastAPI:
     """An app that loads the pipeline with ``load`` on its worker thread at startup."""
     metrics = Metrics()
@@ -239,6 +266,7 @@ def create_app(
     )
     generations = GenerationQueue(limits.queue_size, metrics)
     pipeline = Pipeline(served)
+    health = RuntimeHealth(health_policy, metrics)
     ImagesGenerationRequest = images_request_model(served.shape, limits.max_images)
     size = openai_size(served.shape)
 
@@ -246,7 +274,9 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Not awaited: the server listens (and /healthz answers) while the model loads.
         generations.run_exclusively(partial(pipeline.load_and_warm_up, load, generations))
+        self_tests = asyncio.create_task(self_test_while_unready(pipeline, generations, health))
         yield
+        self_tests.cancel()
         # Uvicorn gets here after in-flight requests have been answered.
         await asyncio.to_thread(generations.shutdown)
 
@@ -261,7 +291,7 @@ def create_app(
 
     async def generate_images(http_request: Request, images: Images) -> tuple[list[bytes], float]:
         _log_fields(http_request).update(seed=images.seed, steps=images.steps, images=images.count)
-        job = partial(render, pipeline.ready_generator(), images, generations, metrics)
+        job = partial(render, pipeline.ready_generator(), images, generations, metrics, health)
         try:
             return await generations.run(
                 job, images.steps * images.count, limits.request_timeout, partial(_client_gone, http_request)
@@ -351,20 +381,28 @@ def create_app(
         )
         return ModelList(data=[card])
 
-    @app.get(endpoints.HEALTHZ)
-    async def healthz() -> dict[str, str]:
-        """The process is alive; says nothing about the model (see /readyz)."""
-        return {"status": "alive"}
+    @app.get(endpoints.HEALTHZ, responses={503: {"description": "Self-tests kept failing: restart the container."}})
+    async def healthz() -> JSONResponse:
+        """The process is alive, loaded or not (see /readyz); 503 once the self-tests of a pipeline
+        that keeps failing have failed too, so the kubelet restarts the container."""
+        if health.needs_restart:
+            return JSONResponse({"status": Status.FAILING.value, "reason": health.reason()}, status_code=503)
+        return JSONResponse({"status": "alive"})
 
-    @app.get(endpoints.READYZ, responses={503: {"description": "Not ready: loading, warming up or failed."}})
+    @app.get(endpoints.READYZ, responses={503: {"description": "Not ready: loading, warming up, failed or failing."}})
     async def readyz() -> JSONResponse:
-        """200 once the artifacts are loaded, verified and warmed up; 503 before, or forever if that failed."""
-        body: dict[str, str] = {"status": pipeline.status.value}
+        """200 once the artifacts are loaded, verified and warmed up; 503 before, forever if that failed,
+        and while consecutive runtime errors of the generations reach the threshold."""
+        status = pipeline.status
+        body: dict[str, str] = {"status": status.value}
         if pipeline.generator is not None:
             body["shape"] = str(pipeline.generator.shape)
         if pipeline.failure is not None:
             body["reason"] = pipeline.failure
-        return JSONResponse(body, status_code=200 if pipeline.status is Status.READY else 503)
+        if status is Status.READY and health.unready:
+            status = Status.FAILING
+            body.update(status=status.value, reason=health.reason())
+        return JSONResponse(body, status_code=200 if status is Status.READY else 503)
 
     @app.get(
         endpoints.METRICS,

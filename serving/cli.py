@@ -32,7 +32,8 @@ from common.shapes import DTYPES, parse_shape
 from model.sources import SourceUnavailable
 from serving import http_server
 from serving.app import DEFAULT_MAX_IMAGES, ServedArtifact, ServerLimits, create_app
-from common.endpoints import DEFAULT_PORT
+from common.endpoints import DEFAULT_PORT, UNREADY_AFTER_RUNTIME_ERRORS
+from serving.health import DEFAULT_RESTART_AFTER_SELF_TESTS, DEFAULT_SELF_TEST_INTERVAL_S, HealthPolicy
 from serving.logs import configure_json_logging
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES
 
@@ -216,6 +217,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a request's headers and body must arrive within this, or the connection closes (default: %(default)s)",
     )
+    health = parser.add_argument_group("health (what runtime errors of the pipeline do to /readyz and /healthz)")
+    health.add_argument(
+        "--unready-after-errors",
+        type=_int_at_least(1),
+        default=UNREADY_AFTER_RUNTIME_ERRORS,
+        metavar="N",
+        help="consecutive generations failing with a runtime error (a 500) that turn /readyz 503 until one "
+        "succeeds; client errors, 429, 504 and clients that left do not count (default: %(default)s)",
+    )
+    health.add_argument(
+        "--self-test-interval",
+        type=_positive_float,
+        default=DEFAULT_SELF_TEST_INTERVAL_S,
+        metavar="SECONDS",
+        help="while unready for runtime errors, run a one-step self-test generation this often; "
+        "a success makes the server ready again (default: %(default)s)",
+    )
+    health.add_argument(
+        "--restart-after-self-tests",
+        type=_int_at_least(1),
+        default=DEFAULT_RESTART_AFTER_SELF_TESTS,
+        metavar="M",
+        help="consecutive failed self-tests that turn /healthz 503, so the kubelet restarts the container "
+        "(default: %(default)s)",
+    )
     return parser
 
 
@@ -253,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
                 request_timeout=args.request_timeout,
                 max_body_bytes=args.max_body_bytes,
                 max_images=args.max_images,
+            ),
+            HealthPolicy(
+                unready_after_errors=args.unready_after_errors,
+                self_test_interval=args.self_test_interval,
+                restart_after_self_tests=args.restart_after_self_tests,
             ),
         )
         # log_config=None: uvicorn's own lines go through the JSON handler above, one format

@@ -67,6 +67,17 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.runtime_errors = Counter(
+            endpoints.RUNTIME_ERRORS_METRIC,
+            "Runtime errors of the pipeline (device or Neuron runtime failures) by what ran: generation, self_test.",
+            ["during"],
+            registry=self.registry,
+        )
+        self.unready_on_errors = Gauge(
+            endpoints.UNREADY_ON_ERRORS_METRIC,
+            "1 while /readyz answers 503 because of consecutive runtime errors, else 0.",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             endpoints.QUEUE_DEPTH_METRIC,
             "Admitted generations waiting for the pipeline.",

@@ -17,6 +17,7 @@ from infra.monitoring import (
     QUEUE_WAIT_TIMEOUT_SHARE,
 )
 from common import endpoints
+from serving.health import HealthPolicy, RuntimeHealth
 from serving.metrics import Metrics
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -38,7 +39,8 @@ def rules(rendering):
 def test_the_rules_cover_what_must_page_someone(rendering):
     assert set(rules(rendering)) == {
         "CompileJobFailed", "CompileJobStuck", "PodUnschedulable", "AutoscalerAtMax", "GenerationErrors",
-        "GenerationsRejected", "GenerationLatencyHigh", "QueueWaitHigh", "ReadinessFlapping"}
+        "GenerationsRejected", "GenerationLatencyHigh", "QueueWaitHigh", "ReadinessFlapping", "NeuronRuntimeErrors",
+        "PodUnreadyOnRuntimeErrors"}
 
 
 def test_promtool_accepts_the_rule_file(rendering, tmp_path):
@@ -54,6 +56,7 @@ def test_the_rules_read_only_series_that_are_exported_and_scraped(rendering):
     metrics.requests.labels(endpoints.GENERATE, "200").inc()
     metrics.latency.labels(endpoints.GENERATE, "2xx").observe(1)
     metrics.queue_wait_seconds.observe(1)
+    RuntimeHealth(HealthPolicy(), metrics)  # what every server exports from its start
     exported = set(re.findall(r"^(\w+)[{ ]", generate_latest(metrics.registry).decode(), re.M))
     values = prometheus(rendering).inputs["values"]
     collectors = values["kube-state-metrics"]["collectors"]
@@ -169,6 +172,23 @@ def test_the_rules_fire_on_what_they_name_and_only_then(rendering, stack_config,
              "exp_alerts": [alert("GenerationLatencyHigh", "warning", workload=serve)]},
             {"eval_time": "30m", "alertname": "QueueWaitHigh",
              "exp_alerts": [alert("QueueWaitHigh", "warning", workload=serve)]},
+        ]},
+        {"interval": "1m", "input_series": [
+            # The big shape's device stays broken: a failed self-test every 30 s. The other had one burst
+            # of 3 errors (then recovered), which is no page.
+            _series(f"{endpoints.RUNTIME_ERRORS_METRIC}_total",
+                    {**ns, "workload": serve, "pod": "p1", "during": "self_test"}, "0+2x30"),
+            _series(f"{endpoints.RUNTIME_ERRORS_METRIC}_total",
+                    {**ns, "workload": quiet, "pod": "p2", "during": "generation"}, "0 3+0x30"),
+            _series(endpoints.UNREADY_ON_ERRORS_METRIC, {**ns, "workload": serve, "pod": "p1"}, "1+0x30"),
+            _series(endpoints.UNREADY_ON_ERRORS_METRIC, {**ns, "workload": quiet, "pod": "p2"}, "0 1 1 0+0x30"),
+        ], "alert_rule_test": [
+            {"eval_time": "5m", "alertname": "NeuronRuntimeErrors", "exp_alerts": []},
+            {"eval_time": "20m", "alertname": "NeuronRuntimeErrors",
+             "exp_alerts": [alert("NeuronRuntimeErrors", "critical", workload=serve)]},
+            {"eval_time": "3m", "alertname": "PodUnreadyOnRuntimeErrors", "exp_alerts": []},
+            {"eval_time": "10m", "alertname": "PodUnreadyOnRuntimeErrors",
+             "exp_alerts": [alert("PodUnreadyOnRuntimeErrors", "warning", workload=serve, pod="p1")]},
         ]},
         {"interval": "10m", "input_series": [
             _series("kube_job_status_start_time", {**ns, "job_name": compile_job}, f"0+0x{stuck_minutes // 10 + 1}"),

@@ -6,9 +6,9 @@ import pulumi.runtime.mocks as pulumi_mocks
 import yaml
 
 from infra import versions
-from infra.cluster import CORE_ADDONS
+from infra.cluster import CORE_ADDONS, NODE_MONITORING_AGENT
 from infra.iam import POD_IDENTITY_TRUST
-from infra.karpenter import INTERRUPTION_EVENTS
+from infra.karpenter import INTERRUPTION_EVENTS, NODE_REPAIR_GATE
 from infra.naming import (
     CPU_NODEPOOL, NEURON_FAMILY_LABEL, NEURON_SCHEDULER_NAME, NEURON_TAINT_KEY, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE,
     neuron_nodepool, neuron_spot_nodepool,
@@ -68,6 +68,19 @@ def test_core_addons_are_pinned_for_the_cluster_minor(rendering, stack_config):
         assert addons[name].inputs["clusterName"] == rendering.outputs["clusterName"]
 
 
+def test_accelerated_nodes_are_monitored_and_repaired(rendering, stack_config):
+    """The node monitoring agent sets AcceleratedHardwareReady on a node whose Neuron devices fail;
+    Karpenter, with its node repair gate on, replaces such a node."""
+    (agent,) = [a for a in rendering.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] == NODE_MONITORING_AGENT]
+    assert agent.inputs["addonVersion"] == versions.KUBERNETES_RELEASES[stack_config.kubernetes_version][
+        "eks-node-monitoring-agent"]
+    assert agent.inputs["clusterName"] == rendering.outputs["clusterName"]
+    # It calls no AWS API: no role, no Pod Identity association.
+    assert not agent.inputs.get("podIdentityAssociations") and not agent.inputs.get("serviceAccountRoleArn")
+    assert all(NODE_MONITORING_AGENT in pins for pins in versions.KUBERNETES_RELEASES.values())
+    assert release(rendering, "karpenter").inputs["values"]["settings"]["featureGates"] == {"nodeRepair": True}
+
+
 def test_kubernetes_objects_go_through_the_cluster_provider_only(rendering, stack):
     provider = rendering.one("pulumi:providers:kubernetes", "cluster-k8s")
     cluster = rendering.one("eks:index:Cluster", "cluster")
@@ -83,7 +96,8 @@ def test_karpenter_settings_name_the_real_cluster_and_queue(rendering):
     values = release(rendering, "karpenter").inputs["values"]
     queue = rendering.one("aws:sqs/queue:Queue", "karpenter")
     assert values["settings"] == {"clusterName": rendering.outputs["clusterName"],
-                                  "interruptionQueue": queue.outputs["name"]}
+                                  "interruptionQueue": queue.outputs["name"],
+                                  "featureGates": {NODE_REPAIR_GATE: True}}
     assert values["nodeSelector"] == SYSTEM_NODE_LABEL
     assert release(rendering, "karpenter").inputs["version"] == versions.KARPENTER_VERSION
 

@@ -33,6 +33,7 @@ from planning.checks.kubernetes import kubernetes_schema_problems
 from planning.offline import REPO_ROOT, manifest, run_program, stack_file_config, with_overrides
 from planning.secrets import is_secret
 from common import endpoints
+from serving.cli import build_parser
 
 JOB = "kubernetes:batch/v1:Job"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -460,6 +461,8 @@ def test_probes_target_the_server_routes_on_its_port(rendering):
         assert ports["http"] == int(command[command.index("--port") + 1]) == endpoints.DEFAULT_PORT
         assert server["readinessProbe"]["httpGet"] == {"port": "http", "path": endpoints.READYZ}
         assert server["livenessProbe"]["httpGet"] == {"port": "http", "path": endpoints.HEALTHZ}
+        # The server's own parser reads the threshold after which failing generations un-ready it.
+        assert build_parser().parse_args(command[3:]).unready_after_errors == endpoints.UNREADY_AFTER_RUNTIME_ERRORS
         startup = server["startupProbe"]
         assert startup["httpGet"]["path"] == endpoints.READYZ
         # Loading the graphs and warming up takes minutes, not the probe's default 30 seconds.
@@ -543,7 +546,16 @@ def test_one_alb_ingress_routes_each_shape_to_its_service(rendering, stack_confi
                             if s.inputs["tags"].get("kubernetes.io/role/elb") == "1")
     assert sorted(annotations["alb.ingress.kubernetes.io/subnets"].split(",")) == public_subnets
     assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
-    assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == endpoints.HEALTHZ
+    # The ALB checks readiness, and gives up on a failing pod before the kubelet does.
+    assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == endpoints.READYZ
+    assert annotations["alb.ingress.kubernetes.io/success-codes"] == "200"
+    (deployment, *_) = declared(rendering, DEPLOYMENT).values()
+    readiness = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    alb_gives_up = (int(annotations["alb.ingress.kubernetes.io/healthcheck-interval-seconds"])
+                    * int(annotations["alb.ingress.kubernetes.io/unhealthy-threshold-count"]))
+    assert alb_gives_up < readiness["periodSeconds"] * readiness["failureThreshold"]
+    assert (int(annotations["alb.ingress.kubernetes.io/healthcheck-timeout-seconds"])
+            < int(annotations["alb.ingress.kubernetes.io/healthcheck-interval-seconds"]))
     assert json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}]
     idle = annotations["alb.ingress.kubernetes.io/load-balancer-attributes"]
     assert int(idle.removeprefix("idle_timeout.timeout_seconds=")) > stack_config.serving.request_timeout_seconds

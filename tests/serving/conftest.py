@@ -27,6 +27,7 @@ from model.runtime import FluxGenerator, load_generator
 from common import endpoints
 from serving import http_server
 from serving.app import ServedArtifact, ServerLimits, create_app
+from serving.health import HealthPolicy
 
 # A deadline for conditions that do come true, so a regression fails instead of hanging.
 WAIT_S = 60.0
@@ -158,7 +159,8 @@ def png_size() -> Callable[[str], tuple[int, int]]:
 
 @pytest.fixture
 def start_server(served: ServedArtifact) -> Iterator[Callable[..., RunningServer]]:
-    """``start_server(load, queue_size=, request_timeout=, ..., connection_limits=)``: a server for this test only."""
+    """``start_server(load, queue_size=, request_timeout=, ..., connection_limits=, health=)``: a server for
+    this test only."""
     with ExitStack() as servers:
 
         def start(
@@ -167,9 +169,11 @@ def start_server(served: ServedArtifact) -> Iterator[Callable[..., RunningServer
             queue_size: int = 2,
             request_timeout: float = 60.0,
             connection_limits: http_server.ConnectionLimits | None = None,
+            health: HealthPolicy = HealthPolicy(),
             **limits,
         ):
-            app = create_app(load, served, ServerLimits(queue_size=queue_size, request_timeout=request_timeout, **limits))
+            server_limits = ServerLimits(queue_size=queue_size, request_timeout=request_timeout, **limits)
+            app = create_app(load, served, server_limits, health)
             return servers.enter_context(serve(app, connection_limits))
 
         yield start

@@ -88,6 +88,10 @@ def test_refuses_to_start_when_nothing_is_published(tiny_artifact_dir, tiny_comp
         (["--graphs", "dir", "--max-body-bytes", "0"], "0 is below 1"),
         (["--graphs", "dir", "--max-images", "0"], "0 is below 1"),
         (["--graphs", "dir", "--read-timeout", "-1"], "-1 is not a positive number"),
+        (["--graphs", "dir", "--unready-after-errors", "0"], "argument --unready-after-errors: 0 is below 1"),
+        (["--graphs", "dir", "--unready-after-errors", "three"], "'three' is not an integer"),
+        (["--graphs", "dir", "--self-test-interval", "0"], "argument --self-test-interval: 0 is not a positive"),
+        (["--graphs", "dir", "--restart-after-self-tests", "0"], "argument --restart-after-self-tests: 0 is below 1"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
