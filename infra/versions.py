@@ -43,8 +43,9 @@ PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 # v20260714 is the first release whose AL2023_x86_64_NEURON variant ships driver 2.29.0.0, which Neuron SDK
 # 2.31.1 needs. The others are EKS add-on versions, source `aws eks describe-addon-versions
 # --kubernetes-version <minor>` (not in the committed data: confirm a bump there). eks-node-monitoring-agent:
-# the add-on build of github.com/aws/eks-node-monitoring-agent v1.7.x (its chart's nodeAgent image is
-# v1.7.0-eksbuild.1), the same for both minors.
+# the add-on build of github.com/aws/eks-node-monitoring-agent v1.7.0, its latest release (Aug 2026), whose
+# chart's nodeAgent image is v1.7.0-eksbuild.1; the same for both minors. Not confirmed against
+# describe-addon-versions from here (no AWS): check it there before the first `up`.
 KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
     "1.33": {
         "al2023-ami-alias": "al2023@v20260714",
@@ -55,7 +56,7 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "eks-pod-identity-agent": "v1.3.8-eksbuild.2",
         "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
-        "eks-node-monitoring-agent": "v1.7.1-eksbuild.1",
+        "eks-node-monitoring-agent": "v1.7.0-eksbuild.1",
     },
     "1.34": {
         "al2023-ami-alias": "al2023@v20260714",
@@ -66,6 +67,6 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "eks-pod-identity-agent": "v1.3.8-eksbuild.2",
         "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
-        "eks-node-monitoring-agent": "v1.7.1-eksbuild.1",
+        "eks-node-monitoring-agent": "v1.7.0-eksbuild.1",
     },
 }

@@ -45,10 +45,10 @@ STATED = {
         kubernetes_version="1.34",
         model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 256),
         dtype="bfloat16",
-        neuron_pools={"inf2": NeuronPool("inf2", ("inf2.24xlarge", "inf2.48xlarge"), ("on-demand", "spot"), 108)},
+        neuron_pools={"inf2": NeuronPool("inf2", ("inf2.24xlarge", "inf2.48xlarge"), ("on-demand",), 96)},
         compile=CompileSettings("inf2", devices=2, tensor_parallel=4, timeout_minutes=480),
-        serving=ServingSettings("inf2", devices=2, replicas=3, max_replicas=10, queue_size=8,
-                                request_timeout_seconds=75),
+        serving=ServingSettings("inf2", devices=2, replicas=3, max_replicas=10, queue_size=1,
+                                request_timeout_seconds=120),
         shapes=(Shape(1024, 1024), Shape(1024, 576), Shape(576, 1024)),
         network=NetworkSettings("10.40.0.0/16", 3),
         existing_vpc=None,
@@ -121,7 +121,8 @@ BAD_CONFIGS = {
         "a list with on-demand too when it has spot: the pool's base (serving.replicas, the rollout surge, "
         "compile Jobs) runs on-demand, Spot only holds serving burst"),
     "compile-pool-without-on-demand": (
-        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["reserved"]}}},
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["reserved"],
+                                              "capacityReservationIds": ["cr-0123456789abcdef0"]}}},
         "flux-neuron:neuronPools.trn1.capacityTypes", '["reserved"]',
         "a list with on-demand: compile.pool's Jobs run on-demand only"),
     "spot-on-a-pool-serving-does-not-use": (
@@ -232,12 +233,12 @@ BAD_CONFIGS = {
         "flux-neuron:neuronPools.trn1.capacityReservationIds", '["cr-X"]',
         "a list of at most 30 capacity reservation ids such as cr-0123456789abcdef0"),
     "capacityReservationIds-twice": (
-        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["reserved"],
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["on-demand", "reserved"],
                                               "capacityReservationIds": [RESERVATION, RESERVATION]}}},
         "flux-neuron:neuronPools.trn1.capacityReservationIds[1]", repr(RESERVATION),
         "each capacity reservation id once, at most 30 over all pools (one EC2NodeClass selects them all)"),
     "capacityReservationIds-over-the-node-class-cap": (
-        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["reserved"],
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["on-demand", "reserved"],
                                               "capacityReservationIds": [f"cr-{index:017x}" for index in range(30)]},
                                      "inf2": {"capacityTypes": ["reserved"], "maxDevices": 12,
                                               "capacityReservationIds": ["cr-1f"]}}},

@@ -3,6 +3,7 @@ per EC2 quota (planning/quotas.py), and scripts/deploy comparing them with the a
 and Pulumi are stand-ins here: fake `aws` and `pulumi` executables on PATH that record each call and
 answer what the script asks."""
 
+import json
 import os
 import stat
 import subprocess
@@ -43,7 +44,9 @@ def test_a_pool_allowed_spot_and_on_demand_may_need_all_of_it_in_either_and_one_
     dev = stack_file_config("dev")[0]
     config = load_stack_config(with_overrides(dev, {"flux-neuron:neuronPools": {
         "trn1": {"instanceTypes": ["trn1.32xlarge"], "capacityTypes": ["on-demand", "spot"], "maxDevices": 80},
-        "trn2": {"instanceTypes": ["trn2.48xlarge"], "maxDevices": 32}}}))
+        "trn2": {"instanceTypes": ["trn2.48xlarge"], "maxDevices": 32}},
+        # What a pool with Spot allows (a serving pod's grace within the Spot notice).
+        "flux-neuron:serving": {**json.loads(dev["flux-neuron:serving"]), "requestTimeoutSeconds": 75}}))
     trn2 = 2 * catalog.instance("trn2.48xlarge").vcpus
     assert needed_vcpus(config) == {TRN_ON_DEMAND: 640 + trn2, TRN_SPOT: 640}
 
