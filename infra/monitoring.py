@@ -11,6 +11,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import iam, versions
+from infra.cluster import PERSISTENT_STORAGE_CLASS
 from infra.config import MonitoringSettings
 from infra.options import after, children
 from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NODE_LABEL, workload_name
@@ -18,7 +19,8 @@ from infra.pods import AUTOSCALING_METRIC
 from common import endpoints
 
 PROMETHEUS_RELEASE = "prometheus"
-PROMETHEUS_URL = f"http://{PROMETHEUS_RELEASE}-server.{METRICS_NAMESPACE}.svc"
+PROMETHEUS_SERVICE = f"{PROMETHEUS_RELEASE}-server"
+PROMETHEUS_URL = f"http://{PROMETHEUS_SERVICE}.{METRICS_NAMESPACE}.svc"
 SCRAPE_INTERVAL = "15s"
 # Alerting: kube-state-metrics reports on Jobs, pods and autoscalers; the alert rules read it and the
 # servers' own metrics; Alertmanager sends what fires to the configured SNS topic.
@@ -36,7 +38,7 @@ LATENCY_TIMEOUT_SHARE = 0.8
 # Requests that wait for the pipeline this share of the timeout leave little time to generate: capacity is short.
 QUEUE_WAIT_TIMEOUT_SHARE = 0.5
 UNSCHEDULED_MINUTES = 15
-# Kept below the data volume's size, so Prometheus deletes old blocks before the kubelet evicts it.
+# Kept below the data volume's size, so Prometheus deletes old blocks before the volume fills up.
 RETENTION_SHARE_OF_STORAGE = 0.8
 
 
@@ -144,9 +146,13 @@ def prometheus_values(namespace: str, monitoring: MonitoringSettings, compile_ti
         "prometheus-pushgateway": {"enabled": False},
         "server": {
             "nodeSelector": SYSTEM_NODE_LABEL,
-            # No StorageClass in the cluster: an emptyDir of the configured size, lost with the pod.
-            "persistentVolume": {"enabled": False},
-            "emptyDir": {"sizeLimit": f"{storage_gi}Gi"},
+            # An EBS volume of its own: samples survive a restart or a replaced node. The volume lives in one
+            # zone and binds the pod there; one pod at a time, so an update stops the old pod before the new
+            # one attaches the volume.
+            "persistentVolume": {"enabled": True, "size": f"{storage_gi}Gi",
+                                 "storageClass": PERSISTENT_STORAGE_CLASS, "accessModes": ["ReadWriteOnce"]},
+            "replicaCount": 1,
+            "strategy": {"type": "Recreate"},
             "retention": f"{monitoring.retention_days}d",
             "retentionSize": f"{int(storage_gi * RETENTION_SHARE_OF_STORAGE * 1024)}MB",
             "global": {"scrape_interval": SCRAPE_INTERVAL},

@@ -42,7 +42,8 @@ PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 # source: the amazon-eks-ami CHANGELOG (planning/data/published/al2023-ami-neuron-driver.txt; checked):
 # v20260714 is the first release whose AL2023_x86_64_NEURON variant ships driver 2.29.0.0, which Neuron SDK
 # 2.31.1 needs. The others are EKS add-on versions, source `aws eks describe-addon-versions
-# --kubernetes-version <minor>` (not in the committed data: confirm a bump there).
+# --kubernetes-version <minor>` (not in the committed data: confirm a bump there); aws-ebs-csi-driver is the
+# EKS build of the driver's release v1.63.1 (github.com/kubernetes-sigs/aws-ebs-csi-driver CHANGELOG.md).
 KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
     "1.33": {
         "al2023-ami-alias": "al2023@v20260714",
@@ -53,6 +54,7 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "eks-pod-identity-agent": "v1.3.8-eksbuild.2",
         "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
+        "aws-ebs-csi-driver": "v1.63.1-eksbuild.1",
     },
     "1.34": {
         "al2023-ami-alias": "al2023@v20260714",
@@ -63,5 +65,6 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "eks-pod-identity-agent": "v1.3.8-eksbuild.2",
         "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
+        "aws-ebs-csi-driver": "v1.63.1-eksbuild.1",
     },
 }

@@ -79,7 +79,7 @@ SUBNETS = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
 KNOWN_KEYS = ("aws:region, flux-neuron:cluster, flux-neuron:compile, flux-neuron:dtype, flux-neuron:existingVpc, "
               "flux-neuron:graphCache, flux-neuron:hfToken, flux-neuron:image, flux-neuron:ingress, "
               "flux-neuron:kubernetesVersion, flux-neuron:model, flux-neuron:monitoring, "
-              "flux-neuron:network, flux-neuron:neuronPools, "
+              "flux-neuron:network, flux-neuron:neuronPools, flux-neuron:observability, "
               "flux-neuron:serving, flux-neuron:shapes, flux-neuron:systemNodes")
 
 # (change to the dev stack file, key named, bad value as shown, what is allowed)
