@@ -55,14 +55,6 @@ storage = Storage("graphs", StorageArgs(
     cache=config.graph_cache,
 ), opts=in_cluster())
 neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version), opts=in_cluster())
-Observability("observability", ObservabilityArgs(
-    cluster_name=cluster.name,
-    kubernetes_version=config.kubernetes_version,
-    region=config.region,
-    settings=config.observability,
-    monitoring=config.monitoring,
-    interruption_queue_name=karpenter.queue_name,
-), opts=pulumi.ResourceOptions(depends_on=cluster.addons))
 image = Image("image", ImageArgs(config.image_uri))
 load_balancer_controller = LoadBalancerController("ingress-controller", LoadBalancerControllerArgs(
     cluster_name=cluster.name,
@@ -84,6 +76,15 @@ monitoring = Monitoring("monitoring", MonitoringArgs(
     request_timeout_seconds=config.serving.request_timeout_seconds,
     cluster_name=cluster.name,
 ), opts=in_cluster(*pods_after, cluster.persistent_storage))
+Observability("observability", ObservabilityArgs(
+    cluster_name=cluster.name,
+    kubernetes_version=config.kubernetes_version,
+    region=config.region,
+    settings=config.observability,
+    monitoring=config.monitoring,
+    interruption_queue_name=karpenter.queue_name,
+    watched=[karpenter, monitoring.prometheus],
+), opts=pulumi.ResourceOptions(depends_on=cluster.addons))
 workloads = Workloads("workloads", WorkloadsArgs(
     shapes=config.shapes,
     settings=WorkloadSettings.of(config),

@@ -135,7 +135,8 @@ def prometheus_values(namespace: str, monitoring: MonitoringSettings, compile_ti
             "enabled": True,
             "nodeSelector": SYSTEM_NODE_LABEL,
             "serviceAccount": {"create": True, "name": ALERTMANAGER_SERVICE_ACCOUNT},
-            # No StorageClass in the cluster: silences do not survive a restart of Alertmanager.
+            # Silences do not survive a restart of Alertmanager: its chart (1.17) claims volumes through a
+            # StatefulSet template, whose claims outlive `helm uninstall` and would leave a volume behind.
             "persistence": {"enabled": False},
             "config": alertmanager_config(monitoring),
         },
@@ -211,6 +212,8 @@ class Monitoring(pulumi.ComponentResource):
 
     # What the autoscalers read their metric through: they wait for these.
     autoscaling_metrics: list[pulumi.Resource]
+    # The Prometheus release, up once its server runs.
+    prometheus: pulumi.Resource
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flux-neuron:infra:Monitoring", name, None, opts)
@@ -233,6 +236,7 @@ class Monitoring(pulumi.ComponentResource):
             version=versions.PROMETHEUS_ADAPTER_CHART_VERSION, namespace=METRICS_NAMESPACE,
             values=adapter_values(), opts=after(in_cluster, prometheus))
         self.autoscaling_metrics = [prometheus, adapter]
+        self.prometheus = prometheus
         self.register_outputs({})
 
     def _alert_publisher(self, args: MonitoringArgs) -> list[pulumi.Resource]:

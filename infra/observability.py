@@ -95,6 +95,8 @@ class ObservabilityArgs:
     # The alarms notify monitoring.alertTopicArn, Alertmanager's receiver.
     monitoring: MonitoringSettings
     interruption_queue_name: pulumi.Input[str]
+    # What the alarms watch, installed: an alarm created before it would page for what is still starting.
+    watched: list[pulumi.Resource]
 
 
 class Observability(pulumi.ComponentResource):
@@ -128,7 +130,8 @@ class Observability(pulumi.ComponentResource):
                 metric_name=alarm.metric, dimensions=alarm.dimensions, statistic=alarm.statistic,
                 comparison_operator=alarm.comparison, threshold=alarm.threshold, period=alarm.period_seconds,
                 evaluation_periods=alarm.evaluation_periods, treat_missing_data=alarm.missing_data,
-                alarm_actions=actions, ok_actions=actions, opts=pulumi.ResourceOptions(parent=self))
+                alarm_actions=actions, ok_actions=actions,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.addon, *args.watched]))
         self.register_outputs({"addon": self.addon.addon_name})
 
     @staticmethod

@@ -108,6 +108,14 @@ def test_an_absent_signal_pages_exactly_where_it_means_something_is_down(renderi
                        "karpenter-interruptions-unread": "notBreaching", "neuron-execution-errors": "notBreaching"}
 
 
+def test_an_alarm_starts_once_what_it_watches_is_installed(rendering):
+    """A first `up` must not page for a Prometheus, an agent or a Karpenter that is still starting."""
+    watched = {addon(rendering, "amazon-cloudwatch-observability").urn, release(rendering, "prometheus").urn,
+               release(rendering, "karpenter").urn}
+    for alarm in rendering.of_type(ALARM):
+        assert watched <= set(alarm.dependencies), alarm.name
+
+
 def test_without_a_topic_the_alarms_notify_nobody(rendering):
     for name, alarm in alarms(rendering).items():
         assert not alarm.get("alarmActions") and not alarm.get("okActions"), name
