@@ -32,6 +32,7 @@ cluster = Cluster("cluster", ClusterArgs(
     private_subnet_ids=network.private_subnet_ids,
     public_subnet_ids=network.public_subnet_ids,
     system_nodes=config.system_nodes,
+    log_retention_days=config.observability.log_retention_days,
     access=config.cluster,
 ))
 
@@ -57,8 +58,6 @@ storage = Storage("graphs", StorageArgs(
     cache=config.graph_cache,
 ), opts=in_cluster())
 neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version), opts=in_cluster())
-Observability("observability", ObservabilityArgs(cluster.name, config.kubernetes_version),
-              opts=pulumi.ResourceOptions(depends_on=cluster.addons))
 image = Image("image", ImageArgs(config.image))
 load_balancer_controller = LoadBalancerController("ingress-controller", LoadBalancerControllerArgs(
     cluster_name=cluster.name,
@@ -79,7 +78,16 @@ monitoring = Monitoring("monitoring", MonitoringArgs(
     compile_timeout_minutes=config.compile.timeout_minutes,
     request_timeout_seconds=config.serving.request_timeout_seconds,
     cluster_name=cluster.name,
-), opts=in_cluster(*pods_after))
+), opts=in_cluster(*pods_after, cluster.persistent_storage))
+Observability("observability", ObservabilityArgs(
+    cluster_name=cluster.name,
+    kubernetes_version=config.kubernetes_version,
+    region=config.region,
+    settings=config.observability,
+    monitoring=config.monitoring,
+    interruption_queue_name=karpenter.queue_name,
+    watched=[karpenter, monitoring.prometheus],
+), opts=pulumi.ResourceOptions(depends_on=cluster.addons))
 workloads = Workloads("workloads", WorkloadsArgs(
     shapes=config.shapes,
     settings=WorkloadSettings.of(config),

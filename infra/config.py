@@ -55,8 +55,12 @@ _CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:(?P<region>[a-z0-9-]+):[0-9]
 # IAM role ARNs, path included: EKS access entries take the role itself, not an assumed-role session.
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/(?:[\w+=,.@-]+/)*(?P<name>[\w+=,.@-]{1,64})$")
 _SNS_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:(?P<region>[a-z0-9-]+):[0-9]{12}:[A-Za-z0-9_-]{1,256}$")
-# Prometheus keeps its data on an emptyDir of a system node, whose root volume is EKS's default 20 GiB.
-MAX_PROMETHEUS_STORAGE_GI = 8
+# Prometheus keeps its data on a gp3 volume of its own (infra.cluster's StorageClass); a few serving pods
+# and kube-state-metrics at 15 s fill well under a GiB a day, so this bounds a typo, not a need.
+MAX_PROMETHEUS_STORAGE_GI = 200
+# The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days; "never expire" is left out.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                      2922, 3288, 3653)
 # EKS accepts at most this many public access CIDR blocks.
 MAX_PUBLIC_ACCESS_CIDRS = 40
 OPEN_TO_ALL = "0.0.0.0/0"
@@ -493,7 +497,7 @@ class ClusterAccess(_Section):
 
 class MonitoringSettings(_Section):
     retention_days: StrictInt = _integer(1, 30, default=7)
-    storage_gi: StrictInt = _integer(1, MAX_PROMETHEUS_STORAGE_GI, default=4)
+    storage_gi: StrictInt = _integer(1, MAX_PROMETHEUS_STORAGE_GI, default=10)
     # Where Alertmanager sends alerts; without it they are only visible in Alertmanager itself.
     alert_topic_arn: Annotated[StrictStr, _that(_matches(_SNS_TOPIC_ARN))] | None = _rule(
         "an SNS topic ARN, arn:aws:sns:<region>:<account>:<topic>", default=None)
@@ -502,6 +506,12 @@ class MonitoringSettings(_Section):
     def alert_topic_region(self) -> str | None:
         match = _SNS_TOPIC_ARN.match(self.alert_topic_arn) if self.alert_topic_arn else None
         return match["region"] if match else None
+
+
+class ObservabilitySettings(_Section):
+    # 30 days covers an incident found late in a sprint; audit logs kept longer belong in an archive.
+    log_retention_days: Annotated[StrictInt, _that(lambda days: days in LOG_RETENTION_DAYS)] = _rule(
+        "one of CloudWatch Logs' retention periods in days: " + ", ".join(map(str, LOG_RETENTION_DAYS)), default=30)
 
 
 def _hf_token(token: object) -> SecretText:
@@ -609,9 +619,14 @@ class StackConfig(BaseModel):
         default=ClusterAccess())
     monitoring: MonitoringSettings = _stack_key(
         f"{{retentionDays (1-30: how long Prometheus keeps samples), storageGi (1-{MAX_PROMETHEUS_STORAGE_GI}: "
-        "the size of its data volume, an emptyDir on a system node; it keeps 80% of that at most), "
-        "alertTopicArn (optional: an SNS topic ARN Alertmanager publishes every alert to; without it "
-        "alerts are only visible in Alertmanager)}", default=MonitoringSettings())
+        "the size of its data volume, an encrypted gp3 EBS volume that outlives the pod; it keeps 80% of that "
+        "at most), alertTopicArn (optional: an SNS topic ARN Alertmanager publishes every alert to, and the "
+        "CloudWatch alarms too when it is in the stack's region; without it alerts are only visible in "
+        "Alertmanager and alarms in the CloudWatch console)}", default=MonitoringSettings())
+    observability: ObservabilitySettings = _stack_key(
+        "{logRetentionDays (one of CloudWatch Logs' periods: " + ", ".join(map(str, LOG_RETENTION_DAYS))
+        + "; how long the EKS control-plane and Container Insights log groups keep events; `pulumi destroy` "
+        "deletes the groups)}", default=ObservabilitySettings())
 
     @field_validator("neuron_pools", mode="before")
     @classmethod

@@ -24,6 +24,11 @@ EC2_TRUST = {
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
 }
 
+# IMDSv2 only, and its token answers one hop: it cannot leave the host's network namespace, so pods
+# (on the pod network) cannot take the node role's credentials; host-network agents and the kubelet
+# still can. Every node the stack launches answers so (docs/upgrades.md, "Access").
+IMDS_HOP_LIMIT = 1
+
 AWS_MANAGED_POLICY = "arn:aws:iam::aws:policy/"
 # What every EKS node needs: join the cluster, pod networking, image pulls, SSM for debugging.
 NODE_POLICIES = (

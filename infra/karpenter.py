@@ -36,7 +36,6 @@ INTERRUPTION_EVENTS = {
 }
 # The EKS-optimized AL2023 release is per Kubernetes minor: its key in versions.KUBERNETES_RELEASES.
 AMI_ALIAS = "al2023-ami-alias"
-IMDS_HOP_LIMIT = 1
 # Karpenter's node repair (alpha since v1.1, off by default): its Helm value settings.featureGates.nodeRepair.
 NODE_REPAIR_GATE = "nodeRepair"
 NODECLASS_REF = {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": EC2_NODECLASS}
@@ -309,7 +308,10 @@ class Karpenter(pulumi.ComponentResource):
                 "nodeSelector": SYSTEM_NODE_LABEL,
                 "replicas": 2,
                 "controller": {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
-                                             "limits": {"cpu": "1", "memory": "1Gi"}}},
+                                             "limits": {"cpu": "1", "memory": "1Gi"}},
+                               # Without it Karpenter asks IMDS for its region, which the system nodes'
+                               # hop limit keeps out of its pod (infra.cluster's launch template).
+                               "env": [{"name": "AWS_REGION", "value": args.region}]},
             },
             opts=after(in_cluster, crds, association))
 
@@ -324,11 +326,8 @@ class Karpenter(pulumi.ComponentResource):
                 "subnetSelectorTerms": pulumi.Output.from_input(args.private_subnet_ids).apply(
                     lambda ids: [{"id": subnet} for subnet in ids]),
                 "securityGroupSelectorTerms": [{"id": args.node_security_group_id}],
-                # Hop limit 1: an IMDSv2 token cannot leave the host's network namespace, so pods cannot
-                # take the node role. Pod Identity, host-network agents and the kubelet do not need more
-                # (docs/upgrades.md, "Access").
                 "metadataOptions": {"httpEndpoint": "enabled", "httpProtocolIPv6": "disabled",
-                                    "httpPutResponseHopLimit": IMDS_HOP_LIMIT, "httpTokens": "required"},
+                                    "httpPutResponseHopLimit": iam.IMDS_HOP_LIMIT, "httpTokens": "required"},
                 "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": ROOT_VOLUME}],
                 # trn1.32xlarge carries 8 TB of NVMe: striped, it holds container images and compile scratch.
                 "instanceStorePolicy": "RAID0",

@@ -11,6 +11,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import iam, versions
+from infra.cluster import PERSISTENT_STORAGE_CLASS
 from infra.config import MonitoringSettings
 from infra.options import after, children
 from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NODE_LABEL, workload_name
@@ -18,7 +19,8 @@ from infra.pods import AUTOSCALING_METRIC
 from common import endpoints
 
 PROMETHEUS_RELEASE = "prometheus"
-PROMETHEUS_URL = f"http://{PROMETHEUS_RELEASE}-server.{METRICS_NAMESPACE}.svc"
+PROMETHEUS_SERVICE = f"{PROMETHEUS_RELEASE}-server"
+PROMETHEUS_URL = f"http://{PROMETHEUS_SERVICE}.{METRICS_NAMESPACE}.svc"
 SCRAPE_INTERVAL = "15s"
 # Alerting: kube-state-metrics reports on Jobs, pods and autoscalers; the alert rules read it and the
 # servers' own metrics; Alertmanager sends what fires to the configured SNS topic.
@@ -43,7 +45,7 @@ RUNTIME_ERRORS_WINDOW = "5m"
 RUNTIME_ERRORS_FOR = "10m"
 # A pod out of the load balancer for runtime errors this long has not recovered by its self-tests.
 UNREADY_ON_ERRORS_FOR = "5m"
-# Kept below the data volume's size, so Prometheus deletes old blocks before the kubelet evicts it.
+# Kept below the data volume's size, so Prometheus deletes old blocks before the volume fills up.
 RETENTION_SHARE_OF_STORAGE = 0.8
 
 
@@ -152,7 +154,8 @@ def prometheus_values(namespace: str, monitoring: MonitoringSettings, compile_ti
             "enabled": True,
             "nodeSelector": SYSTEM_NODE_LABEL,
             "serviceAccount": {"create": True, "name": ALERTMANAGER_SERVICE_ACCOUNT},
-            # No StorageClass in the cluster: silences do not survive a restart of Alertmanager.
+            # Silences do not survive a restart of Alertmanager: its chart (1.17) claims volumes through a
+            # StatefulSet template, whose claims outlive `helm uninstall` and would leave a volume behind.
             "persistence": {"enabled": False},
             "config": alertmanager_config(monitoring),
         },
@@ -163,9 +166,13 @@ def prometheus_values(namespace: str, monitoring: MonitoringSettings, compile_ti
         "prometheus-pushgateway": {"enabled": False},
         "server": {
             "nodeSelector": SYSTEM_NODE_LABEL,
-            # No StorageClass in the cluster: an emptyDir of the configured size, lost with the pod.
-            "persistentVolume": {"enabled": False},
-            "emptyDir": {"sizeLimit": f"{storage_gi}Gi"},
+            # An EBS volume of its own: samples survive a restart or a replaced node. The volume lives in one
+            # zone and binds the pod there; one pod at a time, so an update stops the old pod before the new
+            # one attaches the volume.
+            "persistentVolume": {"enabled": True, "size": f"{storage_gi}Gi",
+                                 "storageClass": PERSISTENT_STORAGE_CLASS, "accessModes": ["ReadWriteOnce"]},
+            "replicaCount": 1,
+            "strategy": {"type": "Recreate"},
             "retention": f"{monitoring.retention_days}d",
             "retentionSize": f"{int(storage_gi * RETENTION_SHARE_OF_STORAGE * 1024)}MB",
             "global": {"scrape_interval": SCRAPE_INTERVAL},
@@ -224,6 +231,8 @@ class Monitoring(pulumi.ComponentResource):
 
     # What the autoscalers read their metric through: they wait for these.
     autoscaling_metrics: list[pulumi.Resource]
+    # The Prometheus release, up once its server runs.
+    prometheus: pulumi.Resource
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("flux-neuron:infra:Monitoring", name, None, opts)
@@ -246,6 +255,7 @@ class Monitoring(pulumi.ComponentResource):
             version=versions.PROMETHEUS_ADAPTER_CHART_VERSION, namespace=METRICS_NAMESPACE,
             values=adapter_values(), opts=after(in_cluster, prometheus))
         self.autoscaling_metrics = [prometheus, adapter]
+        self.prometheus = prometheus
         self.register_outputs({})
 
     def _alert_publisher(self, args: MonitoringArgs) -> list[pulumi.Resource]:

@@ -42,7 +42,9 @@ PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 # source: the amazon-eks-ami CHANGELOG (planning/data/published/al2023-ami-neuron-driver.txt; checked):
 # v20260714 is the first release whose AL2023_x86_64_NEURON variant ships driver 2.29.0.0, which Neuron SDK
 # 2.31.1 needs. The others are EKS add-on versions, source `aws eks describe-addon-versions
-# --kubernetes-version <minor>` (not in the committed data: confirm a bump there). eks-node-monitoring-agent:
+# --kubernetes-version <minor>` (not in the committed data: confirm a bump there). aws-ebs-csi-driver is the
+# EKS build of the driver's release v1.63.1 (github.com/kubernetes-sigs/aws-ebs-csi-driver CHANGELOG.md).
+# eks-node-monitoring-agent:
 # the add-on build of github.com/aws/eks-node-monitoring-agent v1.7.0, its latest release (Aug 2026), whose
 # chart's nodeAgent image is v1.7.0-eksbuild.1; the same for both minors. Not confirmed against
 # describe-addon-versions from here (no AWS): check it there before the first `up`.
@@ -57,6 +59,7 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
         "eks-node-monitoring-agent": "v1.7.0-eksbuild.1",
+        "aws-ebs-csi-driver": "v1.63.1-eksbuild.1",
     },
     "1.34": {
         "al2023-ami-alias": "al2023@v20260714",
@@ -68,5 +71,6 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
         "eks-node-monitoring-agent": "v1.7.0-eksbuild.1",
+        "aws-ebs-csi-driver": "v1.63.1-eksbuild.1",
     },
 }

@@ -171,6 +171,9 @@ class _Mocks(pulumi.runtime.Mocks):
             state.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}")
         elif kind == "aws:ecr/repository:Repository":
             state["repositoryUrl"] = f"{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com/{inputs.get('name', name)}"
+        elif kind == "aws:ec2/launchTemplate:LaunchTemplate":
+            # EC2 numbers a template's versions from 1, the first being the one created.
+            state["latestVersion"] = 1
         elif kind == "eks:index:Cluster":
             state.update(self._cluster_outputs(inputs))
         elif kind == "docker-build:index:Image":

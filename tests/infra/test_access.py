@@ -107,3 +107,36 @@ def test_a_bad_cluster_access_names_the_key_the_value_and_what_is_allowed(cluste
     message = str(raised.value)
     assert message.startswith(f"config {key}: {shown if shown is not None else ''}"), message
     assert allowed in message.split(" is not allowed: ", 1)[1]
+
+
+# What a managed node group sets itself and refuses in a launch template (EKS user guide, "Customize managed
+# nodes with launch templates"): the IAM instance profile, the instance type given to the group, subnets,
+# Spot requests; an AMI would turn off EKS's bootstrap.
+REFUSED_IN_NODE_GROUP_TEMPLATES = ("iamInstanceProfile", "instanceType", "networkInterfaces",
+                                   "instanceMarketOptions", "imageId")
+
+
+def test_system_nodes_keep_imds_from_their_pods_as_karpenter_nodes_do(rendering):
+    (template,) = rendering.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+    node_class = manifest(rendering.one("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass", "karpenter-default"))
+    karpenter_imds = node_class["spec"]["metadataOptions"]
+    assert template.inputs["metadataOptions"] == {
+        "httpEndpoint": karpenter_imds["httpEndpoint"], "httpTokens": karpenter_imds["httpTokens"],
+        "httpProtocolIpv6": karpenter_imds["httpProtocolIPv6"],
+        "httpPutResponseHopLimit": karpenter_imds["httpPutResponseHopLimit"]}
+    assert template.inputs["metadataOptions"]["httpPutResponseHopLimit"] == 1
+    assert not set(template.inputs) & set(REFUSED_IN_NODE_GROUP_TEMPLATES)
+    group = rendering.one("aws:eks/nodeGroup:NodeGroup", "cluster-system").inputs
+    assert group["launchTemplate"] == {"id": template.id, "version": str(template.outputs["latestVersion"])}
+    # With a launch template the root disk is the template's (or the AMI's) business, not the group's.
+    assert "diskSize" not in group
+
+
+def test_controllers_on_the_system_nodes_are_told_what_they_would_ask_imds(rendering, stack_config):
+    """Karpenter and the load balancer controller look their region (and VPC) up in IMDS unless told;
+    their pods, off the host network, no longer reach it."""
+    releases = {r.inputs["name"]: r.inputs.get("values") for r in rendering.of_type("kubernetes:helm.sh/v3:Release")}
+    assert {"name": "AWS_REGION", "value": stack_config.region} in releases["karpenter"]["controller"]["env"]
+    controller = releases["aws-load-balancer-controller"]
+    vpc = rendering.one("aws:ec2/vpc:Vpc", "network")
+    assert (controller["region"], controller["vpcId"]) == (stack_config.region, vpc.id)

@@ -241,18 +241,18 @@ def test_with_a_topic_every_alert_is_published_there_by_alertmanager_alone(tmp_p
 
 
 def test_prometheus_keeps_what_the_config_sizes(tmp_path):
-    server = prometheus(run_program("dev", {MONITORING: {"retentionDays": 14, "storageGi": 8}})).inputs["values"]
+    server = prometheus(run_program("dev", {MONITORING: {"retentionDays": 14, "storageGi": 50}})).inputs["values"]
     server = server["server"]
     assert server["retention"] == "14d"
-    assert server["emptyDir"] == {"sizeLimit": "8Gi"}
-    assert int(server["retentionSize"].removesuffix("MB")) < 8 * 1024
+    assert server["persistentVolume"]["size"] == "50Gi"
+    assert int(server["retentionSize"].removesuffix("MB")) < 50 * 1024
 
 
 BAD_MONITORING = {
     "topic-not-an-arn": ({"alertTopicArn": "flux-alerts"}, "flux-neuron:monitoring.alertTopicArn", "'flux-alerts'",
                          "an SNS topic ARN"),
-    "storage-over-the-node-disk": ({"storageGi": 9}, "flux-neuron:monitoring.storageGi", "9",
-                                   "an integer from 1 to 8"),
+    "storage-too-large": ({"storageGi": 201}, "flux-neuron:monitoring.storageGi", "201",
+                          "an integer from 1 to 200"),
     "no-retention": ({"retentionDays": 0}, "flux-neuron:monitoring.retentionDays", "0", "an integer from 1 to 30"),
 }
 

@@ -80,7 +80,7 @@ RESERVATION = "cr-0123456789abcdef0"
 KNOWN_KEYS = ("aws:region, flux-neuron:cluster, flux-neuron:compile, flux-neuron:dtype, flux-neuron:existingVpc, "
               "flux-neuron:graphCache, flux-neuron:hfToken, flux-neuron:image, flux-neuron:ingress, "
               "flux-neuron:kubernetesVersion, flux-neuron:model, flux-neuron:monitoring, "
-              "flux-neuron:network, flux-neuron:neuronPools, "
+              "flux-neuron:network, flux-neuron:neuronPools, flux-neuron:observability, "
               "flux-neuron:serving, flux-neuron:shapes, flux-neuron:systemNodes")
 
 # The dev stack's pool allowing Spot, and its serving within the Spot notice.

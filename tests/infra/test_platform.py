@@ -6,7 +6,7 @@ import pulumi.runtime.mocks as pulumi_mocks
 import yaml
 
 from infra import versions
-from infra.cluster import CORE_ADDONS, NODE_MONITORING_AGENT
+from infra.cluster import CORE_ADDONS, EBS_CSI_ADDON, NODE_MONITORING_AGENT
 from infra.iam import POD_IDENTITY_TRUST
 from infra.karpenter import INTERRUPTION_EVENTS, NODE_REPAIR_GATE
 from infra.naming import (
@@ -63,7 +63,7 @@ def test_system_node_group_is_labelled_for_controllers(rendering, stack_config):
 def test_core_addons_are_pinned_for_the_cluster_minor(rendering, stack_config):
     addons = {a.inputs["addonName"]: a for a in rendering.of_type("aws:eks/addon:Addon")}
     pins = versions.KUBERNETES_RELEASES[stack_config.kubernetes_version]
-    for name in (*CORE_ADDONS, "aws-mountpoint-s3-csi-driver", "amazon-cloudwatch-observability"):
+    for name in (*CORE_ADDONS, EBS_CSI_ADDON, "aws-mountpoint-s3-csi-driver", "amazon-cloudwatch-observability"):
         assert addons[name].inputs["addonVersion"] == pins[name]
         assert addons[name].inputs["clusterName"] == rendering.outputs["clusterName"]
 
@@ -189,7 +189,7 @@ def test_custom_resources_depend_on_the_releases_that_install_their_crds(renderi
 def test_what_a_component_waits_for_through_opts_reaches_the_children_that_must_wait(rendering):
     """Components take depends_on through opts; Pulumi does not hand it to their children, each
     component does, to the children that run in the cluster."""
-    addons = {r.urn for r in rendering.of_type("aws:eks/addon:Addon") if r.parent.endswith("::cluster")}
+    addons = {r.urn for r in rendering.of_type("aws:eks/addon:Addon") if r.inputs["addonName"] in CORE_ADDONS}
     for chart in ("karpenter-crd", "karpenter", "neuron-helm-chart", "aws-load-balancer-controller"):
         assert addons <= set(release(rendering, chart).dependencies), chart
     for addon in ("aws-mountpoint-s3-csi-driver", "amazon-cloudwatch-observability"):
