@@ -14,7 +14,7 @@ Each round alternates:
 
 - raw read: every file of the manifest read sequentially into one reused buffer, nothing
   checked and nothing written: the floor of any load of these bytes;
-- verified load: copy_verified into a fresh directory under --local (size + BLAKE3 of every
+- verified load: copy_verified into a fresh directory under --local (size + XXH3-128 of every
   byte, several files at once), then deleted. The default, /dev/shm, is memory-backed like
   the serving pod's local-artifact volume (infra/pods.py).
 

@@ -8,17 +8,23 @@ one object are not coordinated (the last upload wins, atomically). So a compile:
 2. copies each finished file sequentially into a fresh ``attempts/<id>/`` directory
    that nobody else writes (so nothing is ever overwritten or renamed);
 3. writes ``manifest.json`` last: the key, the attempt it points at, and every file's
-   size and BLAKE3 hash.
+   size and XXH3-128 checksum.
 
 A manifest therefore means "complete", and it is a single small object: whichever of
 two concurrent compiles writes it, it points at a complete attempt. Files without a
 manifest are an interrupted compile; the next compile ignores them and publishes a new
 attempt beside them.
 
-Files are hashed with BLAKE3 (format 2): on the development VM it hashes 2.9 GB/s on one
-core against sha256's 1.45 GB/s with SHA-NI, so verifying a 34 GB artifact costs half the
-CPU, and it is as collision-resistant for this purpose. Format 1 manifests (sha256) are
-still read and verified, so artifacts published before need no recompile.
+What the checksum guards against is accidental damage: a truncated or partial upload, a
+file replaced by a concurrent compile, bit rot, a wrong attempt. Against that a 128-bit
+checksum of good statistical quality (XXH3-128, format 3) is as sure as a cryptographic
+hash, and it is an order of magnitude cheaper: on the development VM it checks 1 MiB chunks
+at about 30 GB/s on one core, against BLAKE3's 2.9 GB/s (format 2) and sha256's 1.45 GB/s
+(format 1), so verification is no longer what a cold start waits for. A cryptographic hash
+would add nothing against tampering either: the manifest lives in the same bucket and
+prefix, written with the same permissions as the files it lists, so whoever can replace a
+file can rewrite its manifest. Format 1 and 2 manifests are still read and verified with
+their own hashes, so artifacts published before need no recompile.
 """
 
 from __future__ import annotations
@@ -33,19 +39,19 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import blake3
+import xxhash
 
 from common.artifacts import READERS_ENV, readers_for_cpus
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 2
-# The manifest field holding each file's hash (hex BLAKE3, 32 bytes).
-HASH_FIELD = "blake3"
+MANIFEST_FORMAT = 3
+# The manifest field holding each file's hash (hex XXH3-128, 16 bytes).
+HASH_FIELD = "xxh3_128"
 # Per manifest format this code reads: the hash field and a new hasher for it.
 _HASHES = {
     1: ("sha256", hashlib.sha256),
-    # One thread per file: the files are already hashed in parallel, and on the development VM
-    # blake3's own threads cost 5-10% more CPU for no gain then.
-    MANIFEST_FORMAT: (HASH_FIELD, blake3.blake3),
+    2: ("blake3", blake3.blake3),
+    MANIFEST_FORMAT: (HASH_FIELD, xxhash.xxh3_128),
 }
 ATTEMPTS_DIR = "attempts"
 # Small enough to stay in the CPU cache between the read, the hash and the write: on the
@@ -100,7 +106,7 @@ def _copy_and_hash(reader, writer, size: int, name: str, manifest_format: int = 
 
 
 def _copy_new_file(source: Path, destination: Path) -> tuple[int, str]:
-    """Copy into a new file; return the size and BLAKE3 of the bytes written."""
+    """Copy into a new file; return the size and checksum of the bytes written."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     with source.open("rb", buffering=0) as reader, destination.open("xb") as writer:
         size = os.fstat(reader.fileno()).st_size
@@ -176,7 +182,7 @@ def read_manifest(artifact_dir: Path) -> dict:
 def copy_verified(artifact_dir: Path, destination: Path, readers: int | None = None) -> dict:
     """Copy a published artifact's files into a private local ``destination``; return its manifest.
 
-    One pass over the published bytes: each file is read once, its size and BLAKE3 checked
+    One pass over the published bytes: each file is read once, its size and checksum checked
     while it is copied, and ``readers`` files (default: default_readers()) are copied at once,
     largest first. Loaders then read the local copy, which they find in the page cache
     because it was just written: what they load is exactly what was verified (nobody else

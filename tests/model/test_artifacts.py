@@ -10,6 +10,7 @@ from pathlib import Path
 
 import blake3
 import pytest
+import xxhash
 
 from common.artifacts import MAX_READERS, READERS_ENV, readers_for_cpus
 from model import artifacts
@@ -48,7 +49,7 @@ def published(tmp_path: Path, files: dict[str, bytes]) -> Path:
     return artifact_dir
 
 
-def test_manifest_lists_every_file_with_size_and_blake3_in_a_fresh_attempt(
+def test_manifest_lists_every_file_with_size_and_xxh3_128_in_a_fresh_attempt(
     published: Path, files: dict[str, bytes]
 ) -> None:
     manifest = read_manifest(published)
@@ -58,7 +59,7 @@ def test_manifest_lists_every_file_with_size_and_blake3_in_a_fresh_attempt(
     assert set(listed) == set(files)
     for name, data in files.items():
         assert listed[name]["size"] == len(data)
-        assert listed[name][HASH_FIELD] == blake3.blake3(data).hexdigest()
+        assert listed[name][HASH_FIELD] == xxhash.xxh3_128(data).hexdigest()
         assert (published / manifest["attempt"] / name).read_bytes() == data
 
 
@@ -93,7 +94,7 @@ def _damage(published: Path, name: str, how: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "how, message", [("missing", "missing"), ("truncated", "bytes"), ("extended", "bytes"), ("corrupted", "blake3 .* does not match")]
+    "how, message", [("missing", "missing"), ("truncated", "bytes"), ("extended", "bytes"), ("corrupted", "xxh3_128 .* does not match")]
 )
 def test_damaged_files_raise_artifact_error_naming_the_file(
     tmp_path: Path, published: Path, how: str, message: str
@@ -197,7 +198,7 @@ def test_a_damaged_file_among_parallel_reads_is_named(tmp_path: Path) -> None:
     published = tmp_path / "artifact"
     publish(_stage(tmp_path / "staged", shards), published, FIELDS)
     _damage(published, "text_encoder_2/tp_4.pt", "corrupted")
-    with pytest.raises(ArtifactError, match=r"^text_encoder_2/tp_4\.pt: blake3 .* \(corrupted\)"):
+    with pytest.raises(ArtifactError, match=r"^text_encoder_2/tp_4\.pt: xxh3_128 .* \(corrupted\)"):
         copy_verified(published, tmp_path / "copy", readers=4)
 
 
@@ -218,15 +219,18 @@ def test_reader_count_comes_from_the_environment_or_the_cores(monkeypatch: pytes
     assert readers_for_cpus(128) == MAX_READERS
 
 
-def test_a_format_1_manifest_is_verified_with_its_sha256(tmp_path: Path, published: Path, files: dict[str, bytes]):
+@pytest.mark.parametrize("manifest_format, field, hasher", [(1, "sha256", hashlib.sha256), (2, "blake3", blake3.blake3)])
+def test_an_earlier_format_manifest_is_verified_with_its_own_hash(
+    tmp_path: Path, published: Path, files: dict[str, bytes], manifest_format: int, field: str, hasher
+) -> None:
     manifest = read_manifest(published)
-    legacy = {**manifest, "format": 1,
+    legacy = {**manifest, "format": manifest_format,
               "files": [{"path": entry["path"], "size": entry["size"],
-                         "sha256": hashlib.sha256(files[entry["path"]]).hexdigest()} for entry in manifest["files"]]}
+                         field: hasher(files[entry["path"]]).hexdigest()} for entry in manifest["files"]]}
     (published / MANIFEST_NAME).unlink()
     (published / MANIFEST_NAME).write_text(json.dumps(legacy))
     copy_verified(published, tmp_path / "copy")
     assert (tmp_path / "copy" / "graphs/big.bin").read_bytes() == files["graphs/big.bin"]
     _damage(published, "graphs/big.bin", "corrupted")
-    with pytest.raises(ArtifactError, match=r"^graphs/big\.bin: sha256 .* does not match"):
+    with pytest.raises(ArtifactError, match=rf"^graphs/big\.bin: {field} .* does not match"):
         copy_verified(published, tmp_path / "copy-2")
