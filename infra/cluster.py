@@ -34,8 +34,10 @@ EBS_CSI_ADDON = "aws-ebs-csi-driver"
 # identity from the Node object when IMDS is out of reach: the driver's docs/install.md, "Kubernetes Metadata").
 EBS_CSI_SERVICE_ACCOUNT = "ebs-csi-controller-sa"
 # The AWS managed policy of the driver's docs (AmazonEBSCSIDriverPolicyV2): unlike V1, it reaches only
-# volumes and snapshots the driver created and tagged, which is all this stack provisions.
-EBS_CSI_POLICY = "service-role/AmazonEBSCSIDriverPolicyV2"
+# volumes and snapshots the driver created and tagged, which is all this stack provisions. Unlike V1 it is
+# not under service-role/: its ARN is arn:aws:iam::aws:policy/AmazonEBSCSIDriverPolicyV2 (AWS managed policy
+# reference, created 2026-04-16).
+EBS_CSI_POLICY = "AmazonEBSCSIDriverPolicyV2"
 # What Prometheus keeps its data on: encrypted gp3 (EBS's default KMS key), created in the zone of the pod
 # that first mounts it. Delete: the volume goes with its claim (the Prometheus release), not with a pod.
 PERSISTENT_STORAGE_CLASS = "gp3-encrypted"

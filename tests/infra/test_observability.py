@@ -146,7 +146,7 @@ def test_the_ebs_csi_driver_is_pinned_and_uses_pod_identity_with_the_scoped_mana
     role = next(r for r in rendering.of_type("aws:iam/role:Role") if r.outputs["arn"] == association["roleArn"])
     attached = [a.inputs["policyArn"] for a in rendering.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
                 if a.inputs["role"] == role.outputs["name"]]
-    assert attached == ["arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicyV2"]
+    assert attached == ["arn:aws:iam::aws:policy/AmazonEBSCSIDriverPolicyV2"]
     agent = addon(rendering, "eks-pod-identity-agent")
     assert agent.urn in driver.dependencies
 
