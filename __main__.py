@@ -3,7 +3,7 @@
 import pulumi
 
 from infra.cluster import Cluster, ClusterArgs
-from infra.config import load_stack_config, raw_pulumi_config, validate_stack_name
+from infra.config import load_stack_config, raw_pulumi_config, validate_project_name, validate_stack_name
 from infra.image import Image, ImageArgs
 from infra.ingress import Ingress, IngressArgs, LoadBalancerController, LoadBalancerControllerArgs
 from infra.karpenter import Karpenter, KarpenterArgs
@@ -17,6 +17,7 @@ from infra.pods import WorkloadSettings
 from infra.storage import Storage, StorageArgs
 from infra.workloads import Workloads, WorkloadsArgs
 
+validate_project_name(pulumi.get_project())
 validate_stack_name(pulumi.get_stack())
 config = load_stack_config(raw_pulumi_config())
 cluster_name = stack_resource_name(pulumi.get_stack())

@@ -88,6 +88,16 @@ class StackNameError(pulumi.RunError):
     """The Pulumi stack name cannot name every AWS resource it is part of; printed without a traceback."""
 
 
+def validate_project_name(project: str) -> None:
+    """AWS names are `<PROJECT>-<stack>` and config keys `<PROJECT>:<key>`: refuse a Pulumi project named
+    otherwise, whose names would silently be another project's (and whose stack files no key would match)."""
+    if project != PROJECT:
+        raise StackNameError(
+            f"Pulumi project {project!r} is not allowed: this program names its AWS resources {PROJECT}-<stack> "
+            f"and reads config keys {PROJECT}:<key> (PROJECT in infra/naming.py): name the project {PROJECT} in "
+            "Pulumi.yaml, or rename PROJECT and the stack files' keys with it, so two projects never share names")
+
+
 def validate_stack_name(stack: str) -> None:
     """Refuse, before anything is created, a stack name that some AWS name it feeds would reject."""
     what, name, limit = min(STACK_NAME_LIMITS, key=lambda entry: entry[2] - len(entry[1]("")))

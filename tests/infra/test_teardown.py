@@ -10,15 +10,26 @@ import subprocess
 import pytest
 
 from planning import offline
-from infra.config import STACK_NAME_LIMITS, StackNameError, validate_stack_name
+from infra.config import STACK_NAME_LIMITS, StackNameError, validate_project_name, validate_stack_name
 from infra.naming import (
-    NODEPOOL_LABEL, WORKLOAD_NAMESPACE, graphs_bucket_prefix, stack_resource_name, workload_labels,
+    PROJECT, NODEPOOL_LABEL, WORKLOAD_NAMESPACE, graphs_bucket_prefix, stack_resource_name, workload_labels,
 )
 from planning.offline import REPO_ROOT, stack_file_config, stack_names
 
 SCRIPTS = sorted((REPO_ROOT / "scripts").iterdir())
 DESTROY = REPO_ROOT / "scripts" / "destroy"
 BUCKET = "flux-neuron-dev-graphs-20261201abcdef"
+
+
+def test_names_are_the_projects_own_the_one_in_pulumi_yaml():
+    pulumi_yaml = (REPO_ROOT / "Pulumi.yaml").read_text()
+    assert re.search(rf"^name: {re.escape(PROJECT)}$", pulumi_yaml, re.M)
+    validate_project_name(PROJECT)
+    with pytest.raises(StackNameError) as raised:
+        validate_project_name("flux-neuron-team-b")
+    assert str(raised.value).startswith(
+        "Pulumi project 'flux-neuron-team-b' is not allowed: this program names its AWS resources "
+        "flux-neuron-<stack> and reads config keys flux-neuron:<key>")
 
 
 @pytest.mark.parametrize("stack", stack_names())
