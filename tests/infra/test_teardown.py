@@ -10,9 +10,10 @@ import subprocess
 import pytest
 
 from planning import offline
+from infra.monitoring import PROMETHEUS_SERVICE
 from infra.config import STACK_NAME_LIMITS, StackNameError, validate_project_name, validate_stack_name
 from infra.naming import (
-    PROJECT, NODEPOOL_LABEL, WORKLOAD_NAMESPACE, graphs_bucket_prefix, stack_resource_name, workload_labels,
+    METRICS_NAMESPACE, PROJECT, NODEPOOL_LABEL, WORKLOAD_NAMESPACE, graphs_bucket_prefix, stack_resource_name, workload_labels,
 )
 from planning.offline import REPO_ROOT, stack_file_config, stack_names
 
@@ -81,6 +82,8 @@ def test_destroy_names_the_labels_and_namespace_the_program_uses():
         f"app.kubernetes.io/part-of={workload_labels('serve', 'x')['app.kubernetes.io/part-of']}"
     assert re.search(r'^karpenter_nodes="(.*)"$', text, re.M)[1] == NODEPOOL_LABEL
     assert re.search(r'^namespace="(.*)"$', text, re.M)[1] == WORKLOAD_NAMESPACE
+    assert re.search(r'^monitoring_namespace="(.*)"$', text, re.M)[1] == METRICS_NAMESPACE
+    assert re.search(r'^prometheus="(.*)"$', text, re.M)[1] == PROMETHEUS_SERVICE
 
 
 # Stand-ins: each records its arguments, one line per call, and answers what destroy asks.
@@ -97,6 +100,12 @@ case "$*" in
   "config get --path graphCache."*) exit 255 ;;
 esac
 """
+FAKE_KUBECTL = """
+case "$*" in
+  "-n monitoring get deployment prometheus-server "*) [ -z "$PROMETHEUS_VOLUME" ] || echo deployment.apps/prometheus-server ;;
+  "-n monitoring get pvc prometheus-server "*) printf '%s' "$PROMETHEUS_VOLUME" ;;
+esac
+"""
 FAKE_AWS = """
 case "$*" in
   "eks describe-cluster "*) [ -z "$CLUSTER_GONE" ] || exit 254 ;;
@@ -108,16 +117,16 @@ esac
 """
 
 
-def run_destroy(tmp_path, retain="", cluster_gone="", retain_image="", adopted_repository=""):
+def run_destroy(tmp_path, retain="", cluster_gone="", retain_image="", adopted_repository="", prometheus_volume=""):
     bin_dir, log = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
-    for tool, answers in (("pulumi", FAKE_PULUMI), ("kubectl", ""), ("aws", FAKE_AWS)):
+    for tool, answers in (("pulumi", FAKE_PULUMI), ("kubectl", FAKE_KUBECTL), ("aws", FAKE_AWS)):
         fake = bin_dir / tool
         fake.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n{answers}')
         fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PULUMI_CONFIG_PASSPHRASE": "x",
            "RETAIN": retain, "CLUSTER_GONE": cluster_gone, "RETAIN_IMAGE": retain_image,
-           "ADOPTED_REPOSITORY": adopted_repository}
+           "ADOPTED_REPOSITORY": adopted_repository, "PROMETHEUS_VOLUME": prometheus_volume}
     result = subprocess.run([str(DESTROY), "dev", "--yes"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [line for line in log.read_text().splitlines()
@@ -133,12 +142,31 @@ def test_destroy_drains_the_cluster_before_pulumi_destroy_then_removes_the_log_g
         "kubectl get nodes -l karpenter.sh/nodepool -o name",
         "kubectl -n flux delete ingress --all --wait=true --ignore-not-found",
     ]
-    assert calls[4] == "pulumi destroy --stack dev --yes"
-    assert calls[5] == f"pulumi config set --path graphCache.bucket {BUCKET} --stack dev"
-    assert calls[6] == "pulumi config set --path image.repository flux-neuron-dev --stack dev"
+    # Prometheus's volume claim while the EBS CSI driver can still delete its volume; the stand-in
+    # kubectl knows no Deployment or volume, so there is nothing to scale down or wait for.
+    assert calls[4:7] == [
+        "kubectl -n monitoring get deployment prometheus-server -o name --ignore-not-found",
+        "kubectl -n monitoring get pvc prometheus-server -o jsonpath={.spec.volumeName} --ignore-not-found",
+        "kubectl -n monitoring delete pvc prometheus-server --wait=true --timeout=300s --ignore-not-found",
+    ]
+    assert calls[7] == "pulumi destroy --stack dev --yes"
+    assert calls[8] == f"pulumi config set --path graphCache.bucket {BUCKET} --stack dev"
+    assert calls[9] == "pulumi config set --path image.repository flux-neuron-dev --stack dev"
     deleted = [call.rsplit(" ", 1)[1] for call in calls if "delete-log-group " in call]
     assert deleted == ["/aws/eks/flux-neuron-dev/cluster", "/aws/containerinsights/flux-neuron-dev/application",
                        "/aws/containerinsights/flux-neuron-dev/performance"]
+
+
+def test_destroy_stops_prometheus_and_waits_for_its_volume_to_be_deleted(tmp_path):
+    calls = run_destroy(tmp_path, prometheus_volume="pvc-0123")
+    start = calls.index("kubectl -n monitoring get deployment prometheus-server -o name --ignore-not-found")
+    assert calls[start + 1:start + 5] == [
+        "kubectl -n monitoring scale deployment prometheus-server --replicas=0",
+        "kubectl -n monitoring get pvc prometheus-server -o jsonpath={.spec.volumeName} --ignore-not-found",
+        "kubectl -n monitoring delete pvc prometheus-server --wait=true --timeout=300s --ignore-not-found",
+        "kubectl wait --for=delete pv/pvc-0123 --timeout=300s",
+    ]
+    assert calls.index("pulumi destroy --stack dev --yes") == start + 5
 
 
 def test_destroy_forgets_the_cache_and_the_repository_when_they_are_not_retained(tmp_path):
