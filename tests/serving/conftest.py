@@ -82,7 +82,9 @@ class RunningServer:
         def refused() -> bool:
             try:
                 httpx.get(self.url + endpoints.HEALTHZ, timeout=5)
-            except httpx.ConnectError:
+            # Refused once the listener is closed; a connection the kernel accepted just before that
+            # is reset unanswered (ReadError) or closed mid-response: new work is not taken either way.
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
                 return True
             return False
 
