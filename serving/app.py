@@ -123,6 +123,11 @@ class Status(str, enum.Enum):
     FAILING = "failing"
 
 
+def warm_up(generator: FluxGenerator) -> None:
+    """One generation of WARMUP_STEPS: every compiled graph runs once (the warm-up, and the self-test)."""
+    generator.generate(WARMUP_PROMPT, WARMUP_STEPS, DEFAULT_GUIDANCE_SCALE, 0)
+
+
 class Pipeline:
     """The generator and where it is in its life. Written by the worker thread only."""
 
@@ -140,7 +145,7 @@ class Pipeline:
             self.status = Status.WARMING_UP
             log.info("artifacts loaded and verified for shape %s; warming up", generator.shape)
             started = time.perf_counter()
-            generator.generate(WARMUP_PROMPT, WARMUP_STEPS, DEFAULT_GUIDANCE_SCALE, 0)
+            warm_up(generator)
             generations.observe_step_time(time.perf_counter() - started, WARMUP_STEPS)
         except Exception as error:
             self.failure = f"{type(error).__name__}: {error}"
@@ -220,7 +225,7 @@ def render(
 def self_test(generator: FluxGenerator, health: RuntimeHealth) -> None:
     """The warm-up generation, on the worker thread, as the probe of a pipeline that keeps failing."""
     try:
-        generator.generate(WARMUP_PROMPT, WARMUP_STEPS, DEFAULT_GUIDANCE_SCALE, 0)
+        warm_up(generator)
     except Exception:
         log.exception("self-test generation failed")
         health.failed(During.SELF_TEST)
