@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -137,8 +138,18 @@ def tiny_generator(tiny_artifact_dir: Path) -> FluxGenerator:
 
 
 @pytest.fixture(scope="session")
-def serve_app():
-    return serve
+def serve_tiny_artifact(tiny_artifact_dir: Path, served: ServedArtifact) -> Callable[[ServerLimits], AbstractContextManager[RunningServer]]:
+    """``with serve_tiny_artifact(limits) as server``: the tiny artifact served as the CLI serves it
+    (loaded, verified and warmed up in the background), yielded once it has settled ready. For the
+    module-scoped servers that many tests share."""
+
+    @contextmanager
+    def serving(limits: ServerLimits) -> Iterator[RunningServer]:
+        with serve(create_app(partial(load_generator, tiny_artifact_dir), served, limits)) as server:
+            assert server.wait_until_settled().status_code == 200
+            yield server
+
+    return serving
 
 
 @pytest.fixture(scope="session")

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import base64
-from functools import partial
 
 import pytest
 
-from model.runtime import load_generator
 from common.shapes import Shape
 from common import endpoints
-from serving.app import ServerLimits, create_app
+from serving.app import ServerLimits
 from serving.schemas import MAX_PROMPT_CHARS, MAX_SEED
 
 
 @pytest.fixture(scope="module")
-def api(serve_app, tiny_artifact_dir, served):
-    """Loads the artifacts the way the CLI does: verified, in the background, then warmed up."""
-    app = create_app(partial(load_generator, tiny_artifact_dir), served, ServerLimits(queue_size=4, request_timeout=120))
-    with serve_app(app) as server:
-        assert server.wait_until_settled().status_code == 200
+def api(serve_tiny_artifact):
+    with serve_tiny_artifact(ServerLimits(queue_size=4, request_timeout=120)) as server:
         yield server
 
 

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 
 import pytest
 
-from model.runtime import load_generator
 from common import endpoints
-from serving.app import ServerLimits, create_app
+from serving.app import ServerLimits
 from serving.logs import REQUEST_ID_HEADER, JsonFormatter
 from serving.metrics import LATENCY_BUCKETS
 from serving.schemas import QUALITY_STEPS
 
 
 @pytest.fixture(scope="module")
-def api(serve_app, tiny_artifact_dir, served):
-    app = create_app(partial(load_generator, tiny_artifact_dir), served, ServerLimits(queue_size=2, request_timeout=120))
-    with serve_app(app) as server:
-        assert server.wait_until_settled().status_code == 200
+def api(serve_tiny_artifact):
+    with serve_tiny_artifact(ServerLimits(queue_size=2, request_timeout=120)) as server:
         yield server
 
 

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import base64
 import io
-from functools import partial
 
 import openai
 import pytest
 from PIL import Image
 
-from model.runtime import load_generator
-from serving.app import DEFAULT_MAX_IMAGES, ServerLimits, create_app
+from serving.app import DEFAULT_MAX_IMAGES, ServerLimits
 from serving.schemas import openai_size
 
 
 @pytest.fixture(scope="module")
-def server(serve_app, tiny_artifact_dir, served):
-    app = create_app(partial(load_generator, tiny_artifact_dir), served, ServerLimits(queue_size=4, request_timeout=120))
-    with serve_app(app) as running:
-        assert running.wait_until_settled().status_code == 200
+def server(serve_tiny_artifact):
+    with serve_tiny_artifact(ServerLimits(queue_size=4, request_timeout=120)) as running:
         yield running
 
 

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 
-from model.runtime import load_generator
 from common import endpoints
-from serving.app import ServerLimits, create_app
+from serving.app import ServerLimits
 
 MAX_BODY_BYTES = 4096
 JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def api(serve_app, tiny_artifact_dir, served):
+def api(serve_tiny_artifact):
     limits = ServerLimits(queue_size=4, request_timeout=120, max_body_bytes=MAX_BODY_BYTES, max_images=1)
-    with serve_app(create_app(partial(load_generator, tiny_artifact_dir), served, limits)) as server:
-        assert server.wait_until_settled().status_code == 200
+    with serve_tiny_artifact(limits) as server:
         yield server
 
 
