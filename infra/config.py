@@ -409,6 +409,13 @@ class SystemNodes(_Section):
         return self
 
 
+def _retained_when_reused(reused_key: str, reused: str | None, retain_on_destroy: bool) -> None:
+    """A resource named in config (`section.field`) already existed: destroy must leave it."""
+    if reused is not None and not retain_on_destroy:
+        raise _not_allowed(f"true with {reused_key}: that {reused_key.split('.')[1]} is not this stack's to delete",
+                           "retainOnDestroy", value=retain_on_destroy)
+
+
 class ImageSettings(_Section):
     uri: Annotated[StrictStr, _that(_matches(_IMAGE_BY_DIGEST))] | None = _rule(
         "an image pinned by digest, 'registry/repository@sha256:<64 hex>' (a tag can move)", default=None)
@@ -424,9 +431,7 @@ class ImageSettings(_Section):
         if self.repository is not None and self.uri is not None:
             raise _not_allowed("unset with image.uri: a prebuilt image is pushed nowhere", "repository",
                                value=self.repository)
-        if self.repository is not None and not self.retain_on_destroy:
-            raise _not_allowed("true with image.repository: that repository is not this stack's to delete",
-                               "retainOnDestroy", value=self.retain_on_destroy)
+        _retained_when_reused("image.repository", self.repository, self.retain_on_destroy)
         return self
 
 
@@ -455,9 +460,7 @@ class GraphCacheSettings(_Section):
 
     @model_validator(mode="after")
     def _kept_when_not_ours(self) -> GraphCacheSettings:
-        if self.bucket is not None and not self.retain_on_destroy:
-            raise _not_allowed("true with graphCache.bucket: that bucket is not this stack's to delete",
-                               "retainOnDestroy", value=self.retain_on_destroy)
+        _retained_when_reused("graphCache.bucket", self.bucket, self.retain_on_destroy)
         return self
 
 
