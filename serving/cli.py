@@ -34,7 +34,7 @@ from serving import http_server
 from serving.app import DEFAULT_MAX_IMAGES, ServedArtifact, ServerLimits, create_app
 from common.endpoints import DEFAULT_PORT, UNREADY_AFTER_RUNTIME_ERRORS
 from serving.health import DEFAULT_RESTART_AFTER_SELF_TESTS, DEFAULT_SELF_TEST_INTERVAL_S, HealthPolicy
-from serving.logs import configure_json_logging
+from common.logs import configure_json_logging
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES
 
 PROG = "python -m serving"

@@ -9,7 +9,8 @@ import pytest
 
 from common import endpoints
 from serving.app import ServerLimits
-from serving.logs import REQUEST_ID_HEADER, JsonFormatter
+from common.logs import JsonFormatter
+from serving.logs import REQUEST_ID_HEADER
 from serving.metrics import LATENCY_BUCKETS
 from serving.schemas import QUALITY_STEPS
 
