@@ -3,14 +3,14 @@
     python -m bench.cold_start --size-gb 2                  # synthetic FLUX.1-dev-shaped artifact, 2 GB
     python -m bench.cold_start --size-gb 34 --local DIR     # the real size: 2 x 34 GB of disk, 34 GB in DIR
 
-It builds a synthetic artifact with the real layout: text_encoder/ and vae_decoder/ as one
-model.pt each, text_encoder_2/ and transformer/ as tp_<rank>.pt shards, their sizes in
-FLUX.1-dev's proportions (infra.cold_start.FLUX_DEV_GRAPH_GB), the tiny model's tokenizers,
-a scheduler config and pipeline.json, published by model.artifacts.publish (so the
-manifest holds the real hashes). The graph files are random bytes, so they are *not*
-deserialized: what is timed is model.artifacts.copy_verified, the step load_generator runs
-before handing the backend its local paths (the backend then reads that copy from memory).
-Each round alternates:
+It builds a synthetic weights artifact, the part of what a serving pod reads that carries the bytes
+(a shape's graphs hold no weights), with the real layout: text_encoder/ and vae_decoder/ one file
+each, text_encoder_2/ and transformer/ one per tensor-parallel rank, their sizes in FLUX.1-dev's
+proportions (infra.cold_start.FLUX_DEV_GRAPH_GB), and weights.json, published by
+model.artifacts.publish (so the manifest holds the real hashes). The files are random bytes, so
+they are *not* deserialized: what is timed is model.artifacts.copy_verified, the step
+load_generator runs before handing the backend its local copies (the backend then reads them from
+memory). Each round alternates:
 
 - raw read: every file of the manifest read sequentially into one reused buffer, nothing
   checked and nothing written: the floor of any load of these bytes;
@@ -40,11 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from infra.cold_start import FLUX_DEV_GRAPH_GB
-from model import tiny
 from model.artifacts import copy_verified, default_readers, publish, read_manifest
-from model.backends import TENSOR_PARALLEL, TORCHSCRIPT
-from model.tensor_parallel import TENSOR_PARALLEL_COMPONENTS
-from model.components import PIPELINE_CONFIG_NAME
+from model.backends import WEIGHTS_FILE
+from model.components import TENSOR_PARALLEL_COMPONENTS, WEIGHTS_CONFIG_NAME
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 # Memory-backed, as the serving pod's local copy is.
@@ -60,26 +58,19 @@ def _write_random(path: Path, size: int, rng: np.random.Generator) -> None:
 
 
 def stage_synthetic_artifact(staged: Path, size_gb: float, tp_degree: int) -> dict[str, int]:
-    """Write the files of a FLUX.1-dev-shaped artifact of about ``size_gb`` GB; return bytes per component."""
+    """Write the files of a FLUX.1-dev-shaped weights artifact of about ``size_gb`` GB; return bytes per component."""
     rng = np.random.default_rng(0)
     scale = size_gb / sum(FLUX_DEV_GRAPH_GB.values())
-    graphs, sizes = {}, {}
+    components, sizes = {}, {}
     for component, full_gb in FLUX_DEV_GRAPH_GB.items():
         total = int(full_gb * scale * 1e9)
-        if component in TENSOR_PARALLEL_COMPONENTS:
-            files = [f"{component}/tp_{rank}.pt" for rank in range(tp_degree)]
-            layout = TENSOR_PARALLEL
-        else:
-            files, layout = [f"{component}/model.pt"], TORCHSCRIPT
+        ranks = tp_degree if component in TENSOR_PARALLEL_COMPONENTS else 1
+        files = [f"{component}/{WEIGHTS_FILE.format(rank=rank)}" for rank in range(ranks)]
         for name in files:
             _write_random(staged / name, total // len(files), rng)
-        graphs[component] = {"layout": layout, "files": files}
+        components[component] = {"files": files}
         sizes[component] = total // len(files) * len(files)
-    clip_tokenizer, t5_tokenizer = tiny.clip_tokenizer(), tiny.t5_tokenizer()
-    clip_tokenizer.save_pretrained(staged / "tokenizer")
-    t5_tokenizer.save_pretrained(staged / "tokenizer_2")
-    tiny.scheduler().save_config(staged / "scheduler")
-    (staged / PIPELINE_CONFIG_NAME).write_text(json.dumps({"shape": "1024x576", "graphs": graphs}, indent=2))
+    (staged / WEIGHTS_CONFIG_NAME).write_text(json.dumps({"components": components}, indent=2))
     return sizes
 
 
@@ -135,7 +126,7 @@ def summary(label: str, timings: list[tuple[float, float]], total: int) -> tuple
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cold_start", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gb", type=float, default=2.0, help="total size of the synthetic artifact")
-    parser.add_argument("--tp-degree", type=int, default=8, help="shards of text_encoder_2/ and transformer/")
+    parser.add_argument("--tp-degree", type=int, default=8, help="ranks of text_encoder_2/ and transformer/")
     parser.add_argument("--readers", type=int, default=None, help="concurrent file reads (default: as serving)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="directory for the artifact (default: TMPDIR)")
@@ -158,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(entry["size"] for entry in manifest["files"])
         print(f"artifact: {len(manifest['files'])} files, {total / 1e9:.2f} GB, TP {args.tp_degree}: "
               + ", ".join(f"{component} {size / 1e9:.3f} GB" for component, size in sizes.items()))
-        print("graph files are random bytes: timed is the verified read serving runs (copy_verified), "
+        print("weight files are random bytes: timed is the verified read serving runs (copy_verified), "
               "not their deserialization")
         print(f"verified copies under {Path(local).parent}; {os.cpu_count()} cores, load average "
               + " ".join(f"{load:.1f}" for load in os.getloadavg()) + " (other processes slow the hashing)")

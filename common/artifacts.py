@@ -1,11 +1,12 @@
 """What the compile CLI and the pods that run it agree on: exit statuses, the verified-read setting,
 and the parts of the artifact key the deploy program names compile Jobs by."""
 
-# Bump whenever a change in model/compile.py, model/components.py or model/backends.py changes what
-# gets traced or how it is stored. It is part of the artifact key (model.compile.cache_key), so old
-# artifacts are never reused, and of the compile Jobs' names (infra.pods.artifact_key), so a bump
-# runs them again.
-COMPILE_CODE_VERSION = 2
+# Bump whenever a change in model/ changes what gets traced or how graphs are stored. It is part of the
+# graphs' key (model.keys.graphs_key), so old artifacts are never reused, and of the compile Jobs' names
+# (infra.pods.artifact_key), so a bump runs them again. 3: ModelBuilder graphs without their weights.
+COMPILE_CODE_VERSION = 3
+# The same for the weights artifact (model.keys.weights_key): how a checkpoint is cut into per-rank files.
+WEIGHTS_FORMAT_VERSION = 1
 # The libraries whose code is traced into every graph, whatever the backend: their installed
 # versions are part of the artifact key (the pins of serving/requirements.txt, or the DLC's).
 MODEL_LIBRARIES = ("diffusers", "transformers")

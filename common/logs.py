@@ -13,9 +13,11 @@ import logging
 import sys
 from datetime import datetime, timezone
 
-# Libraries that attach a handler of their own, writing plain text to stderr, when they are imported:
-# their records are sent through the process's JSON handler instead. ("Neuron" is neuronx-distributed's.)
-LIBRARY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "torch", "Neuron")
+# Libraries that attach a handler of their own, writing plain text, when they are imported: their records
+# are sent through the process's JSON handler instead. neuronx-distributed has three: its tracing code's
+# "Neuron", and the rank-0 and every-rank loggers of neuronx_distributed.utils.logger (which write to stdout).
+LIBRARY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "torch", "Neuron", "neuronx_distributed[0]",
+                   "neuronx_distributed[]")
 
 
 class JsonFormatter(logging.Formatter):

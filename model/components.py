@@ -1,19 +1,23 @@
-"""How FLUX.1 is cut into graphs: one traceable module per component, with fixed input shapes.
+"""How FLUX.1 is cut into graphs: one traceable module per component, with fixed input shapes, and
+no weight that depends on the image shape.
 
-Both backends trace exactly these modules with exactly these example inputs, so the
-CPU artifacts the tests exercise have the same decomposition and calling convention
-as the Neuron ones. Every input shape is frozen at compile time: one image shape,
-one prompt, one text length.
+Every backend traces exactly these modules with exactly these example inputs, so the CPU artifacts
+the tests exercise have the same decomposition and calling convention as the Neuron ones. Input
+shapes are frozen at compile time (one image shape, one prompt, one text length); the weights are
+not: they are the modules' state dicts, published once per model (model/build.py) and bound to the
+graphs when they load, so every image shape's graphs take the same weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
-from diffusers import FluxPipeline
+from diffusers.models.embeddings import FluxPosEmbed
 from torch import nn
 
 from common.shapes import DTYPES, Shape
@@ -24,12 +28,18 @@ TEXT_ENCODER_2 = "text_encoder_2"
 TRANSFORMER = "transformer"
 VAE_DECODER = "vae_decoder"
 COMPONENTS = (TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, VAE_DECODER)
+# Sharded over the tensor-parallel ranks (model/tensor_parallel.py); the others run on one NeuronCore.
+TENSOR_PARALLEL_COMPONENTS = (TEXT_ENCODER_2, TRANSFORMER)
 
-# How serving assembles the pipeline from the graphs: written by the compile, read by the runtime.
+# How serving assembles the pipeline from the graphs, and which weight files each graph takes: written by
+# the compile (model/build.py), read by the runtime.
 PIPELINE_CONFIG_NAME = "pipeline.json"
+WEIGHTS_CONFIG_NAME = "weights.json"
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 VAE_SCALE_FACTOR = 8  # Shape's multiple of 16 is this times the transformer's 2x2 packing.
 VAE_DTYPE = torch.float32
+# FluxTransformer2DModel builds its FluxPosEmbed with this theta whatever the config says.
+ROTARY_THETA = 10000
 
 
 class ClipPooledEmbedding(nn.Module):
@@ -44,48 +54,32 @@ class ClipPooledEmbedding(nn.Module):
 
 
 class T5Embedding(nn.Module):
-    """T5 encoder -> last hidden state (FLUX.1 passes no attention mask)."""
+    """T5's encoder stack -> last hidden state (FLUX.1 passes no attention mask).
+
+    Only the encoder: T5EncoderModel also holds `shared`, the same tensor as the encoder's token
+    embedding, which would put one weight in the checkpoint twice."""
 
     def __init__(self, text_encoder_2: nn.Module):
         super().__init__()
-        self.text_encoder_2 = text_encoder_2
+        self.encoder = text_encoder_2.encoder
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder_2(input_ids).last_hidden_state
+        return self.encoder(input_ids=input_ids).last_hidden_state
 
 
-class ConstantRotaryEmbedding(nn.Module):
-    """Stands in for FluxPosEmbed once its output is known.
+class TransformerGraph(nn.Module):
+    """FluxTransformer2DModel's forward (diffusers 0.32, without ControlNet, IP-Adapter or checkpointing),
+    the rotary tables given as inputs instead of computed from positions.
 
-    The position ids depend only on the image shape and the text length, both fixed at
-    compile time, so the rotary tables are computed once here. That also keeps float64
-    (which FluxPosEmbed uses internally and Neuron does not support) out of the graph.
+    The tables depend only on the image shape and the text length, so they are not weights: the runtime
+    computes them once per shape with diffusers' own FluxPosEmbed (rotary_tables), which also keeps
+    FluxPosEmbed's float64 arithmetic, which Neuron does not support, out of the graph. `guidance` is
+    given only to models with a guidance embedding (FLUX.1-dev and its derivatives).
     """
 
-    def __init__(self, cos: torch.Tensor, sin: torch.Tensor):
+    def __init__(self, transformer: nn.Module):
         super().__init__()
-        self.register_buffer("cos", cos)
-        self.register_buffer("sin", sin)
-
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos, self.sin
-
-
-class FixedShapeTransformer(nn.Module):
-    """The FLUX.1 transformer for one image shape and text length, tensors in and out."""
-
-    def __init__(self, transformer: nn.Module, shape: Shape, max_text_length: int):
-        super().__init__()
-        # Exactly the ids FluxPipeline builds: zeros for text, (0, row, column) per latent patch.
-        txt_ids = torch.zeros(max_text_length, 3)
-        img_ids = FluxPipeline._prepare_latent_image_ids(
-            1, shape.height // 16, shape.width // 16, torch.device("cpu"), torch.float32
-        )
-        cos, sin = transformer.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
-        transformer.pos_embed = ConstantRotaryEmbedding(cos, sin)
         self.transformer = transformer
-        self.register_buffer("txt_ids", txt_ids.to(transformer.dtype))
-        self.register_buffer("img_ids", img_ids.to(transformer.dtype))
 
     def forward(
         self,
@@ -93,87 +87,137 @@ class FixedShapeTransformer(nn.Module):
         encoder_hidden_states: torch.Tensor,
         pooled_projections: torch.Tensor,
         timestep: torch.Tensor,
-        guidance: torch.Tensor,
+        rotary_cos: torch.Tensor,
+        rotary_sin: torch.Tensor,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.transformer(
-            hidden_states=hidden_states,
-            encoder_hidden_states=encoder_hidden_states,
-            pooled_projections=pooled_projections,
-            timestep=timestep,
-            img_ids=self.img_ids,
-            txt_ids=self.txt_ids,
-            guidance=guidance,
-            return_dict=False,
-        )[0]
+        model = self.transformer
+        hidden_states = model.x_embedder(hidden_states)
+        timestep = timestep.to(hidden_states.dtype) * 1000
+        if guidance is None:
+            temb = model.time_text_embed(timestep, pooled_projections)
+        else:
+            temb = model.time_text_embed(timestep, guidance.to(hidden_states.dtype) * 1000, pooled_projections)
+        encoder_hidden_states = model.context_embedder(encoder_hidden_states)
+        rotary = (rotary_cos, rotary_sin)
+        for block in model.transformer_blocks:
+            encoder_hidden_states, hidden_states = block(
+                hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
+                image_rotary_emb=rotary)
+        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        for block in model.single_transformer_blocks:
+            hidden_states = block(hidden_states=hidden_states, temb=temb, image_rotary_emb=rotary)
+        hidden_states = hidden_states[:, encoder_hidden_states.shape[1]:, ...]
+        return model.proj_out(model.norm_out(hidden_states, temb))
+
+
+def rotary_tables(transformer_config: dict, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The rotary tables FluxTransformer2DModel computes from the pipeline's position ids (cos, sin)."""
+    position_embedding = FluxPosEmbed(theta=ROTARY_THETA, axes_dim=list(transformer_config["axes_dims_rope"]))
+    return position_embedding(torch.cat((txt_ids, img_ids), dim=0))
 
 
 class VaeDecoder(nn.Module):
     """VAE latents (already unscaled and shifted by the pipeline) -> image in [-1, 1], in float32.
 
-    As in the walkthrough, the decoder runs in float32 whatever the pipeline's dtype: the
-    latents are cast on the way in (the graph takes the pipeline's bfloat16 latents). ``vae``
-    must be loaded in VAE_DTYPE (loading it in bfloat16 first would round its weights).
+    AutoencoderKL.decode without the encoder, whose weights the decode never reads. As in the
+    walkthrough, the decoder runs in float32 whatever the pipeline's dtype: the latents are cast on the
+    way in (the graph takes the pipeline's bfloat16 latents); the VAE is built in VAE_DTYPE.
     """
 
     def __init__(self, vae: nn.Module):
         super().__init__()
-        self.vae = vae
+        self.post_quant_conv = vae.post_quant_conv
+        self.decoder = vae.decoder
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(VAE_DTYPE), return_dict=False)[0]
+        latents = latents.to(VAE_DTYPE)
+        if self.post_quant_conv is not None:
+            latents = self.post_quant_conv(latents)
+        return self.decoder(latents)
 
 
-def build_graph_module(
-    source: ModelSource, component: str, dtype: torch.dtype, shape: Shape, max_text_length: int
-) -> nn.Module:
-    """Load one component and wrap it for tracing.
+_WRAPPERS = {TEXT_ENCODER: ("text_encoder", ClipPooledEmbedding), TEXT_ENCODER_2: ("text_encoder_2", T5Embedding),
+             TRANSFORMER: ("transformer", TransformerGraph), VAE_DECODER: ("vae", VaeDecoder)}
 
-    Module level (and called through functools.partial) so that it pickles: the Neuron
-    backend runs it inside each tensor-parallel worker process.
+
+def build_graph_module(source: ModelSource, component: str, dtype: torch.dtype, weights: bool) -> nn.Module:
+    """One component wrapped for tracing, in eval mode: with the model's weights, or (``weights=False``)
+    with the same parameters, names, shapes and dtypes left uninitialised, for compiling graphs, which
+    never read them.
+
+    Module level (and called through functools.partial) so that it pickles into a component's process.
     """
-    if component == TEXT_ENCODER:
-        return ClipPooledEmbedding(source.load_model("text_encoder", dtype)).eval()
-    if component == TEXT_ENCODER_2:
-        return T5Embedding(source.load_model("text_encoder_2", dtype)).eval()
-    if component == TRANSFORMER:
-        return FixedShapeTransformer(source.load_model("transformer", dtype), shape, max_text_length).eval()
-    if component == VAE_DECODER:
-        return VaeDecoder(source.load_model("vae", VAE_DTYPE)).eval()
-    raise ValueError(f"unknown component {component!r}: expected one of {', '.join(COMPONENTS)}")
+    if component not in _WRAPPERS:
+        raise ValueError(f"unknown component {component!r}: expected one of {', '.join(COMPONENTS)}")
+    folder, wrapper = _WRAPPERS[component]
+    component_dtype = VAE_DTYPE if component == VAE_DECODER else dtype
+    load = source.load_model if weights else source.build_model
+    return wrapper(load(folder, component_dtype)).eval()
+
+
+def graph_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a module's graph takes as weights: its state dict, each tensor once under its first name.
+    (Built for tracing, NxD's parallel layers register their weight a second time as `master_weight`; the
+    sharded checkpoints never carry that alias.)"""
+    weights, seen = {}, set()
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            weights[name] = tensor.detach()
+    return weights
+
+
+def weights_layout(state: Mapping[str, torch.Tensor]) -> dict[str, list]:
+    """The weights a module's graph takes (its state dict), by name: [shape, dtype], what weights must match."""
+    return {name: [list(tensor.shape), str(tensor.dtype).removeprefix("torch.")] for name, tensor in state.items()}
+
+
+def layout_digest(layouts: dict[str, dict]) -> str:
+    """One hash of every component's weights layout: a shape's graphs and the weights they load agree on it."""
+    return hashlib.sha256(json.dumps(layouts, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class GraphSpec:
     component: str
-    build: Callable[[], nn.Module]  # picklable; returns the module to trace, in eval mode
+    build: Callable[[bool], nn.Module]  # picklable; build(weights) -> the module to trace or shard, in eval mode
     example_inputs: tuple[torch.Tensor, ...]
 
+    @property
+    def tensor_parallel(self) -> bool:
+        return self.component in TENSOR_PARALLEL_COMPONENTS
 
-def graph_specs(
-    source: ModelSource, shape: Shape, dtype: torch.dtype, max_text_length: int, clip_length: int
-) -> list[GraphSpec]:
+
+def graph_specs(source: ModelSource, shape: Shape, dtype: torch.dtype, max_text_length: int,
+                clip_length: int) -> list[GraphSpec]:
     transformer, vae = source.config("transformer"), source.config("vae")
     image_tokens = shape.image_tokens
     latent_size = (shape.height // VAE_SCALE_FACTOR, shape.width // VAE_SCALE_FACTOR)
-    # The dtypes FluxPipeline feeds each component: token ids are int64, guidance is
-    # created in float32, everything else follows the text encoders' dtype.
+    rotary = torch.zeros(max_text_length + image_tokens, transformer["attention_head_dim"], dtype=torch.float32)
+    # The dtypes FluxPipeline feeds each component: token ids are int64, guidance is created in float32,
+    # the rotary tables are FluxPosEmbed's float32, everything else follows the text encoders' dtype.
+    transformer_inputs = (
+        torch.zeros(1, image_tokens, transformer["in_channels"], dtype=dtype),
+        torch.zeros(1, max_text_length, transformer["joint_attention_dim"], dtype=dtype),
+        torch.zeros(1, transformer["pooled_projection_dim"], dtype=dtype),
+        torch.ones(1, dtype=dtype),
+        rotary,
+        rotary.clone(),
+    )
+    if transformer["guidance_embeds"]:
+        transformer_inputs += (torch.ones(1, dtype=torch.float32),)
     example_inputs = {
         TEXT_ENCODER: (torch.zeros(1, clip_length, dtype=torch.int64),),
         TEXT_ENCODER_2: (torch.zeros(1, max_text_length, dtype=torch.int64),),
-        TRANSFORMER: (
-            torch.zeros(1, image_tokens, transformer["in_channels"], dtype=dtype),
-            torch.zeros(1, max_text_length, transformer["joint_attention_dim"], dtype=dtype),
-            torch.zeros(1, transformer["pooled_projection_dim"], dtype=dtype),
-            torch.ones(1, dtype=dtype),
-            torch.ones(1, dtype=torch.float32),
-        ),
+        TRANSFORMER: transformer_inputs,
         VAE_DECODER: (torch.zeros(1, vae["latent_channels"], *latent_size, dtype=dtype),),
     }
-    return [
-        GraphSpec(
-            component=component,
-            build=partial(build_graph_module, source, component, dtype, shape, max_text_length),
-            example_inputs=example_inputs[component],
-        )
-        for component in COMPONENTS
-    ]
+    return [GraphSpec(component, partial(build_graph_module, source, component, dtype), example_inputs[component])
+            for component in COMPONENTS]
+
+
+def weight_specs(source: ModelSource, dtype: torch.dtype) -> list[GraphSpec]:
+    """The components whose weights are published (no example inputs: nothing is traced)."""
+    return [GraphSpec(component, partial(build_graph_module, source, component, dtype), ())
+            for component in COMPONENTS]

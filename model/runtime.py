@@ -1,9 +1,9 @@
-"""Load a published artifact, verified, and generate images from its compiled graphs.
+"""Load a shape's published graphs and the weights they take, both verified, and generate images.
 
 The pipeline is diffusers' FluxPipeline with each model replaced by a thin wrapper
 around a compiled graph, as the walkthrough does: tokenization, the scheduler, latent
-packing and image post-processing stay diffusers' own code, running on the CPU.
-Nothing here touches the network or the HuggingFace token.
+packing, the rotary tables and image post-processing stay diffusers' own code, running
+on the CPU. Nothing here touches the network or the HuggingFace token.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from PIL import Image
 from transformers import CLIPTokenizer, T5TokenizerFast
 
+from safetensors.torch import load_file
+
+from common.shapes import Shape, parse_shape
 from model.artifacts import ArtifactError, copy_verified
 from model.backends import Graph, get_backend
 from model.components import (
@@ -33,8 +36,10 @@ from model.components import (
     TORCH_DTYPES,
     TRANSFORMER,
     VAE_DECODER,
+    WEIGHTS_CONFIG_NAME,
+    rotary_tables,
 )
-from common.shapes import Shape, parse_shape
+from model.keys import WEIGHTS_DIR
 
 
 class _CompiledClipTextEncoder:
@@ -64,6 +69,7 @@ class _CompiledTransformer:
         self._graph = graph
         self.dtype = dtype
         self.config = SimpleNamespace(**config)
+        self._rotary_of: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(
         self,
@@ -77,8 +83,13 @@ class _CompiledTransformer:
         joint_attention_kwargs: dict | None = None,
         return_dict: bool = False,
     ) -> tuple[torch.Tensor]:
-        # txt_ids / img_ids are the compiled shape's own: the graph holds their rotary tables.
-        return (self._graph(hidden_states, encoder_hidden_states, pooled_projections, timestep, guidance),)
+        # The positions are the compiled shape's every time: their rotary tables are computed once.
+        positions = (tuple(txt_ids.shape), tuple(img_ids.shape))
+        if positions not in self._rotary_of:
+            self._rotary_of[positions] = rotary_tables(vars(self.config), txt_ids, img_ids)
+        rotary = self._rotary_of[positions]
+        extra = (guidance,) if self.config.guidance_embeds else ()
+        return (self._graph(hidden_states, encoder_hidden_states, pooled_projections, timestep, *rotary, *extra),)
 
 
 class _CompiledVaeDecoder:
@@ -201,47 +212,63 @@ def _remove_abandoned_copies(root: Path) -> None:
             os.close(descriptor)
 
 
-def load_generator(artifact_dir: Path, readers: int | None = None) -> FluxGenerator:
-    """Load a published artifact, every file read once and checked against the manifest.
+def load_generator(artifact_dir: Path, weights_dir: Path | None = None, readers: int | None = None) -> FluxGenerator:
+    """Load a shape's published graphs and the weights they take, every file read once and checked
+    against its manifest.
 
-    The files are copied, verified, into a private temporary directory (under TMPDIR) that
-    lives as long as the generator, ``readers`` files at once (default: model.artifacts.
-    default_readers(), i.e. FLUX_ARTIFACT_READERS or two per core), and loaded from there:
-    the loaders read that copy from memory (TMPDIR is memory-backed in the pods, else the
-    just-written pages are in the page cache), so the published bytes cross the storage once. Raises ArtifactError naming the file for a missing manifest, a
-    missing, truncated or corrupted file, or graphs this artifact's backend cannot load;
-    BackendUnavailable when that backend cannot run here (a neuron artifact without the
-    Neuron SDK). Copies under TMPDIR that a killed process left behind are deleted first.
+    The weights are `weights_dir`, or those the graphs were compiled with, under `<root>/weights/` beside
+    them. Both artifacts are copied, verified, into one private temporary directory (under TMPDIR) that
+    lives as long as the generator, ``readers`` files at once (default: model.artifacts.default_readers(),
+    i.e. FLUX_ARTIFACT_READERS or two per core), and loaded from there: the loaders read that copy from
+    memory (TMPDIR is memory-backed in the pods, else the just-written pages are in the page cache), so
+    the published bytes cross the storage once. Raises ArtifactError naming the file for a missing
+    manifest, a missing, truncated or corrupted file, weights that are not the ones the graphs take, or
+    graphs this artifact's backend cannot load; BackendUnavailable when that backend cannot run here (a
+    neuron artifact without the Neuron SDK). Copies under TMPDIR that a killed process left behind are
+    deleted first.
     """
     staging = _new_staging()
     try:
-        return _load(Path(artifact_dir), Path(staging.name), staging, readers)
+        return _load(Path(artifact_dir), weights_dir, Path(staging.name), staging, readers)
     except BaseException:
         staging.cleanup()
         raise
 
 
-def _load(
-    artifact_dir: Path, local: Path, staging: tempfile.TemporaryDirectory, readers: int | None
-) -> FluxGenerator:
-    manifest = copy_verified(artifact_dir, local, readers)
-    config = json.loads((local / PIPELINE_CONFIG_NAME).read_text())
+def published_weights_dir(artifact_dir: Path, manifest: dict) -> Path:
+    """Where the weights the graphs were compiled with are published: beside them, under the same root."""
+    return Path(artifact_dir).parent / WEIGHTS_DIR / manifest["weights"]["artifact"]
+
+
+def _load(artifact_dir: Path, weights_dir: Path | None, local: Path, staging: tempfile.TemporaryDirectory,
+          readers: int | None) -> FluxGenerator:
+    manifest = copy_verified(artifact_dir, local / "graphs", readers)
+    weights_dir = weights_dir or published_weights_dir(artifact_dir, manifest)
+    copy_verified(weights_dir, local / "weights", readers)
+    config = json.loads((local / "graphs" / PIPELINE_CONFIG_NAME).read_text())
+    weights = json.loads((local / "weights" / WEIGHTS_CONFIG_NAME).read_text())["components"]
     if set(config["graphs"]) != set(COMPONENTS):
         raise ArtifactError(f"{PIPELINE_CONFIG_NAME}: graphs {sorted(config['graphs'])}, expected {list(COMPONENTS)}")
-    backend = get_backend(manifest["key"]["backend"])
+    for component in COMPONENTS:
+        if weights.get(component, {}).get("layout") != config["weights_layouts"][component]:
+            raise ArtifactError(f"{weights_dir.name} does not hold the weights {artifact_dir.name}'s {component} "
+                                f"graph takes (their names, shapes or dtypes differ)")
+    key = manifest["key"]
+    backend = get_backend(key["backend"], key["target"])
     graphs = {
-        component: backend.load_graph(spec["layout"], [local / path for path in spec["files"]])
-        for component, spec in config["graphs"].items()
+        component: backend.load_graph(local / "graphs" / component,
+                                      [load_file(local / "weights" / path) for path in weights[component]["files"]])
+        for component in COMPONENTS
     }
     dtype = TORCH_DTYPES[config["dtype"]]
-    scheduler_config = json.loads((local / "scheduler" / "scheduler_config.json").read_text())
+    scheduler_config = json.loads((local / "graphs" / "scheduler" / "scheduler_config.json").read_text())
     pipeline = _CpuFluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(scheduler_config),
         vae=_CompiledVaeDecoder(graphs[VAE_DECODER], config["vae"]),
         text_encoder=_CompiledClipTextEncoder(graphs[TEXT_ENCODER], dtype),
-        tokenizer=CLIPTokenizer.from_pretrained(local / "tokenizer"),
+        tokenizer=CLIPTokenizer.from_pretrained(local / "graphs" / "tokenizer"),
         text_encoder_2=_CompiledT5Encoder(graphs[TEXT_ENCODER_2], dtype),
-        tokenizer_2=T5TokenizerFast.from_pretrained(local / "tokenizer_2"),
+        tokenizer_2=T5TokenizerFast.from_pretrained(local / "graphs" / "tokenizer_2"),
         transformer=_CompiledTransformer(graphs[TRANSFORMER], dtype, config["transformer"]),
     )
     pipeline.set_progress_bar_config(disable=True)

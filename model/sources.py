@@ -1,37 +1,34 @@
-"""Where a model's weights, configs, tokenizers and scheduler come from: the tiny model or the Hub.
+"""Where a model's configs, weights, tokenizers and scheduler come from: the tiny model or the Hub.
 
-Only the compile step uses this module, and only its download needs the HuggingFace token:
-serving loads everything from the artifact directory. huggingface_hub finds the token itself, in
-`HF_TOKEN` or in the file `HF_TOKEN_PATH` names (compile pods mount it there from a Secret).
+Only the compile uses this module, and only its downloads need the HuggingFace token: serving loads
+everything from the published artifacts. huggingface_hub finds the token itself, in `HF_TOKEN` or in the
+file `HF_TOKEN_PATH` names (compile pods mount it there from a Secret).
+
+A component comes two ways: loaded with its weights (`load_model`, for the weights artifact), or built from
+its config with the same parameters left uninitialised (`build_model`, for compiling graphs, which never
+read them): a shape's compile then needs the configs alone, not the tens of GB of weights.
 """
 
 from __future__ import annotations
 
-import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from torch import nn
-from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel, T5EncoderModel, T5TokenizerFast
+from transformers.modeling_utils import no_init_weights
 
 from model import tiny
+from model.keys import TINY_MODEL, CompileError, check_revision
 
-# Only the diffusers-format folders: FLUX.1-dev also ships single-file checkpoints
-# (flux1-dev.safetensors, ae.safetensors) that would double the download.
-HUB_ALLOW_PATTERNS = [
-    "model_index.json",
-    "scheduler/*",
-    "text_encoder/*",
-    "text_encoder_2/*",
-    "tokenizer/*",
-    "tokenizer_2/*",
-    "transformer/*",
-    "vae/*",
-]
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# The diffusers-format folders only: FLUX.1-dev also ships single-file checkpoints (flux1-dev.safetensors,
+# ae.safetensors) that would double the download. Graphs need the configs and tokenizers, weights the rest.
+HUB_CONFIG_PATTERNS = ["model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*", "*/config.json"]
+HUB_WEIGHT_PATTERNS = ["text_encoder/*", "text_encoder_2/*", "transformer/*", "vae/*"]
 _MODEL_CLASSES = {
     "text_encoder": CLIPTextModel,
     "text_encoder_2": T5EncoderModel,
@@ -40,15 +37,41 @@ _MODEL_CLASSES = {
 }
 
 
-class SourceUnavailable(Exception):
+class SourceUnavailable(CompileError):
     """The model could not be fetched (network, token, unknown repository or revision)."""
 
 
 class ModelSource(Protocol):
     def load_model(self, name: str, dtype: torch.dtype) -> nn.Module: ...
+    def build_model(self, name: str, dtype: torch.dtype) -> nn.Module: ...
     def config(self, name: str) -> dict: ...
     def tokenizers(self) -> tuple[CLIPTokenizer, T5TokenizerFast]: ...
     def scheduler(self) -> FlowMatchEulerDiscreteScheduler: ...
+
+
+@contextmanager
+def _uninitialised(dtype: torch.dtype) -> Iterator[None]:
+    """Modules built inside get parameters of `dtype`, allocated and never written: transformers'
+    no_init_weights makes torch's init functions no-ops, so a 24 GB transformer costs no time and, until
+    something reads it, no memory."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with no_init_weights():
+            yield
+    finally:
+        torch.set_default_dtype(default)
+
+
+def build_from_config(name: str, config: dict, dtype: torch.dtype) -> nn.Module:
+    """A component of the model from its config, as `from_pretrained` builds it, without its weights."""
+    model_class = _MODEL_CLASSES[name]
+    with _uninitialised(dtype):
+        if issubclass(model_class, PreTrainedModel):
+            model = model_class._from_config(model_class.config_class.from_dict(config))
+        else:
+            model = model_class.from_config(config)
+    return model.eval()
 
 
 @dataclass(frozen=True)
@@ -62,10 +85,17 @@ class TinySource:
         }
         return builders[name]().to(dtype)
 
+    def build_model(self, name: str, dtype: torch.dtype) -> nn.Module:
+        return build_from_config(name, self.config(name), dtype)
+
     def config(self, name: str) -> dict:
-        if name == "text_encoder_2":
-            return tiny.t5_encoder_model().config.to_dict()
-        return {"transformer": tiny.transformer_config, "vae": tiny.vae_config}[name]()
+        configs = {
+            "text_encoder": lambda: tiny.clip_text_config().to_dict(),
+            "text_encoder_2": lambda: tiny.t5_config().to_dict(),
+            "transformer": tiny.transformer_config,
+            "vae": tiny.vae_config,
+        }
+        return configs[name]()
 
     def tokenizers(self) -> tuple[CLIPTokenizer, T5TokenizerFast]:
         return tiny.clip_tokenizer(), tiny.t5_tokenizer()
@@ -76,16 +106,19 @@ class TinySource:
 
 @dataclass(frozen=True)
 class HubSnapshot:
-    """A local copy of a diffusers-format FLUX.1 repository at one commit."""
+    """A local copy of a diffusers-format FLUX.1 repository at one commit (its configs, maybe its weights)."""
 
     path: Path
 
     def load_model(self, name: str, dtype: torch.dtype) -> nn.Module:
         return _MODEL_CLASSES[name].from_pretrained(self.path, subfolder=name, torch_dtype=dtype).eval()
 
+    def build_model(self, name: str, dtype: torch.dtype) -> nn.Module:
+        return build_from_config(name, self.config(name), dtype)
+
     def config(self, name: str) -> dict:
         model_class = _MODEL_CLASSES[name]
-        if name == "text_encoder_2":  # a transformers model: its config class reads config.json
+        if issubclass(model_class, PreTrainedModel):  # a transformers model: its config class reads config.json
             return model_class.config_class.from_pretrained(self.path, subfolder=name).to_dict()
         return dict(model_class.load_config(self.path, subfolder=name))
 
@@ -99,32 +132,17 @@ class HubSnapshot:
         return FlowMatchEulerDiscreteScheduler.from_pretrained(self.path, subfolder="scheduler")
 
 
-def check_revision(model: str, revision: str | None) -> None:
-    """A Hub model needs a full commit hash: branch names move, and the cache key must not."""
-    if model == tiny.MODEL_ID:
-        if revision is not None:
-            raise ValueError("the tiny model is built in code and takes no --revision")
-    elif revision is None or not _COMMIT.match(revision):
-        raise ValueError(
-            f"model {model!r} needs --revision set to a full 40-character commit hash "
-            f"(got {revision!r}): branch names such as 'main' move and would make the cache key lie"
-        )
-
-
-def key_revision(model: str, revision: str | None) -> str:
-    """The revision recorded in the cache key; the tiny model's is its code version."""
-    return tiny.TINY_REVISION if model == tiny.MODEL_ID else revision
-
-
-def open_source(model: str, revision: str | None) -> ModelSource:
-    """The tiny model, or a Hub snapshot downloaded into the local HuggingFace cache."""
+def open_source(model: str, revision: str | None, weights: bool) -> ModelSource:
+    """The tiny model, or a Hub snapshot downloaded into the local HuggingFace cache: its configs,
+    tokenizers and scheduler, and its weights only when `weights` is set."""
     check_revision(model, revision)
-    if model == tiny.MODEL_ID:
+    if model == TINY_MODEL:
         return TinySource()
     from huggingface_hub import snapshot_download
 
+    patterns = HUB_CONFIG_PATTERNS + (HUB_WEIGHT_PATTERNS if weights else [])
     try:
-        snapshot = snapshot_download(repo_id=model, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS)
+        snapshot = snapshot_download(repo_id=model, revision=revision, allow_patterns=patterns)
     except (OSError, ValueError) as error:
         # Hub errors are OSErrors (gated repository without a token, unknown revision, no
         # network), invalid repository ids ValueErrors: say which, in one line.

@@ -9,8 +9,12 @@ modulation linears (AdaLayerNorm*), whose outputs every rank needs whole, are co
 and the bias is the full vector NxD adds after the gather. Norms over the head dimension act per
 head and stay replicated; so do the small input/output projections outside the blocks.
 
-``shard_module`` runs inside each tensor-parallel worker (neuronx-distributed's parallel state
-initialised); ``check_tp_degree`` runs before anything compiles and needs no Neuron package.
+``shard_module`` only changes the module's structure: every replaced layer is NxD's, of this rank's
+size, with the partition attributes (dimension, stride) that neuronx-distributed's ``shard_checkpoint``
+reads to cut each rank's weights out of the unsharded checkpoint. The parameter names stay those of the
+unsharded module, so one checkpoint serves every degree. Under ModelBuilder's parallel state (AOT mode)
+the layers allocate no weights of the whole model. ``check_tp_degree`` runs before anything compiles
+and needs no Neuron package.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from __future__ import annotations
 import math
 from functools import reduce
 
-import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding
@@ -27,9 +30,7 @@ from diffusers.models.transformers.transformer_flux import FluxSingleTransformer
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5Attention, T5DenseActDense, T5DenseGatedActDense
 
-from model.components import TEXT_ENCODER_2, TRANSFORMER
-
-TENSOR_PARALLEL_COMPONENTS = (TEXT_ENCODER_2, TRANSFORMER)
+from model.components import TENSOR_PARALLEL_COMPONENTS, TEXT_ENCODER_2, TRANSFORMER
 
 
 def sharded_sizes(component: str, config: dict) -> dict[str, int]:
@@ -56,59 +57,40 @@ def check_tp_degree(tp_degree: int, configs: dict[str, dict]) -> None:
         )
 
 
-def _keep_uninitialised(weight: torch.Tensor) -> None:
-    # The layers' own random initialisation is skipped: the model's weights are copied in right after.
+def _keep_uninitialised(weight) -> None:
+    # The layers' own random initialisation is skipped: their weights come from shard_checkpoint.
     del weight
 
 
 def shard_module(module: nn.Module, component: str) -> nn.Module:
-    """Turn the (wrapped) FluxTransformer2DModel or T5EncoderModel into this rank's shard, in place."""
-    from neuronx_distributed.parallel_layers import ColumnParallelLinear, RowParallelLinear, parallel_state
+    """Give the (wrapped) FluxTransformer2DModel or T5 encoder this rank's structure, in place."""
+    from neuronx_distributed.parallel_layers import (
+        ColumnParallelLinear, ParallelEmbedding, RowParallelLinear, parallel_state,
+    )
 
-    rank = parallel_state.get_tensor_model_parallel_rank()
     size = parallel_state.get_tensor_model_parallel_size()
 
-    def part(width: int) -> slice:
-        if width % size:
-            raise ValueError(f"tensor-parallel degree {size} does not divide a {component} width of {width}")
-        return slice(rank * (width // size), (rank + 1) * (width // size))
+    def column(linear: nn.Linear, gather_output: bool, stride: int = 1) -> nn.Module:
+        return ColumnParallelLinear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                    gather_output=gather_output, dtype=linear.weight.dtype,
+                                    init_method=_keep_uninitialised, stride=stride)
 
-    def column(linear: nn.Linear, gather_output: bool) -> nn.Module:
-        rows = part(linear.out_features)
-        layer = ColumnParallelLinear(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            gather_output=gather_output,
-            dtype=linear.weight.dtype,
-            init_method=_keep_uninitialised,
-        )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight[rows])
-            if linear.bias is not None:
-                # Gathered outputs get the whole bias after the all-gather; sharded ones this rank's part.
-                layer.bias.copy_(linear.bias if gather_output else linear.bias[rows])
-        return layer
+    def row(linear: nn.Linear, stride: int = 1) -> nn.Module:
+        # The bias is whole: added once, after the all-reduce.
+        return RowParallelLinear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                 input_is_parallel=True, dtype=linear.weight.dtype,
+                                 init_method=_keep_uninitialised, stride=stride)
 
-    def row(linear: nn.Linear, columns: torch.Tensor | slice | None = None) -> nn.Module:
-        layer = RowParallelLinear(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            input_is_parallel=True,
-            dtype=linear.weight.dtype,
-            init_method=_keep_uninitialised,
-        )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight[:, part(linear.in_features) if columns is None else columns])
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)  # added once, after the all-reduce
-        return layer
+    def heads_embedding(embedding: nn.Embedding) -> nn.Module:
+        # One column per head: this rank keeps its heads' columns and needs nothing from the others.
+        return ParallelEmbedding(embedding.num_embeddings, embedding.embedding_dim, dtype=embedding.weight.dtype,
+                                 shard_across_embedding=True, collect_output=False,
+                                 init_method=_keep_uninitialised)
 
     shard = {TRANSFORMER: _shard_flux, TEXT_ENCODER_2: _shard_t5}
     if component not in shard:
         raise ValueError(f"{component!r} is not tensor-parallel: expected one of {', '.join(shard)}")
-    shard[component](module, column, row, part, size)
+    shard[component](module, column, row, heads_embedding, size)
     return module
 
 
@@ -120,7 +102,7 @@ def _found(module: nn.Module, types: tuple[type, ...], component: str) -> list[n
     return found
 
 
-def _shard_flux(module: nn.Module, column, row, part, size: int) -> None:
+def _shard_flux(module: nn.Module, column, row, heads_embedding, size: int) -> None:
     for attention in _found(module, (Attention,), TRANSFORMER):
         attention.heads //= size  # FluxAttnProcessor2_0 splits projections by attn.heads
         for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
@@ -134,14 +116,16 @@ def _shard_flux(module: nn.Module, column, row, part, size: int) -> None:
         feed_forward.net[0].proj = column(feed_forward.net[0].proj, gather_output=False)
         feed_forward.net[2] = row(feed_forward.net[2])
     for block in _found(module, (FluxSingleTransformerBlock,), TRANSFORMER):
-        # proj_out reads cat([attention (dim), MLP (mlp_hidden_dim)]); this rank holds its part of each.
-        dim = block.proj_out.out_features
-        attention_columns, mlp_columns = part(dim), part(block.mlp_hidden_dim)
-        columns = torch.cat(
-            [torch.arange(dim)[attention_columns], dim + torch.arange(block.mlp_hidden_dim)[mlp_columns]]
-        )
-        block.proj_mlp = column(block.proj_mlp, gather_output=False)
-        block.proj_out = row(block.proj_out, columns)
+        # proj_out reads cat([attention (dim), MLP (ratio x dim)]). With strides, NxD cuts both in chunks
+        # of dim/TP and deals them round-robin: rank r gets MLP chunks r, r+TP, ... of proj_mlp's rows
+        # (stride `ratio`) and, of proj_out's columns (stride 1 + ratio), attention chunk r then the same
+        # MLP chunks, which is exactly what cat([its attention, its MLP]) holds on this rank.
+        dim, mlp = block.proj_out.out_features, block.mlp_hidden_dim
+        if mlp % dim:
+            raise ValueError(f"a single block's MLP width {mlp} is not a multiple of its width {dim}: "
+                             f"its output projection cannot be split with its inputs")
+        block.proj_mlp = column(block.proj_mlp, gather_output=False, stride=mlp // dim)
+        block.proj_out = row(block.proj_out, stride=1 + mlp // dim)
     for norm in _found(module, (AdaLayerNormZero, AdaLayerNormZeroSingle, AdaLayerNormContinuous), TRANSFORMER):
         norm.linear = column(norm.linear, gather_output=True)
     for embedder in _found(module, (TimestepEmbedding, PixArtAlphaTextProjection), TRANSFORMER):
@@ -149,11 +133,10 @@ def _shard_flux(module: nn.Module, column, row, part, size: int) -> None:
         embedder.linear_2 = row(embedder.linear_2)
 
 
-def _shard_t5(module: nn.Module, column, row, part, size: int) -> None:
+def _shard_t5(module: nn.Module, column, row, heads_embedding, size: int) -> None:
     for attention in _found(module, (T5Attention,), TEXT_ENCODER_2):
         if attention.is_decoder or attention.pruned_heads:
             raise ValueError("only T5 encoders without pruned heads are sharded")
-        heads = part(attention.n_heads)
         attention.n_heads //= size
         attention.inner_dim //= size
         attention.q, attention.k, attention.v = (
@@ -163,14 +146,9 @@ def _shard_t5(module: nn.Module, column, row, part, size: int) -> None:
         )
         attention.o = row(attention.o)
         if attention.has_relative_attention_bias:
-            # One column per head: this rank keeps its heads' columns, no communication needed.
-            full = attention.relative_attention_bias
-            bias = nn.Embedding(full.num_embeddings, attention.n_heads, dtype=full.weight.dtype)
-            with torch.no_grad():
-                bias.weight.copy_(full.weight[:, heads])
-            attention.relative_attention_bias = bias
+            attention.relative_attention_bias = heads_embedding(attention.relative_attention_bias)
     for feed_forward in _found(module, (T5DenseActDense, T5DenseGatedActDense), TEXT_ENCODER_2):
         for name in ("wi", "wi_0", "wi_1"):
             if hasattr(feed_forward, name):
                 setattr(feed_forward, name, column(getattr(feed_forward, name), gather_output=False))
-        feed_forward.wo = row(feed_forward.wo)  # keeps wo's dtype: transformers holds it in float32
+        feed_forward.wo = row(feed_forward.wo)  # keeps wo's dtype, whatever transformers holds it in

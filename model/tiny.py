@@ -19,9 +19,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
-MODEL_ID = "tiny"
-# Bump when anything below changes: it is the tiny model's "revision" in the cache key.
-TINY_REVISION = "tiny-1"
+# Its id and "revision" (bumped when anything below changes) are model/keys.py's TINY_MODEL and TINY_REVISION.
 SEED = 0
 
 CLIP_MAX_LENGTH = 77  # FLUX.1's CLIP tokenizer length; the pipeline reads it from the tokenizer.
@@ -43,7 +41,8 @@ def transformer_config() -> dict:
         num_layers=1,
         num_single_layers=1,
         attention_head_dim=16,
-        num_attention_heads=2,
+        # 8 heads: tensor-parallel degrees up to 8 split them evenly.
+        num_attention_heads=8,
         joint_attention_dim=TEXT_HIDDEN,
         pooled_projection_dim=POOLED_HIDDEN,
         guidance_embeds=True,
@@ -129,9 +128,9 @@ def _seeded(build, seed_offset: int) -> torch.nn.Module:
         return build().eval()
 
 
-def clip_text_model() -> CLIPTextModel:
+def clip_text_config() -> CLIPTextConfig:
     tokenizer = clip_tokenizer()
-    config = CLIPTextConfig(
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=POOLED_HIDDEN,
         intermediate_size=37,
@@ -144,22 +143,29 @@ def clip_text_model() -> CLIPTextModel:
         bos_token_id=tokenizer.bos_token_id,
         pad_token_id=tokenizer.eos_token_id,
     )
-    return _seeded(lambda: CLIPTextModel(config), 1)
 
 
-def t5_encoder_model() -> T5EncoderModel:
-    config = T5Config(
+def t5_config() -> T5Config:
+    return T5Config(
         vocab_size=len(t5_tokenizer()),
         d_model=TEXT_HIDDEN,
-        d_kv=8,
-        d_ff=37,
+        d_kv=4,
+        d_ff=64,
         num_layers=2,
-        num_heads=4,
+        # 8 heads and a feed-forward of 64: tensor-parallel degrees up to 8 split both evenly.
+        num_heads=8,
         relative_attention_num_buckets=8,
         feed_forward_proj="gated-gelu",
         is_encoder_decoder=False,
     )
-    return _seeded(lambda: T5EncoderModel(config), 2)
+
+
+def clip_text_model() -> CLIPTextModel:
+    return _seeded(lambda: CLIPTextModel(clip_text_config()), 1)
+
+
+def t5_encoder_model() -> T5EncoderModel:
+    return _seeded(lambda: T5EncoderModel(t5_config()), 2)
 
 
 def transformer() -> FluxTransformer2DModel:

@@ -24,12 +24,12 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from model.artifacts import MANIFEST_NAME, ArtifactError, read_manifest
-from model.backends import BACKENDS, NEURON_TARGETS, BackendUnavailable
-from model.compile import CompileOptions, ensure_compiled, resolve_artifact_dir
-from model.runtime import load_generator
 from common.shapes import DTYPES, parse_shape
-from model.sources import SourceUnavailable
+from model.artifacts import MANIFEST_NAME, ArtifactError, read_manifest
+from model.build import ensure_compiled
+from model.compile import resolve
+from model.keys import BACKENDS, NEURON_TARGETS, CompileError, CompileOptions
+from model.runtime import load_generator
 from serving import http_server
 from serving.app import DEFAULT_MAX_IMAGES, ServedArtifact, ServerLimits, create_app
 from common.endpoints import DEFAULT_PORT, UNREADY_AFTER_RUNTIME_ERRORS
@@ -149,18 +149,21 @@ def _compile_options(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 def artifact_dir_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
     """The published artifact directory the flags name; compiles the tiny model first with --local.
 
-    Exits through ``parser.error`` for bad options; raises NotPublished, ArtifactError,
-    BackendUnavailable or SourceUnavailable when there is nothing to serve.
+    Exits through ``parser.error`` for bad options; raises NotPublished, ArtifactError or CompileError
+    when there is nothing to serve.
     """
     options = _compile_options(args, parser)
     if args.local:
         log.info("local mode: compiling the tiny model into %s unless it is there already", args.cache_dir)
         return ensure_compiled(options, args.cache_dir)
-    artifact_dir = args.graphs if options is None else resolve_artifact_dir(options, args.graphs_root)
-    if not (artifact_dir / MANIFEST_NAME).is_file():
-        raise NotPublished(
-            f"nothing published at {artifact_dir} (no {MANIFEST_NAME}): run the compile for these options first"
-        )
+    if options is None:
+        if not (args.graphs / MANIFEST_NAME).is_file():
+            raise NotPublished(f"nothing published at {args.graphs} (no {MANIFEST_NAME})")
+        return args.graphs
+    artifact_dir, published = resolve(options, args.graphs_root)
+    if not published:
+        raise NotPublished(f"nothing published at {artifact_dir}, or not the weights its graphs take: run the "
+                           f"compile for these options first")
     return artifact_dir
 
 
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             artifact_dir = artifact_dir_from_args(args, parser)
             served = ServedArtifact.from_manifest(read_manifest(artifact_dir))
-        except (NotPublished, ArtifactError, BackendUnavailable, SourceUnavailable) as error:
+        except (NotPublished, ArtifactError, CompileError) as error:
             log.error("not serving: %s", error)
             return EXIT_NOT_SERVABLE
         log.info("serving %s on http://%s:%d", artifact_dir, *sock.getsockname()[:2])

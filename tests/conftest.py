@@ -1,4 +1,5 @@
-"""Fixtures shared by the tests: the tiny model (model, serving) and the real stacks' renderings (infra, planning)."""
+"""Fixtures shared by the tests: the tiny model (model, serving), the Neuron SDK's distributions as the image
+records them (model, infra), and the real stacks' renderings (infra, planning)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pulumi
 import pytest
 
 from infra.config import load_stack_config
-from model.compile import CompileOptions, ensure_compiled
+from model.build import ensure_compiled
+from model.keys import CompileOptions
 from common.shapes import Shape
 from planning.offline import run_program, stack_file_config, stack_names
 
@@ -71,3 +73,21 @@ def constructed_resources(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(pulumi.Resource, "__init__", recording)
     return constructed
+
+
+# The versions in the Neuron DLC of SDK 2.31.1 (../shared/reference/neuron-flux-apis.md).
+NEURON_DISTRIBUTIONS = {"torch-neuronx": "2.9.0.2.15.32035", "neuronx-distributed": "0.19.28492",
+                        "neuronx-cc": "2.26.6360.0"}
+
+
+@pytest.fixture
+def neuron_distributions(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The neuron backend's distributions installed as pip would record them, so keys resolve as in the
+    image (their code is not: see tests/model/neuron_standins.py)."""
+    site = tmp_path_factory.mktemp("site-packages")
+    for name, version in NEURON_DISTRIBUTIONS.items():
+        info = Path(site, f"{name.replace('-', '_')}-{version}.dist-info")
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    monkeypatch.syspath_prepend(str(site))
+    return NEURON_DISTRIBUTIONS

@@ -18,7 +18,9 @@ from infra.pods import (
 from common.artifacts import EXIT_NOT_PUBLISHED, MODEL_LIBRARIES
 from common.neuron import NEURON_FAMILIES
 from common.shapes import MAX_SIDE, Shape, parse_shape
-from model.compile import EXIT_USAGE, CompileOptions, cache_key, main as compile_main
+from common.artifacts import EXIT_USAGE
+from model.compile import main as compile_main
+from model.keys import CompileOptions, graphs_key
 
 JOB = "kubernetes:batch/v1:Job"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -78,16 +80,13 @@ def test_the_wait_gives_up_at_its_limit_with_one_line_naming_the_job(tmp_path):
 
 # --- the artifact key names the Jobs ---------------------------------------------------------------
 
-def runtime_key(settings, shape, toolchain):
-    """model.compile's key for the options the shape's pods pass (artifact_key_args)."""
+def runtime_key(settings, shape):
+    """model.compile's key for the options the shape's pods pass (artifact_key_args), as the image's
+    distributions make it (the neuron_distributions fixture)."""
     args = artifact_key_args(settings, shape)
     given = {flag.removeprefix("--").replace("-", "_"): value for flag, value in zip(args[::2], args[1::2])}
     typed = {"shape": parse_shape, "tp_degree": int, "max_text_length": int}
-    return cache_key(CompileOptions(**{field: typed.get(field, str)(value) for field, value in given.items()}),
-                     toolchain)
-
-
-TOOLCHAIN = {"neuronx-cc": "2.0", "torch-neuronx": "2.9.0"}
+    return graphs_key(CompileOptions(**{field: typed.get(field, str)(value) for field, value in given.items()}))
 
 
 def other(values, current):
@@ -109,19 +108,20 @@ KEY_SETTING_CHANGES = {
 }
 
 
-def test_the_runtime_key_holds_the_key_options_the_toolchain_and_the_compile_code_version(stack_config):
+def test_the_runtime_key_holds_the_key_options_the_toolchain_and_the_compile_code_version(stack_config,
+                                                                                         neuron_distributions):
     """What artifact_key hashes covers every field of model.compile's key: a field added there
-    without a deploy-time source fails here."""
+    without a deploy-time source fails here. (The compile API follows from the backend and target.)"""
     settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
     options = {flag.removeprefix("--").replace("-", "_") for flag in artifact_key_args(settings, shape)[::2]}
-    assert set(runtime_key(settings, shape, TOOLCHAIN)) == options | {"toolchain", "compile_code_version"}
+    assert set(runtime_key(settings, shape)) == options | {"toolchain", "compile_code_version", "implementation"}
 
 
 @pytest.mark.parametrize("field", KEY_SETTING_CHANGES)
-def test_each_key_setting_changes_the_runtime_key_and_the_job_name(stack_config, field):
+def test_each_key_setting_changes_the_runtime_key_and_the_job_name(stack_config, neuron_distributions, field):
     settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
     changed = KEY_SETTING_CHANGES[field](settings)
-    before, after = runtime_key(settings, shape, TOOLCHAIN), runtime_key(changed, shape, TOOLCHAIN)
+    before, after = runtime_key(settings, shape), runtime_key(changed, shape)
     assert {name for name in before if before[name] != after[name]} == {field}
     assert compile_job_name(changed, shape) != compile_job_name(settings, shape)
 
@@ -131,12 +131,12 @@ def test_the_shape_changes_the_job_name_beyond_its_prefix(stack_config):
     assert compile_job_name(settings, first).rsplit("-", 1)[1] != compile_job_name(settings, second).rsplit("-", 1)[1]
 
 
-def test_settings_outside_the_key_keep_the_job_name(stack_config):
+def test_settings_outside_the_key_keep_the_job_name(stack_config, neuron_distributions):
     settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
     changed = dataclasses.replace(
         settings, compile=settings.compile.model_copy(update={"timeout_minutes": settings.compile.timeout_minutes + 60}),
         serving=settings.serving.model_copy(update={"max_replicas": settings.serving.max_replicas + 1}))
-    assert runtime_key(changed, shape, TOOLCHAIN) == runtime_key(settings, shape, TOOLCHAIN)
+    assert runtime_key(changed, shape) == runtime_key(settings, shape)
     assert compile_job_name(changed, shape) == compile_job_name(settings, shape)
 
 

@@ -14,14 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from common.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE
 from common.image import NEURON_DLC_IMAGE
-from model.artifacts import MANIFEST_NAME, read_manifest
-from model.compile import EXIT_FAILED, EXIT_NOT_PUBLISHED, EXIT_USAGE, CompileOptions, main
-from model.runtime import load_generator
 from common.shapes import SHAPE_RULE
+from model.artifacts import MANIFEST_NAME, read_manifest
+from model.compile import EXIT_FAILED, main
+from model.keys import CompileOptions
+from model.runtime import load_generator
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_SMALL = ["--model", "tiny", "--backend", "cpu", "--shape", "64x64", "--max-text-length", "8"]
+TINY = ["--model", "tiny", "--backend", "cpu", "--max-text-length", "8"]
+TINY_SMALL = [*TINY, "--shape", "64x64"]
 
 
 def _run_side_by_side(*argvs: list[str]) -> list[subprocess.CompletedProcess]:
@@ -83,7 +86,26 @@ def test_resolve_and_recompile_of_a_published_artifact_and_clean_usage_errors(
     assert not_published.returncode == EXIT_NOT_PUBLISHED, not_published.stderr
     artifact_dir = Path(_last_line(not_published.stdout))
     assert artifact_dir.parent == tmp_path
-    assert not artifact_dir.exists(), "--resolve never compiles"
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == [], "--resolve never compiles"
+
+
+def test_resolve_waits_for_the_graphs_and_their_weights_in_a_process_without_torch(tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    graphs_only, = _run_side_by_side([*TINY_SMALL, "--out", out, "--graphs-only"])
+    assert graphs_only.returncode == 0, graphs_only.stderr
+    # What a waiting pod runs in a loop: it must not pay for importing torch (or a Neuron package) each time.
+    probe = ("import sys; from model.compile import main; code = main(sys.argv[1:]); "
+             "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'torch_neuronx') if m in sys.modules); "
+             "print(code, heavy)")
+    resolve = [sys.executable, "-c", probe, *TINY_SMALL, "--out", out, "--resolve"]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    without_weights = subprocess.run(resolve, cwd=REPO, env=environment, capture_output=True, text=True, timeout=60)
+    assert without_weights.stdout.splitlines()[-1] == f"{EXIT_NOT_PUBLISHED} []", without_weights.stderr
+    weights, = _run_side_by_side([*TINY, "--out", out, "--weights"])
+    assert weights.returncode == 0, weights.stderr
+    assert Path(_last_line(weights.stdout)).parent == tmp_path / "out" / "weights"
+    with_weights = subprocess.run(resolve, cwd=REPO, env=environment, capture_output=True, text=True, timeout=60)
+    assert with_weights.stdout.splitlines()[-1] == "0 []", with_weights.stderr
 
 
 def test_two_processes_compiling_one_key_publish_one_usable_artifact_and_print_it_last(tmp_path: Path) -> None:
@@ -96,6 +118,7 @@ def test_two_processes_compiling_one_key_publish_one_usable_artifact_and_print_i
     assert read_manifest(artifact_dir)["key"]["dtype"] == "bfloat16", "the default dtype"
     assert load_generator(artifact_dir).generate("a cat", 1, 3.5, seed=0).size == (64, 64)
     assert list((tmp_path / "scratch").iterdir()) == [], "compiler scratch is cleaned up"
+    assert all(json.loads(line) for line in first.stderr.splitlines()), "the log is JSON lines only"
 
 
 def _main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
@@ -116,8 +139,9 @@ def _main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str
         ([*TINY_SMALL, "--max-text-length", "600"], "outside 1..512"),
         ([*TINY_SMALL, "--dtype", "float16"], "invalid choice"),
         ([*TINY_SMALL, "--backend", "neuron"], "needs --target"),
-        ([*TINY_SMALL, "--max-parallel-compilations", "0"], "must be at least 1"),
-        ([*TINY_SMALL, "--max-parallel-compilations", "two"], "invalid int value"),
+        ([*TINY_SMALL, "--cpus", "0"], "'0' is not a whole number of at least 1"),
+        ([*TINY_SMALL, "--weights"], "not allowed with argument --shape"),
+        ([*TINY, "--weights", "--graphs-only"], "--graphs-only goes with --shape"),
     ],
 )
 def test_bad_options_are_one_usage_line(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
@@ -132,12 +156,8 @@ def test_missing_out_is_a_usage_error(capsys) -> None:
     assert code == EXIT_USAGE and "--out" in err
 
 
-def test_neuron_backend_without_the_neuron_sdk_is_one_clear_line(
-    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # None in sys.modules makes the import raise ImportError, as on this machine or with
-    # PyPI's placeholder packages, even if a test elsewhere installed fakes.
-    monkeypatch.setitem(sys.modules, "torch_neuronx", None)
+def test_neuron_backend_without_the_neuron_sdk_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    # The Neuron packages are not installed here, as with PyPI's placeholder packages.
     for resolve in ([], ["--resolve"]):
         argv = [*TINY_SMALL, "--out", str(tmp_path), "--backend", "neuron", "--target", "trn1", *resolve]
         code, out, err = _main(argv, capsys)
@@ -156,12 +176,13 @@ def test_a_manifest_for_another_key_fails_cleanly(tmp_path: Path, capsys) -> Non
     assert "another key" in err.strip().splitlines()[-1]
 
 
-def test_max_parallel_compilations_reaches_the_compile(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
-    import model.compile
+def test_cpus_reach_the_compile(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.build
 
     compiled = []
-    monkeypatch.setattr(model.compile, "ensure_compiled", lambda options, out, scratch: compiled.append(options) or out)
-    for extra, expected in (([], None), (["--max-parallel-compilations", "3"], 3)):
+    monkeypatch.setattr(model.build, "ensure_compiled",
+                        lambda options, out, scratch, cpus: compiled.append(cpus) or out)
+    for extra, expected in (([], None), (["--cpus", "3"], 3)):
         code, _, err = _main([*TINY_SMALL, "--out", str(tmp_path), *extra], capsys)
         assert code == 0, err
-        assert compiled[-1].max_parallel_compilations == expected
+        assert compiled[-1] == expected

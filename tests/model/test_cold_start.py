@@ -11,8 +11,9 @@ import pytest
 
 from bench import cold_start
 from model.artifacts import read_manifest
-from model.tensor_parallel import TENSOR_PARALLEL_COMPONENTS
-from model.runtime import STAGING_PREFIX, load_generator
+from model.backends import WEIGHTS_FILE
+from model.components import COMPONENTS, TENSOR_PARALLEL_COMPONENTS, WEIGHTS_CONFIG_NAME
+from model.runtime import STAGING_PREFIX, load_generator, published_weights_dir
 
 HOLD_LOCK = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); " \
             "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
@@ -42,14 +43,16 @@ def test_copies_a_killed_process_left_are_removed_and_copies_in_use_kept(
         holder.wait()
 
 
-def test_the_synthetic_artifact_has_the_real_layout(tmp_path: Path):
+def test_the_synthetic_artifact_has_the_real_weights_layout(tiny_artifact_dir: Path, tmp_path: Path):
     staged = tmp_path / "staged"
     sizes = cold_start.stage_synthetic_artifact(staged, size_gb=0.01, tp_degree=4)
     files = {path.relative_to(staged).as_posix() for path in staged.rglob("*") if path.is_file()}
-    for component in TENSOR_PARALLEL_COMPONENTS:
-        assert {f"{component}/tp_{rank}.pt" for rank in range(4)} <= files
-    assert {"text_encoder/model.pt", "vae_decoder/model.pt", "pipeline.json"} <= files
-    assert any(name.startswith("tokenizer_2/") for name in files)
+    ranks = {component: 4 if component in TENSOR_PARALLEL_COMPONENTS else 1 for component in COMPONENTS}
+    assert files == {WEIGHTS_CONFIG_NAME} | {f"{component}/{WEIGHTS_FILE.format(rank=rank)}"
+                                             for component, count in ranks.items() for rank in range(count)}
+    published = read_manifest(published_weights_dir(tiny_artifact_dir, read_manifest(tiny_artifact_dir)))
+    assert {entry["path"] for entry in published["files"]} == {WEIGHTS_CONFIG_NAME} | {
+        f"{component}/{WEIGHTS_FILE.format(rank=0)}" for component in COMPONENTS}, "the real one, at TP 1"
     assert sizes["transformer"] > sizes["text_encoder_2"] > sizes["text_encoder"] > 0
 
 

@@ -14,7 +14,7 @@ import torch
 
 from model import tiny
 from model.artifacts import MANIFEST_NAME, ArtifactError, read_manifest
-from model.compile import CompileOptions
+from model.keys import CompileOptions
 from model.runtime import FluxGenerator, load_generator
 
 PROMPT = "a photo of a cat sitting on the moon"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from common.shapes import Shape
 from model import tiny
-from model.compile import CompileOptions, ensure_compiled
+from model.build import ensure_compiled, ensure_graphs
+from model.keys import CompileOptions
 from model.runtime import load_generator
-from model.sources import HUB_ALLOW_PATTERNS, SourceUnavailable, open_source
+from model.sources import HUB_CONFIG_PATTERNS, HUB_WEIGHT_PATTERNS, SourceUnavailable, open_source
 
 REPO_ID, COMMIT = "someone/flux-tiny", "c" * 40
 TOKEN = "hf_secret_token_for_the_download_only"
@@ -30,15 +34,22 @@ def token_file(directory: Path) -> Path:
 
 
 @pytest.fixture
-def hub_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Serve the tiny pipeline, saved in diffusers format, as the Hub's snapshot; record the request
-    and the token huggingface_hub would send with it."""
-    snapshot = tmp_path / "snapshot"
-    tiny.pipeline(torch.float32).save_pretrained(snapshot)
-    requests = {}
+def hub_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Serve the tiny pipeline, saved in diffusers format, as the Hub's snapshot: only the files the request's
+    patterns allow, as snapshot_download fetches them. Record the requests and the token huggingface_hub
+    would send with them."""
+    saved = tmp_path / "saved"
+    tiny.pipeline(torch.float32).save_pretrained(saved)
+    requests = []
 
     def snapshot_download(**request):
-        requests.update(request, sent_token=huggingface_hub.utils.get_token_to_send(request.get("token")))
+        requests.append({**request, "sent_token": huggingface_hub.utils.get_token_to_send(request.get("token"))})
+        snapshot = tmp_path / f"snapshot-{len(requests)}"
+        for path in saved.rglob("*"):
+            relative = path.relative_to(saved).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(relative, pattern) for pattern in request["allow_patterns"]):
+                (snapshot / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, snapshot / relative)
         return str(snapshot)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
@@ -59,13 +70,13 @@ def test_hub_model_compiles_from_its_snapshot_and_leaves_the_token_behind(
         max_text_length=tiny_compile_options.max_text_length,
     )
     artifact_dir = ensure_compiled(options, tmp_path / "out")
-    # No token passed: huggingface_hub reads the mounted file itself and sends it.
-    assert hub_snapshot == {
-        "repo_id": REPO_ID,
-        "revision": COMMIT,
-        "allow_patterns": HUB_ALLOW_PATTERNS,
-        "sent_token": TOKEN,
-    }
+    # The weights' download has the weights; the graphs' only the configs. No token passed: huggingface_hub
+    # reads the mounted file itself and sends it.
+    assert hub_snapshot == [
+        {"repo_id": REPO_ID, "revision": COMMIT, "allow_patterns": HUB_CONFIG_PATTERNS + HUB_WEIGHT_PATTERNS,
+         "sent_token": TOKEN},
+        {"repo_id": REPO_ID, "revision": COMMIT, "allow_patterns": HUB_CONFIG_PATTERNS, "sent_token": TOKEN},
+    ]
     assert artifact_dir.name.startswith("someone-flux-tiny-cccccccccccc-128x96-float32-cpu-tp1-")
     for path in artifact_dir.rglob("*"):
         assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
@@ -91,4 +102,15 @@ def test_download_failures_become_one_line(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
     with pytest.raises(SourceUnavailable, match=rf"^cannot download {REPO_ID}@{COMMIT}: 401 Client Error\.$"):
-        open_source(REPO_ID, COMMIT)
+        open_source(REPO_ID, COMMIT, weights=False)
+
+
+def test_graphs_compile_from_the_configs_alone(hub_snapshot: list[dict], tmp_path: Path) -> None:
+    options = CompileOptions(model=REPO_ID, revision=COMMIT, shape=Shape(64, 64), dtype="float32", max_text_length=8)
+    graphs = ensure_graphs(options, tmp_path / "out")
+    (request,) = hub_snapshot
+    downloaded = Path(tmp_path, "snapshot-1")
+    assert [path.name for path in downloaded.rglob("*.safetensors")] == [], "no weight was downloaded"
+    assert request["allow_patterns"] == HUB_CONFIG_PATTERNS
+    assert (graphs / "manifest.json").is_file()
+

@@ -1,40 +1,26 @@
-"""The sharded transformer and T5 against the unsharded models, on the real NxD parallel layers (CPU mode).
+"""The sharded transformer and T5 against the unsharded models, on the real neuronx-distributed (CPU mode).
 
-Each tensor-parallel degree spawns its workers once: every worker runs exactly the function the
-neuron backend hands parallel_model_trace (``sharded_worker_model``) on the graph modules the
-compile traces, for both components, and runs them on random inputs. The TP-test models are
-small FLUX.1 / T5 configs whose head counts divide by 8 (the default tiny model's do not).
+Each tensor-parallel degree spawns its gloo workers once. Every worker does what the neuron backend
+does to a component: builds it without weights and gives it this rank's structure
+(``model.tensor_parallel.shard_module``), then takes this rank's weights out of the unsharded checkpoint
+with neuronx-distributed's own ``shard_checkpoint``, exactly as the weights artifact holds them, loads
+them strictly (the very names and shapes the rank's graph takes) and runs random inputs. The reference
+is the tiny model (8 heads in both components, so degrees up to 8 split it) with its weights, in float32.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
-from diffusers import FluxTransformer2DModel
 from torch import nn
-from transformers import T5Config, T5EncoderModel
 
-from model import tiny
-from model.backends import sharded_worker_model
-from model.components import TEXT_ENCODER_2, TRANSFORMER, GraphSpec, graph_specs
 from common.shapes import Shape
-from model.tensor_parallel import TENSOR_PARALLEL_COMPONENTS, check_tp_degree
+from model import tiny
+from model.components import TENSOR_PARALLEL_COMPONENTS, TEXT_ENCODER_2, TRANSFORMER, GraphSpec, graph_specs
+from model.sources import TinySource
+from model.tensor_parallel import check_tp_degree, shard_module
 from tests.model.nxd_cpu import NXD_COMMIT, NXD_REPOSITORY, NXD_SOURCE_ENV, nxd_source, run_tensor_parallel
 
-TRANSFORMER_CONFIG = dict(tiny.transformer_config(), num_attention_heads=8, attention_head_dim=16)
-T5_CONFIG = T5Config(
-    vocab_size=64,
-    d_model=64,
-    d_kv=8,
-    d_ff=128,
-    num_layers=2,
-    num_heads=8,
-    relative_attention_num_buckets=8,
-    feed_forward_proj="gated-gelu",
-    is_encoder_decoder=False,
-)
 SHAPE = Shape(32, 48)
 TEXT_LENGTH = 8
 # Megatron-style sharding splits every block weight but replicates a few vectors (biases added
@@ -42,30 +28,15 @@ TEXT_LENGTH = 8
 MAX_BLOCK_WEIGHT_OVERHEAD = 1.25
 
 
-@dataclass(frozen=True)
-class TensorParallelTestSource:
-    """A ModelSource (picklable, like the compile's) of float32 models with 8 heads everywhere."""
-
-    def load_model(self, name: str, dtype: torch.dtype) -> nn.Module:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            if name == TRANSFORMER:
-                return FluxTransformer2DModel(**TRANSFORMER_CONFIG).to(dtype).eval()
-            return T5EncoderModel(T5_CONFIG).to(dtype).eval()
-
-    def config(self, name: str) -> dict:
-        return {TRANSFORMER: TRANSFORMER_CONFIG, TEXT_ENCODER_2: T5_CONFIG.to_dict(), "vae": tiny.vae_config()}[name]
-
-
 def _specs() -> list[GraphSpec]:
-    specs = graph_specs(TensorParallelTestSource(), SHAPE, torch.float32, TEXT_LENGTH, tiny.CLIP_MAX_LENGTH)
-    return [spec for spec in specs if spec.component in TENSOR_PARALLEL_COMPONENTS]
+    specs = graph_specs(TinySource(), SHAPE, torch.float32, TEXT_LENGTH, tiny.CLIP_MAX_LENGTH)
+    return [spec for spec in specs if spec.tensor_parallel]
 
 
 def _random_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(1)
     return tuple(
-        torch.randint(0, T5_CONFIG.vocab_size, example.shape, generator=generator)
+        torch.randint(0, tiny.t5_config().vocab_size, example.shape, generator=generator)
         if example.dtype == torch.int64
         else torch.rand(example.shape, generator=generator, dtype=example.dtype)
         for example in spec.example_inputs
@@ -75,7 +46,7 @@ def _random_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
 def _blocks(module: nn.Module, component: str) -> list[nn.Module]:
     if component == TRANSFORMER:
         return [*module.transformer.transformer_blocks, *module.transformer.single_transformer_blocks]
-    return list(module.text_encoder_2.encoder.block)
+    return list(module.encoder.block)
 
 
 def _heads(module: nn.Module, component: str) -> list[int]:
@@ -89,20 +60,26 @@ def _block_parameters(module: nn.Module, component: str) -> int:
 
 
 def shard_and_run(cases: list[tuple[GraphSpec, tuple[torch.Tensor, ...]]]) -> dict[str, dict]:
-    """In each worker: this rank's shard of each component, what it computes, and its shape."""
+    """In each worker: this rank's structure and weights of each component, what it computes, its shape."""
+    from neuronx_distributed.parallel_layers import parallel_state
+    from neuronx_distributed.trace.functions import shard_checkpoint
+
+    rank = parallel_state.get_tensor_model_parallel_rank()
     results = {}
     for spec, inputs in cases:
-        model, aliases = sharded_worker_model(spec.build, spec.component)
+        checkpoint = dict(spec.build(True).state_dict())
+        module = shard_module(spec.build(False), spec.component)
+        (weights,) = shard_checkpoint(checkpoint, module, start_rank=rank, end_rank=rank)
+        module.load_state_dict(weights, strict=True)
         with torch.no_grad():
-            output = model(*inputs)
+            output = module(*inputs)
         results[spec.component] = {
             "output": output,
-            "aliases": aliases,
-            "heads": _heads(model, spec.component),
-            "block_parameters": _block_parameters(model, spec.component),
+            "heads": _heads(module, spec.component),
+            "block_parameters": _block_parameters(module, spec.component),
             "plain_linears_in_blocks": [
                 name
-                for block in _blocks(model, spec.component)
+                for block in _blocks(module, spec.component)
                 for name, layer in block.named_modules()
                 if type(layer) is nn.Linear
             ],
@@ -117,7 +94,7 @@ def sharded(request: pytest.FixtureRequest) -> dict:
     by_rank = run_tensor_parallel(tp_degree, shard_and_run, cases)
     unsharded = {}
     for spec, inputs in cases:
-        module = spec.build()
+        module = spec.build(True)
         with torch.no_grad():
             unsharded[spec.component] = {
                 "output": module(*inputs),
@@ -128,7 +105,8 @@ def sharded(request: pytest.FixtureRequest) -> dict:
 
 
 @pytest.mark.parametrize("component", TENSOR_PARALLEL_COMPONENTS)
-def test_every_rank_computes_what_the_unsharded_model_does(sharded: dict, component: str) -> None:
+def test_every_rank_with_its_sharded_weights_computes_what_the_unsharded_model_does(sharded: dict,
+                                                                                    component: str) -> None:
     expected = sharded["unsharded"][component]["output"]
     assert expected.abs().max() > 0
     for rank, results in enumerate(sharded["by_rank"]):
@@ -147,7 +125,6 @@ def test_each_rank_holds_its_share_of_the_heads_and_weights(sharded: dict, compo
         assert shard["heads"] == [heads // tp_degree for heads in unsharded["heads"]]
         assert shard["block_parameters"] <= ceiling
         assert shard["plain_linears_in_blocks"] == [], "every Linear in the blocks is tensor-parallel"
-        assert shard["aliases"] == {}, "parallel_model_trace's (model, input_output_aliases)"
 
 
 FLUX_1_DEV_CONFIGS = {  # black-forest-labs/FLUX.1-dev transformer/ and text_encoder_2/ config.json
@@ -169,6 +146,12 @@ def test_degrees_that_do_not_split_the_heads_are_refused_in_one_line(tp_degree: 
         check_tp_degree(tp_degree, FLUX_1_DEV_CONFIGS)
     assert str(refused.value).endswith("allowed degrees are 1, 2, 4, 8")
     assert "\n" not in str(refused.value)
+
+
+def test_the_tiny_model_splits_at_every_degree_up_to_8() -> None:
+    source = TinySource()
+    for tp_degree in (1, 2, 4, 8):
+        check_tp_degree(tp_degree, {name: source.config(name) for name in TENSOR_PARALLEL_COMPONENTS})
 
 
 def test_without_the_neuronx_distributed_source_the_tests_fail_saying_where_to_get_it(

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from model.compile import CompileOptions
+from model.keys import CompileOptions
 
 # Writable in every container; /dev/shm is a memory-backed emptyDir in both pods.
 DEVICES = ("/dev/null", "/dev/shm")
@@ -61,7 +61,8 @@ def phase(name, tmpdir):
 
 phase("compile", config["scratch"])
 os.environ["HF_HOME"] = config["hf_home"]
-from model.compile import CompileOptions, ensure_compiled
+from model.build import ensure_compiled
+from model.keys import CompileOptions
 from common.shapes import parse_shape
 options = dict(config["options"], shape=parse_shape(config["options"]["shape"]))
 artifact = ensure_compiled(CompileOptions(**options), config["graphs"], config["scratch"])

@@ -1,0 +1,187 @@
+"""What names an artifact: the compile options, and the keys and directory names derived from them.
+
+Two kinds of artifact live under one root (the graph volume):
+
+- the **weights** of a model at one revision, dtype, backend and tensor-parallel degree, sharded once
+  per rank, under ``<root>/weights/<name>/``: every image shape takes the same ones;
+- the **graphs** of one image shape, without weights, under ``<root>/<name>/``.
+
+Everything here needs only the standard library and the installed distributions' metadata, never
+torch or a Neuron package: a serving pod's wait for its artifact resolves keys in a process of tens
+of MB (``python -m model.compile --resolve``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.artifacts import COMPILE_CODE_VERSION, MODEL_LIBRARIES, WEIGHTS_FORMAT_VERSION
+from common.image import NEURON_DLC_IMAGE
+from common.neuron import NEURON_FAMILIES
+from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype
+
+CPU = "cpu"
+NEURON = "neuron"
+BACKENDS = (CPU, NEURON)
+# neuronx-cc --target takes the family name.
+NEURON_TARGETS = NEURON_FAMILIES
+# The distributions whose code ends up in a backend's graphs, as installed where it compiles. The neuron
+# backend's are read from their metadata, not imported: a patched compiler build is a new version there.
+TOOLCHAINS = {
+    CPU: ("torch",),
+    NEURON: ("torch", "torch-neuronx", "neuronx-distributed", "neuronx-cc"),
+}
+# What turns a checkpoint into a backend's per-rank weight files: the libraries that name the tensors
+# (diffusers and transformers) and, on neuron, neuronx-distributed's shard_checkpoint.
+WEIGHTS_TOOLCHAINS = {CPU: ("torch", "safetensors"), NEURON: ("torch", "safetensors", "neuronx-distributed")}
+
+# The tiny model is built in code (model/tiny.py): its "revision" is the version of that code.
+TINY_MODEL = "tiny"
+# Bump when model/tiny.py changes what it builds.
+TINY_REVISION = "tiny-2"
+WEIGHTS_DIR = "weights"
+# How a backend turns a model into graphs and per-rank weights, by backend and target: part of both keys,
+# so artifacts of one implementation are never loaded by another.
+MODEL_BUILDER = "modelbuilder"
+
+
+def implementation(backend: str, target: str | None) -> str:
+    """The compile API behind a backend and target: the cpu tracer, or NxD's ModelBuilder."""
+    return CPU if backend == CPU else MODEL_BUILDER
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def check_revision(model: str, revision: str | None) -> None:
+    """A Hub model needs a full commit hash: branch names move, and the keys must not."""
+    if model == TINY_MODEL:
+        if revision is not None:
+            raise ValueError("the tiny model is built in code and takes no --revision")
+    elif revision is None or not _COMMIT.match(revision):
+        raise ValueError(
+            f"model {model!r} needs --revision set to a full 40-character commit hash "
+            f"(got {revision!r}): branch names such as 'main' move and would make the cache key lie"
+        )
+
+
+def key_revision(model: str, revision: str | None) -> str:
+    """The revision recorded in the keys; the tiny model's is its code version."""
+    return TINY_REVISION if model == TINY_MODEL else revision
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What a compile is asked for. ``shape`` is None for the weights alone, which every shape shares."""
+
+    model: str
+    revision: str | None
+    shape: Shape | None
+    dtype: str = "bfloat16"
+    backend: str = CPU
+    tp_degree: int = 1
+    max_text_length: int = MAX_TEXT_LENGTH
+    target: str | None = None
+
+    def __post_init__(self):
+        """Refuse option combinations that could not compile, so they never get a key."""
+        if self.shape is not None and not isinstance(self.shape, Shape):
+            raise ValueError(f"shape must be a Shape (use parse_shape), got {self.shape!r}")
+        parse_dtype(self.dtype)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        check_revision(self.model, self.revision)
+        if not 1 <= self.max_text_length <= MAX_TEXT_LENGTH:
+            raise ValueError(f"max text length {self.max_text_length} is outside 1..{MAX_TEXT_LENGTH}")
+        if self.tp_degree < 1:
+            raise ValueError(f"tensor-parallel degree {self.tp_degree} must be at least 1")
+        if self.backend == CPU and (self.tp_degree != 1 or self.target is not None):
+            raise ValueError("the cpu backend runs on one device: it takes no --target and --tp-degree 1")
+        if self.backend == NEURON and self.target not in NEURON_TARGETS:
+            raise ValueError(f"the neuron backend needs --target, one of {', '.join(NEURON_TARGETS)}")
+
+
+class CompileError(Exception):
+    """A compile (or a resolve) that cannot run or finish here; the message says why in one line."""
+
+
+class ToolchainMissing(CompileError):
+    """A distribution a key records is not installed here."""
+
+
+def installed_versions(distributions: tuple[str, ...]) -> dict[str, str]:
+    """The versions pip installed here (what the compile actually runs), by distribution name."""
+    try:
+        return {name: importlib.metadata.version(name) for name in distributions}
+    except importlib.metadata.PackageNotFoundError as error:
+        raise ToolchainMissing(
+            f"{error.name} is not installed here: the neuron backend's packages (torch-neuronx, neuronx-distributed, "
+            f"neuronx-cc) are not on PyPI, run it inside {NEURON_DLC_IMAGE}"
+        ) from None
+
+
+def weights_key(options: CompileOptions) -> dict:
+    """Everything that changes the published weights: not the shape, the target or the text length."""
+    return {
+        "model": options.model,
+        "revision": key_revision(options.model, options.revision),
+        "dtype": options.dtype,
+        "backend": options.backend,
+        "implementation": implementation(options.backend, options.target),
+        "tp_degree": options.tp_degree,
+        "toolchain": installed_versions(WEIGHTS_TOOLCHAINS[options.backend] + MODEL_LIBRARIES),
+        "weights_format_version": WEIGHTS_FORMAT_VERSION,
+    }
+
+
+def graphs_key(options: CompileOptions) -> dict:
+    """Everything that changes a shape's compiled graphs. Any difference means a different directory."""
+    if options.shape is None:
+        raise ValueError("graphs are compiled for one image shape: give --shape")
+    return {
+        "model": options.model,
+        "revision": key_revision(options.model, options.revision),
+        "shape": str(options.shape),
+        "dtype": options.dtype,
+        "backend": options.backend,
+        "target": options.target,
+        "implementation": implementation(options.backend, options.target),
+        "tp_degree": options.tp_degree,
+        "max_text_length": options.max_text_length,
+        # The traced code comes from diffusers and transformers as much as from the compiler.
+        "toolchain": installed_versions(TOOLCHAINS[options.backend] + MODEL_LIBRARIES),
+        "compile_code_version": COMPILE_CODE_VERSION,
+    }
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _readable(key: dict) -> str:
+    model = re.sub(r"[^A-Za-z0-9._-]+", "-", key["model"])
+    return f"{model}-{key['revision'][:12]}"
+
+
+def artifact_name(key: dict) -> str:
+    """A shape's graphs: a readable prefix for humans, a hash of the whole key for correctness."""
+    target = f"-{key['target']}" if key["target"] else ""
+    return (f"{_readable(key)}-{key['shape']}-{key['dtype']}-{key['backend']}{target}-tp{key['tp_degree']}-"
+            f"{_digest(key)}")
+
+
+def weights_name(key: dict) -> str:
+    return f"{_readable(key)}-{key['dtype']}-{key['backend']}-tp{key['tp_degree']}-{_digest(key)}"
+
+
+def graphs_dir(options: CompileOptions, root: Path) -> tuple[Path, dict]:
+    key = graphs_key(options)
+    return Path(root) / artifact_name(key), key
+
+
+def weights_dir(options: CompileOptions, root: Path) -> tuple[Path, dict]:
+    key = weights_key(options)
+    return Path(root) / WEIGHTS_DIR / weights_name(key), key
