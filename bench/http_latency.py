@@ -25,7 +25,7 @@ from model.runtime import load_generator
 from common import endpoints
 from serving import http_server
 from serving.app import ServedArtifact, ServerLimits, create_app
-from serving.cli import add_artifact_arguments, artifact_dir_from_args
+from serving.cli import add_artifact_arguments, artifacts_from_args
 from serving.schemas import DEFAULT_GUIDANCE_SCALE
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 2:
         parser.error("--iterations must be at least 2 for percentiles")
     logging.basicConfig(level=logging.WARNING)
-    artifact_dir = artifact_dir_from_args(args, parser)
-    generator = load_generator(artifact_dir)
+    artifact_dir, weights_dir = artifacts_from_args(args, parser)
+    generator = load_generator(artifact_dir, weights_dir)
 
     # The app's own loader hands over the generator already loaded: one copy on the device.
     served = ServedArtifact.from_manifest(read_manifest(artifact_dir))

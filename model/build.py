@@ -15,6 +15,7 @@ Progress goes to the log as common/progress.py events.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -34,6 +35,7 @@ import torch
 from common import progress
 from common.logs import configure_json_logging, route_library_loggers
 from model.artifacts import MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
+from model.adapters import check_targets, fetch
 from model.backends import CompileSettings, get_backend, ranks
 from model.components import (
     PIPELINE_CONFIG_NAME, TENSOR_PARALLEL_COMPONENTS, TORCH_DTYPES, VAE_SCALE_FACTOR, WEIGHTS_CONFIG_NAME, GraphSpec,
@@ -42,6 +44,7 @@ from model.components import (
 from model.keys import (
     CompileError, CompileOptions, artifact_name, graphs_dir, graphs_key, installed_versions, weights_dir, weights_key, weights_name,
 )
+from model.families import Family, UnsupportedModel, family_of
 from model.sources import ModelSource, open_source
 from model.tensor_parallel import check_tp_degree
 
@@ -131,16 +134,20 @@ def _manifest_fields(name: str, key: dict, fields: dict) -> dict:
     }
 
 
-def _checked_source(options: CompileOptions, weights: bool) -> ModelSource:
-    """The model's source, refused before anything runs if its architecture is not one these graphs fit."""
+def _checked_source(options: CompileOptions, weights: bool) -> tuple[ModelSource, Family]:
+    """The model's source and family, refused before anything runs if its architecture is not one these graphs
+    fit or the options do not fit it."""
     source = open_source(options.model, options.revision, weights=weights)
-    if not source.config("transformer")["guidance_embeds"]:
-        raise ValueError(f"{options.model} has no guidance embedding: only guidance-distilled FLUX.1 is supported")
+    family = family_of(options.model, source.pipeline_class(), source.config("transformer"), source.config("vae"),
+                       dict(source.scheduler().config))
     if 2 ** (len(source.config("vae")["block_out_channels"]) - 1) != VAE_SCALE_FACTOR:
-        raise ValueError(f"{options.model}'s VAE does not scale by {VAE_SCALE_FACTOR}, which image shapes assume")
+        raise UnsupportedModel(f"{options.model}'s VAE does not scale by {VAE_SCALE_FACTOR}, which image shapes assume")
+    if options.max_text_length > family.max_text_length:
+        raise UnsupportedModel(f"--max-text-length {options.max_text_length}: {options.model} is {family.name}, "
+                               f"which reads at most {family.max_text_length} T5 tokens")
     # Before anything runs: the heads and widths must split evenly across the ranks.
     check_tp_degree(options.tp_degree, {name: source.config(name) for name in TENSOR_PARALLEL_COMPONENTS})
-    return source
+    return source, family
 
 
 def _settings(options: CompileOptions, cpus: int | None) -> CompileSettings:
@@ -149,7 +156,7 @@ def _settings(options: CompileOptions, cpus: int | None) -> CompileSettings:
 
 def _compile_graphs_into(staged: Path, workdir: Path, options: CompileOptions, cpus: int | None) -> dict:
     started = time.monotonic()
-    source = _checked_source(options, weights=False)
+    source, family = _checked_source(options, weights=False)
     tokenizer, tokenizer_2 = source.tokenizers()
     timings = {"source_s": round(time.monotonic() - started, 3), "graphs_s": {}}
     specs = graph_specs(source, options.shape, TORCH_DTYPES[options.dtype], options.max_text_length,
@@ -177,6 +184,8 @@ def _compile_graphs_into(staged: Path, workdir: Path, options: CompileOptions, c
         "shape": str(options.shape),
         "dtype": options.dtype,
         "max_text_length": options.max_text_length,
+        # What requests may ask of this model (model/families.py): serving's defaults and bounds.
+        "family": family.name,
         "graphs": graphs,
         # Serving checks the weights it loads against these, component by component.
         "weights_layouts": layouts,
@@ -191,16 +200,19 @@ def _compile_graphs_into(staged: Path, workdir: Path, options: CompileOptions, c
         },
     }
     (staged / PIPELINE_CONFIG_NAME).write_text(json.dumps(pipeline_config, indent=2))
-    # The weights these graphs take: their key, and the directory name it gives under the root.
-    key = weights_key(options)
+    # The weights of the base model these graphs take (adapters give other weights of the same layout):
+    # their key, and the directory name it gives under the root.
+    key = weights_key(dataclasses.replace(options, loras=()))
     return {"timings": timings, "weights": {"artifact": weights_name(key), "key": key}}
 
 
 def _shard_weights_into(staged: Path, options: CompileOptions, cpus: int | None) -> dict:
     started = time.monotonic()
-    source = _checked_source(options, weights=True)
+    source, _ = _checked_source(options, weights=True)
+    adapters = tuple(fetch(adapter) for adapter in options.loras)
+    check_targets(list(adapters))
     timings = {"source_s": round(time.monotonic() - started, 3), "shards_s": {}}
-    specs = weight_specs(source, TORCH_DTYPES[options.dtype])
+    specs = weight_specs(source, TORCH_DTYPES[options.dtype], adapters)
     settings = _settings(options, cpus)
     rank_counts = [ranks(spec, settings) for spec in specs]
     steps = [f"{spec.component} rank {rank}" for spec, count in zip(specs, rank_counts) for rank in range(count)]
@@ -214,7 +226,8 @@ def _shard_weights_into(staged: Path, options: CompileOptions, cpus: int | None)
         timings["shards_s"][spec.component] = round(time.monotonic() - started, 3)
         components[spec.component] = {"files": [f"{spec.component}/{name}" for name in files],
                                       "layout": layout_digest(layout)}
-    weights_config = {"dtype": options.dtype, "tp_degree": options.tp_degree, "components": components}
+    weights_config = {"dtype": options.dtype, "tp_degree": options.tp_degree,
+                      "loras": [adapter.key() for adapter in options.loras], "components": components}
     (staged / WEIGHTS_CONFIG_NAME).write_text(json.dumps(weights_config, indent=2))
     return {"timings": timings}
 

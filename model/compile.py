@@ -17,13 +17,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE
 from common.logs import configure_json_logging
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, parse_shape
 from model.artifacts import ArtifactError, MANIFEST_NAME, read_manifest
-from model.keys import BACKENDS, NEURON_TARGETS, CompileError, CompileOptions, graphs_dir, weights_dir
+from model.families import UnsupportedModel
+from model.keys import (
+    BACKENDS, NEURON_TARGETS, CompileError, CompileOptions, graphs_dir, parse_adapter, weights_dir,
+)
 
 EXIT_FAILED = 1
 
@@ -40,14 +44,21 @@ def _published(artifact_dir: Path, key: dict) -> bool:
     return True
 
 
-def resolve(options: CompileOptions, root: Path) -> tuple[Path, bool]:
-    """Where the options' artifact lives under `root`, and whether it is published: the shape's graphs and
-    the weights they take, or (no shape) the weights."""
+@dataclass(frozen=True)
+class Resolved:
+    """Where the options' artifacts live under a root, and whether they are published."""
+
+    directory: Path  # the shape's graphs, or (no shape) the weights: what --resolve prints
+    weights: Path    # the weights the options name (their adapters merged)
+    published: bool  # the graphs and those weights, or the weights
+
+
+def resolve(options: CompileOptions, root: Path) -> Resolved:
     weights, weights_key = weights_dir(options, root)
     if options.shape is None:
-        return weights, _published(weights, weights_key)
+        return Resolved(weights, weights, _published(weights, weights_key))
     graphs, graphs_key = graphs_dir(options, root)
-    return graphs, _published(graphs, graphs_key) and _published(weights, weights_key)
+    return Resolved(graphs, weights, _published(graphs, graphs_key) and _published(weights, weights_key))
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -68,13 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--weights", action="store_true", help="only the weights every shape of the model takes")
     parser.add_argument("--graphs-only", action="store_true",
                         help="with --shape: its graphs alone; the weights they take are published apart")
-    parser.add_argument("--model", required=True, help="'tiny' or a HuggingFace model id")
+    parser.add_argument("--model", required=True, help="'tiny', 'tiny-schnell' or a HuggingFace model id")
     parser.add_argument("--revision", help="full commit hash of a HuggingFace model")
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--backend", default="cpu", choices=BACKENDS)
     parser.add_argument("--tp-degree", type=int, default=1, help="NeuronCores for T5 and the transformer")
     parser.add_argument("--max-text-length", type=int, default=MAX_TEXT_LENGTH, help="T5 tokens")
     parser.add_argument("--target", choices=NEURON_TARGETS, help="Neuron instance family the graphs run on")
+    parser.add_argument("--lora", action="append", default=[], metavar="id=REPO,revision=COMMIT,scale=S[,file=F]",
+                        help="a LoRA adapter merged into the weights (repeatable, in order); the graphs stay the same")
     parser.add_argument("--out", required=True, type=Path, help="root of the published artifacts")
     parser.add_argument("--scratch", type=Path, help="local directory for compiler work (default: system temp)")
     parser.add_argument("--cpus", type=_positive, help="threads of torch and the compiler (the pod's CPU limit)")
@@ -92,6 +105,7 @@ def options_from(args: argparse.Namespace) -> CompileOptions:
         tp_degree=args.tp_degree,
         max_text_length=args.max_text_length,
         target=args.target,
+        loras=tuple(parse_adapter(text) for text in args.lora),
     )
 
 
@@ -107,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--graphs-only goes with --shape: --weights publishes the weights alone")
     try:
         if args.resolve:
-            artifact_dir, published = resolve(options, args.out)
-            print(artifact_dir)
-            return 0 if published else EXIT_NOT_PUBLISHED
+            resolved = resolve(options, args.out)
+            print(resolved.directory)
+            return 0 if resolved.published else EXIT_NOT_PUBLISHED
         # Only a compile needs torch and the model libraries; resolving must stay small.
         from model.build import ensure_compiled, ensure_graphs, ensure_weights
 
@@ -120,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(ensure_compiled(options, args.out, args.scratch, args.cpus))
         return 0
+    except UnsupportedModel as error:
+        # The model or an adapter does not fit: every retry would fail the same way.
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (ArtifactError, CompileError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -21,6 +21,7 @@ from diffusers.models.embeddings import FluxPosEmbed
 from torch import nn
 
 from common.shapes import DTYPES, Shape
+from model.adapters import FetchedAdapter, merge
 from model.sources import ModelSource
 
 TEXT_ENCODER = "text_encoder"
@@ -141,10 +142,11 @@ _WRAPPERS = {TEXT_ENCODER: ("text_encoder", ClipPooledEmbedding), TEXT_ENCODER_2
              TRANSFORMER: ("transformer", TransformerGraph), VAE_DECODER: ("vae", VaeDecoder)}
 
 
-def build_graph_module(source: ModelSource, component: str, dtype: torch.dtype, weights: bool) -> nn.Module:
-    """One component wrapped for tracing, in eval mode: with the model's weights, or (``weights=False``)
-    with the same parameters, names, shapes and dtypes left uninitialised, for compiling graphs, which
-    never read them.
+def build_graph_module(source: ModelSource, component: str, dtype: torch.dtype, weights: bool,
+                       adapters: tuple[FetchedAdapter, ...] = ()) -> nn.Module:
+    """One component wrapped for tracing, in eval mode: with the model's weights (and the LoRA `adapters`
+    merged into them), or (``weights=False``) with the same parameters, names, shapes and dtypes left
+    uninitialised, for compiling graphs, which never read them.
 
     Module level (and called through functools.partial) so that it pickles into a component's process.
     """
@@ -152,8 +154,12 @@ def build_graph_module(source: ModelSource, component: str, dtype: torch.dtype, 
         raise ValueError(f"unknown component {component!r}: expected one of {', '.join(COMPONENTS)}")
     folder, wrapper = _WRAPPERS[component]
     component_dtype = VAE_DTYPE if component == VAE_DECODER else dtype
-    load = source.load_model if weights else source.build_model
-    return wrapper(load(folder, component_dtype)).eval()
+    if not weights:
+        return wrapper(source.build_model(folder, component_dtype)).eval()
+    module = wrapper(source.load_model(folder, component_dtype)).eval()
+    # The wrappers keep the component's module under its folder's name, the prefix adapters name it by.
+    merge(module, folder, list(adapters))
+    return module
 
 
 def graph_weights(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -217,7 +223,8 @@ def graph_specs(source: ModelSource, shape: Shape, dtype: torch.dtype, max_text_
             for component in COMPONENTS]
 
 
-def weight_specs(source: ModelSource, dtype: torch.dtype) -> list[GraphSpec]:
-    """The components whose weights are published (no example inputs: nothing is traced)."""
-    return [GraphSpec(component, partial(build_graph_module, source, component, dtype), ())
+def weight_specs(source: ModelSource, dtype: torch.dtype, adapters: tuple[FetchedAdapter, ...] = ()) -> list[GraphSpec]:
+    """The components whose weights are published, with the adapters merged (no example inputs: nothing is
+    traced)."""
+    return [GraphSpec(component, partial(build_graph_module, source, component, dtype, adapters=adapters), ())
             for component in COMPONENTS]

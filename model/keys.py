@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,11 @@ TOOLCHAINS = {
 # (diffusers and transformers) and, on neuron, neuronx-distributed's shard_checkpoint.
 WEIGHTS_TOOLCHAINS = {CPU: ("torch", "safetensors"), NEURON: ("torch", "safetensors", "neuronx-distributed")}
 
-# The tiny model is built in code (model/tiny.py): its "revision" is the version of that code.
+# The tiny models are built in code (model/tiny.py), in FLUX.1-dev's family and in FLUX.1-schnell's:
+# their "revision" is the version of that code.
 TINY_MODEL = "tiny"
+TINY_SCHNELL = "tiny-schnell"
+TINY_MODELS = (TINY_MODEL, TINY_SCHNELL)
 # Bump when model/tiny.py changes what it builds.
 TINY_REVISION = "tiny-2"
 WEIGHTS_DIR = "weights"
@@ -58,7 +62,7 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 def check_revision(model: str, revision: str | None) -> None:
     """A Hub model needs a full commit hash: branch names move, and the keys must not."""
-    if model == TINY_MODEL:
+    if model in TINY_MODELS:
         if revision is not None:
             raise ValueError("the tiny model is built in code and takes no --revision")
     elif revision is None or not _COMMIT.match(revision):
@@ -70,7 +74,53 @@ def check_revision(model: str, revision: str | None) -> None:
 
 def key_revision(model: str, revision: str | None) -> str:
     """The revision recorded in the keys; the tiny model's is its code version."""
-    return TINY_REVISION if model == TINY_MODEL else revision
+    return TINY_REVISION if model in TINY_MODELS else revision
+
+
+# How far an adapter may be scaled either way: past this a LoRA swamps the weights it adapts.
+MAX_ADAPTER_SCALE = 8.0
+ADAPTER_FIELDS = ("id", "revision", "file", "scale")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter merged into the weights: a Hub repository at a commit, its weight file (when the
+    repository holds several) and the scale its update is added with (diffusers' fuse_lora lora_scale)."""
+
+    repo: str
+    revision: str
+    scale: float
+    file: str | None = None
+
+    def __post_init__(self):
+        check_revision(self.repo, self.revision)
+        if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale)
+                and 0 < abs(self.scale) <= MAX_ADAPTER_SCALE):
+            raise ValueError(f"adapter {self.repo}: scale {self.scale!r} is not a number between "
+                             f"-{MAX_ADAPTER_SCALE:g} and {MAX_ADAPTER_SCALE:g} other than 0")
+
+    def key(self) -> dict:
+        return {"id": self.repo, "revision": self.revision, "file": self.file, "scale": self.scale}
+
+
+def parse_adapter(text: str) -> Adapter:
+    """`id=<repo>,revision=<commit>,scale=<number>[,file=<weights.safetensors>]` (--lora's form)."""
+    fields = dict(part.partition("=")[::2] for part in text.split(","))
+    unknown, missing = set(fields) - set(ADAPTER_FIELDS), {"id", "revision", "scale"} - set(fields)
+    if unknown or missing:
+        raise ValueError(f"--lora {text!r}: expected id=<repo>,revision=<commit>,scale=<number>[,file=<name>]"
+                         + (f", not {', '.join(sorted(unknown))}" if unknown else "")
+                         + (f"; {', '.join(sorted(missing))} missing" if missing else ""))
+    try:
+        scale = float(fields["scale"])
+    except ValueError:
+        raise ValueError(f"--lora {text!r}: scale {fields['scale']!r} is not a number") from None
+    return Adapter(fields["id"], fields["revision"], scale, fields.get("file") or None)
+
+
+def adapter_argument(adapter: Adapter) -> str:
+    """`--lora`'s value for an adapter (parse_adapter's inverse)."""
+    return ",".join(f"{name}={value}" for name, value in adapter.key().items() if value is not None)
 
 
 @dataclass(frozen=True)
@@ -85,6 +135,8 @@ class CompileOptions:
     tp_degree: int = 1
     max_text_length: int = MAX_TEXT_LENGTH
     target: str | None = None
+    # LoRA adapters merged into the weights, in order; the graphs do not change with them.
+    loras: tuple[Adapter, ...] = ()
 
     def __post_init__(self):
         """Refuse option combinations that could not compile, so they never get a key."""
@@ -132,6 +184,7 @@ def weights_key(options: CompileOptions) -> dict:
         "backend": options.backend,
         "implementation": implementation(options.backend, options.target),
         "tp_degree": options.tp_degree,
+        "loras": [adapter.key() for adapter in options.loras],
         "toolchain": installed_versions(WEIGHTS_TOOLCHAINS[options.backend] + MODEL_LIBRARIES),
         "weights_format_version": WEIGHTS_FORMAT_VERSION,
     }
@@ -174,7 +227,8 @@ def artifact_name(key: dict) -> str:
 
 
 def weights_name(key: dict) -> str:
-    return f"{_readable(key)}-{key['dtype']}-{key['backend']}-tp{key['tp_degree']}-{_digest(key)}"
+    adapters = f"-lora{len(key['loras'])}" if key["loras"] else ""
+    return f"{_readable(key)}-{key['dtype']}-{key['backend']}-tp{key['tp_degree']}{adapters}-{_digest(key)}"
 
 
 def graphs_dir(options: CompileOptions, root: Path) -> tuple[Path, dict]:

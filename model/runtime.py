@@ -39,6 +39,7 @@ from model.components import (
     WEIGHTS_CONFIG_NAME,
     rotary_tables,
 )
+from model.families import FAMILIES, Family
 from model.keys import WEIGHTS_DIR
 
 
@@ -120,11 +121,14 @@ class FluxGenerator:
         self,
         pipeline: FluxPipeline,
         shape: Shape,
+        family: Family,
         manifest: dict,
         max_text_length: int,
         staging: tempfile.TemporaryDirectory,
     ):
         self.shape = shape
+        # What requests may ask of this model: steps, guidance, quality (model/families.py).
+        self.family = family
         self.manifest = manifest
         self._pipeline = pipeline
         self._max_text_length = max_text_length
@@ -272,4 +276,5 @@ def _load(artifact_dir: Path, weights_dir: Path | None, local: Path, staging: te
         transformer=_CompiledTransformer(graphs[TRANSFORMER], dtype, config["transformer"]),
     )
     pipeline.set_progress_bar_config(disable=True)
-    return FluxGenerator(pipeline, parse_shape(config["shape"]), manifest, config["max_text_length"], staging)
+    return FluxGenerator(pipeline, parse_shape(config["shape"]), FAMILIES[config["family"]], manifest,
+                         config["max_text_length"], staging)

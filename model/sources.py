@@ -11,19 +11,20 @@ read them): a shape's compile then needs the configs alone, not the tens of GB o
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer, PreTrainedModel, T5EncoderModel, T5TokenizerFast
 from transformers.modeling_utils import no_init_weights
 
 from model import tiny
-from model.keys import TINY_MODEL, CompileError, check_revision
+from model.keys import TINY_MODELS, TINY_SCHNELL, CompileError, check_revision
 
 # The diffusers-format folders only: FLUX.1-dev also ships single-file checkpoints (flux1-dev.safetensors,
 # ae.safetensors) that would double the download. Graphs need the configs and tokenizers, weights the rest.
@@ -42,6 +43,7 @@ class SourceUnavailable(CompileError):
 
 
 class ModelSource(Protocol):
+    def pipeline_class(self) -> str: ...
     def load_model(self, name: str, dtype: torch.dtype) -> nn.Module: ...
     def build_model(self, name: str, dtype: torch.dtype) -> nn.Module: ...
     def config(self, name: str) -> dict: ...
@@ -76,11 +78,18 @@ def build_from_config(name: str, config: dict, dtype: torch.dtype) -> nn.Module:
 
 @dataclass(frozen=True)
 class TinySource:
+    """The tiny model in FLUX.1-dev's family, or (`timestep_distilled`) in FLUX.1-schnell's."""
+
+    timestep_distilled: bool = False
+
+    def pipeline_class(self) -> str:
+        return FluxPipeline.__name__
+
     def load_model(self, name: str, dtype: torch.dtype) -> nn.Module:
         builders = {
             "text_encoder": tiny.clip_text_model,
             "text_encoder_2": tiny.t5_encoder_model,
-            "transformer": tiny.transformer,
+            "transformer": lambda: tiny.transformer(guidance_embeds=not self.timestep_distilled),
             "vae": tiny.vae,
         }
         return builders[name]().to(dtype)
@@ -92,7 +101,7 @@ class TinySource:
         configs = {
             "text_encoder": lambda: tiny.clip_text_config().to_dict(),
             "text_encoder_2": lambda: tiny.t5_config().to_dict(),
-            "transformer": tiny.transformer_config,
+            "transformer": lambda: tiny.transformer_config(guidance_embeds=not self.timestep_distilled),
             "vae": tiny.vae_config,
         }
         return configs[name]()
@@ -101,7 +110,7 @@ class TinySource:
         return tiny.clip_tokenizer(), tiny.t5_tokenizer()
 
     def scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        return tiny.scheduler()
+        return tiny.scheduler(dynamic_shifting=not self.timestep_distilled)
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,9 @@ class HubSnapshot:
     """A local copy of a diffusers-format FLUX.1 repository at one commit (its configs, maybe its weights)."""
 
     path: Path
+
+    def pipeline_class(self) -> str:
+        return json.loads((self.path / "model_index.json").read_text())["_class_name"]
 
     def load_model(self, name: str, dtype: torch.dtype) -> nn.Module:
         return _MODEL_CLASSES[name].from_pretrained(self.path, subfolder=name, torch_dtype=dtype).eval()
@@ -136,8 +148,8 @@ def open_source(model: str, revision: str | None, weights: bool) -> ModelSource:
     """The tiny model, or a Hub snapshot downloaded into the local HuggingFace cache: its configs,
     tokenizers and scheduler, and its weights only when `weights` is set."""
     check_revision(model, revision)
-    if model == TINY_MODEL:
-        return TinySource()
+    if model in TINY_MODELS:
+        return TinySource(timestep_distilled=model == TINY_SCHNELL)
     from huggingface_hub import snapshot_download
 
     patterns = HUB_CONFIG_PATTERNS + (HUB_WEIGHT_PATTERNS if weights else [])

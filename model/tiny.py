@@ -33,8 +33,9 @@ _VOCABULARY_WORDS = (
 ).split()
 
 
-def transformer_config() -> dict:
-    # axes_dims_rope sums to attention_head_dim, as FluxPosEmbed requires.
+def transformer_config(guidance_embeds: bool = True) -> dict:
+    """FLUX.1-dev's wiring, or FLUX.1-schnell's (no guidance embedding) with `guidance_embeds=False`.
+    axes_dims_rope sums to attention_head_dim, as FluxPosEmbed requires."""
     return dict(
         patch_size=1,
         in_channels=16,
@@ -45,7 +46,7 @@ def transformer_config() -> dict:
         num_attention_heads=8,
         joint_attention_dim=TEXT_HIDDEN,
         pooled_projection_dim=POOLED_HIDDEN,
-        guidance_embeds=True,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),
     )
 
@@ -168,20 +169,21 @@ def t5_encoder_model() -> T5EncoderModel:
     return _seeded(lambda: T5EncoderModel(t5_config()), 2)
 
 
-def transformer() -> FluxTransformer2DModel:
-    return _seeded(lambda: FluxTransformer2DModel(**transformer_config()), 3)
+def transformer(guidance_embeds: bool = True) -> FluxTransformer2DModel:
+    return _seeded(lambda: FluxTransformer2DModel(**transformer_config(guidance_embeds)), 3)
 
 
 def vae() -> AutoencoderKL:
     return _seeded(lambda: AutoencoderKL(**vae_config()), 4)
 
 
-def scheduler() -> FlowMatchEulerDiscreteScheduler:
-    # FLUX.1-dev's scheduler settings (dynamic shifting by image sequence length).
+def scheduler(dynamic_shifting: bool = True) -> FlowMatchEulerDiscreteScheduler:
+    """FLUX.1-dev's scheduler settings (shifted by image sequence length), or FLUX.1-schnell's (a fixed
+    shift of 1) with `dynamic_shifting=False`."""
     return FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
+        shift=3.0 if dynamic_shifting else 1.0,
+        use_dynamic_shifting=dynamic_shifting,
         base_shift=0.5,
         max_shift=1.15,
         base_image_seq_len=256,
@@ -189,14 +191,37 @@ def scheduler() -> FlowMatchEulerDiscreteScheduler:
     )
 
 
-def pipeline(dtype: torch.dtype) -> FluxPipeline:
-    """The eager tiny pipeline: the reference the compiled artifacts are checked against."""
+def pipeline(dtype: torch.dtype, timestep_distilled: bool = False) -> FluxPipeline:
+    """The eager tiny pipeline (FLUX.1-dev's family, or FLUX.1-schnell's): the reference the compiled
+    artifacts are checked against."""
     return FluxPipeline(
-        scheduler=scheduler(),
+        scheduler=scheduler(dynamic_shifting=not timestep_distilled),
         vae=vae().to(dtype),
         text_encoder=clip_text_model().to(dtype),
         tokenizer=clip_tokenizer(),
         text_encoder_2=t5_encoder_model().to(dtype),
         tokenizer_2=t5_tokenizer(),
-        transformer=transformer().to(dtype),
+        transformer=transformer(guidance_embeds=not timestep_distilled).to(dtype),
     )
+
+
+# A LoRA adapter in diffusers' format (what FluxPipeline.lora_state_dict reads): rank-4 updates of the
+# transformer's attention projections and of CLIP's query and value projections.
+LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_RANK = 4
+_LORA_TARGETS = {"transformer": ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"),
+                 "text_encoder": ("self_attn.q_proj", "self_attn.v_proj")}
+
+
+def lora_adapter(seed: int = 5) -> dict[str, torch.Tensor]:
+    """A tiny LoRA adapter's tensors, by diffusers' names (`<component>.<module>.lora_A/lora_B.weight`)."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = {"transformer": transformer(), "text_encoder": clip_text_model()}
+    adapter = {}
+    for component, suffixes in _LORA_TARGETS.items():
+        for name, module in modules[component].named_modules():
+            if name.endswith(suffixes):
+                prefix = f"{component}.{name}"
+                adapter[f"{prefix}.lora_A.weight"] = torch.randn(LORA_RANK, module.in_features, generator=generator) / 4
+                adapter[f"{prefix}.lora_B.weight"] = torch.randn(module.out_features, LORA_RANK, generator=generator) / 4
+    return adapter

@@ -28,7 +28,7 @@ from common.shapes import DTYPES, parse_shape
 from model.artifacts import MANIFEST_NAME, ArtifactError, read_manifest
 from model.build import ensure_compiled
 from model.compile import resolve
-from model.keys import BACKENDS, NEURON_TARGETS, CompileError, CompileOptions
+from model.keys import BACKENDS, NEURON_TARGETS, CompileError, CompileOptions, parse_adapter
 from model.runtime import load_generator
 from serving import http_server
 from serving.app import DEFAULT_MAX_IMAGES, ServedArtifact, ServerLimits, create_app
@@ -107,13 +107,15 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     # the defaults taken from CompileOptions itself so the two can never resolve different keys.
     options = parser.add_argument_group("compile options (with --graphs-root; --shape also with --local)")
     options.add_argument("--shape", help="HxW in pixels, height first")
-    options.add_argument("--model", help="'tiny' or a HuggingFace model id")
+    options.add_argument("--model", help="'tiny', 'tiny-schnell' or a HuggingFace model id")
     options.add_argument("--revision", help="full commit hash of a HuggingFace model")
     options.add_argument("--dtype", choices=DTYPES, help=f"default: {_COMPILE_DEFAULTS['dtype']}")
     options.add_argument("--backend", choices=BACKENDS, help=f"default: {_COMPILE_DEFAULTS['backend']}")
     options.add_argument("--tp-degree", type=int, help=f"default: {_COMPILE_DEFAULTS['tp_degree']}")
     options.add_argument("--max-text-length", type=int, help=f"default: {_COMPILE_DEFAULTS['max_text_length']}")
     options.add_argument("--target", choices=NEURON_TARGETS, help="Neuron instance family (neuron backend)")
+    options.add_argument("--lora", action="append", default=[], metavar="id=REPO,revision=COMMIT,scale=S[,file=F]",
+                         help="a LoRA adapter merged into the weights, as the compile was given it (repeatable)")
 
 
 def _compile_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CompileOptions | None:
@@ -123,7 +125,7 @@ def _compile_options(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         for name in ("dtype", "backend", "tp_degree", "max_text_length", "target")
         if getattr(args, name) is not None
     }
-    named_model = args.model is not None or args.revision is not None
+    named_model = args.model is not None or args.revision is not None or bool(args.lora)
     if args.graphs is not None:
         if given or named_model or args.shape is not None:
             parser.error("--graphs takes no compile options: the directory is the artifact")
@@ -141,13 +143,15 @@ def _compile_options(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                 dtype="float32",
                 backend="cpu",
             )
-        return CompileOptions(model=args.model, revision=args.revision, shape=parse_shape(args.shape), **given)
+        return CompileOptions(model=args.model, revision=args.revision, shape=parse_shape(args.shape),
+                              loras=tuple(parse_adapter(text) for text in args.lora), **given)
     except ValueError as error:
         parser.error(str(error))
 
 
-def artifact_dir_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
-    """The published artifact directory the flags name; compiles the tiny model first with --local.
+def artifacts_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Path, Path | None]:
+    """The published graphs the flags name, and the weights to load with them (None: those the graphs were
+    compiled with); compiles the tiny model first with --local.
 
     Exits through ``parser.error`` for bad options; raises NotPublished, ArtifactError or CompileError
     when there is nothing to serve.
@@ -155,16 +159,16 @@ def artifact_dir_from_args(args: argparse.Namespace, parser: argparse.ArgumentPa
     options = _compile_options(args, parser)
     if args.local:
         log.info("local mode: compiling the tiny model into %s unless it is there already", args.cache_dir)
-        return ensure_compiled(options, args.cache_dir)
+        return ensure_compiled(options, args.cache_dir), None
     if options is None:
         if not (args.graphs / MANIFEST_NAME).is_file():
             raise NotPublished(f"nothing published at {args.graphs} (no {MANIFEST_NAME})")
-        return args.graphs
-    artifact_dir, published = resolve(options, args.graphs_root)
-    if not published:
-        raise NotPublished(f"nothing published at {artifact_dir}, or not the weights its graphs take: run the "
-                           f"compile for these options first")
-    return artifact_dir
+        return args.graphs, None
+    resolved = resolve(options, args.graphs_root)
+    if not resolved.published:
+        raise NotPublished(f"nothing published at {resolved.directory}, or not the weights its options name: run "
+                           f"the compile for these options first")
+    return resolved.directory, resolved.weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,14 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOT_SERVABLE
     with sock:
         try:
-            artifact_dir = artifact_dir_from_args(args, parser)
+            artifact_dir, weights_dir = artifacts_from_args(args, parser)
             served = ServedArtifact.from_manifest(read_manifest(artifact_dir))
         except (NotPublished, ArtifactError, CompileError) as error:
             log.error("not serving: %s", error)
             return EXIT_NOT_SERVABLE
         log.info("serving %s on http://%s:%d", artifact_dir, *sock.getsockname()[:2])
         app = create_app(
-            partial(load_generator, artifact_dir),
+            partial(load_generator, artifact_dir, weights_dir),
             served,
             ServerLimits(
                 queue_size=args.queue_size,

@@ -18,7 +18,7 @@ import pytest
 
 from common.shapes import parse_shape
 from common import endpoints
-from serving.cli import LOCAL_SHAPE, NotPublished, artifact_dir_from_args, build_parser, main
+from serving.cli import LOCAL_SHAPE, NotPublished, artifacts_from_args, build_parser, main
 from serving.logs import REQUEST_ID_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def resolve(argv: list[str]) -> Path:
     parser = build_parser()
-    return artifact_dir_from_args(parser.parse_args(argv), parser)
+    return artifacts_from_args(parser.parse_args(argv), parser)[0]
 
 
 def graphs_root_argv(root: Path, options) -> list[str]:
