@@ -179,6 +179,17 @@ def read_manifest(artifact_dir: Path) -> dict:
     return manifest
 
 
+def is_published(artifact_dir: Path, key: dict) -> bool:
+    """True when a manifest for exactly this key is there; raises ArtifactError if it is unusable or for
+    another key."""
+    if not (Path(artifact_dir) / MANIFEST_NAME).exists():
+        return False
+    manifest = read_manifest(artifact_dir)
+    if manifest["key"] != key:
+        raise ArtifactError(f"the manifest in {artifact_dir} is for another key: {manifest['key']}")
+    return True
+
+
 def copy_verified(artifact_dir: Path, destination: Path, readers: int | None = None) -> dict:
     """Copy a published artifact's files into a private local ``destination``; return its manifest.
 

@@ -34,7 +34,7 @@ import torch
 
 from common import progress
 from common.logs import configure_json_logging, route_library_loggers
-from model.artifacts import MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
+from model.artifacts import is_published, publish, unfinished_attempts
 from model.adapters import check_targets, fetch
 from model.backends import CompileSettings, get_backend, ranks
 from model.components import (
@@ -57,19 +57,6 @@ _COMPONENT_PROCESSES.set_forkserver_preload(["model.components"])
 
 class CompileProcessDied(CompileError):
     """A component's process ended without a result (killed, e.g. out of memory)."""
-
-
-def is_published(artifact_dir: Path, key: dict) -> bool:
-    """True when a manifest for exactly this key exists; raises ArtifactError if it is unusable."""
-    try:
-        manifest = read_manifest(artifact_dir)
-    except ArtifactError:
-        if (artifact_dir / MANIFEST_NAME).exists():
-            raise
-        return False
-    if manifest["key"] != key:
-        raise ArtifactError(f"the manifest in {artifact_dir} is for another key: {manifest['key']}")
-    return True
 
 
 def ensure_compiled(options: CompileOptions, root: Path, scratch: Path | None = None, cpus: int | None = None) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 from common.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE
 from common.logs import configure_json_logging
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, parse_shape
-from model.artifacts import ArtifactError, MANIFEST_NAME, read_manifest
+from model.artifacts import ArtifactError, is_published
 from model.families import UnsupportedModel
 from model.keys import (
     BACKENDS, NEURON_TARGETS, CompileError, CompileOptions, graphs_dir, parse_adapter, weights_dir,
@@ -32,16 +32,6 @@ from model.keys import (
 EXIT_FAILED = 1
 
 log = logging.getLogger(__name__)
-
-
-def _published(artifact_dir: Path, key: dict) -> bool:
-    """Whether a manifest for exactly this key is there (light: the wait for graphs runs this in a loop)."""
-    if not (artifact_dir / MANIFEST_NAME).exists():
-        return False
-    manifest = read_manifest(artifact_dir)
-    if manifest["key"] != key:
-        raise ArtifactError(f"the manifest in {artifact_dir} is for another key: {manifest['key']}")
-    return True
 
 
 @dataclass(frozen=True)
@@ -56,9 +46,9 @@ class Resolved:
 def resolve(options: CompileOptions, root: Path) -> Resolved:
     weights, weights_key = weights_dir(options, root)
     if options.shape is None:
-        return Resolved(weights, weights, _published(weights, weights_key))
+        return Resolved(weights, weights, is_published(weights, weights_key))
     graphs, graphs_key = graphs_dir(options, root)
-    return Resolved(graphs, weights, _published(graphs, graphs_key) and _published(weights, weights_key))
+    return Resolved(graphs, weights, is_published(graphs, graphs_key) and is_published(weights, weights_key))
 
 
 class _OneLineParser(argparse.ArgumentParser):
