@@ -355,7 +355,7 @@ BAD_CONFIGS = {
         "'yes'", "true or false"),
     "coldStart-with-an-unknown-field": (
         {"flux-neuron:coldStart": {"snapshotZones": ["us-west-2a"]}}, "flux-neuron:coldStart.snapshotZones",
-        '["us-west-2a"]', "unknown field; allowed fields are fastSnapshotRestore"),
+        '["us-west-2a"]', "unknown field; allowed fields are fastSnapshotRestore, retainSnapshotsOnDestroy"),
     # A default is held to the rules as a given value is.
     "minSize-above-the-default-maxSize": (
         {"flux-neuron:systemNodes": {"minSize": 5}}, "flux-neuron:systemNodes.maxSize", "4",

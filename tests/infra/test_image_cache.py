@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from infra import image_cache, versions
+from infra.config import load_stack_config
 from infra.image_cache import (
     BUILD_SCRIPT, CACHE_DEVICE, CACHE_LABEL, KEEP_SNAPSHOTS, NODE_SCRIPT, NODE_USER_DATA, cache_key, node_ami_parameter,
 )
@@ -26,7 +27,7 @@ from infra.karpenter import ROOT_VOLUME, block_device_mappings
 from infra.naming import IMAGE_CACHE_KEY_TAG, IMAGE_CACHE_TAG, stack_resource_name
 from planning import capacity, offline
 from planning.checks import karpenter
-from planning.offline import ACCOUNT_ID, manifest, run_program
+from planning.offline import ACCOUNT_ID, manifest, run_program, stack_file_config
 
 NODECLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 ASSOCIATION = "aws:ssm/association:Association"
@@ -276,6 +277,7 @@ def test_without_fast_restore_there_is_none_and_no_cost():
     assert rendering.of_type(FAST_RESTORE) == []
     assert cache_volume(rendering) is not None
     assert "| image cache:" not in capacity.table(rendering)
+    assert load_stack_config(stack_file_config("dev")[0]).cold_start.retain_snapshots_on_destroy is False
 
 
 @pytest.mark.parametrize("script", [BUILD_SCRIPT.replace("{{ ImageRef }}", f"{REPOSITORY}@sha256:{'a' * 64}"),
