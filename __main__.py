@@ -5,6 +5,7 @@ import pulumi
 from infra.cluster import Cluster, ClusterArgs
 from infra.config import load_stack_config, raw_pulumi_config, validate_project_name, validate_stack_name
 from infra.image import Image, ImageArgs
+from infra.image_cache import ImageCache, ImageCacheArgs
 from infra.ingress import Ingress, IngressArgs, LoadBalancerController, LoadBalancerControllerArgs
 from infra.karpenter import Karpenter, KarpenterArgs
 from infra.monitoring import Monitoring, MonitoringArgs
@@ -43,6 +44,16 @@ def in_cluster(*after: pulumi.Resource) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(provider=cluster.provider, depends_on=[*cluster.addons, *after])
 
 
+image = Image("image", ImageArgs(config.image))
+image_cache = ImageCache("image-cache", ImageCacheArgs(
+    image_ref=image.image_ref,
+    region=config.region,
+    kubernetes_version=config.kubernetes_version,
+    vpc_id=network.vpc_id,
+    private_subnet_ids=network.private_subnet_ids,
+    zones=network.zones,
+    settings=config.cold_start,
+))
 karpenter = Karpenter("karpenter", KarpenterArgs(
     cluster_name=cluster.name,
     region=config.region,
@@ -50,6 +61,7 @@ karpenter = Karpenter("karpenter", KarpenterArgs(
     node_security_group_id=cluster.node_security_group_id,
     config=config,
     kubernetes_version=config.kubernetes_version,
+    image_snapshot_id=image_cache.snapshot_id,
 ), opts=in_cluster())
 storage = Storage("graphs", StorageArgs(
     cluster_name=cluster.name,
@@ -57,9 +69,9 @@ storage = Storage("graphs", StorageArgs(
     kubernetes_version=config.kubernetes_version,
     namespace=cluster.workload_namespace,
     cache=config.graph_cache,
+    serving_instance_types=config.serving_pool.instance_types,
 ), opts=in_cluster())
 neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version), opts=in_cluster())
-image = Image("image", ImageArgs(config.image))
 load_balancer_controller = LoadBalancerController("ingress-controller", LoadBalancerControllerArgs(
     cluster_name=cluster.name,
     region=config.region,

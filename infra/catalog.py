@@ -39,6 +39,16 @@ HBM_GIB_PER_CORE: dict[str, int] = {"trn1": 16, "trn1n": 16, "trn2": 24, "inf2":
 TRAINIUM_DEVICE_GROUPS = (1, 4, 8, 16)
 
 
+# Each instance type's network bandwidth, Gbps, as EC2 publishes it (Amazon EC2 instance types, accelerated
+# computing, network specifications; "up to" figures are the burst rate). What Mountpoint would target on
+# the instance had it read the type from IMDS (docs/cold-start.md, "artifact read"). trn2.3xlarge has no
+# entry: no figure verified here, so Mountpoint keeps its own default there.
+NETWORK_GBPS: dict[str, float] = {
+    "trn1.2xlarge": 12.5, "trn1.32xlarge": 800, "trn1n.32xlarge": 1600, "trn2.48xlarge": 3200,
+    "inf2.xlarge": 15, "inf2.8xlarge": 25, "inf2.24xlarge": 50, "inf2.48xlarge": 100,
+}
+
+
 def instance(name: str) -> NeuronInstance:
     for family_instances in NEURON_FAMILIES.values():
         for candidate in family_instances:
@@ -70,18 +80,24 @@ def valid_device_counts(family: str, instance_types: tuple[str, ...]) -> tuple[i
 # rather than guess.
 PRICES_AS_OF = "2025-06-01"
 PRICE_SOURCES = ("https://aws.amazon.com/ec2/pricing/on-demand/", "https://aws.amazon.com/eks/pricing/",
-                 "https://aws.amazon.com/vpc/pricing/")
+                 "https://aws.amazon.com/vpc/pricing/", "https://aws.amazon.com/ebs/pricing/")
 EKS_CONTROL_PLANE = "EKS control plane"
 NAT_GATEWAY = "NAT gateway"
+# EBS fast snapshot restore: one snapshot enabled in one zone for an hour (a "DSU-hour", billed per minute
+# with an hour's minimum). $0.75, the us-east-1 figure of AWS's whitepaper "How AWS Pricing Works" (Amazon EBS
+# section), not re-checked on the EBS pricing page at PRICES_AS_OF; us-west-2 taken as equal, as its other
+# EBS list prices are.
+FAST_SNAPSHOT_RESTORE = "EBS fast snapshot restore, per snapshot and zone"
 _US_LIST_PRICES = {
     "trn1.2xlarge": 1.34375, "trn1.32xlarge": 21.50, "trn1n.32xlarge": 24.78,
     "inf2.xlarge": 0.7582, "inf2.8xlarge": 1.96786, "inf2.24xlarge": 6.49063, "inf2.48xlarge": 12.98127,
     "m7i.xlarge": 0.2016, "m7i.2xlarge": 0.4032,
-    EKS_CONTROL_PLANE: 0.10, NAT_GATEWAY: 0.045,
+    EKS_CONTROL_PLANE: 0.10, NAT_GATEWAY: 0.045, FAST_SNAPSHOT_RESTORE: 0.75,
 }
 ON_DEMAND_USD_PER_HOUR: dict[str, dict[str, float]] = {"us-east-1": _US_LIST_PRICES, "us-west-2": _US_LIST_PRICES}
 
 
 def hourly_price(region: str, item: str) -> float | None:
-    """The list price of an instance type (or EKS_CONTROL_PLANE, NAT_GATEWAY) in a region; None if not listed."""
+    """The list price of an instance type (or EKS_CONTROL_PLANE, NAT_GATEWAY, FAST_SNAPSHOT_RESTORE) in a region;
+    None if not listed."""
     return ON_DEMAND_USD_PER_HOUR.get(region, {}).get(item)

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 
 from infra import sizing
+from infra.storage import MOUNTPOINT_DEFAULT_GBPS, mountpoint_target_gbps
+from common.artifacts import MAX_READERS
 from common.shapes import Shape, parse_shape
 
 # Neuron compiles and serves bfloat16 (both stacks do); the budget is for that.
@@ -26,22 +28,40 @@ ARTIFACT_GB = sizing.artifact_bytes(BUDGET_DTYPE) / sizing.GB
 # Assumption: EC2 launch + AL2023 boot + kubelet join + the device plugin DaemonSet; Karpenter gives
 # up on a node that has not registered after 15 minutes, the hard upper bound.
 NODE_LAUNCH_S = 120
-# Pulling the image onto a node that does not have it. Assumption from AWS's figure for deep learning
-# images of 15-20 GB uncompressed ("4-6 minutes per instance", AWS Machine Learning Blog, "Reducing
-# container cold start times using SOCI index on DLAMI and DLC"): the Neuron DLC base is of that
-# class and our layers (diffusers, the server, model/) add well under 1 GB. The upper end is used.
+# Pulling the image onto a node that does not have it (no image-cache snapshot found). Assumption from AWS's
+# figure for deep learning images of 15-20 GB uncompressed ("4-6 minutes per instance", AWS Machine Learning
+# Blog, "Reducing container cold start times using SOCI index on DLAMI and DLC"): the Neuron DLC base is of
+# that class and our layers (diffusers, the server, model/) add well under 1 GB. The upper end is used.
 IMAGE_PULL_S = 360
-# SOCI parallel pull mode: 14-50% faster than a standard pull for images without a SOCI index
-# (awslabs/soci-snapshotter, parallel-pull fallback, measured on AL2023 with 20 GB+ images).
-SOCI_PARALLEL_PULL_SAVING = 0.5
+# The image already on the node's image-cache volume (infra/image_cache.py), restored with fast snapshot
+# restore: fully initialized at launch, so starting the container reads local blocks. AWS's pattern for
+# this (terraform-aws-eks-blueprints patterns/ml-container-cache, aws-samples bottlerocket-images-cache)
+# reports about 5 s for a 20 GB image where the pull took about 334 s (as cited in issue 21; not measured here).
+SNAPSHOT_FAST_RESTORE_S = 5
+# The same volume restored lazily (no fast snapshot restore, or the zone's FSR credits spent): each block is
+# fetched from S3 when first read. Assumption: AWS publishes no first-read rate ("a significant increase in the
+# latency of I/O operations the first time each block is accessed", EBS user guide, "Initialize Amazon EBS
+# volumes"); a minute for the few GB the two Python starts read (torch, torch-neuronx and their libraries).
+SNAPSHOT_LAZY_RESTORE_S = 60
+# How a new node comes by the image, and its seconds.
+PULLED, SNAPSHOT, SNAPSHOT_FSR = "image pulled", "snapshot", "snapshot + FSR"
+IMAGE_ON_NEW_NODE_S = {PULLED: IMAGE_PULL_S, SNAPSHOT: SNAPSHOT_LAZY_RESTORE_S, SNAPSHOT_FSR: SNAPSHOT_FAST_RESTORE_S}
 # Python start: importing torch, transformers, diffusers (and torch-neuronx on the nodes). Twice per
 # pod: the wait-for-graphs init container resolves the key, then the server starts. Assumption.
 PYTHON_START_S = 15
-# Mountpoint's throughput target where it cannot detect the instance's network bandwidth ("10 Gbps
-# elsewhere", mount-s3 --help, --maximum-throughput-gbps). On EC2 it targets the NIC's bandwidth
-# (inf2.24xlarge 50 Gbps, trn1.32xlarge 800 Gbps); the budget takes the floor.
-MOUNTPOINT_GBPS = 10
-ARTIFACT_READ_S = ARTIFACT_GB * 8 / MOUNTPOINT_GBPS
+# The read-only graph volume sets Mountpoint's throughput target to the serving instance's network bandwidth
+# (infra.storage.mountpoint_target_gbps: what Mountpoint would target itself had IMDS told it the type; 10 Gbps
+# where it cannot tell, mount-s3 --help, --maximum-throughput-gbps). The budget reads at that target, or at
+# what the pod's verified copy keeps up with if that is less: its MAX_READERS readers, two per core, keep
+# MAX_READERS / 2 cores busy, and the copy costs 0.97 CPU-seconds per GB (python -m bench.cold_start: 1.936
+# CPU-seconds for 2 GB, below), so about 8.3 GB/s (66 Gbps).
+VERIFIED_COPY_CPU_S_PER_GB = 1.936 / 2
+VERIFIED_COPY_GBPS = MAX_READERS / 2 / VERIFIED_COPY_CPU_S_PER_GB * 8
+# Per Neuron family, the smallest instance type that holds a FLUX.1-dev serving pod, the slowest to read on:
+# trn1.2xlarge and the one-device inf2 types have 32 GiB of HBM, less than the 34 GB of graphs; trn2.3xlarge
+# has 96 GiB. Both stacks serve on these or larger.
+BUDGET_INSTANCE_TYPES = {"trn1": "trn1.32xlarge", "trn1n": "trn1n.32xlarge", "trn2": "trn2.3xlarge",
+                         "inf2": "inf2.24xlarge"}
 # Loading the NEFFs onto the NeuronCores (torch.jit.load, parallel_model_load, lazily completed by
 # the first forward). Assumption: no Neuron hardware here and no published figure; ~0.5 GB/s.
 GRAPH_LOAD_S = 70
@@ -51,9 +71,9 @@ WALKTHROUGH_P50_MS = {"trn1": {"256x144": 588, "1024x576": 3129}, "inf2": {"256x
 # trn1n has trn1's chips; trn2 is faster than trn1, so trn1's numbers bound it.
 WARM_UP_FAMILY = {"trn1": "trn1", "trn1n": "trn1", "trn2": "trn1", "inf2": "inf2"}
 
-# The goals on paper (issue 11): a pod on a node that is up, and a pod that needs a new node.
+# The goals on paper: a pod on a node that is up (issue 11), and a pod that needs a new node (issue 21).
 ON_RUNNING_NODE_GOAL_S = 3 * 60
-ON_NEW_NODE_GOAL_S = 6 * 60
+ON_NEW_NODE_GOAL_S = 4 * 60
 # The startup probe allows this multiple of the in-container budget: its read and load terms are
 # assumptions, and a pod killed just before it would have been ready re-reads everything.
 STARTUP_PROBE_MARGIN = 3
@@ -71,6 +91,13 @@ def warm_up_seconds(family: str, shape: Shape) -> float:
     return max(small_ms, small_ms + slope * (shape.image_tokens - small_tokens)) / 1000
 
 
+def artifact_read_seconds(family: str) -> float:
+    """The artifact read on the family's budget instance type: at Mountpoint's target for it, or at what the
+    verified copy keeps up with, whichever is slower."""
+    target = mountpoint_target_gbps((BUDGET_INSTANCE_TYPES[family],)) or MOUNTPOINT_DEFAULT_GBPS
+    return ARTIFACT_GB * 8 / min(target, VERIFIED_COPY_GBPS)
+
+
 @dataclass(frozen=True)
 class Budget:
     family: str
@@ -79,7 +106,7 @@ class Budget:
 
     # Steps only a pod on a node that was just launched pays: an up node already holds the image,
     # which every Neuron pod of the stack shares.
-    NEW_NODE_STEPS = ("node launch", "image pull")
+    NEW_NODE_STEPS = ("node launch", "image on node")
 
     @property
     def in_container(self) -> float:
@@ -94,17 +121,19 @@ class Budget:
     def on_new_node(self) -> float:
         return sum(self.steps.values())
 
-    def on_new_node_with(self, image_pull_s: float) -> float:
-        return self.on_new_node - self.steps["image pull"] + image_pull_s
+    def on_new_node_with(self, image: str) -> float:
+        """On a new node that comes by the image as `image` says (a key of IMAGE_ON_NEW_NODE_S)."""
+        return self.on_new_node - self.steps["image on node"] + IMAGE_ON_NEW_NODE_S[image]
 
 
-def budget(family: str, shape: Shape) -> Budget:
+def budget(family: str, shape: Shape, fast_snapshot_restore: bool = True) -> Budget:
+    """The budget of a pod whose new node restores the image-cache snapshot, fast or lazily."""
     return Budget(family, shape, {
         "node launch": NODE_LAUNCH_S,
-        "image pull": IMAGE_PULL_S,
+        "image on node": IMAGE_ON_NEW_NODE_S[SNAPSHOT_FSR if fast_snapshot_restore else SNAPSHOT],
         "resolve": PYTHON_START_S,
         "server start": PYTHON_START_S,
-        "artifact read": ARTIFACT_READ_S,
+        "artifact read": artifact_read_seconds(family),
         "graph load": GRAPH_LOAD_S,
         "warm-up": warm_up_seconds(family, shape),
     })
@@ -115,13 +144,13 @@ def startup_probe_seconds(family: str, shape: Shape) -> int:
     return math.ceil(budget(family, shape).in_container * STARTUP_PROBE_MARGIN)
 
 
-def scale_up_period_seconds(family: str, shape: Shape) -> int:
+def scale_up_period_seconds(family: str, shape: Shape, fast_snapshot_restore: bool) -> int:
     """The HPA's scale-up period: how long pods it adds take to serve when they need a new node.
 
     Within one period the HPA adds at most what its policies allow; only after it have those
     pods' capacity in the metric, so a shorter period would keep adding for load they will take.
     """
-    return math.ceil(budget(family, shape).on_new_node)
+    return math.ceil(budget(family, shape, fast_snapshot_restore).on_new_node)
 
 
 def _minutes(seconds: float) -> str:
@@ -129,17 +158,17 @@ def _minutes(seconds: float) -> str:
 
 
 def budget_table() -> str:
-    """The budget as the Markdown table docs/cold-start.md shows."""
+    """The budget as the Markdown table docs/cold-start.md shows: the steps with the image-cache snapshot
+    restored fast, then the totals on a node that is up and on a new node for each way it gets the image."""
     steps = list(budget(BUDGET_FAMILIES[0], parse_shape(BUDGET_SHAPES[0])).steps)
-    header = ["family", "shape", *(f"{step} (s)" for step in steps), "node up", "new node",
-              "new node, SOCI parallel pull", "new node, image pre-pulled"]
+    header = ["family", "shape", *(f"{step} (s)" for step in steps), "node up",
+              *(f"new node, {image}" for image in IMAGE_ON_NEW_NODE_S)]
     rows = []
     for family in BUDGET_FAMILIES:
         for name in BUDGET_SHAPES:
             plan = budget(family, parse_shape(name))
-            totals = [(plan.on_running_node, ON_RUNNING_NODE_GOAL_S), (plan.on_new_node, ON_NEW_NODE_GOAL_S),
-                      (plan.on_new_node_with(IMAGE_PULL_S * (1 - SOCI_PARALLEL_PULL_SAVING)), ON_NEW_NODE_GOAL_S),
-                      (plan.on_new_node_with(0), ON_NEW_NODE_GOAL_S)]
+            totals = [(plan.on_running_node, ON_RUNNING_NODE_GOAL_S),
+                      *((plan.on_new_node_with(image), ON_NEW_NODE_GOAL_S) for image in IMAGE_ON_NEW_NODE_S)]
             rows.append([family, name, *(f"{plan.steps[step]:.3g}" for step in steps),
                          *(f"{_minutes(total)} {'ok' if total <= goal else 'over'}" for total, goal in totals)])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -527,6 +527,15 @@ class ObservabilitySettings(_Section):
         "one of CloudWatch Logs' retention periods in days: " + ", ".join(map(str, LOG_RETENTION_DAYS)), default=30)
 
 
+class ColdStartSettings(_Section):
+    # Fast snapshot restore is billed per zone and hour while enabled (plans/<stack>/capacity.md): a choice,
+    # not a default.
+    fast_snapshot_restore: StrictBool = _rule(_TRUE_OR_FALSE, default=False)
+    # An image-cache snapshot is rebuilt from the image in minutes of a small instance (infra/image_cache.py):
+    # unlike the graph cache, nothing expensive is lost by deleting it with the stack.
+    retain_snapshots_on_destroy: StrictBool = _rule(_TRUE_OR_FALSE, default=False)
+
+
 def _hf_token(token: object) -> SecretText:
     # The value itself is never shown: a token pasted in plain text is still a token.
     if not isinstance(token, SecretText):
@@ -640,6 +649,12 @@ class StackConfig(BaseModel):
         "{logRetentionDays (one of CloudWatch Logs' periods: " + ", ".join(map(str, LOG_RETENTION_DAYS))
         + "; how long the EKS control-plane and Container Insights log groups keep events; `pulumi destroy` "
         "deletes the groups)}", default=ObservabilitySettings())
+    cold_start: ColdStartSettings = _stack_key(
+        "{fastSnapshotRestore (true: EBS fast snapshot restore of the image-cache snapshot in every zone of the "
+        "stack, so a new Neuron node's image volume is fully initialized at launch; billed per zone and hour, "
+        "plans/<stack>/capacity.md), retainSnapshotsOnDestroy (true: `scripts/destroy` leaves the image-cache "
+        "snapshots, which the next `up` of the same image and AMI then uses instead of building; false: it deletes "
+        "them)}", default=ColdStartSettings())
 
     @field_validator("neuron_pools", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra import disruption, iam, versions
+from infra.image_cache import CACHE_DEVICE, CACHE_VOLUME, CACHE_VOLUME_GIB, NODE_USER_DATA
 from infra.iam import Difference
 from infra.config import NeuronPool, StackConfig
 from infra.naming import (
@@ -22,7 +23,8 @@ from infra.options import after, children
 from infra.pods import rollout_minutes
 
 SERVICE_ACCOUNT = "karpenter"
-# Root volume for nodes that pull a multi-GB Neuron DLC image; graphs live in S3, scratch on NVMe.
+# Root volume: the kubelet's directory on inf2 (no instance store), and containerd's images when no image-cache
+# snapshot is found; graphs live in S3, scratch on trn1's NVMe.
 ROOT_VOLUME = {"volumeSize": "300Gi", "volumeType": "gp3", "iops": 6000, "throughput": 500,
                "encrypted": True, "deleteOnTermination": True}
 # Every event Karpenter acts on before AWS takes an instance away.
@@ -69,6 +71,8 @@ class KarpenterArgs:
     # What the Neuron NodePools are sized and bounded from: the pools, shapes, serving and compile settings.
     config: StackConfig
     kubernetes_version: str
+    # The image-cache snapshot new nodes restore containerd's root from (infra/image_cache.py); None: they pull.
+    image_snapshot_id: pulumi.Input[str | None] = None
 
 
 def drain_seconds(config: StackConfig, family: str, holds_compile: bool) -> int:
@@ -129,6 +133,19 @@ def neuron_nodepool_specs(config: StackConfig) -> dict[str, dict]:
         specs[neuron_spot_nodepool(family)] = _neuron_nodepool_spec(
             pool, (SPOT,), pool.max_devices - base, drain_seconds(config, family, False), SPOT_BURST_WEIGHT)
     return specs
+
+
+def block_device_mappings(image_snapshot_id: str | None) -> list[dict]:
+    """The root volume and, when there is an image-cache snapshot, the volume restored from it, which the node's
+    user data (infra.image_cache.NODE_USER_DATA) mounts as containerd's root."""
+    root = {"deviceName": "/dev/xvda", "ebs": ROOT_VOLUME}
+    if image_snapshot_id is None:
+        return [root]
+    # No `encrypted`: a volume restored from a snapshot is encrypted as the snapshot is (the builder's volume was),
+    # and the field is for blank volumes only (the CRD's description of it).
+    return [root, {"deviceName": CACHE_DEVICE, "ebs": {
+        "snapshotID": image_snapshot_id, "volumeSize": f"{CACHE_VOLUME_GIB}Gi", **CACHE_VOLUME,
+        "deleteOnTermination": True}}]
 
 
 def capacity_reservation_terms(pools: dict[str, NeuronPool]) -> dict:
@@ -328,8 +345,10 @@ class Karpenter(pulumi.ComponentResource):
                 "securityGroupSelectorTerms": [{"id": args.node_security_group_id}],
                 "metadataOptions": {"httpEndpoint": "enabled", "httpProtocolIPv6": "disabled",
                                     "httpPutResponseHopLimit": iam.IMDS_HOP_LIMIT, "httpTokens": "required"},
-                "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": ROOT_VOLUME}],
-                # trn1.32xlarge carries 8 TB of NVMe: striped, it holds container images and compile scratch.
+                "blockDeviceMappings": pulumi.Output.from_input(args.image_snapshot_id).apply(block_device_mappings),
+                "userData": NODE_USER_DATA,
+                # trn1.32xlarge carries 8 TB of NVMe: striped, it holds the kubelet's directory (compile scratch);
+                # containerd stays on the image-cache volume (NODE_USER_DATA).
                 "instanceStorePolicy": "RAID0",
                 **capacity_reservation_terms(args.config.neuron_pools),
                 # No tags: Karpenter tags instances itself, with eks:eks-cluster-name among others, and the

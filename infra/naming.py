@@ -88,3 +88,9 @@ def workload_labels(component: str, shape: object) -> dict[str, str]:
 
 def endpoint_path(shape: object) -> str:
     return f"{ENDPOINT_PATH_PREFIX}/{shape}"
+
+
+# The tags of the image-cache snapshots (infra/image_cache.py): whose they are (valued the stack's resource
+# name) and which image and AMI they hold (the cache key).
+IMAGE_CACHE_TAG = "flux-neuron.io/image-cache"
+IMAGE_CACHE_KEY_TAG = "flux-neuron.io/image-cache-key"

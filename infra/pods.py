@@ -84,11 +84,14 @@ class WorkloadSettings:
     compile_plan: sizing.CompilePlan
     serving: ServingSettings
     serving_pool: NeuronPool
+    # Whether new nodes restore the image-cache snapshot fast (coldStart.fastSnapshotRestore): the scale-up period.
+    fast_snapshot_restore: bool = False
 
     @classmethod
     def of(cls, config: StackConfig) -> WorkloadSettings:
         return cls(model=config.model, dtype=config.dtype, compile=config.compile, compile_pool=config.compile_pool,
-                   compile_plan=config.compile_plan, serving=config.serving, serving_pool=config.serving_pool)
+                   compile_plan=config.compile_plan, serving=config.serving, serving_pool=config.serving_pool,
+                   fast_snapshot_restore=config.cold_start.fast_snapshot_restore)
 
 
 @dataclass(frozen=True)
@@ -444,7 +447,7 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
 
 
 def autoscaler_spec(settings: WorkloadSettings, shape: Shape, deployment_name: str) -> dict:
-    scale_up_period = scale_up_period_seconds(settings.serving_pool.family, shape)
+    scale_up_period = scale_up_period_seconds(settings.serving_pool.family, shape, settings.fast_snapshot_restore)
     return {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name},
         "minReplicas": settings.serving.replicas,

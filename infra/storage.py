@@ -15,7 +15,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from common.image import CONTAINER_UID
-from infra import iam, versions
+from infra import catalog, iam, versions
 from infra.config import GraphCacheSettings
 from infra.naming import GRAPHS_BUCKET_PREFIX, GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, graphs_bucket_prefix
 from infra.options import after, children
@@ -25,6 +25,10 @@ CSI_ADDON = "aws-mountpoint-s3-csi-driver"
 CSI_SERVICE_ACCOUNT = "s3-csi-driver-sa"
 # Mountpoint ignores capacity, but a PersistentVolume must state one.
 NOMINAL_CAPACITY = "1Ti"
+# Mountpoint's throughput target where it cannot tell the instance type (mount-s3 --help,
+# --maximum-throughput-gbps: "10 Gbps elsewhere"): in its Pod IMDS is out of reach (hop limit 1,
+# docs/upgrades.md "Access"), so without the option below it never targets more.
+MOUNTPOINT_DEFAULT_GBPS = 10
 # Artifacts are content-addressed and never overwritten, so a noncurrent version exists only
 # after someone deleted a graph: it stays recoverable this long, then stops costing storage.
 NONCURRENT_VERSION_DAYS = 14
@@ -37,13 +41,27 @@ class StorageArgs:
     kubernetes_version: str
     namespace: pulumi.Input[str]
     cache: GraphCacheSettings = GraphCacheSettings()
+    # The serving pool's instance types: the read-only volume's throughput target is the slowest one's network.
+    serving_instance_types: tuple[str, ...] = ()
 
 
-def graphs_mount_options(region: str, *, read_only: bool) -> list[str]:
+def mountpoint_target_gbps(instance_types: tuple[str, ...]) -> int | None:
+    """The throughput Mountpoint would target on the slowest of these types had it read the type from IMDS: its
+    network bandwidth (infra.catalog), in whole Gbps as the option takes it. None if a type's bandwidth is not
+    in the catalog: then Mountpoint's default."""
+    known = [catalog.NETWORK_GBPS.get(name) for name in instance_types]
+    return None if not known or None in known else int(min(known))  # type: ignore[type-var]
+
+
+def graphs_mount_options(region: str, *, read_only: bool, serving_instance_types: tuple[str, ...] = ()) -> list[str]:
     common = [f"region {region}", f"prefix {GRAPHS_BUCKET_PREFIX}", "allow-other",
               f"uid {CONTAINER_UID}", f"gid {CONTAINER_UID}"]
+    if not read_only:
+        return common
     # Published artifacts never change (their key is their path), so metadata can be cached forever.
-    return common + ["read-only", "metadata-ttl indefinite"] if read_only else common
+    target = mountpoint_target_gbps(serving_instance_types)
+    throughput = [] if target is None else [f"maximum-throughput-gbps {target}"]
+    return common + ["read-only", "metadata-ttl indefinite", *throughput]
 
 
 class Storage(pulumi.ComponentResource):
@@ -85,7 +103,8 @@ class Storage(pulumi.ComponentResource):
             graphs_mount_options(args.region, read_only=False), in_cluster)
         self.read_only_claim = self._volume(
             GRAPHS_PV_READ_ONLY, bucket_name, args, "ReadOnlyMany",
-            graphs_mount_options(args.region, read_only=True), in_cluster)
+            graphs_mount_options(args.region, read_only=True, serving_instance_types=args.serving_instance_types),
+            in_cluster)
         self.bucket_name = bucket_name
         self.register_outputs({"bucket_name": self.bucket_name, "read_write_claim": self.read_write_claim,
                                "read_only_claim": self.read_only_claim})

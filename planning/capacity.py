@@ -25,6 +25,7 @@ HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 NODEPOOL = "kubernetes:karpenter.sh/v1:NodePool"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 NAT_GATEWAY = "aws:ec2/natGateway:NatGateway"
+FAST_SNAPSHOT_RESTORE = "aws:ebs/fastSnapshotRestore:FastSnapshotRestore"
 CLUSTER = "eks:index:Cluster"
 
 
@@ -202,6 +203,13 @@ def _platform(rendering: Rendering, region: str) -> tuple[str, float | None, flo
     return ", ".join(parts), _sum(low), _sum(high)
 
 
+def _fast_snapshot_restore(rendering: Rendering, region: str) -> tuple[int, float | None]:
+    """The zones the image-cache snapshot is fast-restored in (coldStart.fastSnapshotRestore), and their $/hour."""
+    zones = len(rendering.of_type(FAST_SNAPSHOT_RESTORE))
+    price = catalog.hourly_price(region, catalog.FAST_SNAPSHOT_RESTORE)
+    return zones, None if price is None else price * zones
+
+
 def table(rendering: Rendering) -> str:
     """plans/<stack>/capacity.md: Markdown, the same bytes on every run."""
     region = rendering.outputs["region"]
@@ -253,7 +261,13 @@ def table(rendering: Rendering) -> str:
         node_devices[group.request] = (low.devices, high.devices)
     platform, platform_low, platform_high = _platform(rendering, region)
     lines.append(f"| platform: {platform} | | {_money(platform_low)} | | {_money(platform_high)} |")
-    total_low, total_high = _sum([*serving_low, platform_low]), _sum([*serving_high, platform_high])
+    restore_zones, restore = _fast_snapshot_restore(rendering, region)
+    if restore_zones:
+        lines.append(f"| image cache: fast snapshot restore in {restore_zones} zones | | {_money(restore)} | "
+                     f"| {_money(restore)} |")
+    image_cache = [restore] if restore_zones else []
+    total_low = _sum([*serving_low, platform_low, *image_cache])
+    total_high = _sum([*serving_high, platform_high, *image_cache])
     lines.append(f"| **serving and platform** | | **{_money(total_low)}** | | **{_money(total_high)}** |")
     with_compile_low = None if total_low is None else _sum([total_low, *compile_cost])
     with_compile_high = None if total_high is None else _sum([total_high, *compile_cost])

@@ -27,7 +27,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from infra import catalog
 from infra.config import SecretText
-from infra.naming import PROJECT
+from infra.naming import IMAGE_CACHE_KEY_TAG, IMAGE_CACHE_TAG, PROJECT
 from planning.secrets import reveal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +80,8 @@ class Registered:
     # Input paths whose changes Pulumi does not apply (`ignore_changes`).
     ignore_changes: tuple[str, ...] = ()
     delete_before_replace: bool = False
+    # Input paths whose changes replace the resource rather than update it (`replace_on_changes`).
+    replace_on_changes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -202,6 +204,16 @@ class _Mocks(pulumi.runtime.Mocks):
                 "locations": [zone for _, zone in pairs], "locationTypes": ["availability-zone"] * len(pairs),
                 "locationType": "availability-zone", "filters": query.get("filters", [])}
 
+    def _snapshot_ids(self, query: dict[str, Any]) -> dict[str, Any]:
+        """The stack's image-cache snapshot of the key filtered on, as the runbook (run by the association the
+        lookup waits for) tagged it: one snapshot per key, its id derived from the key."""
+        tags = {entry["name"]: entry["values"] for entry in query.get("filters", [])}
+        key = tags.get(f"tag:{IMAGE_CACHE_KEY_TAG}")
+        if query.get("owners") != ["self"] or tags.get(f"tag:{IMAGE_CACHE_TAG}") != [f"{PROJECT}-{self.stack}"] \
+                or key is None or len(key) != 1:
+            raise LookupError(f"the offline run answers snapshot lookups of the stack's one cache key, not {query}")
+        return {"id": self.region, "ids": [_ec2_id("snap", key[0])], **query}
+
     @staticmethod
     def _cluster_outputs(inputs: dict[str, Any]) -> dict[str, Any]:
         """pulumi-eks is a remote component: under mocks it has no children, so model its outputs."""
@@ -240,6 +252,8 @@ class _Mocks(pulumi.runtime.Mocks):
             return {"id": repository, "name": repository, "registryId": ACCOUNT_ID,
                     "arn": f"arn:aws:ecr:{self.region}:{ACCOUNT_ID}:repository/{repository}",
                     "repositoryUrl": f"{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com/{repository}"}
+        if token == "aws:ebs/getSnapshotIds:getSnapshotIds":
+            return self._snapshot_ids(args.args)
         if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             return {"userName": "AWS", "password": "offline-ecr-password", "authorizationToken": "offline",
                     "proxyEndpoint": f"https://{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com",
@@ -329,6 +343,7 @@ def _rendering(stack: str, monitor: _RecordingMonitor) -> Rendering:
             custom_timeouts=_plain(json_format.MessageToDict(request.customTimeouts)),
             retain_on_delete=bool(request.retainOnDelete),
             ignore_changes=tuple(request.ignoreChanges), delete_before_replace=bool(request.deleteBeforeReplace),
+            replace_on_changes=tuple(request.replaceOnChanges),
         ))
     return rendering
 

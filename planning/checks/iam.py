@@ -34,6 +34,26 @@ JUSTIFIED_IAM_FINDINGS = {
         "parliament's action database lists only load balancers as resources of arc-zonal-shift:GetManagedResource "
         "(EKS clusters came later); as in Karpenter's official policy, arc-zonal-shift:ResourceIdentifier limits it "
         "to this cluster",
+    # The image-cache runbook's role (infra/image_cache.py): each action split by resource, so the tag
+    # conditions apply to what the build creates or owns, not to the AMI, subnet, group or AWS's own document.
+    ("LaunchFromTheAmiIntoTheBuildNetwork", "RESOURCE_MISMATCH"):
+        "the AMI, subnet and security-group part of RunInstances; the instance, volume and network interface it "
+        "creates are granted in LaunchOnlyTaggedBuilders, under the stack's request tag",
+    ("LaunchOnlyTaggedBuilders", "RESOURCE_MISMATCH"):
+        "the resources RunInstances creates, split out to require the stack's cache tag on each",
+    ("SnapshotBuilderVolumes", "RESOURCE_MISMATCH"):
+        "the volume part of CreateSnapshot, split out to require the stack's tag on the volume; the snapshot part "
+        "is CreateTaggedSnapshots, under the request tag",
+    ("CreateTaggedSnapshots", "RESOURCE_MISMATCH"):
+        "the snapshot part of CreateSnapshot (snapshot ARNs have no account); the volume part is "
+        "SnapshotBuilderVolumes",
+    ("ResolveTheNodeAmi", "RESOURCE_MISMATCH"):
+        "AWS public parameters (/aws/service/*) belong to no account, so their ARN has an empty account field",
+    ("RunTheBuildDocument", "RESOURCE_MISMATCH"):
+        "AWS-owned SSM documents (AWS-RunShellScript) belong to no account, so their ARN has an empty account field",
+    ("RunTheBuildOnBuildersOnly", "RESOURCE_MISMATCH"):
+        "the instance part of SendCommand, split out to require the stack's tag on the instance; the document part "
+        "is RunTheBuildDocument",
     ("TagNewLoadBalancers", "UNKNOWN_CONDITION_FOR_ACTION"):
         "elasticloadbalancing:CreateAction (tag-on-create, in the ELB service authorization reference) is newer "
         "than parliament's action database; it limits the load balancer controller's AddTags to resources it creates",

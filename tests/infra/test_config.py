@@ -13,8 +13,8 @@ import yaml
 from pydantic import ValidationError
 
 from infra.config import (
-    CONFIG_KEYS, CompileSettings, ConfigError, ModelSource, NetworkSettings, NeuronPool, ServingSettings,
-    StackConfig, SystemNodes, load_stack_config,
+    CONFIG_KEYS, ColdStartSettings, CompileSettings, ConfigError, ModelSource, NetworkSettings, NeuronPool,
+    ServingSettings, StackConfig, SystemNodes, load_stack_config,
 )
 from planning.config_reference import DOC, REFRESH, with_table
 from planning.offline import PLACEHOLDER_HF_TOKEN, REPO_ROOT, run_program, stack_file_config, stack_names, with_overrides
@@ -39,6 +39,7 @@ STATED = {
         existing_vpc=None,
         system_nodes=SystemNodes("m7i.xlarge", min_size=2, desired_size=2, max_size=4),
         hf_token=PLACEHOLDER_HF_TOKEN,
+        cold_start=ColdStartSettings(fast_snapshot_restore=True),
     ),
     "prod": StackConfig(
         region="us-east-1",
@@ -54,6 +55,7 @@ STATED = {
         existing_vpc=None,
         system_nodes=SystemNodes("m7i.xlarge", min_size=3, desired_size=3, max_size=6),
         hf_token=PLACEHOLDER_HF_TOKEN,
+        cold_start=ColdStartSettings(fast_snapshot_restore=True),
     ),
 }
 
@@ -77,8 +79,9 @@ def test_real_stack_files_load_with_the_values_they_state(stack):
 VPC = "vpc-0123456789abcdef0"
 SUBNETS = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
 RESERVATION = "cr-0123456789abcdef0"
-KNOWN_KEYS = ("aws:region, flux-neuron:cluster, flux-neuron:compile, flux-neuron:dtype, flux-neuron:existingVpc, "
-              "flux-neuron:graphCache, flux-neuron:hfToken, flux-neuron:image, flux-neuron:ingress, "
+KNOWN_KEYS = ("aws:region, flux-neuron:cluster, flux-neuron:coldStart, flux-neuron:compile, flux-neuron:dtype, "
+              "flux-neuron:existingVpc, flux-neuron:graphCache, flux-neuron:hfToken, flux-neuron:image, "
+              "flux-neuron:ingress, "
               "flux-neuron:kubernetesVersion, flux-neuron:model, flux-neuron:monitoring, "
               "flux-neuron:network, flux-neuron:neuronPools, flux-neuron:observability, "
               "flux-neuron:serving, flux-neuron:shapes, flux-neuron:systemNodes")
@@ -347,6 +350,12 @@ BAD_CONFIGS = {
         {"flux-neuron:image": {"repository": "flux-neuron-prod", "retainOnDestroy": False}},
         "flux-neuron:image.retainOnDestroy", "false",
         "true with image.repository: that repository is not this stack's to delete"),
+    "fastSnapshotRestore-as-a-string": (
+        {"flux-neuron:coldStart": {"fastSnapshotRestore": "yes"}}, "flux-neuron:coldStart.fastSnapshotRestore",
+        "'yes'", "true or false"),
+    "coldStart-with-an-unknown-field": (
+        {"flux-neuron:coldStart": {"snapshotZones": ["us-west-2a"]}}, "flux-neuron:coldStart.snapshotZones",
+        '["us-west-2a"]', "unknown field; allowed fields are fastSnapshotRestore, retainSnapshotsOnDestroy"),
     # A default is held to the rules as a given value is.
     "minSize-above-the-default-maxSize": (
         {"flux-neuron:systemNodes": {"minSize": 5}}, "flux-neuron:systemNodes.maxSize", "4",

@@ -13,7 +13,8 @@ from planning import offline
 from infra.monitoring import PROMETHEUS_SERVICE
 from infra.config import STACK_NAME_LIMITS, StackNameError, validate_project_name, validate_stack_name
 from infra.naming import (
-    METRICS_NAMESPACE, PROJECT, NODEPOOL_LABEL, WORKLOAD_NAMESPACE, graphs_bucket_prefix, stack_resource_name, workload_labels,
+    IMAGE_CACHE_TAG, METRICS_NAMESPACE, PROJECT, NODEPOOL_LABEL, WORKLOAD_NAMESPACE, graphs_bucket_prefix,
+    stack_resource_name, workload_labels,
 )
 from planning.offline import REPO_ROOT, stack_file_config, stack_names
 
@@ -84,6 +85,8 @@ def test_destroy_names_the_labels_and_namespace_the_program_uses():
     assert re.search(r'^namespace="(.*)"$', text, re.M)[1] == WORKLOAD_NAMESPACE
     assert re.search(r'^monitoring_namespace="(.*)"$', text, re.M)[1] == METRICS_NAMESPACE
     assert re.search(r'^prometheus="(.*)"$', text, re.M)[1] == PROMETHEUS_SERVICE
+    assert re.search(r'^image_cache_tag="(.*)"$', text, re.M)[1] == IMAGE_CACHE_TAG
+    assert re.search(r'^stack_resources="(.*)"$', text, re.M)[1] == stack_resource_name("${stack}")
 
 
 # Stand-ins: each records its arguments, one line per call, and answers what destroy asks.
@@ -97,6 +100,8 @@ case "$*" in
   "config get --path graphCache.retainOnDestroy "*) [ -n "$RETAIN" ] && echo "$RETAIN" || exit 255 ;;
   "config get --path image.retainOnDestroy "*) [ -n "$RETAIN_IMAGE" ] && echo "$RETAIN_IMAGE" || exit 255 ;;
   "config get --path image.repository "*) [ -n "$ADOPTED_REPOSITORY" ] && echo "$ADOPTED_REPOSITORY" || exit 255 ;;
+  "config get --path coldStart.retainSnapshotsOnDestroy "*)
+    [ -n "$RETAIN_SNAPSHOTS" ] && echo "$RETAIN_SNAPSHOTS" || exit 255 ;;
   "config get --path graphCache."*) exit 255 ;;
 esac
 """
@@ -113,11 +118,14 @@ case "$*" in
   *"describe-log-groups"*"/aws/containerinsights/"*)
     printf '%s\\t%s\\n' /aws/containerinsights/flux-neuron-dev/application \\
       /aws/containerinsights/flux-neuron-dev/performance ;;
+  "ec2 describe-snapshots "*"Name=tag:flux-neuron.io/image-cache,Values=flux-neuron-dev "*)
+    printf 'snap-0123456789abcdef0\\tsnap-0fedcba9876543210\\n' ;;
 esac
 """
 
 
-def run_destroy(tmp_path, retain="", cluster_gone="", retain_image="", adopted_repository="", prometheus_volume=""):
+def run_destroy(tmp_path, retain="", cluster_gone="", retain_image="", adopted_repository="", prometheus_volume="",
+                retain_snapshots=""):
     bin_dir, log = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
     for tool, answers in (("pulumi", FAKE_PULUMI), ("kubectl", FAKE_KUBECTL), ("aws", FAKE_AWS)):
@@ -126,7 +134,8 @@ def run_destroy(tmp_path, retain="", cluster_gone="", retain_image="", adopted_r
         fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PULUMI_CONFIG_PASSPHRASE": "x",
            "RETAIN": retain, "CLUSTER_GONE": cluster_gone, "RETAIN_IMAGE": retain_image,
-           "ADOPTED_REPOSITORY": adopted_repository, "PROMETHEUS_VOLUME": prometheus_volume}
+           "ADOPTED_REPOSITORY": adopted_repository, "PROMETHEUS_VOLUME": prometheus_volume,
+           "RETAIN_SNAPSHOTS": retain_snapshots}
     result = subprocess.run([str(DESTROY), "dev", "--yes"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [line for line in log.read_text().splitlines()
@@ -155,6 +164,23 @@ def test_destroy_drains_the_cluster_before_pulumi_destroy_then_removes_the_log_g
     deleted = [call.rsplit(" ", 1)[1] for call in calls if "delete-log-group " in call]
     assert deleted == ["/aws/eks/flux-neuron-dev/cluster", "/aws/containerinsights/flux-neuron-dev/application",
                        "/aws/containerinsights/flux-neuron-dev/performance"]
+
+
+def test_destroy_deletes_the_stacks_image_cache_snapshots_last(tmp_path):
+    calls = run_destroy(tmp_path)
+    assert calls[-3:] == [
+        "aws ec2 describe-snapshots --region us-west-2 --owner-ids self "
+        "--filters Name=tag:flux-neuron.io/image-cache,Values=flux-neuron-dev "
+        "--query Snapshots[].SnapshotId --output text",
+        "aws ec2 delete-snapshot --region us-west-2 --snapshot-id snap-0123456789abcdef0",
+        "aws ec2 delete-snapshot --region us-west-2 --snapshot-id snap-0fedcba9876543210",
+    ]
+    assert calls.index("pulumi destroy --stack dev --yes") < len(calls) - 3
+
+
+def test_destroy_keeps_the_snapshots_when_the_stack_retains_them(tmp_path):
+    calls = run_destroy(tmp_path, retain_snapshots="true")
+    assert not any(call.startswith("aws ec2 ") for call in calls)
 
 
 def test_destroy_stops_prometheus_and_waits_for_its_volume_to_be_deleted(tmp_path):

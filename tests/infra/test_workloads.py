@@ -386,7 +386,8 @@ def test_startup_probe_rollout_and_scale_up_come_from_the_cold_start_budget(rend
             "periodSeconds"], name
         assert deployment["spec"]["progressDeadlineSeconds"] > window
         scale_up = autoscalers[name]["spec"]["behavior"]["scaleUp"]
-        assert {policy["periodSeconds"] for policy in scale_up["policies"]} == {scale_up_period_seconds(family, shape)}
+        assert {policy["periodSeconds"] for policy in scale_up["policies"]} == {
+            scale_up_period_seconds(family, shape, stack_config.cold_start.fast_snapshot_restore)}
         assert {(p["type"], p["value"]) for p in scale_up["policies"]} == {("Pods", 1), ("Percent", 100)}
         assert scale_up["selectPolicy"] == "Max"
 
