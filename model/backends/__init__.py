@@ -55,8 +55,9 @@ class Backend(Protocol):
         `on_rank_written(rank)` after each. Returns the files' names by rank and their layout (the same on
         every rank)."""
 
-    def load_graph(self, graph_dir: Path, weights: list[dict[str, torch.Tensor]]) -> Graph:
-        """A component's graph from its (verified, local) files, bound to its weights, one dict per rank."""
+    def load_graph(self, graph_dir: Path, weight_files: list[Path]) -> Graph:
+        """A component's graph from its (verified, local) files, bound to its weights: one file per rank, in
+        rank order."""
 
 
 def ranks(spec: GraphSpec, settings: CompileSettings) -> int:
