@@ -34,13 +34,14 @@ import torch
 from common import progress
 from common.logs import configure_json_logging, route_library_loggers
 from model.artifacts import MANIFEST_NAME, ArtifactError, publish, read_manifest, unfinished_attempts
-from model.backends import CompileSettings, get_backend, ranks
+from model.backends import CompileSettings, NxdiSettings, get_backend, ranks
 from model.components import (
     PIPELINE_CONFIG_NAME, TENSOR_PARALLEL_COMPONENTS, TORCH_DTYPES, VAE_SCALE_FACTOR, WEIGHTS_CONFIG_NAME, GraphSpec,
     graph_specs, layout_digest, weight_specs,
 )
 from model.keys import (
-    CompileError, CompileOptions, artifact_name, graphs_dir, graphs_key, installed_versions, weights_dir, weights_key, weights_name,
+    NXDI, CompileError, CompileOptions, artifact_name, graphs_dir, graphs_key, implementation, installed_versions,
+    weights_dir, weights_key, weights_name,
 )
 from model.sources import ModelSource, open_source
 from model.tensor_parallel import check_tp_degree
@@ -138,13 +139,23 @@ def _checked_source(options: CompileOptions, weights: bool) -> ModelSource:
         raise ValueError(f"{options.model} has no guidance embedding: only guidance-distilled FLUX.1 is supported")
     if 2 ** (len(source.config("vae")["block_out_channels"]) - 1) != VAE_SCALE_FACTOR:
         raise ValueError(f"{options.model}'s VAE does not scale by {VAE_SCALE_FACTOR}, which image shapes assume")
-    # Before anything runs: the heads and widths must split evenly across the ranks.
-    check_tp_degree(options.tp_degree, {name: source.config(name) for name in TENSOR_PARALLEL_COMPONENTS})
+    # Before anything runs: the heads and widths must split evenly across the ranks (and on trn2 fit its cores).
+    if implementation(options.backend, options.target) == NXDI:
+        from model.backends.nxdi import APPLICATIONS, check_degrees
+
+        check_degrees(options, {folder: source.config(folder) for folder, _, _ in APPLICATIONS.values()})
+    else:
+        check_tp_degree(options.tp_degree, {name: source.config(name) for name in TENSOR_PARALLEL_COMPONENTS})
     return source
 
 
-def _settings(options: CompileOptions, cpus: int | None) -> CompileSettings:
-    return CompileSettings(target=options.target, tp_degree=options.tp_degree, cpus=cpus)
+def _settings(options: CompileOptions, cpus: int | None, source: ModelSource) -> CompileSettings:
+    nxdi = None
+    if implementation(options.backend, options.target) == NXDI:
+        # A Hub snapshot: CompileOptions refuses the tiny model, built in code, on trn2.
+        nxdi = NxdiSettings(model_dir=source.path, shape=options.shape, dtype=options.dtype,
+                            context_parallel=options.context_parallel, cfg_parallel=options.cfg_parallel)
+    return CompileSettings(target=options.target, tp_degree=options.tp_degree, cpus=cpus, nxdi=nxdi)
 
 
 def _compile_graphs_into(staged: Path, workdir: Path, options: CompileOptions, cpus: int | None) -> dict:
@@ -163,7 +174,7 @@ def _compile_graphs_into(staged: Path, workdir: Path, options: CompileOptions, c
         progress.log_event(log, progress.STEP_STARTED, f"compiling {spec.component} ({index} of {len(specs)})", **step)
         started = time.monotonic()
         layout, pid = _in_own_process(compile_component, options.backend, spec, staged / spec.component, workdir,
-                                      _settings(options, cpus))
+                                      _settings(options, cpus, source))
         elapsed = timings["graphs_s"][spec.component] = round(time.monotonic() - started, 3)
         graphs[spec.component] = {"files": _files_under(staged, spec.component)}
         layouts[spec.component] = layout_digest(layout)
@@ -201,7 +212,7 @@ def _shard_weights_into(staged: Path, options: CompileOptions, cpus: int | None)
     source = _checked_source(options, weights=True)
     timings = {"source_s": round(time.monotonic() - started, 3), "shards_s": {}}
     specs = weight_specs(source, TORCH_DTYPES[options.dtype])
-    settings = _settings(options, cpus)
+    settings = _settings(options, cpus, source)
     rank_counts = [ranks(spec, settings) for spec in specs]
     steps = [f"{spec.component} rank {rank}" for spec, count in zip(specs, rank_counts) for rank in range(count)]
     progress.log_event(log, progress.STARTED, f"sharding the weights at TP {options.tp_degree} ({options.backend})",

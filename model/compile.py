@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tp-degree", type=int, default=1, help="NeuronCores for T5 and the transformer")
     parser.add_argument("--max-text-length", type=int, default=MAX_TEXT_LENGTH, help="T5 tokens")
     parser.add_argument("--target", choices=NEURON_TARGETS, help="Neuron instance family the graphs run on")
+    parser.add_argument("--context-parallel", type=int, default=1,
+                        help="trn2: 2 splits the backbone's tokens over twice --tp-degree cores")
+    parser.add_argument("--cfg-parallel", type=int, default=1,
+                        help="trn2: 2 splits the backbone's true-CFG batch over twice --tp-degree cores")
     parser.add_argument("--out", required=True, type=Path, help="root of the published artifacts")
     parser.add_argument("--scratch", type=Path, help="local directory for compiler work (default: system temp)")
     parser.add_argument("--cpus", type=_positive, help="threads of torch and the compiler (the pod's CPU limit)")
@@ -92,6 +96,8 @@ def options_from(args: argparse.Namespace) -> CompileOptions:
         tp_degree=args.tp_degree,
         max_text_length=args.max_text_length,
         target=args.target,
+        context_parallel=args.context_parallel,
+        cfg_parallel=args.cfg_parallel,
     )
 
 

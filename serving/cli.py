@@ -114,13 +114,15 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_argument("--tp-degree", type=int, help=f"default: {_COMPILE_DEFAULTS['tp_degree']}")
     options.add_argument("--max-text-length", type=int, help=f"default: {_COMPILE_DEFAULTS['max_text_length']}")
     options.add_argument("--target", choices=NEURON_TARGETS, help="Neuron instance family (neuron backend)")
+    options.add_argument("--context-parallel", type=int, help=f"trn2; default: {_COMPILE_DEFAULTS['context_parallel']}")
+    options.add_argument("--cfg-parallel", type=int, help=f"trn2; default: {_COMPILE_DEFAULTS['cfg_parallel']}")
 
 
 def _compile_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CompileOptions | None:
     """The compile options the flags name; None with --graphs, whose directory is the artifact itself."""
     given = {
         name: getattr(args, name)
-        for name in ("dtype", "backend", "tp_degree", "max_text_length", "target")
+        for name in ("dtype", "backend", "tp_degree", "max_text_length", "target", "context_parallel", "cfg_parallel")
         if getattr(args, name) is not None
     }
     named_model = args.model is not None or args.revision is not None
