@@ -36,13 +36,14 @@ from common import progress
 from common.logs import configure_json_logging, route_library_loggers
 from model.artifacts import is_published, publish, unfinished_attempts
 from model.adapters import check_targets, fetch
-from model.backends import CompileSettings, get_backend, ranks
+from model.backends import CompileSettings, NxdiSettings, get_backend, ranks
 from model.components import (
     PIPELINE_CONFIG_NAME, TENSOR_PARALLEL_COMPONENTS, TORCH_DTYPES, VAE_SCALE_FACTOR, WEIGHTS_CONFIG_NAME, GraphSpec,
     graph_specs, layout_digest, weight_specs,
 )
 from model.keys import (
-    CompileError, CompileOptions, artifact_name, graphs_dir, graphs_key, installed_versions, weights_dir, weights_key, weights_name,
+    NXDI, CompileError, CompileOptions, artifact_name, graphs_dir, graphs_key, implementation, installed_versions,
+    weights_dir, weights_key, weights_name,
 )
 from model.families import Family, UnsupportedModel, family_of
 from model.sources import ModelSource, open_source
@@ -132,13 +133,23 @@ def _checked_source(options: CompileOptions, weights: bool) -> tuple[ModelSource
     if options.max_text_length > family.max_text_length:
         raise UnsupportedModel(f"--max-text-length {options.max_text_length}: {options.model} is {family.name}, "
                                f"which reads at most {family.max_text_length} T5 tokens")
-    # Before anything runs: the heads and widths must split evenly across the ranks.
-    check_tp_degree(options.tp_degree, {name: source.config(name) for name in TENSOR_PARALLEL_COMPONENTS})
+    # Before anything runs: the heads and widths must split evenly across the ranks (and on trn2 fit its cores).
+    if implementation(options.backend, options.target) == NXDI:
+        from model.backends.nxdi import APPLICATIONS, check_degrees
+
+        check_degrees(options, {folder: source.config(folder) for folder, _, _ in APPLICATIONS.values()})
+    else:
+        check_tp_degree(options.tp_degree, {name: source.config(name) for name in TENSOR_PARALLEL_COMPONENTS})
     return source, family
 
 
-def _settings(options: CompileOptions, cpus: int | None) -> CompileSettings:
-    return CompileSettings(target=options.target, tp_degree=options.tp_degree, cpus=cpus)
+def _settings(options: CompileOptions, cpus: int | None, source: ModelSource) -> CompileSettings:
+    nxdi = None
+    if implementation(options.backend, options.target) == NXDI:
+        # A Hub snapshot: CompileOptions refuses the tiny model, built in code, on trn2.
+        nxdi = NxdiSettings(model_dir=source.path, shape=options.shape, dtype=options.dtype,
+                            context_parallel=options.context_parallel, cfg_parallel=options.cfg_parallel)
+    return CompileSettings(target=options.target, tp_degree=options.tp_degree, cpus=cpus, nxdi=nxdi)
 
 
 def _compile_graphs_into(staged: Path, workdir: Path, options: CompileOptions, cpus: int | None) -> dict:
@@ -157,7 +168,7 @@ def _compile_graphs_into(staged: Path, workdir: Path, options: CompileOptions, c
         progress.log_event(log, progress.STEP_STARTED, f"compiling {spec.component} ({index} of {len(specs)})", **step)
         started = time.monotonic()
         layout, pid = _in_own_process(compile_component, options.backend, spec, staged / spec.component, workdir,
-                                      _settings(options, cpus))
+                                      _settings(options, cpus, source))
         elapsed = timings["graphs_s"][spec.component] = round(time.monotonic() - started, 3)
         graphs[spec.component] = {"files": _files_under(staged, spec.component)}
         layouts[spec.component] = layout_digest(layout)
@@ -200,7 +211,7 @@ def _shard_weights_into(staged: Path, options: CompileOptions, cpus: int | None)
     check_targets(list(adapters))
     timings = {"source_s": round(time.monotonic() - started, 3), "shards_s": {}}
     specs = weight_specs(source, TORCH_DTYPES[options.dtype], adapters)
-    settings = _settings(options, cpus)
+    settings = _settings(options, cpus, source)
     rank_counts = [ranks(spec, settings) for spec in specs]
     steps = [f"{spec.component} rank {rank}" for spec, count in zip(specs, rank_counts) for rank in range(count)]
     progress.log_event(log, progress.STARTED, f"sharding the weights at TP {options.tp_degree} ({options.backend})",

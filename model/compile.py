@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", choices=NEURON_TARGETS, help="Neuron instance family the graphs run on")
     parser.add_argument("--lora", action="append", default=[], metavar="id=REPO,revision=COMMIT,scale=S[,file=F]",
                         help="a LoRA adapter merged into the weights (repeatable, in order); the graphs stay the same")
+    parser.add_argument("--context-parallel", type=int, default=1,
+                        help="trn2: 2 splits the backbone's tokens over twice --tp-degree cores")
+    parser.add_argument("--cfg-parallel", type=int, default=1,
+                        help="trn2: 2 splits the backbone's true-CFG batch over twice --tp-degree cores")
     parser.add_argument("--out", required=True, type=Path, help="root of the published artifacts")
     parser.add_argument("--scratch", type=Path, help="local directory for compiler work (default: system temp)")
     parser.add_argument("--cpus", type=_positive, help="threads of torch and the compiler (the pod's CPU limit)")
@@ -96,6 +100,8 @@ def options_from(args: argparse.Namespace) -> CompileOptions:
         max_text_length=args.max_text_length,
         target=args.target,
         loras=tuple(parse_adapter(text) for text in args.lora),
+        context_parallel=args.context_parallel,
+        cfg_parallel=args.cfg_parallel,
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from common.artifacts import COMPILE_CODE_VERSION, MODEL_LIBRARIES, WEIGHTS_FORMAT_VERSION
 from common.image import NEURON_DLC_IMAGE
-from common.neuron import NEURON_FAMILIES
+from common.neuron import DATA_PARALLEL_DEGREES, NEURON_FAMILIES, TRN2, flux_world_size
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype
 
 CPU = "cpu"
@@ -52,11 +52,20 @@ WEIGHTS_DIR = "weights"
 # How a backend turns a model into graphs and per-rank weights, by backend and target: part of both keys,
 # so artifacts of one implementation are never loaded by another.
 MODEL_BUILDER = "modelbuilder"
+# NxD Inference's own Flux application, the path Neuron supports for Flux on trn2 (model/backends/nxdi.py).
+NXDI = "nxdi"
+# Its code builds the graphs and cuts the weights, on top of the neuron backend's toolchain.
+NXDI_TOOLCHAIN = ("neuronx-distributed-inference",)
+# NxD Inference's Flux application traces T5 for exactly this many tokens and its pipeline asks for them.
+NXDI_TEXT_LENGTH = 512
 
 
 def implementation(backend: str, target: str | None) -> str:
-    """The compile API behind a backend and target: the cpu tracer, or NxD's ModelBuilder."""
-    return CPU if backend == CPU else MODEL_BUILDER
+    """The compile API behind a backend and target: the cpu tracer, NxD's ModelBuilder, or on trn2 NxD
+    Inference's Flux application."""
+    if backend == CPU:
+        return CPU
+    return NXDI if target == TRN2 else MODEL_BUILDER
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -137,6 +146,15 @@ class CompileOptions:
     target: str | None = None
     # LoRA adapters merged into the weights, in order; the graphs do not change with them.
     loras: tuple[Adapter, ...] = ()
+    # trn2 only (NxD Inference's Flux application): the backbone's work split in two on top of --tp-degree, by
+    # image and text tokens (context) or by the true-CFG batch (cfg); at most one of them.
+    context_parallel: int = 1
+    cfg_parallel: int = 1
+
+    @property
+    def world_size(self) -> int:
+        """The ranks the graphs run on: the TP degree, times 2 with context or CFG parallelism on trn2."""
+        return flux_world_size(self.tp_degree, self.context_parallel, self.cfg_parallel)
 
     def __post_init__(self):
         """Refuse option combinations that could not compile, so they never get a key."""
@@ -154,6 +172,36 @@ class CompileOptions:
             raise ValueError("the cpu backend runs on one device: it takes no --target and --tp-degree 1")
         if self.backend == NEURON and self.target not in NEURON_TARGETS:
             raise ValueError(f"the neuron backend needs --target, one of {', '.join(NEURON_TARGETS)}")
+        self._check_data_parallel()
+        if implementation(self.backend, self.target) == NXDI:
+            self._check_nxdi()
+
+    def _check_data_parallel(self) -> None:
+        for flag, degree in (("--context-parallel", self.context_parallel), ("--cfg-parallel", self.cfg_parallel)):
+            if degree not in DATA_PARALLEL_DEGREES:
+                raise ValueError(f"{flag} {degree}: NxD Inference's Flux application splits the backbone in two at "
+                                 f"most, give {' or '.join(map(str, DATA_PARALLEL_DEGREES))}")
+        if self.context_parallel > 1 and self.cfg_parallel > 1:
+            raise ValueError("--context-parallel and --cfg-parallel exclude each other in NxD Inference's Flux "
+                             "application: give one of them")
+        if (self.context_parallel > 1 or self.cfg_parallel > 1) and implementation(self.backend, self.target) != NXDI:
+            raise ValueError(f"--context-parallel and --cfg-parallel are NxD Inference's, which runs on "
+                             f"--backend {NEURON} --target {TRN2} only")
+
+    def _check_nxdi(self) -> None:
+        """What NxD Inference's Flux application fixes, refused here rather than silently changed."""
+        if self.model in TINY_MODELS:
+            raise ValueError(f"--target {TRN2} compiles NxD Inference's Flux application, which reads a diffusers "
+                             f"snapshot from disk: the tiny models are built in code, give a Hub model")
+        if self.loras:
+            raise ValueError(f"--target {TRN2} shards the weights with NxD Inference's Flux application, which reads "
+                             f"the checkpoint itself: LoRA adapters are merged on trn1, trn1n and inf2 only")
+        if self.max_text_length != NXDI_TEXT_LENGTH:
+            raise ValueError(f"--target {TRN2} compiles NxD Inference's Flux application, whose T5 takes exactly "
+                             f"{NXDI_TEXT_LENGTH} tokens: --max-text-length {self.max_text_length} cannot apply")
+        if self.context_parallel > 1 and self.shape is not None and self.shape.image_tokens % self.context_parallel:
+            raise ValueError(f"--context-parallel {self.context_parallel} splits the image's tokens evenly: {self.shape} "
+                             f"has {self.shape.image_tokens}, choose a shape with an even count")
 
 
 class CompileError(Exception):
@@ -175,8 +223,18 @@ def installed_versions(distributions: tuple[str, ...]) -> dict[str, str]:
         ) from None
 
 
+def _nxdi_fields(options: CompileOptions) -> tuple[tuple[str, ...], dict]:
+    """What NxD Inference adds to both keys: its distribution, and the degrees on top of TP (world size and
+    the sharding of T5 and the backbone follow from them). Other implementations add nothing, so their keys
+    and directory names stay what they were."""
+    if implementation(options.backend, options.target) != NXDI:
+        return (), {}
+    return NXDI_TOOLCHAIN, {"context_parallel": options.context_parallel, "cfg_parallel": options.cfg_parallel}
+
+
 def weights_key(options: CompileOptions) -> dict:
     """Everything that changes the published weights: not the shape, the target or the text length."""
+    toolchain, degrees = _nxdi_fields(options)
     return {
         "model": options.model,
         "revision": key_revision(options.model, options.revision),
@@ -185,7 +243,8 @@ def weights_key(options: CompileOptions) -> dict:
         "implementation": implementation(options.backend, options.target),
         "tp_degree": options.tp_degree,
         "loras": [adapter.key() for adapter in options.loras],
-        "toolchain": installed_versions(WEIGHTS_TOOLCHAINS[options.backend] + MODEL_LIBRARIES),
+        **degrees,
+        "toolchain": installed_versions(WEIGHTS_TOOLCHAINS[options.backend] + toolchain + MODEL_LIBRARIES),
         "weights_format_version": WEIGHTS_FORMAT_VERSION,
     }
 
@@ -194,6 +253,7 @@ def graphs_key(options: CompileOptions) -> dict:
     """Everything that changes a shape's compiled graphs. Any difference means a different directory."""
     if options.shape is None:
         raise ValueError("graphs are compiled for one image shape: give --shape")
+    toolchain, degrees = _nxdi_fields(options)
     return {
         "model": options.model,
         "revision": key_revision(options.model, options.revision),
@@ -203,9 +263,10 @@ def graphs_key(options: CompileOptions) -> dict:
         "target": options.target,
         "implementation": implementation(options.backend, options.target),
         "tp_degree": options.tp_degree,
+        **degrees,
         "max_text_length": options.max_text_length,
         # The traced code comes from diffusers and transformers as much as from the compiler.
-        "toolchain": installed_versions(TOOLCHAINS[options.backend] + MODEL_LIBRARIES),
+        "toolchain": installed_versions(TOOLCHAINS[options.backend] + toolchain + MODEL_LIBRARIES),
         "compile_code_version": COMPILE_CODE_VERSION,
     }
 
@@ -219,16 +280,22 @@ def _readable(key: dict) -> str:
     return f"{model}-{key['revision'][:12]}"
 
 
+def _degrees(key: dict) -> str:
+    """`tp4`, and `-cp2` or `-cfg2` when NxD Inference splits the backbone further."""
+    split = "".join(f"-{short}{key[field]}" for field, short in (("context_parallel", "cp"), ("cfg_parallel", "cfg"))
+                    if key.get(field, 1) > 1)
+    return f"tp{key['tp_degree']}{split}"
+
+
 def artifact_name(key: dict) -> str:
     """A shape's graphs: a readable prefix for humans, a hash of the whole key for correctness."""
     target = f"-{key['target']}" if key["target"] else ""
-    return (f"{_readable(key)}-{key['shape']}-{key['dtype']}-{key['backend']}{target}-tp{key['tp_degree']}-"
-            f"{_digest(key)}")
+    return f"{_readable(key)}-{key['shape']}-{key['dtype']}-{key['backend']}{target}-{_degrees(key)}-{_digest(key)}"
 
 
 def weights_name(key: dict) -> str:
     adapters = f"-lora{len(key['loras'])}" if key["loras"] else ""
-    return f"{_readable(key)}-{key['dtype']}-{key['backend']}-tp{key['tp_degree']}{adapters}-{_digest(key)}"
+    return f"{_readable(key)}-{key['dtype']}-{key['backend']}-{_degrees(key)}{adapters}-{_digest(key)}"
 
 
 def graphs_dir(options: CompileOptions, root: Path) -> tuple[Path, dict]:

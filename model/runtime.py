@@ -23,8 +23,6 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from PIL import Image
 from transformers import CLIPTokenizer, T5TokenizerFast
 
-from safetensors.torch import load_file
-
 from common.shapes import Shape, parse_shape
 from model.artifacts import ArtifactError, copy_verified
 from model.backends import Graph, get_backend
@@ -261,7 +259,7 @@ def _load(artifact_dir: Path, weights_dir: Path | None, local: Path, staging: te
     backend = get_backend(key["backend"], key["target"])
     graphs = {
         component: backend.load_graph(local / "graphs" / component,
-                                      [load_file(local / "weights" / path) for path in weights[component]["files"]])
+                                      [local / "weights" / path for path in weights[component]["files"]])
         for component in COMPONENTS
     }
     dtype = TORCH_DTYPES[config["dtype"]]

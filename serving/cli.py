@@ -116,13 +116,15 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_argument("--target", choices=NEURON_TARGETS, help="Neuron instance family (neuron backend)")
     options.add_argument("--lora", action="append", default=[], metavar="id=REPO,revision=COMMIT,scale=S[,file=F]",
                          help="a LoRA adapter merged into the weights, as the compile was given it (repeatable)")
+    options.add_argument("--context-parallel", type=int, help=f"trn2; default: {_COMPILE_DEFAULTS['context_parallel']}")
+    options.add_argument("--cfg-parallel", type=int, help=f"trn2; default: {_COMPILE_DEFAULTS['cfg_parallel']}")
 
 
 def _compile_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CompileOptions | None:
     """The compile options the flags name; None with --graphs, whose directory is the artifact itself."""
     given = {
         name: getattr(args, name)
-        for name in ("dtype", "backend", "tp_degree", "max_text_length", "target")
+        for name in ("dtype", "backend", "tp_degree", "max_text_length", "target", "context_parallel", "cfg_parallel")
         if getattr(args, name) is not None
     }
     named_model = args.model is not None or args.revision is not None or bool(args.lora)

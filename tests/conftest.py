@@ -78,16 +78,24 @@ def constructed_resources(monkeypatch) -> list[str]:
 # The versions in the Neuron DLC of SDK 2.31.1 (../shared/reference/neuron-flux-apis.md).
 NEURON_DISTRIBUTIONS = {"torch-neuronx": "2.9.0.2.15.32035", "neuronx-distributed": "0.19.28492",
                         "neuronx-cc": "2.26.6360.0"}
+# And NxD Inference, which the trn2 backend's keys record besides them (model.keys.NXDI_TOOLCHAIN).
+NXDI_DISTRIBUTIONS = {"neuronx-distributed-inference": "0.10.18399"}
 
 
-@pytest.fixture
-def neuron_distributions(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The neuron backend's distributions installed as pip would record them, so keys resolve as in the
-    image (their code is not: see tests/model/neuron_standins.py)."""
+@pytest.fixture(scope="session")
+def neuron_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site-packages folder holding the neuron backends' distributions as pip would record them (their
+    metadata, not their code: see tests/model/neuron_standins.py)."""
     site = tmp_path_factory.mktemp("site-packages")
-    for name, version in NEURON_DISTRIBUTIONS.items():
+    for name, version in {**NEURON_DISTRIBUTIONS, **NXDI_DISTRIBUTIONS}.items():
         info = Path(site, f"{name.replace('-', '_')}-{version}.dist-info")
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+@pytest.fixture
+def neuron_distributions(neuron_site: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The neuron backend's distributions installed, so keys resolve as in the image."""
+    monkeypatch.syspath_prepend(str(neuron_site))
     return NEURON_DISTRIBUTIONS

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from model.artifacts import ArtifactError
 from model.backends import WEIGHTS_FILE, CompileSettings, Graph
@@ -75,10 +75,11 @@ class CpuBackend:
         on_rank_written(0)
         return [name], weights_layout(state)
 
-    def load_graph(self, graph_dir: Path, weights: list[dict[str, torch.Tensor]]) -> Graph:
+    def load_graph(self, graph_dir: Path, weight_files: list[Path]) -> Graph:
         extra = {WEIGHT_NAMES_FILE: ""}
         graph = torch.jit.load(graph_dir / GRAPH_FILE, map_location="cpu", _extra_files=extra)
-        (rank_weights,) = weights
+        (rank_file,) = weight_files
+        rank_weights = load_file(rank_file)
         names = json.loads(extra[WEIGHT_NAMES_FILE])
         missing = [name for name in names if name not in rank_weights]
         if missing:

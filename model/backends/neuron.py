@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from common.image import NEURON_DLC_IMAGE, NEURON_SDK_VERSION
 from model.artifacts import ArtifactError
@@ -69,6 +70,16 @@ def visible_neuron_cores(value: str | None) -> int | None:
         first, _, last = part.partition("-")
         count += int(last or first) - int(first) + 1
     return count
+
+
+def check_visible_cores(graph_dir: Path, ranks: int) -> None:
+    """Refuse a graph of more ranks than the cores the device plugin gave this process, saying how many to ask for."""
+    visible = visible_neuron_cores(os.environ.get(VISIBLE_CORES_ENV))
+    if visible is not None and visible < ranks:
+        raise BackendUnavailable(
+            f"{VISIBLE_CORES_ENV}={os.environ[VISIBLE_CORES_ENV]} gives this process {visible} NeuronCores, "
+            f"the graph in {graph_dir.name} has {ranks} ranks, one per core: request {ranks} cores"
+        )
 
 
 class ModelBuilderBackend:
@@ -137,20 +148,14 @@ class ModelBuilderBackend:
                 on_rank_written(rank)
         return files, layout
 
-    def load_graph(self, graph_dir: Path, weights: list[dict[str, torch.Tensor]]) -> Graph:
-        visible = visible_neuron_cores(os.environ.get(VISIBLE_CORES_ENV))
-        if visible is not None and visible < len(weights):
-            raise BackendUnavailable(
-                f"{VISIBLE_CORES_ENV}={os.environ[VISIBLE_CORES_ENV]} gives this process {visible} NeuronCores, "
-                f"the graph in {graph_dir.name} has {len(weights)} tensor-parallel ranks, one per core: "
-                f"request {len(weights)} cores"
-            )
+    def load_graph(self, graph_dir: Path, weight_files: list[Path]) -> Graph:
+        check_visible_cores(graph_dir, len(weight_files))
         graph = self._nxd_model.load(str(graph_dir / GRAPH_FILE))
         if not isinstance(graph, self._nxd_model):
             raise ArtifactError(f"{graph_dir.name}: {GRAPH_FILE} does not restore as an NxDModel with this "
                                 f"neuronx-distributed (compiled by another version?)")
         # Rank i's weights go to rank i; the runtime places rank i on the i-th visible core.
-        graph.set_weights(weights)
+        graph.set_weights([load_file(path) for path in weight_files])
         graph.to_neuron()
         return graph
 

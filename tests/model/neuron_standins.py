@@ -3,16 +3,22 @@ code (parallel layers, ModelBuilder, `shard_checkpoint`, NxDModel) runs here unc
 
 What cannot run off a Neuron host, and what stands in for it:
 
-- torch-xla's HLO generation (`torch_neuronx.xla_impl.trace.generate_hlo`): the stand-in runs the module
-  once on the CPU with the example inputs and describes what the HLO would: the user inputs, the weights
-  (the module's state-dict entries, which ModelBuilder never inlines) and the outputs. Every call is recorded.
+- torch-xla's HLO generation (`torch_neuronx.xla_impl.trace.generate_hlo`): for ModelBuilder (v2, inputs by
+  name) the stand-in runs the module once on the CPU with the example inputs and describes what the HLO would:
+  the user inputs, the weights (the module's state-dict entries, which ModelBuilder never inlines) and the
+  outputs. NxD Inference's ModelBuilder (v1, inputs by position) goes on to rewrite the HLO and compile it with
+  neuronx-cc's weight-layout pass, which nothing here can stand for: its call is recorded and the compile stops
+  there (HloGenerationReached). Every call is recorded.
 - neuronx-cc (`libneuronxla.neuron_xla_compile`): records the flags and the platform target and returns a
   NEFF that is only a description of the call.
 - The Neuron runtime's classes and ops (`torch.classes.neuron.SPMDModel` / `LayoutTransformation`,
   `torch.ops.neuron._parallel_load`): TorchScript-compatible stand-ins that record what is loaded where; they
   execute nothing.
+- The kernels NxD Inference's Flux forward executes, as CPU code of the same meaning: the NKI attention
+  (`nkilib`'s `attention_cte`), the RmsNorm custom call (`torch_neuronx.xla_impl.ops.RmsNorm`) and the
+  layer-boundary markers (`xla_hlo_call` custom calls that pass their operands through).
 - Modules imported at module level whose functions are never called for inference on CPU (torch-xla's
-  runtime queries, the multiprocessing launcher, the NKI kernels): anything not stood in above is a
+  runtime queries, the multiprocessing launcher, the other NKI kernels): anything not stood in above is a
   `Closed` placeholder that fails the test if it is ever called.
 
 neuronx-distributed itself comes from its source (NXD_SOURCE, tests/model/nxd_cpu.py): its package
@@ -37,10 +43,19 @@ from typing import Any, Dict, Iterator, List
 
 import torch
 
-from model.components import graph_weights
+from model.components import graph_weights, weights_layout
 
 # What the DLC of SDK 2.31.1 has installed (neuron-flux-apis.md): ModelBuilder checks the major version.
 TORCH_NEURONX_VERSION = "2.9.0.2.15.32035"
+
+
+class HloGenerationReached(Exception):
+    """A compile through NxD Inference reached torch-xla's HLO generation, the furthest it goes here: past it
+    come HLO rewrites and neuronx-cc. Carries the layout of the weights the traced module takes."""
+
+    def __init__(self, layout: dict):
+        super().__init__("the compile reached torch-xla's HLO generation; neuronx-cc, past it, cannot run here")
+        self.layout = layout
 
 
 class ClosedCodeCalled(AssertionError):
@@ -234,10 +249,30 @@ class NeuronSdk:
     parallel_loads: list = field(default_factory=list)
     initialized: list = field(default_factory=list)
 
-    def generate_hlo(self, model, example_inputs, inline_weights_to_neff=True, return_weights=False,
-                     output_aliased_tensor=True, cpu_backend=False, preserve_parameters=False,
-                     enable_aliasing=False, treat_inputs_as_kwargs=False) -> HloArtifacts:  # fmt: skip
-        if not isinstance(example_inputs, OrderedDict) or not treat_inputs_as_kwargs:
+    def generate_hlo(self, model, example_inputs, *args, **options) -> HloArtifacts:
+        if options.get("treat_inputs_as_kwargs"):
+            return self._generate_hlo_of_named_inputs(model, example_inputs, **options)
+        return self._stop_at_hlo_generation(model, example_inputs, *args, **options)
+
+    def _stop_at_hlo_generation(self, model, example_inputs: tuple, input_output_aliases: dict,
+                                **options) -> HloArtifacts:
+        """NxD Inference's ModelBuilder (v1): the call is recorded, the compile ends here. ModelBuilder tears NxD's
+        parallel state down once its HLOs are generated; ending its trace, the stand-in does that for it."""
+        from neuronx_distributed.parallel_layers import parallel_state
+
+        parallel_state.destroy_model_parallel()
+        weights = graph_weights(model)
+        self.hlo_generations.append({
+            "model": model, "inputs": [(tuple(t.shape), t.dtype) for t in example_inputs],
+            "weights": {name: (tuple(t.shape), t.dtype) for name, t in weights.items()},
+            "input_output_aliases": input_output_aliases, **options,
+        })
+        raise HloGenerationReached(weights_layout(weights))
+
+    def _generate_hlo_of_named_inputs(self, model, example_inputs, inline_weights_to_neff=True, return_weights=False,
+                                      output_aliased_tensor=True, cpu_backend=False, preserve_parameters=False,
+                                      enable_aliasing=False, treat_inputs_as_kwargs=False) -> HloArtifacts:  # fmt: skip
+        if not isinstance(example_inputs, OrderedDict):
             raise TypeError("ModelBuilder passes its example inputs by name")
         with torch.no_grad():
             outputs = model(**example_inputs)
@@ -286,6 +321,73 @@ class NeuronSdk:
                 "work_dir": Path(work_dir) if work_dir is not None else None}
         self.compilations.append(call)
         return pickle.dumps({"neff_for": pickle.loads(module_bytes).name, **call})
+
+
+# --- the kernels NxD Inference's Flux forward executes, in CPU code of the same meaning -----------------------
+
+
+class RmsNorm(torch.autograd.Function):
+    """torch_neuronx.xla_impl.ops.RmsNorm, the AwsNeuronRmsNorm custom call: x / sqrt(mean(x^2) + eps) * weight
+    over `dim`, as diffusers' RMSNorm computes it."""
+
+    @staticmethod
+    def forward(ctx, hidden_states: torch.Tensor, weight: torch.Tensor, eps: float, dim: int) -> torch.Tensor:
+        return hidden_states * torch.rsqrt(hidden_states.pow(2).mean(dim, keepdim=True) + eps) * weight
+
+
+class AttentionCte:
+    """nkilib's attention_cte (NKI attention for context encoding) as NxD Inference's Flux calls it: query, key and
+    value as (batch x heads, tokens, head dim), no mask, scores scaled by `scale`, output in the query's layout.
+    `attention_cte[2]` launches it on the two physical cores of an LNC 2 logical core; on CPU that is one call.
+    The shapes of every call's query and key are recorded."""
+
+    def __init__(self):
+        self.shapes: list[tuple[tuple, tuple]] = []
+
+    def __getitem__(self, grid: int) -> AttentionCte:
+        return self
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
+                 causal_mask: bool = True, tp_q: bool = False, tp_k: bool = False, tp_out: bool = False) -> torch.Tensor:
+        if (causal_mask, tp_q, tp_k, tp_out) != (False, True, True, False):
+            raise ClosedCodeCalled("attention_cte stands in for Flux's call only: no mask, every operand as "
+                                   "(batch, tokens, head dim)")
+        self.shapes.append((tuple(query.shape), tuple(key.shape)))
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=scale)
+
+
+# NxD Inference's layer-boundary markers: custom calls that hand their operands through unchanged (they only tell
+# the compiler where a layer starts and ends).
+MODULE_MARKERS = ("AwsNeuronModuleMarkerStartForward", "AwsNeuronModuleMarkerEndForward")
+
+
+class _HloOperand:
+    """An operand of a function `xla_hlo_call` turns into an op, as far as the module markers use one."""
+
+    def __init__(self, tensors: tuple):
+        self.tensors = tensors
+
+    @property
+    def scribe(self) -> _HloOperand:
+        return self
+
+    def tuple(self, *operands: _HloOperand) -> _HloOperand:
+        return _HloOperand(tuple(tensor for operand in operands for tensor in operand.tensors))
+
+    def CustomCall(self, *operands: _HloOperand, custom_call_target: str) -> _HloOperand:  # noqa: N802 - HLO's name
+        if custom_call_target not in MODULE_MARKERS:
+            raise ClosedCodeCalled(f"custom call {custom_call_target} has no CPU stand-in")
+        return self
+
+
+def xla_hlo_call(emit_hlo: Any) -> Any:
+    """torch_neuronx's decorator making an op of a function that emits HLO: here the op those functions mean."""
+
+    def run(*tensors: torch.Tensor) -> Any:
+        results = emit_hlo(*(_HloOperand((tensor,)) for tensor in tensors)).tensors
+        return results[0] if len(results) == 1 else results
+
+    return run
 
 
 # torch-neuronx's documented override for compiling where no Neuron device is (vLLM Neuron's CPU compilation).
@@ -390,7 +492,7 @@ def installed(nxd_source: Path) -> Iterator[NeuronSdk]:
             os.environ[PLATFORM_TARGET_OVERRIDE] = override
 
 
-def install(nxd_source: Path, tp_degree: int = 1) -> NeuronSdk:
+def install(nxd_source: Path, world_size: int = 1) -> NeuronSdk:
     """Make the closed modules importable as stand-ins and neuronx_distributed importable from its source.
 
     Import diffusers and transformers first: transformers probes for torch_xla and must not see these.
@@ -406,7 +508,7 @@ def install(nxd_source: Path, tp_degree: int = 1) -> NeuronSdk:
              all_gather=sdk.all_gather, reduce_scatter=sdk.reduce_scatter)
     _install("torch_xla.core.xla_env_vars", HOST_WORLD_SIZE="HOST_WORLD_SIZE")
     _install("torch_xla.runtime", global_ordinal=lambda: torch.distributed.get_rank(),
-             world_size=lambda: tp_degree, local_process_count=lambda: tp_degree)
+             world_size=lambda: world_size, local_process_count=lambda: world_size)
     _install("torch_xla.utils.serialization")
     _install("torch_xla.utils.utils")
     _install("torch_xla.distributed.xla_multiprocessing")
@@ -427,7 +529,17 @@ def install(nxd_source: Path, tp_degree: int = 1) -> NeuronSdk:
         _install(f"neuronxcc.nki.{kernels}.collectives", CollectivesConfig=_ContextParallelPairs)
     _install("neuronxcc.nki", jit=_kernel_decorator("neuronxcc.nki.jit"))
     _install("nki", jit=_kernel_decorator("nki.jit"))
-    _install("torch_neuronx.xla_impl.ops", nki_jit=_kernel_decorator("torch_neuronx.xla_impl.ops.nki_jit"))
+    _install("torch_neuronx.xla_impl.ops", nki_jit=_kernel_decorator("torch_neuronx.xla_impl.ops.nki_jit"),
+             RmsNorm=RmsNorm)
+    _install("torch_neuronx.xla_impl.base", xla_hlo_call=xla_hlo_call)
+    _install("torch_neuronx.xla_impl.custom_call_targets", **{marker: marker for marker in MODULE_MARKERS})
+    _install("nkilib.core.attention.attention_cte", attention_cte=AttentionCte())
+    # NxD Inference's ModelBuilder names the HLO's ops after the modules (metadata only) while it generates it,
+    # saving and restoring torch-xla's IR debug flag around that.
+    _install("torch_neuronx.experimental.profiler.v2_x.custom_op_name",
+             hlo_debug=lambda add_var_names, monitor_modules_list: contextlib.nullcontext())
+    ir_debug = [False]
+    _install("torch_xla._XLAC", _get_ir_debug=lambda: ir_debug[0], _set_ir_debug=lambda on: ir_debug.__setitem__(0, on))
     torch.classes.neuron = types.SimpleNamespace(SPMDModel=spmd_model, LayoutTransformation=LayoutTransformationStandIn)
     _register_neuron_ops(sdk)
     if "neuronx_distributed" not in sys.modules:

@@ -29,6 +29,7 @@ from model.keys import (
     WEIGHTS_DIR, CompileOptions, artifact_name, graphs_dir, graphs_key, weights_dir, weights_key, weights_name,
 )
 from model.runtime import load_generator, published_weights_dir
+from model.sources import TinySource
 
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
 
@@ -276,7 +277,7 @@ def test_a_killed_component_process_is_one_clear_error(tiny_compile_options: Com
     spec = GraphSpec(TRANSFORMER, die_like_the_out_of_memory_killer, ())
     with pytest.raises(CompileProcessDied, match="^the process running compile_component for transformer died"):
         model.build._in_own_process(model.build.compile_component, "cpu", spec, tmp_path / TRANSFORMER,
-                                    tmp_path / "work", model.build._settings(tiny_compile_options, None))
+                                    tmp_path / "work", model.build._settings(tiny_compile_options, None, TinySource()))
 
 
 def test_a_compile_that_fails_says_so_in_an_event(tiny_compile_options: CompileOptions, tmp_path: Path,

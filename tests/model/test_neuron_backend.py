@@ -152,8 +152,8 @@ def test_a_pod_with_fewer_visible_cores_than_ranks_is_told_how_many_to_request(
     ensure_weights(_options(tp_degree=8), tmp_path)
     backend = get_backend("neuron", TARGET)
     monkeypatch.setenv(VISIBLE_CORES_ENV, "0-3")
-    with pytest.raises(BackendUnavailable, match="gives this process 4 NeuronCores.*8 tensor-parallel ranks.*request 8"):
-        backend.load_graph(tmp_path / TRANSFORMER, [{}] * 8)
+    with pytest.raises(BackendUnavailable, match="gives this process 4 NeuronCores.*8 ranks.*request 8 cores"):
+        backend.load_graph(tmp_path / TRANSFORMER, [tmp_path / "unread.safetensors"] * 8)
 
 
 def test_a_single_core_graph_loads_on_the_first_core_beside_rank_0(sdk, tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_a_single_core_graph_loads_on_the_first_core_beside_rank_0(sdk, tmp_path
     backend.compile_graph(spec, tmp_path / "graph", tmp_path / "work", settings)
     files, _ = backend.shard_weights(weight_specs(TinySource(), torch.bfloat16)[3], tmp_path / "weights", settings,
                                      lambda rank: None)
-    graph = backend.load_graph(tmp_path / "graph", [load_file(tmp_path / "weights" / name) for name in files])
+    graph = backend.load_graph(tmp_path / "graph", [tmp_path / "weights" / name for name in files])
     (program,) = graph.spmd_models.values()
     assert (program.world_size, program.local_ranks_size, program.start_rank) == (1, 1, 0)
 
