@@ -29,7 +29,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError, PydanticUndefined
 
-from infra import catalog, disruption, sizing, versions
+from infra import catalog, disruption, regions, sizing, versions
 from infra.naming import ON_DEMAND, PROJECT, SPOT, graphs_bucket_prefix, stack_resource_name
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
@@ -41,11 +41,10 @@ CAPACITY_TYPES = (ON_DEMAND, SPOT, RESERVED)
 MAX_CAPACITY_RESERVATIONS = 30
 _CAPACITY_RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
 MAX_REPLICAS = 100
-_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
-_ZONE_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
+_ZONE_NAME = re.compile(r"^[a-z]{2}-[a-z]+-\d[a-z]$")
 _SYSTEM_INSTANCE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # registry/repository@sha256:<digest>: a tag can move, a digest cannot.
 _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+@sha256:[0-9a-f]{64}$")
@@ -552,8 +551,9 @@ class StackConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", alias_generator=_stack_key_alias,
                               validate_by_name=True, validate_by_alias=True)
 
-    region: Annotated[StrictStr, _that(_matches(_REGION))] = _stack_key(
-        "required; an AWS region such as us-west-2", allowed="an AWS region such as us-west-2", alias="aws:region")
+    region: Annotated[StrictStr, _that(lambda region: region in regions.REGIONS)] = _stack_key(
+        "required; an AWS commercial region such as us-west-2 (infra/regions.py lists them)",
+        allowed="an AWS commercial region: " + ", ".join(regions.REGIONS), alias="aws:region")
     kubernetes_version: Annotated[StrictStr, _that(lambda release: release in versions.KUBERNETES_RELEASES)] = (
         _stack_key(f"one of {', '.join(versions.KUBERNETES_RELEASES)}", default="1.33",
                    allowed=f"one of {', '.join(versions.KUBERNETES_RELEASES)} (the minors whose add-ons are pinned)"))
@@ -730,6 +730,16 @@ class StackConfig(BaseModel):
                 f"a pool with an instance type of at least {sizing.compile_host_gib_needed(tensor_parallel, self.dtype)}"
                 " GiB: one compile worker builds the whole transformer", _key("compile"), "pool",
                 value=self.compile.pool)
+        return self
+
+    @model_validator(mode="after")
+    def _zones_of_the_region(self) -> StackConfig:
+        """Listed zones exist in the stack's region (infra/regions.py): a typo is refused before EC2 is asked."""
+        known = regions.zones(self.region)
+        for index, zone in enumerate(self.network.zones or ()):
+            if zone not in known:
+                raise _not_allowed(f"an availability zone of {self.region}: {', '.join(known)}",
+                                   _key("network"), "zones", index, value=zone)
         return self
 
     @model_validator(mode="after")

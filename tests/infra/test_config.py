@@ -256,9 +256,13 @@ BAD_CONFIGS = {
     "kubernetesVersion-1.20": (
         {"flux-neuron:kubernetesVersion": "1.20"}, "flux-neuron:kubernetesVersion", "'1.20'", "one of 1.33, 1.34"),
     "bad-region": (
-        {"aws:region": "us-west"}, "aws:region", "'us-west'", "an AWS region such as us-west-2"),
+        {"aws:region": "us-west"}, "aws:region", "'us-west'", "an AWS commercial region: af-south-1, ap-east-1,"),
+    # Shaped like a region, but AWS has none of that name (issue 18).
+    "region-that-does-not-exist": (
+        {"aws:region": "us-west-9"}, "aws:region", "'us-west-9'", "an AWS commercial region: af-south-1,"),
     "missing-region": (
-        {"aws:region": None}, "aws:region", "null", "required; an AWS region such as us-west-2"),
+        {"aws:region": None}, "aws:region", "null",
+        "required; an AWS commercial region such as us-west-2 (infra/regions.py lists them)"),
     "unpinned-model-revision": (
         {"flux-neuron:model": {**dev("model"), "revision": "main"}}, "flux-neuron:model.revision", "'main'",
         "the 40-hex commit of the model revision"),
@@ -280,6 +284,12 @@ BAD_CONFIGS = {
     "a-zone-listed-twice": (
         {"flux-neuron:network": {"zones": ["us-west-2b", "us-west-2b"]}}, "flux-neuron:network.zones",
         '["us-west-2b", "us-west-2b"]', "a list of 2 or 3 distinct availability zone names of the region"),
+    "zone-the-region-does-not-have": (
+        {"flux-neuron:network": {"zones": ["us-west-2b", "us-west-2e"]}}, "flux-neuron:network.zones[1]",
+        "'us-west-2e'", "an availability zone of us-west-2: us-west-2a, us-west-2b, us-west-2c, us-west-2d"),
+    "zone-of-another-region": (
+        {"flux-neuron:network": {"zones": ["us-west-2b", "us-east-1c"]}}, "flux-neuron:network.zones[1]",
+        "'us-east-1c'", "an availability zone of us-west-2: "),
     "zone-count-disagreeing-with-the-zones": (
         {"flux-neuron:network": {"zones": ["us-west-2b", "us-west-2c"], "availabilityZones": 3}},
         "flux-neuron:network.availabilityZones", "3", "unset, or the number of network.zones (2)"),
