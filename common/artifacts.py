@@ -6,6 +6,10 @@ and the parts of the artifact key the deploy program names compile Jobs by."""
 # artifacts are never reused, and of the compile Jobs' names (infra.pods.artifact_key), so a bump
 # runs them again.
 COMPILE_CODE_VERSION = 2
+# Bump whenever a change in how the checkpoint is sharded or stored changes the published weights. It is
+# part of the weights' key, so old weights are never reused, and of the weights Job's name
+# (infra.pods.weights_key), so a bump runs it again.
+WEIGHTS_FORMAT_VERSION = 1
 # The libraries whose code is traced into every graph, whatever the backend: their installed
 # versions are part of the artifact key (the pins of serving/requirements.txt, or the DLC's).
 MODEL_LIBRARIES = ("diffusers", "transformers")

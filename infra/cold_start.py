@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from infra import sizing
+from infra import catalog, sizing
+from common import activation
 from common.shapes import Shape, parse_shape
 
 # Neuron compiles and serves bfloat16 (both stacks do); the budget is for that.
@@ -34,14 +35,18 @@ IMAGE_PULL_S = 360
 # SOCI parallel pull mode: 14-50% faster than a standard pull for images without a SOCI index
 # (awslabs/soci-snapshotter, parallel-pull fallback, measured on AL2023 with 20 GB+ images).
 SOCI_PARALLEL_PULL_SAVING = 0.5
-# Python start: importing torch, transformers, diffusers (and torch-neuronx on the nodes). Twice per
-# pod: the wait-for-graphs init container resolves the key, then the server starts. Assumption.
+# Python start: importing torch, transformers, diffusers (and torch-neuronx on the nodes). Assumption.
 PYTHON_START_S = 15
-# Mountpoint's throughput target where it cannot detect the instance's network bandwidth ("10 Gbps
-# elsewhere", mount-s3 --help, --maximum-throughput-gbps). On EC2 it targets the NIC's bandwidth
-# (inf2.24xlarge 50 Gbps, trn1.32xlarge 800 Gbps); the budget takes the floor.
-MOUNTPOINT_GBPS = 10
-ARTIFACT_READ_S = ARTIFACT_GB * 8 / MOUNTPOINT_GBPS
+# A serving pod is created gated (common/activation.py): the activator lifts the gate at its next pass once the
+# key is published, at most this long after the pod appears.
+ACTIVATION_S = activation.INTERVAL_SECONDS
+
+
+def artifact_read_seconds(instance_types: tuple[str, ...]) -> float:
+    """Reading the artifact at Mountpoint's throughput target: the serving volume passes the smallest network
+    figure of the serving pool's types as --maximum-throughput-gbps (infra/storage.py; without it Mountpoint, unable
+    to read the type from IMDS behind hop limit 1, would target 10 Gbps)."""
+    return ARTIFACT_GB * 8 / catalog.mountpoint_gbps(instance_types)
 # Loading the NEFFs onto the NeuronCores (torch.jit.load, parallel_model_load, lazily completed by
 # the first forward). Assumption: no Neuron hardware here and no published figure; ~0.5 GB/s.
 GRAPH_LOAD_S = 70
@@ -59,7 +64,8 @@ ON_NEW_NODE_GOAL_S = 6 * 60
 STARTUP_PROBE_MARGIN = 3
 
 BUDGET_SHAPES = ("256x144", "1024x576")
-BUDGET_FAMILIES = ("trn1", "inf2")
+# The serving pools of the dev and prod stacks.
+BUDGET_POOLS = (("trn1.32xlarge",), ("inf2.24xlarge", "inf2.48xlarge"))
 
 
 def warm_up_seconds(family: str, shape: Shape) -> float:
@@ -98,30 +104,32 @@ class Budget:
         return self.on_new_node - self.steps["image pull"] + image_pull_s
 
 
-def budget(family: str, shape: Shape) -> Budget:
+def budget(instance_types: tuple[str, ...], shape: Shape) -> Budget:
+    """The budget of a serving pod of `shape` on a pool of these instance types (one family)."""
+    family = catalog.family_of(instance_types[0])
     return Budget(family, shape, {
+        "activation": ACTIVATION_S,
         "node launch": NODE_LAUNCH_S,
         "image pull": IMAGE_PULL_S,
-        "resolve": PYTHON_START_S,
         "server start": PYTHON_START_S,
-        "artifact read": ARTIFACT_READ_S,
+        "artifact read": artifact_read_seconds(instance_types),
         "graph load": GRAPH_LOAD_S,
         "warm-up": warm_up_seconds(family, shape),
     })
 
 
-def startup_probe_seconds(family: str, shape: Shape) -> int:
+def startup_probe_seconds(instance_types: tuple[str, ...], shape: Shape) -> int:
     """How long the startup probe lets a serving container take to become ready."""
-    return math.ceil(budget(family, shape).in_container * STARTUP_PROBE_MARGIN)
+    return math.ceil(budget(instance_types, shape).in_container * STARTUP_PROBE_MARGIN)
 
 
-def scale_up_period_seconds(family: str, shape: Shape) -> int:
+def scale_up_period_seconds(instance_types: tuple[str, ...], shape: Shape) -> int:
     """The HPA's scale-up period: how long pods it adds take to serve when they need a new node.
 
     Within one period the HPA adds at most what its policies allow; only after it have those
     pods' capacity in the metric, so a shorter period would keep adding for load they will take.
     """
-    return math.ceil(budget(family, shape).on_new_node)
+    return math.ceil(budget(instance_types, shape).on_new_node)
 
 
 def _minutes(seconds: float) -> str:
@@ -130,17 +138,17 @@ def _minutes(seconds: float) -> str:
 
 def budget_table() -> str:
     """The budget as the Markdown table docs/cold-start.md shows."""
-    steps = list(budget(BUDGET_FAMILIES[0], parse_shape(BUDGET_SHAPES[0])).steps)
-    header = ["family", "shape", *(f"{step} (s)" for step in steps), "node up", "new node",
+    steps = list(budget(BUDGET_POOLS[0], parse_shape(BUDGET_SHAPES[0])).steps)
+    header = ["instance types", "shape", *(f"{step} (s)" for step in steps), "node up", "new node",
               "new node, SOCI parallel pull", "new node, image pre-pulled"]
     rows = []
-    for family in BUDGET_FAMILIES:
+    for pool in BUDGET_POOLS:
         for name in BUDGET_SHAPES:
-            plan = budget(family, parse_shape(name))
+            plan = budget(pool, parse_shape(name))
             totals = [(plan.on_running_node, ON_RUNNING_NODE_GOAL_S), (plan.on_new_node, ON_NEW_NODE_GOAL_S),
                       (plan.on_new_node_with(IMAGE_PULL_S * (1 - SOCI_PARALLEL_PULL_SAVING)), ON_NEW_NODE_GOAL_S),
                       (plan.on_new_node_with(0), ON_NEW_NODE_GOAL_S)]
-            rows.append([family, name, *(f"{plan.steps[step]:.3g}" for step in steps),
+            rows.append([", ".join(pool), name, *(f"{plan.steps[step]:.3g}" for step in steps),
                          *(f"{_minutes(total)} {'ok' if total <= goal else 'over'}" for total, goal in totals)])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

@@ -15,7 +15,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from common.image import CONTAINER_UID
-from infra import iam, versions
+from infra import catalog, iam, versions
 from infra.config import GraphCacheSettings
 from infra.naming import GRAPHS_BUCKET_PREFIX, GRAPHS_PV_READ_ONLY, GRAPHS_PV_READ_WRITE, graphs_bucket_prefix
 from infra.options import after, children
@@ -36,12 +36,20 @@ class StorageArgs:
     region: str
     kubernetes_version: str
     namespace: pulumi.Input[str]
+    # The instance types the pods of each volume run on: the serving pool's (read-only), the publishing Jobs'
+    # (read-write).
+    serving_instance_types: tuple[str, ...]
+    publishing_instance_types: tuple[str, ...]
     cache: GraphCacheSettings = GraphCacheSettings()
 
 
-def graphs_mount_options(region: str, *, read_only: bool) -> list[str]:
+def graphs_mount_options(region: str, instance_types: tuple[str, ...], *, read_only: bool) -> list[str]:
+    # Mountpoint Pods cannot read the instance type from IMDS (hop limit 1, infra/iam.py), so without a target
+    # they would aim at 10 Gbps whatever the NIC: the smallest network figure of the types the volume is mounted
+    # on (infra/catalog.py), which infra/cold_start.py's artifact read assumes too.
     common = [f"region {region}", f"prefix {GRAPHS_BUCKET_PREFIX}", "allow-other",
-              f"uid {CONTAINER_UID}", f"gid {CONTAINER_UID}"]
+              f"uid {CONTAINER_UID}", f"gid {CONTAINER_UID}",
+              f"maximum-throughput-gbps {catalog.mountpoint_gbps(instance_types)}"]
     # Published artifacts never change (their key is their path), so metadata can be cached forever.
     return common + ["read-only", "metadata-ttl indefinite"] if read_only else common
 
@@ -82,10 +90,10 @@ class Storage(pulumi.ComponentResource):
         in_cluster = after(pulumi.ResourceOptions(parent=self), driver)
         self.read_write_claim = self._volume(
             GRAPHS_PV_READ_WRITE, bucket_name, args, "ReadWriteMany",
-            graphs_mount_options(args.region, read_only=False), in_cluster)
+            graphs_mount_options(args.region, args.publishing_instance_types, read_only=False), in_cluster)
         self.read_only_claim = self._volume(
             GRAPHS_PV_READ_ONLY, bucket_name, args, "ReadOnlyMany",
-            graphs_mount_options(args.region, read_only=True), in_cluster)
+            graphs_mount_options(args.region, args.serving_instance_types, read_only=True), in_cluster)
         self.bucket_name = bucket_name
         self.register_outputs({"bucket_name": self.bucket_name, "read_write_claim": self.read_write_claim,
                                "read_only_claim": self.read_only_claim})

@@ -25,8 +25,7 @@ def private_zones(rendering):
 
 
 def test_each_stacks_zones_offer_a_type_of_every_pool_its_pods_use(rendering, stack_config):
-    pools = {stack_config.serving_pool.family: stack_config.serving_pool,
-             stack_config.compile_pool.family: stack_config.compile_pool}.values()
+    pools = stack_config.neuron_pools_in_use
     zones = private_zones(rendering)
     assert len(zones) == stack_config.network.availability_zones
     for zone in zones:

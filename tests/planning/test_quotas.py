@@ -60,7 +60,7 @@ def test_reserved_capacity_counts_against_the_on_demand_quota_once():
 
 
 def test_the_command_prints_region_code_vcpus_and_name_per_quota():
-    assert lines("dev") == ["us-west-2\tL-2C3B7624\t640\tRunning On-Demand Trn instances"]
+    assert lines("dev") == ["us-west-2\tL-2C3B7624\t384\tRunning On-Demand Trn instances"]
     assert lines("prod") == ["us-east-1\tL-1945791B\t1536\tRunning On-Demand Inf instances"]
 
 
@@ -113,9 +113,9 @@ def test_deploy_below_the_quota_says_what_to_request_and_stops_before_pulumi(tmp
     result, calls = run_deploy(tmp_path, quota="256.0")
     assert result.returncode == 1
     assert ("quota L-2C3B7624 (Running On-Demand Trn instances) in us-west-2 is 256.0 vCPUs; the stack's "
-            "NodePools may use 640") in result.stderr
+            "NodePools may use 384") in result.stderr
     assert ("aws service-quotas request-service-quota-increase --region us-west-2 --service-code ec2 "
-            "--quota-code L-2C3B7624 --desired-value 640") in result.stderr
+            "--quota-code L-2C3B7624 --desired-value 384") in result.stderr
     assert "https://us-west-2.console.aws.amazon.com/servicequotas/home/services/ec2/quotas/L-2C3B7624" in result.stderr
     assert not any(call.startswith("pulumi") for call in calls)
 
