@@ -55,9 +55,10 @@ NEURON_DISRUPTION = {
     "consolidationPolicy": "WhenEmpty", "consolidateAfter": "10m",
     "budgets": [{"nodes": "1", "reasons": ["Drifted", "Underutilized"]}, {"nodes": "100%", "reasons": ["Empty"]}],
 }
-# The least the cpu NodePool may hold, whatever the Jobs need: room for what else runs there (Prometheus, the
-# activator) and for a scale-up of them.
-CPU_NODEPOOL_MIN_LIMITS = {"cpu": 256, "memory_gib": 1024}
+# The cpu NodePool holds this multiple of the nodes its pods are sized for: Karpenter starts a replacement before it
+# removes a drifted or consolidated node, and may pick a larger type than the one sized for when the kubelet's
+# reservation on the sized one leaves too little.
+CPU_NODEPOOL_HEADROOM = 2
 
 
 @dataclass
@@ -143,16 +144,17 @@ def cpu_nodepool_spec(config: StackConfig) -> dict:
     """The cpu NodePool: the device-less Jobs (the weights Job and, with compile.pool cpu, every graphs Job) and
     the platform pods that need a Karpenter node (Prometheus, the activator).
 
-    Its limits hold every Job at once, each on a node of the type it is sized for, and the platform node: a Job
-    waiting for room would spend its deadline (activeDeadlineSeconds counts from its start, not its pod's). A node
+    Its limits hold every Job at once, each on a node of the type it is sized for, and the platform node, with
+    CPU_NODEPOOL_HEADROOM: a Job waiting for room would spend its deadline (activeDeadlineSeconds counts from its
+    start, not its pod's). The account's Standard vCPU quota must hold the CPU limit (planning/quotas.py). A node
     under a Job drains within the Job's deadline, as a Neuron node under a compile does (drain_seconds)."""
     settings = WorkloadSettings.of(config)
     jobs = [settings.weights_job_size.instance_type]
     if settings.compile_pool is None:
         jobs += [settings.graphs_job_size.instance_type] * len(config.shapes)
     nodes = [catalog.cpu_instance(name) for name in (*jobs, catalog.CPU_PLATFORM_INSTANCE)]
-    cpu = max(CPU_NODEPOOL_MIN_LIMITS["cpu"], sum(node.vcpus for node in nodes))
-    memory = max(CPU_NODEPOOL_MIN_LIMITS["memory_gib"], sum(node.memory_gib for node in nodes))
+    cpu = CPU_NODEPOOL_HEADROOM * sum(node.vcpus for node in nodes)
+    memory = CPU_NODEPOOL_HEADROOM * sum(node.memory_gib for node in nodes)
     drain = config.compile.timeout_minutes * 60 + disruption.DEFAULT_POD_GRACE_SECONDS
     return {
         "template": {
@@ -162,7 +164,8 @@ def cpu_nodepool_spec(config: StackConfig) -> dict:
                     {"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["c", "m", "r"]},
                     {"key": "karpenter.k8s.aws/instance-generation", "operator": "Gt", "values": ["5"]},
                     {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
-                    {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": [ON_DEMAND, SPOT]},
+                    # What runs here must not be interrupted: hours of compiling, the activator, Prometheus.
+                    {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": [ON_DEMAND]},
                 ],
                 "expireAfter": EXPIRE_AFTER,
                 "terminationGracePeriod": disruption.duration(drain),

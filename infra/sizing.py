@@ -248,3 +248,38 @@ def node_ephemeral_gib(instance_type: str) -> int:
     node = catalog.instance(instance_type)
     capacity = node.instance_store_gb * GB if node.instance_store_gb else catalog.ROOT_VOLUME_GIB * GIB
     return math.floor((capacity * (1 - EVICTION_FREE_SHARE) - IMAGE_BYTES - SYSTEM_DISK_BYTES) / GIB)
+
+
+# How long the steps of a compile take, for scripts/status's "about ... left" (planning/status.py). Estimates: no
+# Neuron compile has run here, and the docs' "one to a few hours per shape" is an estimate too; replace them with
+# the `elapsed_s` that real compiles log. neuronx-cc's time is taken as growing with a component's bfloat16 weights
+# and its sequence (the transformer's image and text tokens, the VAE decoder's image tokens, T5's text tokens,
+# CLIP's fixed 77) relative to REFERENCE_SEQUENCE.
+COMPILE_SECONDS_PER_GB = 150
+REFERENCE_SEQUENCE = 1024
+CLIP_TOKENS = 77
+# Sharding writes each rank's share to scratch and copies it to the bucket: twice its bytes at gp3's baseline.
+SCRATCH_BYTES_PER_SECOND = 125 * 10**6
+
+
+def _sequence(component: Component, image_tokens: int, text_tokens: int) -> int:
+    return {"text_encoder": CLIP_TOKENS, "text_encoder_2": text_tokens, "transformer": image_tokens + text_tokens,
+            "vae_decoder": image_tokens}[component.name]
+
+
+def compile_step_seconds(component: Component, image_tokens: int, text_tokens: int) -> float:
+    """The estimated compile time of one component of a shape."""
+    return (COMPILE_SECONDS_PER_GB * component.bfloat16_bytes / GB
+            * _sequence(component, image_tokens, text_tokens) / REFERENCE_SEQUENCE)
+
+
+def shard_step_seconds(component: Component, dtype: str, tensor_parallel: int) -> float:
+    """The estimated time to shard and stage one rank's share of a component."""
+    return 2 * rank_bytes(component, dtype, tensor_parallel) / SCRATCH_BYTES_PER_SECOND
+
+
+def step_component(step: str) -> Component:
+    """The component a compile step is of: its name, or the name it starts with (a weights step is one rank of a
+    component); the longest match, since text_encoder is a prefix of text_encoder_2."""
+    return max((component for component in FLUX_DEV if step.startswith(component.name)),
+               key=lambda component: len(component.name))
