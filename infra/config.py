@@ -41,6 +41,8 @@ CAPACITY_TYPES = (ON_DEMAND, SPOT, RESERVED)
 MAX_CAPACITY_RESERVATIONS = 30
 _CAPACITY_RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
 MAX_REPLICAS = 100
+# A bound on a Neuron pool's device limit that only a typo reaches: 256 trn1.32xlarge.
+MAX_DEVICES = 4096
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
@@ -252,7 +254,7 @@ class NeuronPool(_Section):
     capacity_types: Annotated[tuple[StrictStr, ...], _that(lambda kinds: all(kind in CAPACITY_TYPES for kind in kinds))] = (
         _rule(f"a non-empty list of capacity types: {', '.join(CAPACITY_TYPES)}", whole=True, min_length=1,
               default=("on-demand",)))
-    max_devices: StrictInt = _integer(1, 4096, missing="required: the NodePool's limit on Neuron devices")
+    max_devices: StrictInt = _integer(1, MAX_DEVICES, missing="required: the NodePool's limit on Neuron devices")
     # On-Demand Capacity Reservations (ODCRs, Capacity Blocks) of the pool's types that `reserved` launches into.
     capacity_reservation_ids: tuple[Annotated[StrictStr, _that(_matches(_CAPACITY_RESERVATION_ID))], ...] = _rule(
         f"a list of at most {MAX_CAPACITY_RESERVATIONS} capacity reservation ids such as cr-0123456789abcdef0",
@@ -827,6 +829,13 @@ class StackConfig(BaseModel):
         """The devices of the serving pods above serving.replicas: what the Spot NodePool must hold."""
         return len(self.shapes) * (self.serving.max_replicas - self.serving.replicas) * self.serving.devices  # type: ignore[operator]
 
+    def max_devices_needed(self, family: str) -> int:
+        """The least maxDevices the family's pool may have (_pools_hold_their_pods)."""
+        if self.neuron_pools[family].allows_spot:
+            return self.on_demand_base_devices(family) + self.spot_burst_devices()
+        return sum(devices for devices, _ in self._device_parts(family, self.serving.max_replicas,
+                                                                 "serving.maxReplicas"))
+
     @model_validator(mode="after")
     def _pools_hold_their_pods(self) -> StackConfig:
         """Each family's device limit holds, at once, every shape at serving.maxReplicas plus its rollout
@@ -834,23 +843,22 @@ class StackConfig(BaseModel):
         would stay Pending. Where the family allows Spot, the on-demand base holds serving.replicas, the
         surge and the compile Jobs, and the rest of the limit (the Spot pool's) the pods above them."""
         for family, pool in self.neuron_pools.items():
+            needed = self.max_devices_needed(family)
+            if needed <= pool.max_devices:
+                continue
             if pool.allows_spot:
                 base, burst = self.on_demand_base_devices(family), self.spot_burst_devices()
                 counted = " + ".join(text for _, text in self._device_parts(
                     family, self.serving.replicas, "serving.replicas"))
-                if base + burst > pool.max_devices:
-                    raise _not_allowed(
-                        f"at least {base + burst}: the on-demand base {base} ({counted}, rounded up to whole "
-                        f"{pool.largest_node_devices}-device nodes) + the Spot burst {burst} ({len(self.shapes)} "
-                        f"shapes x (serving.maxReplicas {self.serving.max_replicas} - serving.replicas "
-                        f"{self.serving.replicas}) x {self.serving.devices} devices)",
-                        _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
-                continue
+                raise _not_allowed(
+                    f"at least {needed}: the on-demand base {base} ({counted}, rounded up to whole "
+                    f"{pool.largest_node_devices}-device nodes) + the Spot burst {burst} ({len(self.shapes)} "
+                    f"shapes x (serving.maxReplicas {self.serving.max_replicas} - serving.replicas "
+                    f"{self.serving.replicas}) x {self.serving.devices} devices)",
+                    _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
             parts = self._device_parts(family, self.serving.max_replicas, "serving.maxReplicas")
-            needed = sum(devices for devices, _ in parts)
-            if needed > pool.max_devices:
-                raise _not_allowed(f"at least {needed}: {' + '.join(text for _, text in parts)}",
-                                   _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
+            raise _not_allowed(f"at least {needed}: {' + '.join(text for _, text in parts)}",
+                               _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
         return self
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ collectives through ``torch.distributed``, so ``ColumnParallelLinear``, ``RowPar
 and ``parallel_state`` run here unchanged, from the vendored source (commit ``NXD_COMMIT``).
 Only modules they import unconditionally that cannot exist off Neuron get small stand-ins:
 ``torch_xla``, ``torch_neuronx`` and ``neuronxcc`` (constants and rank queries, no computation).
-Recipe: /work/shared/reference/neuron-flux-apis.md, section 6.
+Recipe: ../shared/reference/neuron-flux-apis.md (beside the clone), section 6.
 """
 
 from __future__ import annotations
