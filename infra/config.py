@@ -599,12 +599,12 @@ class StackConfig(BaseModel):
         allowed="a non-empty list of shapes 'HxW'", min_length=1)
     network: NetworkSettings = _stack_key(
         "{cidr (IPv4 /16-/20), availabilityZones (2-3: the VPC takes that many zones, in name order, of those "
-        "where EC2 offers an instance type of the serving pool and one of a Neuron compile pool; fewer such zones "
+        "where EC2 offers an instance type of the serving pool and one of the compile pool; fewer such zones "
         "is refused), zones (optional: 2-3 zone names to keep, each held to the same rule; "
         "availabilityZones is then their number)}; ignored with existingVpc", default=NetworkSettings())
     existing_vpc: ExistingVpc | None = _stack_key(
         "optional {vpcId, privateSubnetIds (>=2, each in a zone where EC2 offers an instance type of the "
-        "serving pool and one of a Neuron compile pool), publicSubnetIds (>=2)}", default=None)
+        "serving pool and one of the compile pool), publicSubnetIds (>=2)}", default=None)
     system_nodes: SystemNodes = _stack_key(
         "{instanceType, minSize (1-10), desiredSize (min-max), maxSize (min-10)}", default=SystemNodes())
     image: ImageSettings = _stack_key(

@@ -7,7 +7,9 @@ past its `maxDevices` (kubernetes-sigs/karpenter's scheduler drops such instance
 that many devices (instance facts from infra/catalog.py). A pool allowed both On-Demand and Spot may
 launch all of it as either, so each of those quotas must hold all of it (reserved capacity counts as
 On-Demand); pools of one class add up. The cpu NodePool may hold its CPU limit of Standard instances,
-on-demand.
+on-demand. The system node group draws on that quota too, at most systemNodes.maxSize nodes of a type the config
+leaves open (any general-purpose type, whose vCPUs infra/catalog.py does not list): not counted here, a few vCPUs
+(dev: 4 x m7i.xlarge, 16) for the quota's headroom to hold.
 Instances of the class that something else in the account runs count against the same quota: these
 are the stack's needs alone. scripts/deploy compares them with the account's quotas before `pulumi up`.
 
