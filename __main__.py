@@ -2,6 +2,7 @@
 
 import pulumi
 
+from infra.activation import Activation, ActivationArgs
 from infra.cluster import Cluster, ClusterArgs
 from infra.config import load_stack_config, raw_pulumi_config, validate_project_name, validate_stack_name
 from infra.image import Image, ImageArgs
@@ -22,11 +23,10 @@ validate_project_name(pulumi.get_project())
 validate_stack_name(pulumi.get_stack())
 config = load_stack_config(raw_pulumi_config())
 cluster_name = stack_resource_name(pulumi.get_stack())
+workload_settings = WorkloadSettings.of(config)
 
 network = Network("network", NetworkArgs(
-    cluster_name, config.network,
-    neuron_pools=tuple({pool.family: pool for pool in (config.serving_pool, config.compile_pool)}.values()),
-    existing=config.existing_vpc))
+    cluster_name, config.network, neuron_pools=config.neuron_pools_in_use, existing=config.existing_vpc))
 cluster = Cluster("cluster", ClusterArgs(
     cluster_name=cluster_name,
     kubernetes_version=config.kubernetes_version,
@@ -68,8 +68,9 @@ storage = Storage("graphs", StorageArgs(
     region=config.region,
     kubernetes_version=config.kubernetes_version,
     namespace=cluster.workload_namespace,
-    cache=config.graph_cache,
     serving_instance_types=config.serving_pool.instance_types,
+    publishing_instance_types=workload_settings.publishing_instance_types,
+    cache=config.graph_cache,
 ), opts=in_cluster())
 neuron = Neuron("neuron", NeuronArgs(config.kubernetes_version), opts=in_cluster())
 load_balancer_controller = LoadBalancerController("ingress-controller", LoadBalancerControllerArgs(
@@ -101,9 +102,14 @@ Observability("observability", ObservabilityArgs(
     interruption_queue_name=karpenter.queue_name,
     watched=[karpenter, monitoring.prometheus],
 ), opts=pulumi.ResourceOptions(depends_on=cluster.addons))
+Activation("activation", ActivationArgs(
+    image_ref=image.image_ref,
+    namespace=cluster.workload_namespace,
+    read_write_claim=storage.read_write_claim,
+), opts=in_cluster(*pods_after))
 workloads = Workloads("workloads", WorkloadsArgs(
     shapes=config.shapes,
-    settings=WorkloadSettings.of(config),
+    settings=workload_settings,
     image_ref=image.image_ref,
     hf_token=pulumi.Output.secret(config.hf_token),
     namespace=cluster.workload_namespace,

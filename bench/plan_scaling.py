@@ -1,22 +1,28 @@
 """How the offline plan scales with the number of shapes a stack serves.
 
-    python -m bench.plan_scaling                 # dev with 3, 12 and 48 shapes
-    python -m bench.plan_scaling --stack prod --counts 3 96
+    .venv/bin/python -m bench.plan_scaling                 # dev with 3, 12 and 48 shapes
+    .venv/bin/python -m bench.plan_scaling --stack prod --counts 3 96
 
-Each count runs the real program once under mocks with `flux-neuron:shapes` overridden, then
-renders the files and runs every check, as `python -m planning --out --check` would. One run
-per count: the numbers are an order of magnitude, not a benchmark to compare commits by.
+Each count runs the real program once under mocks with `flux-neuron:shapes` overridden, and each Neuron pool's
+`maxDevices` raised to what that many shapes need (the config refuses less), then renders the files and runs
+every check, as `python -m planning --out --check` would. One run per count: the numbers are an order of
+magnitude, not a benchmark to compare commits by.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from common.shapes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, parse_shape
+from infra.config import MAX_DEVICES, load_stack_config
 from planning.checks import check
-from planning.offline import run_program, stack_names
+from planning.offline import run_program, stack_file_config, stack_names, with_overrides
 from planning.render import render_files
+
+SHAPES_KEY = "flux-neuron:shapes"
+POOLS_KEY = "flux-neuron:neuronPools"
 
 
 def shapes(count: int) -> list[str]:
@@ -31,6 +37,17 @@ def shapes(count: int) -> list[str]:
     return chosen
 
 
+def overrides(stack: str, count: int) -> dict:
+    """The stack's config with `count` shapes, and pools holding what they need."""
+    raw = stack_file_config(stack)[0]
+    pools = json.loads(raw[POOLS_KEY])
+    roomy = {family: {**pool, "maxDevices": MAX_DEVICES} for family, pool in pools.items()}
+    config = load_stack_config(with_overrides(raw, {SHAPES_KEY: shapes(count), POOLS_KEY: roomy}))
+    sized = {family: {**pool, "maxDevices": max(pool["maxDevices"], config.max_devices_needed(family))}
+             for family, pool in pools.items()}
+    return {SHAPES_KEY: shapes(count), POOLS_KEY: sized}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", default="dev", choices=stack_names())
@@ -43,7 +60,7 @@ def main() -> None:
           f"{'per shape ms':>12}")
     for count in args.counts:
         start = time.perf_counter()
-        rendering = run_program(args.stack, {"flux-neuron:shapes": shapes(count)})
+        rendering = run_program(args.stack, overrides(args.stack, count))
         ran = time.perf_counter()
         render_files(rendering)
         rendered = time.perf_counter()

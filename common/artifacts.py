@@ -5,7 +5,8 @@ and the parts of the artifact key the deploy program names compile Jobs by."""
 # graphs' key (model.keys.graphs_key), so old artifacts are never reused, and of the compile Jobs' names
 # (infra.pods.artifact_key), so a bump runs them again. 3: ModelBuilder graphs without their weights.
 COMPILE_CODE_VERSION = 3
-# The same for the weights artifact (model.keys.weights_key): how a checkpoint is cut into per-rank files.
+# The same for the weights artifact (model.keys.weights_key), how a checkpoint is cut into per-rank files, and
+# the weights Job's name (infra.pods.weights_key).
 WEIGHTS_FORMAT_VERSION = 1
 # The libraries whose code is traced into every graph, whatever the backend: their installed
 # versions are part of the artifact key (the pins of serving/requirements.txt, or the DLC's).

@@ -1,4 +1,4 @@
-"""The cold-start budget: from a scale-up event to a serving pod's /readyz, per Neuron family and shape.
+"""The cold-start budget: from a scale-up event to a serving pod's /readyz, per serving pool and shape.
 
 One place for the numbers the serving pods are sized from (infra/pods.py: the startup
 probe, the rollout deadline, the HPA's scale-up period) and that docs/cold-start.md shows
@@ -12,15 +12,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from infra import sizing
-from infra.storage import MOUNTPOINT_DEFAULT_GBPS, mountpoint_target_gbps
+from infra import catalog, sizing
+from common import activation
 from common.artifacts import MAX_READERS
 from common.shapes import Shape, parse_shape
 
 # Neuron compiles and serves bfloat16 (both stacks do); the budget is for that.
 BUDGET_DTYPE = "bfloat16"
-# FLUX.1-dev's graphs in bf16, GB, from the sizing model. The weights are inlined into the compiled
-# graphs, so an artifact is about this big whatever the shape.
+# FLUX.1-dev's weights in bf16, GB, from the sizing model: what a serving pod reads (its weights artifact; a
+# shape's graphs hold no weights and add little), whatever the shape.
 FLUX_DEV_GRAPH_GB = {component.name: component.bytes(BUDGET_DTYPE) / sizing.GB for component in sizing.FLUX_DEV}
 ARTIFACT_GB = sizing.artifact_bytes(BUDGET_DTYPE) / sizing.GB
 
@@ -46,22 +46,19 @@ SNAPSHOT_LAZY_RESTORE_S = 60
 # How a new node comes by the image, and its seconds.
 PULLED, SNAPSHOT, SNAPSHOT_FSR = "image pulled", "snapshot", "snapshot + FSR"
 IMAGE_ON_NEW_NODE_S = {PULLED: IMAGE_PULL_S, SNAPSHOT: SNAPSHOT_LAZY_RESTORE_S, SNAPSHOT_FSR: SNAPSHOT_FAST_RESTORE_S}
-# Python start: importing torch, transformers, diffusers (and torch-neuronx on the nodes). Twice per
-# pod: the wait-for-graphs init container resolves the key, then the server starts. Assumption.
+# A serving pod is created gated (common/activation.py): for a key already published, the activator lifts the
+# gate at its next look for gated pods, at most this long after the pod appears (then the node launch starts).
+ACTIVATION_S = activation.INTERVAL_SECONDS
+# Python start: importing torch, transformers, diffusers (and torch-neuronx on the nodes). Assumption.
 PYTHON_START_S = 15
-# The read-only graph volume sets Mountpoint's throughput target to the serving instance's network bandwidth
-# (infra.storage.mountpoint_target_gbps: what Mountpoint would target itself had IMDS told it the type; 10 Gbps
-# where it cannot tell, mount-s3 --help, --maximum-throughput-gbps). The budget reads at that target, or at
+# The graph volumes set Mountpoint's throughput target to the serving types' network figure (infra/storage.py,
+# catalog.mountpoint_gbps: what Mountpoint would target itself had IMDS told it the type; 10 Gbps where it
+# cannot tell, mount-s3 --help, --maximum-throughput-gbps). The budget reads at that target, or at
 # what the pod's verified copy keeps up with if that is less: its MAX_READERS readers, two per core, keep
 # MAX_READERS / 2 cores busy, and the copy costs 0.97 CPU-seconds per GB (python -m bench.cold_start: 1.936
 # CPU-seconds for 2 GB, below), so about 8.3 GB/s (66 Gbps).
 VERIFIED_COPY_CPU_S_PER_GB = 1.936 / 2
 VERIFIED_COPY_GBPS = MAX_READERS / 2 / VERIFIED_COPY_CPU_S_PER_GB * 8
-# Per Neuron family, the smallest instance type that holds a FLUX.1-dev serving pod, the slowest to read on:
-# trn1.2xlarge and the one-device inf2 types have 32 GiB of HBM, less than the 34 GB of graphs; trn2.3xlarge
-# has 96 GiB. Both stacks serve on these or larger.
-BUDGET_INSTANCE_TYPES = {"trn1": "trn1.32xlarge", "trn1n": "trn1n.32xlarge", "trn2": "trn2.3xlarge",
-                         "inf2": "inf2.24xlarge"}
 # Loading the NEFFs onto the NeuronCores (torch.jit.load, parallel_model_load, lazily completed by
 # the first forward). Assumption: no Neuron hardware here and no published figure; ~0.5 GB/s.
 GRAPH_LOAD_S = 70
@@ -79,7 +76,8 @@ ON_NEW_NODE_GOAL_S = 4 * 60
 STARTUP_PROBE_MARGIN = 3
 
 BUDGET_SHAPES = ("256x144", "1024x576")
-BUDGET_FAMILIES = ("trn1", "inf2")
+# The serving pools of the dev and prod stacks.
+BUDGET_POOLS = (("trn1.32xlarge",), ("inf2.24xlarge", "inf2.48xlarge"))
 
 
 def warm_up_seconds(family: str, shape: Shape) -> float:
@@ -91,16 +89,15 @@ def warm_up_seconds(family: str, shape: Shape) -> float:
     return max(small_ms, small_ms + slope * (shape.image_tokens - small_tokens)) / 1000
 
 
-def artifact_read_seconds(family: str) -> float:
-    """The artifact read on the family's budget instance type: at Mountpoint's target for it, or at what the
+def artifact_read_seconds(instance_types: tuple[str, ...]) -> float:
+    """The artifact read on a pool of these types: at Mountpoint's target for the slowest, or at what the
     verified copy keeps up with, whichever is slower."""
-    target = mountpoint_target_gbps((BUDGET_INSTANCE_TYPES[family],)) or MOUNTPOINT_DEFAULT_GBPS
-    return ARTIFACT_GB * 8 / min(target, VERIFIED_COPY_GBPS)
+    return ARTIFACT_GB * 8 / min(catalog.mountpoint_gbps(instance_types), VERIFIED_COPY_GBPS)
 
 
 @dataclass(frozen=True)
 class Budget:
-    family: str
+    instance_types: tuple[str, ...]
     shape: Shape
     steps: dict[str, float]  # step -> seconds, in the order they happen
 
@@ -126,31 +123,32 @@ class Budget:
         return self.on_new_node - self.steps["image on node"] + IMAGE_ON_NEW_NODE_S[image]
 
 
-def budget(family: str, shape: Shape, fast_snapshot_restore: bool = True) -> Budget:
-    """The budget of a pod whose new node restores the image-cache snapshot, fast or lazily."""
-    return Budget(family, shape, {
+def budget(instance_types: tuple[str, ...], shape: Shape, fast_snapshot_restore: bool = True) -> Budget:
+    """The budget of a serving pod of `shape` on a pool of these instance types (one family) whose new node
+    restores the image-cache snapshot, fast or lazily."""
+    return Budget(instance_types, shape, {
+        "activation": ACTIVATION_S,
         "node launch": NODE_LAUNCH_S,
         "image on node": IMAGE_ON_NEW_NODE_S[SNAPSHOT_FSR if fast_snapshot_restore else SNAPSHOT],
-        "resolve": PYTHON_START_S,
         "server start": PYTHON_START_S,
-        "artifact read": artifact_read_seconds(family),
+        "artifact read": artifact_read_seconds(instance_types),
         "graph load": GRAPH_LOAD_S,
-        "warm-up": warm_up_seconds(family, shape),
+        "warm-up": warm_up_seconds(catalog.family_of(instance_types[0]), shape),
     })
 
 
-def startup_probe_seconds(family: str, shape: Shape) -> int:
+def startup_probe_seconds(instance_types: tuple[str, ...], shape: Shape) -> int:
     """How long the startup probe lets a serving container take to become ready."""
-    return math.ceil(budget(family, shape).in_container * STARTUP_PROBE_MARGIN)
+    return math.ceil(budget(instance_types, shape).in_container * STARTUP_PROBE_MARGIN)
 
 
-def scale_up_period_seconds(family: str, shape: Shape, fast_snapshot_restore: bool) -> int:
+def scale_up_period_seconds(instance_types: tuple[str, ...], shape: Shape, fast_snapshot_restore: bool) -> int:
     """The HPA's scale-up period: how long pods it adds take to serve when they need a new node.
 
     Within one period the HPA adds at most what its policies allow; only after it have those
     pods' capacity in the metric, so a shorter period would keep adding for load they will take.
     """
-    return math.ceil(budget(family, shape, fast_snapshot_restore).on_new_node)
+    return math.ceil(budget(instance_types, shape, fast_snapshot_restore).on_new_node)
 
 
 def _minutes(seconds: float) -> str:
@@ -160,16 +158,16 @@ def _minutes(seconds: float) -> str:
 def budget_table() -> str:
     """The budget as the Markdown table docs/cold-start.md shows: the steps with the image-cache snapshot
     restored fast, then the totals on a node that is up and on a new node for each way it gets the image."""
-    steps = list(budget(BUDGET_FAMILIES[0], parse_shape(BUDGET_SHAPES[0])).steps)
-    header = ["family", "shape", *(f"{step} (s)" for step in steps), "node up",
+    steps = list(budget(BUDGET_POOLS[0], parse_shape(BUDGET_SHAPES[0])).steps)
+    header = ["instance types", "shape", *(f"{step} (s)" for step in steps), "node up",
               *(f"new node, {image}" for image in IMAGE_ON_NEW_NODE_S)]
     rows = []
-    for family in BUDGET_FAMILIES:
+    for pool in BUDGET_POOLS:
         for name in BUDGET_SHAPES:
-            plan = budget(family, parse_shape(name))
+            plan = budget(pool, parse_shape(name))
             totals = [(plan.on_running_node, ON_RUNNING_NODE_GOAL_S),
                       *((plan.on_new_node_with(image), ON_NEW_NODE_GOAL_S) for image in IMAGE_ON_NEW_NODE_S)]
-            rows.append([family, name, *(f"{plan.steps[step]:.3g}" for step in steps),
+            rows.append([", ".join(pool), name, *(f"{plan.steps[step]:.3g}" for step in steps),
                          *(f"{_minutes(total)} {'ok' if total <= goal else 'over'}" for total, goal in totals)])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

@@ -29,8 +29,8 @@ from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError, PydanticUndefined
 
-from infra import catalog, disruption, sizing, versions
-from infra.naming import ON_DEMAND, PROJECT, SPOT, graphs_bucket_prefix, stack_resource_name
+from infra import catalog, disruption, regions, sizing, versions
+from infra.naming import CPU_NODEPOOL, ON_DEMAND, PROJECT, SPOT, graphs_bucket_prefix, stack_resource_name
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
 # Karpenter launches into a capacity reservation only when the EC2NodeClass selects it (its ReservedCapacity
@@ -41,11 +41,12 @@ CAPACITY_TYPES = (ON_DEMAND, SPOT, RESERVED)
 MAX_CAPACITY_RESERVATIONS = 30
 _CAPACITY_RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
 MAX_REPLICAS = 100
-_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+# A bound on a Neuron pool's device limit that only a typo reaches: 256 trn1.32xlarge.
+MAX_DEVICES = 4096
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
-_ZONE_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
+_ZONE_NAME = re.compile(r"^[a-z]{2}-[a-z]+-\d[a-z]$")
 _SYSTEM_INSTANCE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # registry/repository@sha256:<digest>: a tag can move, a digest cannot.
 _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+@sha256:[0-9a-f]{64}$")
@@ -253,7 +254,7 @@ class NeuronPool(_Section):
     capacity_types: Annotated[tuple[StrictStr, ...], _that(lambda kinds: all(kind in CAPACITY_TYPES for kind in kinds))] = (
         _rule(f"a non-empty list of capacity types: {', '.join(CAPACITY_TYPES)}", whole=True, min_length=1,
               default=("on-demand",)))
-    max_devices: StrictInt = _integer(1, 4096, missing="required: the NodePool's limit on Neuron devices")
+    max_devices: StrictInt = _integer(1, MAX_DEVICES, missing="required: the NodePool's limit on Neuron devices")
     # On-Demand Capacity Reservations (ODCRs, Capacity Blocks) of the pool's types that `reserved` launches into.
     capacity_reservation_ids: tuple[Annotated[StrictStr, _that(_matches(_CAPACITY_RESERVATION_ID))], ...] = _rule(
         f"a list of at most {MAX_CAPACITY_RESERVATIONS} capacity reservation ids such as cr-0123456789abcdef0",
@@ -291,7 +292,7 @@ class NeuronPool(_Section):
     def _spot_over_an_on_demand_base(self) -> NeuronPool:
         if SPOT in self.capacity_types and ON_DEMAND not in self.capacity_types:
             raise _not_allowed(f"a list with {ON_DEMAND} too when it has {SPOT}: the pool's base (serving.replicas, "
-                               f"the rollout surge, compile Jobs) runs on-demand, Spot only holds serving burst",
+                               f"the rollout surge, graphs Jobs compiling on it) runs on-demand, Spot only holds serving burst",
                                "capacityTypes", value=list(self.capacity_types))
         return self
 
@@ -324,6 +325,9 @@ class NeuronPool(_Section):
                                     counts=", ".join(map(str, self.valid_device_counts)))
 
 
+# Device-less compiles (NxD's ModelBuilder traces on the CPU and neuronx-cc compiles for a --target without a
+# NeuronCore) run on the cpu NodePool: compile.pool `cpu`.
+CPU_COMPILE_POOL = CPU_NODEPOOL
 # StackConfig checks the pool and the devices against the configured pools.
 _POOL = _rule("a configured neuronPools family")
 _DEVICES = _rule("a device count that schedules on the pool", default=None)
@@ -335,7 +339,7 @@ _Reason = Annotated[StrictStr, _that(lambda reason: bool(reason.strip()))]
 
 
 class CompileSettings(_Section):
-    pool: StrictStr = _POOL
+    pool: StrictStr = _rule(f"{CPU_COMPILE_POOL} or serving.pool's family", default=CPU_COMPILE_POOL)
     # What tensor_parallel needs on the pool (infra.sizing), unless extra_devices_reason says why more;
     # StackConfig derives it when it is not given.
     devices: StrictInt | None = _DEVICES
@@ -561,8 +565,9 @@ class StackConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", alias_generator=_stack_key_alias,
                               validate_by_name=True, validate_by_alias=True)
 
-    region: Annotated[StrictStr, _that(_matches(_REGION))] = _stack_key(
-        "required; an AWS region such as us-west-2", allowed="an AWS region such as us-west-2", alias="aws:region")
+    region: Annotated[StrictStr, _that(lambda region: region in regions.REGIONS)] = _stack_key(
+        "required; an AWS commercial region such as us-west-2 (infra/regions.py lists them)",
+        allowed="an AWS commercial region: " + ", ".join(regions.REGIONS), alias="aws:region")
     kubernetes_version: Annotated[StrictStr, _that(lambda release: release in versions.KUBERNETES_RELEASES)] = (
         _stack_key(f"one of {', '.join(versions.KUBERNETES_RELEASES)}", default="1.33",
                    allowed=f"one of {', '.join(versions.KUBERNETES_RELEASES)} (the minors whose add-ons are pinned)"))
@@ -572,24 +577,26 @@ class StackConfig(BaseModel):
         "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
         + ") -> {instanceTypes (of that family; default all), capacityTypes "
         f"({', '.join(CAPACITY_TYPES)}; default [on-demand]; {RESERVED} needs capacityReservationIds; "
-        f"compile.pool's must have {ON_DEMAND}; {SPOT} only "
+        f"a Neuron compile.pool's must have {ON_DEMAND}; {SPOT} only "
         f"with {ON_DEMAND}, on serving.pool, and with serving.maxReplicas above serving.replicas: the family then "
         "gets an on-demand base NodePool holding every shape at serving.replicas plus its rollout surge and every "
-        "compile Job, rounded up to whole nodes of its largest instance type, and a Spot NodePool with the rest of "
-        "maxDevices for the serving pods above serving.replicas), maxDevices (the family's device limit, required; "
-        "at least every shape at serving.maxReplicas plus its rollout surge, and every compile Job, on the pools "
-        "they use), "
+        "graphs Job compiling on it, rounded up to whole nodes of its largest instance type, and a Spot NodePool "
+        "with the rest of maxDevices for the serving pods above serving.replicas), maxDevices (the family's device "
+        "limit, required; at least every shape at serving.maxReplicas plus its rollout surge, and every graphs Job "
+        "compiling on the family), "
         "capacityReservationIds (with reserved only: ids cr-... of On-Demand Capacity Reservations or Capacity "
         f"Blocks for the pool's types in the stack's zones, each id once, at most {MAX_CAPACITY_RESERVATIONS} "
         "over all pools; Karpenter launches into them before on-demand or spot)}",
         allowed="a non-empty map keyed by family: " + ", ".join(catalog.NEURON_FAMILIES), min_length=1)
     compile: CompileSettings = _stack_key(
-        "required; {pool (a neuronPools family with an instance type whose memory holds one compile worker), "
-        "tensorParallel (" + ", ".join(map(str, sizing.tensor_parallel_degrees()))
+        f"required; {{pool ({CPU_COMPILE_POOL}, the default: device-less compiles on the cpu NodePool, sized by "
+        "infra/sizing.py; or serving.pool's family, which then needs an instance type whose memory holds one "
+        "compile; another family is refused: the graphs are compiled for serving.pool's), tensorParallel (" + ", ".join(map(str, sizing.tensor_parallel_degrees()))
         + ": divides the attention heads (" + sizing.sharded_heads()
-        + "), and large enough that one rank per NeuronCore fits the serving pool's HBM), devices (default: "
-        + _DERIVED_DEVICES + "), extraDevicesReason "
-        "(why devices exceeds that default; required then, refused otherwise), timeoutMinutes (10-1440)}")
+        + "), and large enough that one rank per NeuronCore fits the serving pool's HBM), devices (a Neuron "
+        "compile.pool only; default: " + _DERIVED_DEVICES + "), extraDevicesReason "
+        "(why devices exceeds that default; required then, refused otherwise), timeoutMinutes (10-1440: each "
+        "Job's deadline)}")
     serving: ServingSettings = _stack_key(
         "required; {pool (a neuronPools family), devices (default: " + _DERIVED_DEVICES
         + "), extraDevicesReason (as compile's), replicas (1-100), maxReplicas (replicas-100; default "
@@ -621,7 +628,8 @@ class StackConfig(BaseModel):
     # Never printed.
     hf_token: Annotated[SecretText, PlainValidator(_hf_token)] = _stack_key(
         "required; a secret (`pulumi config set --secret hfToken hf_...`): a HuggingFace access token "
-        "that can read the model, 'hf_' then letters and digits; only compile Jobs receive it", repr=False)
+        "that can read the model, 'hf_' then letters and digits; only the weights and graphs Jobs receive it",
+        repr=False)
     ingress: IngressSettings = _stack_key(
         "optional {certificateArn (an ACM certificate ARN in the stack's region: HTTPS on 443, HTTP only "
         "redirects to it), internal (true: an internal load balancer, reachable from the VPC only; default "
@@ -678,10 +686,15 @@ class StackConfig(BaseModel):
         pools: dict[str, NeuronPool] | None = info.data.get("neuron_pools")
         if pools is None or not isinstance(value, (dict, _Section)):  # that error comes first
             return handler(value)
-        given = value.get("pool") if isinstance(value, dict) else value.pool
+        given = value.get("pool", CPU_COMPILE_POOL if info.field_name == "compile" else None) \
+            if isinstance(value, dict) else value.pool
+        if info.field_name == "compile" and given == CPU_COMPILE_POOL:
+            return _device_less(handler(value))
         pool = pools.get(given) if isinstance(given, str) else None
         if pool is None:
-            raise _not_allowed("one of the configured neuronPools: " + ", ".join(pools), "pool", value=given)
+            allowed = "one of the configured neuronPools: " + ", ".join(pools)
+            raise _not_allowed(f"{CPU_COMPILE_POOL} or {allowed}" if info.field_name == "compile" else allowed,
+                               "pool", value=given)
         try:
             settings = handler(value)
         except ValidationError as error:
@@ -728,9 +741,20 @@ class StackConfig(BaseModel):
         return ingress
 
     @model_validator(mode="after")
+    def _compiles_for_its_own_family(self) -> StackConfig:
+        """neuronx-cc compiles for serving.pool's family (--target); a Neuron node compiles only for its own family,
+        and the cpu NodePool for any (device-less)."""
+        if self.compile.pool not in (CPU_COMPILE_POOL, self.serving.pool):
+            raise _not_allowed(
+                f"{CPU_COMPILE_POOL} (a device-less compile on the cpu NodePool, the default) or {self.serving.pool}, "
+                "the family serving.pool serves on: the graphs are compiled for that family, and a Neuron node "
+                "compiles only for its own", _key("compile"), "pool", value=self.compile.pool)
+        return self
+
+    @model_validator(mode="after")
     def _fits_its_pools(self) -> StackConfig:
         """One degree for compiling and serving (the graphs are compiled for the ranks that serve them): its
-        shards fit the serving pool's HBM, and one compile worker the compile pool's memory."""
+        shards fit the serving pool's HBM, and a Neuron compile pool has the memory of one compile."""
         tensor_parallel, family = self.compile.tensor_parallel, self.serving_pool.family
         fitting = sizing.fitting_tensor_parallel(family, self.dtype)
         if tensor_parallel not in fitting:
@@ -739,22 +763,36 @@ class StackConfig(BaseModel):
                 f"{' or '.join(map(str, fitting)) or 'no degree'} on {family} in {self.dtype} (at {tensor_parallel} "
                 f"ranks, one per NeuronCore, core 0 would need {per_core:.1f} GiB of its "
                 f"{catalog.HBM_GIB_PER_CORE[family]} GiB HBM)", _key("compile"), "tensorParallel", value=tensor_parallel)
-        if sizing.compile_plan(self.compile_pool.instance_types, self.compile.devices,  # type: ignore[arg-type]
-                               tensor_parallel, self.dtype) is None:
+        compile_pool = self.compile_pool
+        memory = sizing.compile_memory_bytes(self.dtype, tensor_parallel)
+        if compile_pool is not None and sizing.neuron_compile_size(
+                compile_pool.instance_types, self.compile.devices, memory, 0) is None:  # type: ignore[arg-type]
+            needed = math.ceil((memory + sizing.NODE_RESERVED_BYTES) / sizing.GIB)
             raise _not_allowed(
-                f"a pool with an instance type of at least {sizing.compile_host_gib_needed(tensor_parallel, self.dtype)}"
-                " GiB: one compile worker builds the whole transformer", _key("compile"), "pool",
-                value=self.compile.pool)
+                f"{CPU_COMPILE_POOL}, or a pool with an instance type of at least {needed} GiB holding "
+                f"compile.devices: one compile builds the transformer once and traces a rank of it (an estimate)",
+                _key("compile"), "pool", value=self.compile.pool)
+        return self
+
+    @model_validator(mode="after")
+    def _zones_of_the_region(self) -> StackConfig:
+        """Listed zones exist in the stack's region (infra/regions.py): a typo is refused before EC2 is asked."""
+        known = regions.zones(self.region)
+        for index, zone in enumerate(self.network.zones or ()):
+            if zone not in known:
+                raise _not_allowed(f"an availability zone of {self.region}: {', '.join(known)}",
+                                   _key("network"), "zones", index, value=zone)
         return self
 
     @model_validator(mode="after")
     def _on_demand_where_it_must_be(self) -> StackConfig:
         """Compile Jobs run on-demand only, so their pool has it; Spot holds serving burst, so only serving's pool
         may allow it, and only with pods above serving.replicas to hold."""
-        if ON_DEMAND not in self.compile_pool.capacity_types:
+        compile_pool = self.compile_pool
+        if compile_pool is not None and ON_DEMAND not in compile_pool.capacity_types:
             raise _not_allowed(f"a list with {ON_DEMAND}: compile.pool's Jobs run on-demand only (an interruption "
                                "would lose hours of compiling)", _key("neuronPools"), self.compile.pool,
-                               "capacityTypes", value=list(self.compile_pool.capacity_types))
+                               "capacityTypes", value=list(compile_pool.capacity_types))
         for family, pool in self.neuron_pools.items():
             if not pool.allows_spot:
                 continue
@@ -791,7 +829,7 @@ class StackConfig(BaseModel):
                           f"{self.serving.devices} devices"))
         if self.compile.pool == family:
             parts.append((shapes * self.compile.devices,  # type: ignore[operator]
-                          f"{shapes} compile Jobs x {self.compile.devices} devices"))
+                          f"{shapes} graphs Jobs x {self.compile.devices} devices"))
         return parts
 
     def on_demand_base_devices(self, family: str) -> int:
@@ -806,6 +844,13 @@ class StackConfig(BaseModel):
         """The devices of the serving pods above serving.replicas: what the Spot NodePool must hold."""
         return len(self.shapes) * (self.serving.max_replicas - self.serving.replicas) * self.serving.devices  # type: ignore[operator]
 
+    def max_devices_needed(self, family: str) -> int:
+        """The least maxDevices the family's pool may have (_pools_hold_their_pods)."""
+        if self.neuron_pools[family].allows_spot:
+            return self.on_demand_base_devices(family) + self.spot_burst_devices()
+        return sum(devices for devices, _ in self._device_parts(family, self.serving.max_replicas,
+                                                                 "serving.maxReplicas"))
+
     @model_validator(mode="after")
     def _pools_hold_their_pods(self) -> StackConfig:
         """Each family's device limit holds, at once, every shape at serving.maxReplicas plus its rollout
@@ -813,23 +858,22 @@ class StackConfig(BaseModel):
         would stay Pending. Where the family allows Spot, the on-demand base holds serving.replicas, the
         surge and the compile Jobs, and the rest of the limit (the Spot pool's) the pods above them."""
         for family, pool in self.neuron_pools.items():
+            needed = self.max_devices_needed(family)
+            if needed <= pool.max_devices:
+                continue
             if pool.allows_spot:
                 base, burst = self.on_demand_base_devices(family), self.spot_burst_devices()
                 counted = " + ".join(text for _, text in self._device_parts(
                     family, self.serving.replicas, "serving.replicas"))
-                if base + burst > pool.max_devices:
-                    raise _not_allowed(
-                        f"at least {base + burst}: the on-demand base {base} ({counted}, rounded up to whole "
-                        f"{pool.largest_node_devices}-device nodes) + the Spot burst {burst} ({len(self.shapes)} "
-                        f"shapes x (serving.maxReplicas {self.serving.max_replicas} - serving.replicas "
-                        f"{self.serving.replicas}) x {self.serving.devices} devices)",
-                        _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
-                continue
+                raise _not_allowed(
+                    f"at least {needed}: the on-demand base {base} ({counted}, rounded up to whole "
+                    f"{pool.largest_node_devices}-device nodes) + the Spot burst {burst} ({len(self.shapes)} "
+                    f"shapes x (serving.maxReplicas {self.serving.max_replicas} - serving.replicas "
+                    f"{self.serving.replicas}) x {self.serving.devices} devices)",
+                    _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
             parts = self._device_parts(family, self.serving.max_replicas, "serving.maxReplicas")
-            needed = sum(devices for devices, _ in parts)
-            if needed > pool.max_devices:
-                raise _not_allowed(f"at least {needed}: {' + '.join(text for _, text in parts)}",
-                                   _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
+            raise _not_allowed(f"at least {needed}: {' + '.join(text for _, text in parts)}",
+                               _key("neuronPools"), family, "maxDevices", value=pool.max_devices)
         return self
 
     @model_validator(mode="after")
@@ -851,16 +895,20 @@ class StackConfig(BaseModel):
         return self.neuron_pools[self.serving.pool]
 
     @property
-    def compile_pool(self) -> NeuronPool:
-        return self.neuron_pools[self.compile.pool]
+    def compile_pool(self) -> NeuronPool | None:
+        """The Neuron pool graphs compile on, or None for a device-less compile on the cpu NodePool."""
+        return self.neuron_pools.get(self.compile.pool)
 
     @property
-    def compile_plan(self) -> sizing.CompilePlan:
-        """Workers compiling at once and the memory they need (validation made sure one fits)."""
-        plan = sizing.compile_plan(self.compile_pool.instance_types, self.compile.devices,  # type: ignore[arg-type]
-                                   self.compile.tensor_parallel, self.dtype)
-        assert plan is not None, "load_stack_config refuses a compile pool without room for one worker"
-        return plan
+    def zone_count(self) -> int:
+        """The zones the pods may spread over: the network's, or with an existing VPC the fewest its subnets can be
+        in (2; their zones are known only from EC2 at deploy time)."""
+        return self.network.zone_count if self.existing_vpc is None else 2
+
+    @property
+    def neuron_pools_in_use(self) -> tuple[NeuronPool, ...]:
+        """The Neuron pools pods run on: serving's, and compile's if it is one."""
+        return tuple({pool.family: pool for pool in (self.serving_pool, self.compile_pool) if pool}.values())
 
 
 def _sized(section: str, settings: Any, pool: NeuronPool, tensor_parallel: int) -> Any:
@@ -888,6 +936,15 @@ def _sized(section: str, settings: Any, pool: NeuronPool, tensor_parallel: int) 
     if devices > pool.max_devices:
         raise _not_allowed(f"at most the pool's maxDevices ({pool.max_devices})", "devices", value=devices)
     return settings.model_copy(update={"devices": devices})
+
+
+def _device_less(settings: CompileSettings) -> CompileSettings:
+    """A compile on the cpu NodePool holds no Neuron device: a device count would be a mistake."""
+    for field, name in (("devices", "devices"), ("extra_devices_reason", "extraDevicesReason")):
+        if getattr(settings, field) is not None:
+            raise _not_allowed(f"unset with compile.pool {CPU_COMPILE_POOL}: a device-less compile holds no Neuron "
+                               "device", name, value=getattr(settings, field))
+    return settings
 
 
 def admin_role_name(arn: str) -> str:

@@ -300,5 +300,6 @@ class Ingress(pulumi.ComponentResource):
         self.example_request = self.endpoints.apply(lambda urls: (
             f"curl -sS -X POST {urls[first]}{endpoints.GENERATE} -H 'Content-Type: application/json' "
             "-d '{\"prompt\": \"a lighthouse at dawn, watercolor\", \"num_inference_steps\": 28, \"seed\": 1}'"
-            " | jq -r .image | base64 -d > flux.png"))
+            # jq -e: an error answer (no image) stops before flux.png is written.
+            " | jq -er .image > flux.b64 && base64 -d flux.b64 > flux.png"))
         self.register_outputs({"endpoints": self.endpoints, "example_request": self.example_request})

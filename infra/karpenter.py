@@ -10,7 +10,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra import disruption, iam, versions
+from infra import catalog, disruption, iam, versions
 from infra.image_cache import CACHE_DEVICE, CACHE_VOLUME, CACHE_VOLUME_GIB, NODE_USER_DATA
 from infra.iam import Difference
 from infra.config import NeuronPool, StackConfig
@@ -20,12 +20,12 @@ from infra.naming import (
     neuron_spot_nodepool,
 )
 from infra.options import after, children
-from infra.pods import rollout_minutes
+from infra.pods import WorkloadSettings, rollout_minutes
 
 SERVICE_ACCOUNT = "karpenter"
 # Root volume: the kubelet's directory on inf2 (no instance store), and containerd's images when no image-cache
-# snapshot is found; graphs live in S3, scratch on trn1's NVMe.
-ROOT_VOLUME = {"volumeSize": "300Gi", "volumeType": "gp3", "iops": 6000, "throughput": 500,
+# snapshot is found; graphs live in S3, compile scratch on volumes of its own.
+ROOT_VOLUME = {"volumeSize": f"{catalog.ROOT_VOLUME_GIB}Gi", "volumeType": "gp3", "iops": 6000, "throughput": 500,
                "encrypted": True, "deleteOnTermination": True}
 # Every event Karpenter acts on before AWS takes an instance away.
 INTERRUPTION_EVENTS = {
@@ -57,9 +57,10 @@ NEURON_DISRUPTION = {
     "consolidationPolicy": "WhenEmpty", "consolidateAfter": "10m",
     "budgets": [{"nodes": "1", "reasons": ["Drifted", "Underutilized"]}, {"nodes": "100%", "reasons": ["Empty"]}],
 }
-# Nothing of this stack runs on the CPU pool with a grace beyond Kubernetes' default: a drain that
-# takes longer is stuck, and this bounds it.
-CPU_DRAIN = "30m"
+# The cpu NodePool holds this multiple of the nodes its pods are sized for: Karpenter starts a replacement before it
+# removes a drifted or consolidated node, and may pick a larger type than the one sized for when the kubelet's
+# reservation on the sized one leaves too little.
+CPU_NODEPOOL_HEADROOM = 2
 
 
 @dataclass
@@ -88,7 +89,7 @@ def drain_seconds(config: StackConfig, family: str, holds_compile: bool) -> int:
     if holds_compile:
         bounds.append(config.compile.timeout_minutes * 60 + disruption.DEFAULT_POD_GRACE_SECONDS)
     if config.serving.pool == family:
-        bounds.append(max(rollout_minutes(family, shape) for shape in config.shapes) * 60
+        bounds.append(max(rollout_minutes(config.serving_pool, shape) for shape in config.shapes) * 60
                       + disruption.serving_grace_seconds(config.serving.request_timeout_seconds))
     return max(bounds)
 
@@ -156,24 +157,41 @@ def capacity_reservation_terms(pools: dict[str, NeuronPool]) -> dict:
     return {"capacityReservationSelectorTerms": [{"id": reservation} for reservation in ids]} if ids else {}
 
 
-CPU_NODEPOOL_SPEC = {
-    "template": {
-        "spec": {
-            "nodeClassRef": NODECLASS_REF,
-            "requirements": [
-                {"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["c", "m", "r"]},
-                {"key": "karpenter.k8s.aws/instance-generation", "operator": "Gt", "values": ["5"]},
-                {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
-                {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": [ON_DEMAND, SPOT]},
-            ],
-            "expireAfter": EXPIRE_AFTER,
-            "terminationGracePeriod": CPU_DRAIN,
+def cpu_nodepool_spec(config: StackConfig) -> dict:
+    """The cpu NodePool: the device-less Jobs (the weights Job and, with compile.pool cpu, every graphs Job) and
+    the platform pods that need a Karpenter node (Prometheus, the activator).
+
+    Its limits hold every Job at once, each on a node of the type it is sized for, and the platform node, with
+    CPU_NODEPOOL_HEADROOM: a Job waiting for room would spend its deadline (activeDeadlineSeconds counts from its
+    start, not its pod's). The account's Standard vCPU quota must hold the CPU limit (planning/quotas.py). A node
+    under a Job drains within the Job's deadline, as a Neuron node under a compile does (drain_seconds)."""
+    settings = WorkloadSettings.of(config)
+    jobs = [settings.weights_job_size.instance_type]
+    if settings.compile_pool is None:
+        jobs += [settings.graphs_job_size.instance_type] * len(config.shapes)
+    nodes = [catalog.cpu_instance(name) for name in (*jobs, catalog.CPU_PLATFORM_INSTANCE)]
+    cpu = CPU_NODEPOOL_HEADROOM * sum(node.vcpus for node in nodes)
+    memory = CPU_NODEPOOL_HEADROOM * sum(node.memory_gib for node in nodes)
+    drain = config.compile.timeout_minutes * 60 + disruption.DEFAULT_POD_GRACE_SECONDS
+    return {
+        "template": {
+            "spec": {
+                "nodeClassRef": NODECLASS_REF,
+                "requirements": [
+                    {"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["c", "m", "r"]},
+                    {"key": "karpenter.k8s.aws/instance-generation", "operator": "Gt", "values": ["5"]},
+                    {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
+                    # What runs here must not be interrupted: hours of compiling, the activator, Prometheus.
+                    {"key": CAPACITY_TYPE_LABEL, "operator": "In", "values": [ON_DEMAND]},
+                ],
+                "expireAfter": EXPIRE_AFTER,
+                "terminationGracePeriod": disruption.duration(drain),
+            },
         },
-    },
-    "limits": {"cpu": "256", "memory": "1024Gi"},
-    "disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "1m",
-                   "budgets": [{"nodes": "10%"}]},
-}
+        "limits": {"cpu": str(cpu), "memory": f"{memory}Gi"},
+        "disruption": {"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "1m",
+                       "budgets": [{"nodes": "10%"}]},
+    }
 
 
 # How controller_policy differs from the official v1.14.1 CloudFormation's controller policies
@@ -356,7 +374,7 @@ class Karpenter(pulumi.ComponentResource):
             },
             opts=custom)
         nodepools = neuron_nodepool_specs(args.config)
-        nodepools[CPU_NODEPOOL] = CPU_NODEPOOL_SPEC
+        nodepools[CPU_NODEPOOL] = cpu_nodepool_spec(args.config)
         for pool_name, spec in nodepools.items():
             k8s.apiextensions.CustomResource(
                 f"{name}-{pool_name}", api_version="karpenter.sh/v1", kind="NodePool",

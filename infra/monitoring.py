@@ -14,17 +14,19 @@ from infra import iam, versions
 from infra.cluster import PERSISTENT_STORAGE_CLASS
 from infra.config import MonitoringSettings
 from infra.options import after, children
-from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NODE_LABEL, workload_name
-from infra.pods import AUTOSCALING_METRIC
+from infra.naming import (
+    ACTIVATOR, COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NODE_LABEL, WEIGHTS_JOB_PREFIX, workload_name,
+)
+from infra.pods import AUTOSCALING_METRIC, PLATFORM_CPU_SELECTOR
 from common import endpoints
 
 PROMETHEUS_RELEASE = "prometheus"
 PROMETHEUS_SERVICE = f"{PROMETHEUS_RELEASE}-server"
 PROMETHEUS_URL = f"http://{PROMETHEUS_SERVICE}.{METRICS_NAMESPACE}.svc"
 SCRAPE_INTERVAL = "15s"
-# Alerting: kube-state-metrics reports on Jobs, pods and autoscalers; the alert rules read it and the
-# servers' own metrics; Alertmanager sends what fires to the configured SNS topic.
-KUBE_STATE_METRICS_COLLECTORS = ["jobs", "pods", "horizontalpodautoscalers"]
+# Alerting: kube-state-metrics reports on Jobs, pods, Deployments (the activator) and autoscalers; the alert
+# rules read it and the servers' own metrics; Alertmanager sends what fires to the configured SNS topic.
+KUBE_STATE_METRICS_COLLECTORS = ["jobs", "pods", "deployments", "horizontalpodautoscalers"]
 KUBE_STATE_METRICS_TARGET = f"{PROMETHEUS_RELEASE}-kube-state-metrics.{METRICS_NAMESPACE}.svc:8080"
 ALERTMANAGER_SERVICE_ACCOUNT = f"{PROMETHEUS_RELEASE}-alertmanager"
 ALERT_RECEIVER = "alert-topic"
@@ -38,6 +40,10 @@ LATENCY_TIMEOUT_SHARE = 0.8
 # Requests that wait for the pipeline this share of the timeout leave little time to generate: capacity is short.
 QUEUE_WAIT_TIMEOUT_SHARE = 0.5
 UNSCHEDULED_MINUTES = 15
+# Without the activator no serving pod starts: a new pod, a scale-up, a replacement stay gated.
+ACTIVATOR_DOWN_MINUTES = 10
+# Prometheus runs on a node Karpenter starts in its volume's zone (below): the release waits for that node too.
+PROMETHEUS_RELEASE_TIMEOUT_SECONDS = 900
 # Runtime errors of a shape's pipelines (device or Neuron runtime failures, serving/health.py) that go on
 # this long: longer than the rate's window, so one burst the pod recovered from pages nobody, while a
 # device that stays broken (its self-tests fail every 30 s) does.
@@ -60,7 +66,7 @@ def alert_rules(namespace: str, compile_timeout_minutes: int, request_timeout_se
     runtime errors (the servers' own count: this Prometheus does not scrape neuron-monitor, whose
     execution errors the CloudWatch observability add-on collects, infra.observability)."""
     in_namespace = f'namespace="{namespace}"'
-    compile_jobs = f'{in_namespace},job_name=~"{workload_name(COMPILE, "")}.+"'
+    compile_jobs = f'{in_namespace},job_name=~"({workload_name(COMPILE, "")}|{WEIGHTS_JOB_PREFIX}-).+"'
     generations = f'{in_namespace},route=~"{endpoints.GENERATE}|{endpoints.OPENAI_IMAGES}"'
     requests = f"{endpoints.REQUESTS_METRIC}_total"
 
@@ -80,10 +86,16 @@ def alert_rules(namespace: str, compile_timeout_minutes: int, request_timeout_se
                f"and on (namespace, job_name) kube_job_status_active{{{compile_jobs}}} > 0", "0m", "warning",
                f"{{{{ $labels.job_name }}}} has run for {COMPILE_STUCK_SHARE:.0%} of compile.timeoutMinutes; "
                "its deadline stops it at 100%"),
-        _alert("PodUnschedulable", f'kube_pod_status_scheduled{{{in_namespace},condition="false"}} == 1',
+        # Unschedulable, not merely unscheduled: a serving pod gated while its artifacts compile waits by design.
+        _alert("PodUnschedulable", f"kube_pod_status_unschedulable{{{in_namespace}}} == 1",
                f"{UNSCHEDULED_MINUTES}m", "warning",
                f"{{{{ $labels.pod }}}} has had no node for {UNSCHEDULED_MINUTES} minutes: NodePool limit, "
                "instance quota or no capacity in its zones"),
+        _alert("ActivatorDown",
+               f'kube_deployment_status_replicas_available{{{in_namespace},deployment="{ACTIVATOR}"}} < 1',
+               f"{ACTIVATOR_DOWN_MINUTES}m", "critical",
+               f"{ACTIVATOR} has not run for {ACTIVATOR_DOWN_MINUTES} minutes: no serving pod starts (new, scaled up "
+               "or replaced) until it does"),
         _alert("AutoscalerAtMax",
                f"kube_horizontalpodautoscaler_status_current_replicas{{{in_namespace}}} "
                f">= kube_horizontalpodautoscaler_spec_max_replicas{{{in_namespace}}}", "15m", "warning",
@@ -165,10 +177,12 @@ def prometheus_values(namespace: str, monitoring: MonitoringSettings, compile_ti
         "prometheus-node-exporter": {"enabled": False},
         "prometheus-pushgateway": {"enabled": False},
         "server": {
-            "nodeSelector": SYSTEM_NODE_LABEL,
             # An EBS volume of its own: samples survive a restart or a replaced node. The volume lives in one
             # zone and binds the pod there; one pod at a time, so an update stops the old pod before the new
-            # one attaches the volume.
+            # one attaches the volume. On the cpu NodePool, not the system nodes: Karpenter starts a node in the
+            # volume's zone whenever none is left there (it launches for a pod's volume topology), where a
+            # system node group of fewer nodes than zones could leave the pod Pending for good.
+            "nodeSelector": PLATFORM_CPU_SELECTOR,
             "persistentVolume": {"enabled": True, "size": f"{storage_gi}Gi",
                                  "storageClass": PERSISTENT_STORAGE_CLASS, "accessModes": ["ReadWriteOnce"]},
             "replicaCount": 1,
@@ -245,7 +259,7 @@ class Monitoring(pulumi.ComponentResource):
         prometheus = k8s.helm.v3.Release(
             PROMETHEUS_RELEASE, name=PROMETHEUS_RELEASE, chart="prometheus",
             repository_opts={"repo": versions.PROMETHEUS_CHART_REPO}, version=versions.PROMETHEUS_CHART_VERSION,
-            namespace=METRICS_NAMESPACE, create_namespace=True,
+            namespace=METRICS_NAMESPACE, create_namespace=True, timeout=PROMETHEUS_RELEASE_TIMEOUT_SECONDS,
             values=namespace.apply(lambda workload_namespace: prometheus_values(
                 workload_namespace, args.settings, args.compile_timeout_minutes, args.request_timeout_seconds)),
             opts=after(in_cluster, *alerting))

@@ -54,12 +54,21 @@ GRAPHS_PV_READ_WRITE = "flux-graphs-rw"
 GRAPHS_PV_READ_ONLY = "flux-graphs-ro"
 GRAPHS_BUCKET_PREFIX = "graphs/"
 
-# Workloads: one compile Job and one serving Deployment per configured shape.
+# Workloads: one weights Job per stack, one graphs Job and one serving Deployment per configured shape, and
+# the activator that lets serving pods start once their artifacts are published.
 APP_NAME = "flux"
 COMPILE = "compile"
 SERVE = "serve"
+ACTIVATE = "activate"
 COMPILE_SERVICE_ACCOUNT = "flux-compile"
 SERVE_SERVICE_ACCOUNT = "flux-serve"
+ACTIVATOR = "flux-activator"
+# The weights Job's name part beside flux-compile-<shape>: flux-weights-<key>.
+WEIGHTS_JOB_PREFIX = f"{APP_NAME}-weights"
+# pulumi-kubernetes creates an object with this annotation and returns: no readiness await, so `pulumi up` ends
+# once the objects exist (the API server validated them), never hours later when a compile ends. It skips the
+# deletion await too.
+NOT_AWAITED = {"pulumi.com/skipAwait": "true"}
 HF_TOKEN_SECRET = "hf-token"
 HF_TOKEN_SECRET_KEY = "token"
 INGRESS_NAME = "flux"

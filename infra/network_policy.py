@@ -7,11 +7,13 @@ infra.cluster): every pod is denied all traffic in and out, except
   Prometheus server that scrapes them. They open no connection: the graphs come through the
   Mountpoint CSI driver, whose mounts run on the node outside this namespace, and the server
   never calls the Hub;
-- compile pods accept nothing and reach HTTPS (443) only: the Hub download. Their S3 writes go
-  through the CSI driver too; the instance metadata service (port 80) stays out of reach.
+- compile pods (the weights and graphs Jobs) accept nothing and reach HTTPS (443) only: the Hub download.
+  Their S3 writes go through the CSI driver too; the instance metadata service (port 80) stays out of reach;
+- the activator accepts nothing and reaches HTTPS (443) only: the Kubernetes API server, whose endpoints are
+  the control plane's network interfaces in the VPC (their addresses are not known to the program). Its resolves
+  read the graph volume through the CSI driver.
 
-The wait-for-graphs init container runs in the serving pod, under the serving policy. Kubelet
-probes still arrive: the CNI's policy agent always admits the node's own address.
+Kubelet probes still arrive: the CNI's policy agent always admits the node's own address.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.monitoring import PROMETHEUS_RELEASE
-from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NAMESPACE, component_labels
+from infra.naming import ACTIVATE, COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NAMESPACE, component_labels
 from common import endpoints
 from infra.monitoring import PROMETHEUS_RELEASE
 from infra.options import children
@@ -31,6 +33,7 @@ DEFAULT_DENY = "default-deny"
 ALLOW_DNS = "allow-dns"
 SERVE_INGRESS = "serve-from-load-balancer-and-prometheus"
 COMPILE_EGRESS = "compile-to-https"
+ACTIVATOR_EGRESS = "activator-to-api-server"
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # EKS's CoreDNS pods (the coredns add-on) carry the upstream kube-dns label.
@@ -66,12 +69,14 @@ def policy_specs(load_balancer_cidrs: list[str]) -> dict[str, dict]:
                 {"from": [_in_namespace(METRICS_NAMESPACE, PROMETHEUS_SERVER_LABELS)], "ports": serving_port},
             ],
         },
-        COMPILE_EGRESS: {
-            "podSelector": {"matchLabels": component_labels(COMPILE)},
-            "policyTypes": ["Egress"],
-            "egress": [{"ports": [{"protocol": "TCP", "port": HTTPS_PORT}]}],
-        },
+        COMPILE_EGRESS: _https_egress(COMPILE),
+        ACTIVATOR_EGRESS: _https_egress(ACTIVATE),
     }
+
+
+def _https_egress(component: str) -> dict:
+    return {"podSelector": {"matchLabels": component_labels(component)}, "policyTypes": ["Egress"],
+            "egress": [{"ports": [{"protocol": "TCP", "port": HTTPS_PORT}]}]}
 
 
 @dataclass

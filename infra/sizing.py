@@ -5,11 +5,18 @@
   device count the Neuron scheduler extension places (trn1/trn1n/trn2: 1, 4, 8, 16; inf2: any).
 - Serving fits HBM when core 0, the fullest, holds its share of the sharded transformer and T5,
   the whole CLIP and VAE decoder, and an activation margin.
-- Compiling builds the whole component in every tensor-parallel worker (NxD's non-SPMD
-  `parallel_model_trace`), so host memory grows with the workers compiling at once: their number
-  (`--max-parallel-compilations`) is the most that fit the compile instance's memory.
+- Compiling is SPMD (NxD's ModelBuilder): one trace and one neuronx-cc compile per component for every
+  rank, the components one after another, each in its own process. A compile pod's memory is the
+  hungriest component's: the component built once, the rank's share of it that is traced, and the
+  compiler's working set. Its CPU is at least the share of its node that matches that memory.
+- The weights are sharded once per (model, revision, dtype, TP degree) by their own Job: the download plus
+  the staged shards on disk, one component and its rank's share in memory.
+- A node's ephemeral storage (images, emptyDirs) is its instance store where it has one (the
+  EC2NodeClass's RAID0), else its root volume; compile scratch is a gp3 volume of its own instead, so it
+  fits every family.
 
-Facts and sources: ../shared/reference/neuron-flux-apis.md sections 7-8.
+Facts and sources: ../shared/reference/neuron-flux-apis.md sections 7-8. Figures marked "estimate" are not
+measured anywhere yet: replace them with what real compiles log (their `elapsed_s`, the pods' peaks).
 """
 
 from __future__ import annotations
@@ -55,25 +62,31 @@ FLUX_DEV = (
 SHARD_OVERHEAD = 1.25
 # Activations per core: 1-2 GB at 1024x1024 (section 8); the upper end, in GiB.
 ACTIVATION_MARGIN_BYTES = 2 * GIB
-# Host memory of one compiling worker beyond the component it builds: neuronx-cc's working set and
-# the process's Python/torch runtime. An estimate (no Neuron compile has run here): too high only
-# leaves memory of a compile node unused, too low kills an hours-long compile.
-COMPILER_BYTES_PER_WORKER = 24 * GIB
+# Host memory of one compile process beyond the component it builds and the rank it traces: neuronx-cc's
+# working set and the process's Python/torch runtime. An estimate (no Neuron compile has run here): too high
+# only leaves memory of a compile node unused, too low kills an hours-long compile.
+COMPILER_WORKING_SET_BYTES = 24 * GIB
 # What a Neuron node keeps from pods: kubelet and system reservations, the node daemons (device
 # plugin, Mountpoint, CloudWatch agent, CNI).
 NODE_RESERVED_BYTES = 16 * GIB
 NODE_RESERVED_CPU = 2
+# The same on the CPU nodes compiles run on (no device plugin): the kubelet's reservation at their pod density
+# and the same daemons. An estimate.
+CPU_NODE_RESERVED_BYTES = 6 * GIB
+CPU_NODE_RESERVED_CPU = 1
 
 
 # A serving rollout starts this many new pods per shape before it stops an old one (infra/pods.py's
 # maxSurge): a NodePool needs room for them on top of maxReplicas.
 ROLLOUT_SURGE = 1
-# What a serving process holds beyond its graphs: Python, torch, diffusers and the pipeline's CPU tensors.
-SERVING_PROCESS_BYTES = 8 * GIB
+# What a process holds beyond its tensors: Python, torch, diffusers and the pipeline's CPU tensors (serving),
+# the checkpoint reader (the weights Job).
+PROCESS_BYTES = 8 * GIB
 
 
 def artifact_bytes(dtype: str) -> int:
-    """A compiled artifact's size: the weights are inlined into the graphs, whatever the shape."""
+    """What a serving pod reads: the weights (every rank's shards make up each component once) and its graphs,
+    which are small beside them."""
     return sum(component.bytes(dtype) for component in FLUX_DEV)
 
 
@@ -81,7 +94,7 @@ def serving_memory_gib(dtype: str, local_copy_gib: int, shm_gib: int) -> int:
     """A serving pod's memory at its peak, while it loads: the verified copy of its artifact in memory
     (TMPDIR, the graphs' one cache on the node: docs/cold-start.md), the graphs the process loads from
     it, /dev/shm and the process itself."""
-    return math.ceil(local_copy_gib + artifact_bytes(dtype) / GIB + shm_gib + SERVING_PROCESS_BYTES / GIB)
+    return math.ceil(local_copy_gib + artifact_bytes(dtype) / GIB + shm_gib + PROCESS_BYTES / GIB)
 
 
 def sharded_heads() -> str:
@@ -122,55 +135,151 @@ def devices_for(family: str, instance_types: tuple[str, ...], cores: int) -> int
     return next((count for count in catalog.valid_device_counts(family, instance_types) if count >= needed), None)
 
 
-def compile_worker_bytes(component: Component, dtype: str) -> int:
-    return component.bytes(dtype) + COMPILER_BYTES_PER_WORKER
+def rank_bytes(component: Component, dtype: str, tensor_parallel: int) -> int:
+    """One rank's share of a component: of a sharded one 1/TP and what stays whole (SHARD_OVERHEAD), of another
+    the whole component."""
+    if not component.sharded:
+        return component.bytes(dtype)
+    return math.ceil(component.bytes(dtype) * SHARD_OVERHEAD / tensor_parallel)
+
+
+def compile_bytes(component: Component, dtype: str, tensor_parallel: int) -> int:
+    """One component's compile process at its peak (an estimate): the component built once, the rank's share that
+    ModelBuilder traces, and the compiler's working set."""
+    return component.bytes(dtype) + rank_bytes(component, dtype, tensor_parallel) + COMPILER_WORKING_SET_BYTES
+
+
+def compile_memory_bytes(dtype: str, tensor_parallel: int) -> int:
+    """A graphs Job's memory: its hungriest component's process (they run one after another)."""
+    return max(compile_bytes(component, dtype, tensor_parallel) for component in FLUX_DEV)
+
+
+def weights_memory_bytes(dtype: str, tensor_parallel: int) -> int:
+    """The weights Job's memory: one component loaded and one rank's shard of it at a time, and the process."""
+    return max(component.bytes(dtype) + rank_bytes(component, dtype, tensor_parallel)
+               for component in FLUX_DEV) + PROCESS_BYTES
+
+
+# Compile scratch (a gp3 volume per Job, the `--scratch` directory, TMPDIR and HF_HOME): what each Job writes, a
+# margin over it for what is not counted.
+SCRATCH_MARGIN = 1.2
+# The model configs, tokenizers and scheduler a graphs Job downloads: tens of MB; this bounds them.
+CONFIG_BYTES = 1 * GB
+# neuronx-cc's work directory for one component (HLO, intermediate files); an estimate. Components compile one
+# after another and each cleans up, so one at a time.
+COMPILER_WORKDIR_BYTES = 30 * GIB
+# A shape's compiled graphs without their weights, staged before publishing; an estimate.
+STAGED_GRAPHS_BYTES = 10 * GIB
+
+
+def download_bytes() -> int:
+    """The checkpoint the weights Job downloads: FLUX.1-dev's diffusers folders, stored in bfloat16 (~34 GB)."""
+    return sum(component.bfloat16_bytes for component in FLUX_DEV)
+
+
+def weights_bytes(dtype: str, tensor_parallel: int) -> int:
+    """The published weights: every rank's share of each component (what stays whole is on every rank)."""
+    return sum(rank_bytes(component, dtype, tensor_parallel) * (tensor_parallel if component.sharded else 1)
+               for component in FLUX_DEV)
+
+
+def _scratch_gib(written: int) -> int:
+    return math.ceil(written * SCRATCH_MARGIN / GIB)
+
+
+def graphs_scratch_gib() -> int:
+    """A graphs Job's scratch: configs, the compiler's work directory, the staged graphs."""
+    return _scratch_gib(CONFIG_BYTES + COMPILER_WORKDIR_BYTES + STAGED_GRAPHS_BYTES)
+
+
+def weights_scratch_gib(dtype: str, tensor_parallel: int) -> int:
+    """The weights Job's scratch: the download and the staged shards."""
+    return _scratch_gib(download_bytes() + weights_bytes(dtype, tensor_parallel))
 
 
 @dataclass(frozen=True)
-class CompilePeak:
-    """The hungriest compile process: each component compiles in its own, one after another."""
+class PodSize:
+    """A pod's CPU and memory (request = limit) and the instance type it was sized against."""
 
-    component: Component
-    workers: int      # processes building the component at once (1 unless it is sharded)
-    worker_bytes: int
-
-    @property
-    def bytes(self) -> int:
-        return self.workers * self.worker_bytes
+    cpu: int
+    memory_gib: int
+    instance_type: str
 
 
-def compile_peak(tensor_parallel: int, dtype: str, concurrency: int) -> CompilePeak:
-    peaks = [CompilePeak(component, min(concurrency, tensor_parallel) if component.sharded else 1,
-                         component.bytes(dtype) + COMPILER_BYTES_PER_WORKER)
-             for component in FLUX_DEV]
-    return max(peaks, key=lambda peak: peak.bytes)
+def _cpu_for_memory(vcpus: int, node_memory_gib: int, memory_gib: int) -> int:
+    """At least the node's CPU share that matches the pod's memory share: a pod taking most of a node's memory
+    leaves no use for its CPUs to anything else."""
+    return math.ceil(vcpus * memory_gib / node_memory_gib)
 
 
-@dataclass(frozen=True)
-class CompilePlan:
-    instance_type: str  # the compile pool's type with the most memory among those holding the devices
-    concurrency: int    # tensor-parallel workers compiling at once: --max-parallel-compilations
-    peak: CompilePeak
-
-    @property
-    def memory_gib(self) -> int:
-        """The compile container's memory request and limit."""
-        return math.ceil(self.peak.bytes / GIB)
+def cpu_pod_size(memory_bytes: int) -> PodSize:
+    """A device-less compile or weights pod: the smallest type of the CPU compile family whose memory, less the
+    node's reservation, holds it (the largest holds any compile this model sizes), and its CPU share there."""
+    memory_gib = math.ceil(memory_bytes / GIB)
+    host = next(instance for instance in catalog.CPU_COMPILE_INSTANCES
+                if instance.memory_gib * GIB - CPU_NODE_RESERVED_BYTES >= memory_gib * GIB)
+    cpu = min(_cpu_for_memory(host.vcpus, host.memory_gib, memory_gib), host.vcpus - CPU_NODE_RESERVED_CPU)
+    return PodSize(cpu, memory_gib, host.name)
 
 
-def compile_plan(instance_types: tuple[str, ...], devices: int, tensor_parallel: int, dtype: str) -> CompilePlan | None:
-    """The most workers that fit the roomiest instance type holding `devices`, less the node's
-    reservation; None when not even one worker fits."""
-    host = max((catalog.instance(name) for name in instance_types if catalog.instance(name).devices >= devices),
-               key=lambda candidate: candidate.memory_gib)
-    usable = host.memory_gib * GIB - NODE_RESERVED_BYTES
-    fitting = [count for count in range(1, tensor_parallel + 1)
-               if compile_peak(tensor_parallel, dtype, count).bytes <= usable]
+def neuron_compile_size(instance_types: tuple[str, ...], devices: int, memory_bytes: int,
+                        device_cpu: int) -> PodSize | None:
+    """A compile pod on a Neuron pool: the leanest type holding its devices with memory for it, at least the CPU
+    of its devices' share (`device_cpu`) and the share matching its memory; None when no type has the memory."""
+    memory_gib = math.ceil(memory_bytes / GIB)
+    fitting = [catalog.instance(name) for name in instance_types if catalog.instance(name).devices >= devices
+               and catalog.instance(name).memory_gib * GIB - NODE_RESERVED_BYTES >= memory_gib * GIB]
     if not fitting:
         return None
-    return CompilePlan(host.name, max(fitting), compile_peak(tensor_parallel, dtype, max(fitting)))
+    host = min(fitting, key=lambda candidate: candidate.memory_gib)
+    return PodSize(max(device_cpu, _cpu_for_memory(host.vcpus, host.memory_gib, memory_gib)), memory_gib, host.name)
 
 
-def compile_host_gib_needed(tensor_parallel: int, dtype: str) -> int:
-    """Host memory one compile worker needs, with the node's reservation: for messages."""
-    return math.ceil((compile_peak(tensor_parallel, dtype, 1).bytes + NODE_RESERVED_BYTES) / GIB)
+# A node's ephemeral storage that pods may request: the kubelet evicts below 10% free (EKS AL2023's
+# evictionHard nodefs.available), and the image takes its share (the upper end of IMAGE_PULL_S's 15-20 GB class,
+# infra/cold_start.py) plus the OS and logs.
+EVICTION_FREE_SHARE = 0.1
+IMAGE_BYTES = 20 * GB
+SYSTEM_DISK_BYTES = 20 * GIB
+
+
+def node_ephemeral_gib(instance_type: str) -> int:
+    """What pods may request of a Neuron node's ephemeral storage: its instance store (RAID0) or its root volume."""
+    node = catalog.instance(instance_type)
+    capacity = node.instance_store_gb * GB if node.instance_store_gb else catalog.ROOT_VOLUME_GIB * GIB
+    return math.floor((capacity * (1 - EVICTION_FREE_SHARE) - IMAGE_BYTES - SYSTEM_DISK_BYTES) / GIB)
+
+
+# How long the steps of a compile take, for scripts/status's "about ... left" (planning/status.py). Estimates: no
+# Neuron compile has run here, and the docs' "one to a few hours per shape" is an estimate too; replace them with
+# the `elapsed_s` that real compiles log. neuronx-cc's time is taken as growing with a component's bfloat16 weights
+# and its sequence (the transformer's image and text tokens, the VAE decoder's image tokens, T5's text tokens,
+# CLIP's fixed 77) relative to REFERENCE_SEQUENCE.
+COMPILE_SECONDS_PER_GB = 150
+REFERENCE_SEQUENCE = 1024
+CLIP_TOKENS = 77
+# Sharding writes each rank's share to scratch and copies it to the bucket: twice its bytes at gp3's baseline.
+SCRATCH_BYTES_PER_SECOND = 125 * 10**6
+
+
+def _sequence(component: Component, image_tokens: int, text_tokens: int) -> int:
+    return {"text_encoder": CLIP_TOKENS, "text_encoder_2": text_tokens, "transformer": image_tokens + text_tokens,
+            "vae_decoder": image_tokens}[component.name]
+
+
+def compile_step_seconds(component: Component, image_tokens: int, text_tokens: int) -> float:
+    """The estimated compile time of one component of a shape."""
+    return (COMPILE_SECONDS_PER_GB * component.bfloat16_bytes / GB
+            * _sequence(component, image_tokens, text_tokens) / REFERENCE_SEQUENCE)
+
+
+def shard_step_seconds(component: Component, dtype: str, tensor_parallel: int) -> float:
+    """The estimated time to shard and stage one rank's share of a component."""
+    return 2 * rank_bytes(component, dtype, tensor_parallel) / SCRATCH_BYTES_PER_SECOND
+
+
+def step_component(step: str) -> Component:
+    """The component a compile step is of: its name, or the name it starts with (a weights step is one rank of a
+    component); the longest match, since text_encoder is a prefix of text_encoder_2."""
+    return max((component for component in FLUX_DEV if step.startswith(component.name)),
+               key=lambda component: len(component.name))

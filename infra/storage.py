@@ -25,10 +25,6 @@ CSI_ADDON = "aws-mountpoint-s3-csi-driver"
 CSI_SERVICE_ACCOUNT = "s3-csi-driver-sa"
 # Mountpoint ignores capacity, but a PersistentVolume must state one.
 NOMINAL_CAPACITY = "1Ti"
-# Mountpoint's throughput target where it cannot tell the instance type (mount-s3 --help,
-# --maximum-throughput-gbps: "10 Gbps elsewhere"): in its Pod IMDS is out of reach (hop limit 1,
-# docs/upgrades.md "Access"), so without the option below it never targets more.
-MOUNTPOINT_DEFAULT_GBPS = 10
 # Artifacts are content-addressed and never overwritten, so a noncurrent version exists only
 # after someone deleted a graph: it stays recoverable this long, then stops costing storage.
 NONCURRENT_VERSION_DAYS = 14
@@ -40,28 +36,22 @@ class StorageArgs:
     region: str
     kubernetes_version: str
     namespace: pulumi.Input[str]
+    # The instance types the pods of each volume run on: the serving pool's (read-only), the publishing Jobs'
+    # (read-write).
+    serving_instance_types: tuple[str, ...]
+    publishing_instance_types: tuple[str, ...]
     cache: GraphCacheSettings = GraphCacheSettings()
-    # The serving pool's instance types: the read-only volume's throughput target is the slowest one's network.
-    serving_instance_types: tuple[str, ...] = ()
 
 
-def mountpoint_target_gbps(instance_types: tuple[str, ...]) -> int | None:
-    """The throughput Mountpoint would target on the slowest of these types had it read the type from IMDS: its
-    network bandwidth (infra.catalog), in whole Gbps as the option takes it. None if a type's bandwidth is not
-    in the catalog: then Mountpoint's default."""
-    known = [catalog.NETWORK_GBPS.get(name) for name in instance_types]
-    return None if not known or None in known else int(min(known))  # type: ignore[type-var]
-
-
-def graphs_mount_options(region: str, *, read_only: bool, serving_instance_types: tuple[str, ...] = ()) -> list[str]:
+def graphs_mount_options(region: str, instance_types: tuple[str, ...], *, read_only: bool) -> list[str]:
+    # Mountpoint Pods cannot read the instance type from IMDS (hop limit 1, infra/iam.py), so without a target
+    # they would aim at 10 Gbps whatever the NIC: the smallest network figure of the types the volume is mounted
+    # on (infra/catalog.py), which infra/cold_start.py's artifact read assumes too.
     common = [f"region {region}", f"prefix {GRAPHS_BUCKET_PREFIX}", "allow-other",
-              f"uid {CONTAINER_UID}", f"gid {CONTAINER_UID}"]
-    if not read_only:
-        return common
+              f"uid {CONTAINER_UID}", f"gid {CONTAINER_UID}",
+              f"maximum-throughput-gbps {catalog.mountpoint_gbps(instance_types)}"]
     # Published artifacts never change (their key is their path), so metadata can be cached forever.
-    target = mountpoint_target_gbps(serving_instance_types)
-    throughput = [] if target is None else [f"maximum-throughput-gbps {target}"]
-    return common + ["read-only", "metadata-ttl indefinite", *throughput]
+    return common + ["read-only", "metadata-ttl indefinite"] if read_only else common
 
 
 class Storage(pulumi.ComponentResource):
@@ -100,11 +90,10 @@ class Storage(pulumi.ComponentResource):
         in_cluster = after(pulumi.ResourceOptions(parent=self), driver)
         self.read_write_claim = self._volume(
             GRAPHS_PV_READ_WRITE, bucket_name, args, "ReadWriteMany",
-            graphs_mount_options(args.region, read_only=False), in_cluster)
+            graphs_mount_options(args.region, args.publishing_instance_types, read_only=False), in_cluster)
         self.read_only_claim = self._volume(
             GRAPHS_PV_READ_ONLY, bucket_name, args, "ReadOnlyMany",
-            graphs_mount_options(args.region, read_only=True, serving_instance_types=args.serving_instance_types),
-            in_cluster)
+            graphs_mount_options(args.region, args.serving_instance_types, read_only=True), in_cluster)
         self.bucket_name = bucket_name
         self.register_outputs({"bucket_name": self.bucket_name, "read_write_claim": self.read_write_claim,
                                "read_only_claim": self.read_only_claim})

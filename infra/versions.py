@@ -1,9 +1,10 @@
 """Every external version the platform deploys, pinned in one place.
 
 Bumping a pin is a reviewed change: the plan diff of every stack shows what it touches. Each pin
-names its source. The kube-scheduler tags and the AMI alias are checked against release data
-committed under `planning/data/published/` by `python -m planning --check` ("Published versions");
-the comments of the others say how to confirm a bump.
+names its source. The kube-scheduler tags, the AMI alias, the Neuron chart (its values and its components'
+SDK) and the Mountpoint add-on (the fixes the stack relies on) are checked against release data committed
+under `planning/data/published/` by `python -m planning --check` ("Published versions"); the comments of the
+others say how to confirm a bump.
 """
 
 # The image's base (the Neuron DLC) and its SDK version are pinned in common/image.py, with their source:
@@ -15,9 +16,12 @@ KARPENTER_CHART_REPO = "oci://public.ecr.aws/karpenter"
 KARPENTER_VERSION = "1.14.1"
 
 NEURON_CHART_REPO = "oci://public.ecr.aws/neuron"
-# Source: the neuron-helm-chart tags of oci://public.ecr.aws/neuron (not in the committed data; confirm a bump
-# with `helm show chart oci://public.ecr.aws/neuron/neuron-helm-chart --version <v>`).
-NEURON_CHART_VERSION = "1.5.0"
+# Source: github.com/aws-neuron/neuron-helm-charts release 1.9.0, the chart of the Neuron SDK 2.31 components
+# (device plugin and scheduler extension 2.31.0.0; SDK 2.31.1 changed only the tools). The values this program
+# sets must be values of that chart, and its components the pinned SDK's: both checked against
+# planning/data/published/neuron-helm-chart-values.txt. Confirm a bump with `helm show values
+# oci://public.ecr.aws/neuron/neuron-helm-chart --version <v>` and record it there.
+NEURON_CHART_VERSION = "1.9.0"
 KUBE_SCHEDULER_IMAGE_REPO = "public.ecr.aws/eks-distro/kubernetes/kube-scheduler"
 
 AWS_LOAD_BALANCER_CONTROLLER_CHART_REPO = "https://aws.github.io/eks-charts"
@@ -44,6 +48,9 @@ PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 # 2.31.1 needs. The others are EKS add-on versions, source `aws eks describe-addon-versions
 # --kubernetes-version <minor>` (not in the committed data: confirm a bump there). aws-ebs-csi-driver is the
 # EKS build of the driver's release v1.63.1 (github.com/kubernetes-sigs/aws-ebs-csi-driver CHANGELOG.md).
+# aws-mountpoint-s3-csi-driver: the EKS build of the driver's latest release, v2.7.0, which has the fixes
+# planning/data/published/mountpoint-s3-csi-driver-releases.txt names (checked); the -eksbuild suffix is, as for
+# the other add-ons, to confirm with describe-addon-versions.
 # eks-node-monitoring-agent:
 # the add-on build of github.com/aws/eks-node-monitoring-agent v1.7.0, its latest release (Aug 2026), whose
 # chart's nodeAgent image is v1.7.0-eksbuild.1; the same for both minors. Not confirmed against
@@ -56,7 +63,7 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "coredns": "v1.12.4-eksbuild.1",
         "kube-proxy": "v1.33.3-eksbuild.6",
         "eks-pod-identity-agent": "v1.3.8-eksbuild.2",
-        "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
+        "aws-mountpoint-s3-csi-driver": "v2.7.0-eksbuild.1",
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
         "eks-node-monitoring-agent": "v1.7.0-eksbuild.1",
         "aws-ebs-csi-driver": "v1.63.1-eksbuild.1",
@@ -68,7 +75,7 @@ KUBERNETES_RELEASES: dict[str, dict[str, str]] = {
         "coredns": "v1.12.4-eksbuild.1",
         "kube-proxy": "v1.34.0-eksbuild.2",
         "eks-pod-identity-agent": "v1.3.8-eksbuild.2",
-        "aws-mountpoint-s3-csi-driver": "v2.1.0-eksbuild.1",
+        "aws-mountpoint-s3-csi-driver": "v2.7.0-eksbuild.1",
         "amazon-cloudwatch-observability": "v4.5.0-eksbuild.1",
         "eks-node-monitoring-agent": "v1.7.0-eksbuild.1",
         "aws-ebs-csi-driver": "v1.63.1-eksbuild.1",

@@ -10,12 +10,14 @@ group, NAT gateways and the cluster), not from the config: the table is what wou
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
+from typing import Iterator
 
 from infra import catalog, sizing
-from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, SERVE
+from infra.naming import ACTIVATOR, COMPILE, NEURON_DEVICE_RESOURCE, SERVE
 from planning import REFRESH_COMMAND
-from planning.checks.references import node_labels
+from planning.checks.references import INSTANCE_FAMILY_LABEL, node_labels
 from planning.offline import Rendering, manifest
 
 FILENAME = "capacity.md"
@@ -40,11 +42,28 @@ class PodRequest:
     devices: int
     cpu: float
     memory_gib: float
-    parallel_compilations: int | None
+    ephemeral_gib: float  # of the node's disk
+    scratch_gib: int | None  # a gp3 volume of its own, if any
 
     @property
     def cores(self) -> int:
         return self.devices * catalog.cores_per_device(catalog.family_of(self.instance_types[0]))
+
+
+@dataclass(frozen=True)
+class CpuJob:
+    """A device-less Job on the cpu NodePool (the weights Job, graphs Jobs with compile.pool cpu): the node type
+    of its family that holds it, and its scratch volume."""
+
+    what: str  # "weights", or the shape
+    instance_type: str
+    cpu: float
+    memory_gib: float
+    scratch_gib: int
+
+    def price(self, region: str) -> float | None:
+        node, gib = catalog.hourly_price(region, self.instance_type), catalog.hourly_price(region, catalog.GP3_GIB)
+        return None if node is None or gib is None else node + gib * self.scratch_gib
 
 
 @dataclass(frozen=True)
@@ -90,12 +109,14 @@ def _option(command: list[str], flag: str) -> str | None:
 
 
 def pods_per_node(request: PodRequest, instance_type: str) -> Fit:
-    """How many such pods one node holds, and which resource runs out first."""
+    """How many such pods one node holds, and which resource runs out first: devices, CPU, memory, or the
+    node's ephemeral storage (its instance store, or its root volume on a family without one: inf2)."""
     node = catalog.instance(instance_type)
     fits = {
         "devices": node.devices // request.devices,
         "cpu": math.floor((node.vcpus - sizing.NODE_RESERVED_CPU) / request.cpu),
         "memory": math.floor((node.memory_gib - sizing.NODE_RESERVED_BYTES / sizing.GIB) / request.memory_gib),
+        "ephemeral storage": math.floor(sizing.node_ephemeral_gib(instance_type) / request.ephemeral_gib),
     }
     limited_by = min(fits, key=lambda resource: fits[resource])
     return Fit(instance_type, max(0, fits[limited_by]), limited_by)
@@ -131,6 +152,22 @@ class _Group:
     max_pods: int
 
 
+def _scratch_gib(pod: dict) -> int | None:
+    """The size of a pod's gp3 scratch volume (a generic ephemeral volume), if it has one."""
+    for volume in pod.get("volumes", []):
+        if "ephemeral" in volume:
+            return int(_gib(volume["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"]))
+    return None
+
+
+def _pod_specs(rendering: Rendering) -> Iterator[tuple[str, str, dict]]:
+    """(role, name, pod spec) of every Job and Deployment: Jobs compile, Deployments serve or activate."""
+    for type_, role in ((JOB, COMPILE), (DEPLOYMENT, SERVE)):
+        for resource in rendering.of_type(type_):
+            obj = manifest(resource)
+            yield role, obj["metadata"]["name"], obj["spec"]["template"]["spec"]
+
+
 def _groups(rendering: Rendering) -> list[_Group]:
     nodepools = {}
     for resource in sorted(rendering.of_type(NODEPOOL), key=lambda pool: manifest(pool)["metadata"]["name"]):
@@ -142,30 +179,44 @@ def _groups(rendering: Rendering) -> list[_Group]:
         spec = manifest(resource)["spec"]
         replicas[spec["scaleTargetRef"]["name"]] = (spec["minReplicas"], spec["maxReplicas"])
     groups: dict[PodRequest, _Group] = {}
-    for type_, role in ((JOB, COMPILE), (DEPLOYMENT, SERVE)):
-        for resource in rendering.of_type(type_):
-            obj = manifest(resource)
-            name, pod = obj["metadata"]["name"], obj["spec"]["template"]["spec"]
-            container = pod["containers"][0]
-            limits = container["resources"]["limits"]
-            if NEURON_DEVICE_RESOURCE not in limits:
-                continue
-            accepted = tuple(name for name, labels in nodepools.items()
-                             if all(value in labels.get(key, ()) for key, value in pod["nodeSelector"].items()))
-            # The pools of one family launch the same instance types.
-            instance_types = tuple(sorted(nodepools[accepted[0]]["node.kubernetes.io/instance-type"]))
-            parallel = _option(container["command"], "--max-parallel-compilations")
-            request = PodRequest(role, accepted, instance_types, int(_option(container["command"], "--tp-degree")),
-                                 int(limits[NEURON_DEVICE_RESOURCE]), _cpu(limits["cpu"]), _gib(limits["memory"]),
-                                 int(parallel) if parallel else None)
-            # A Job runs one pod; a Deployment what its autoscaler keeps.
-            low, high = replicas.get(name, (1, 1)) if role == SERVE else (1, 1)
-            group = groups.setdefault(request, _Group(request, [], 0, 0))
-            # From the command: a Job's name also carries its artifact key.
-            group.shapes.append(_option(container["command"], "--shape"))
-            group.min_pods += low
-            group.max_pods += high
+    for role, name, pod in _pod_specs(rendering):
+        container = pod["containers"][0]
+        limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+        if NEURON_DEVICE_RESOURCE not in limits:
+            continue
+        accepted = tuple(name for name, labels in nodepools.items()
+                         if all(value in labels.get(key, ()) for key, value in pod["nodeSelector"].items()))
+        # The pools of one family launch the same instance types.
+        instance_types = tuple(sorted(nodepools[accepted[0]]["node.kubernetes.io/instance-type"]))
+        request = PodRequest(role, accepted, instance_types, int(_option(container["command"], "--tp-degree")),
+                             int(limits[NEURON_DEVICE_RESOURCE]), _cpu(limits["cpu"]), _gib(limits["memory"]),
+                             _gib(requests["ephemeral-storage"]), _scratch_gib(pod))
+        # A Job runs one pod; a Deployment what its autoscaler keeps.
+        low, high = replicas.get(name, (1, 1)) if role == SERVE else (1, 1)
+        group = groups.setdefault(request, _Group(request, [], 0, 0))
+        # From the command: a Job's name also carries its artifact key.
+        group.shapes.append(_option(container["command"], "--shape"))
+        group.min_pods += low
+        group.max_pods += high
     return list(groups.values())
+
+
+def _cpu_jobs(rendering: Rendering) -> list[CpuJob]:
+    """The device-less Jobs, each on the smallest type of the family it selects that holds it (as Karpenter
+    would launch it, and as infra/sizing.py sized it)."""
+    jobs = []
+    for role, _, pod in _pod_specs(rendering):
+        family = (pod.get("nodeSelector") or {}).get(INSTANCE_FAMILY_LABEL)
+        if role != COMPILE or family is None:
+            continue
+        container = pod["containers"][0]
+        cpu, memory = _cpu(container["resources"]["limits"]["cpu"]), _gib(container["resources"]["limits"]["memory"])
+        node = next(node for node in catalog.CPU_COMPILE_INSTANCES if catalog.family_of(node.name) == family
+                    and node.vcpus - sizing.CPU_NODE_RESERVED_CPU >= cpu
+                    and node.memory_gib - sizing.CPU_NODE_RESERVED_BYTES / sizing.GIB >= memory)
+        what = _option(container["command"], "--shape") or "weights"
+        jobs.append(CpuJob(what, node.name, cpu, memory, _scratch_gib(pod) or 0))
+    return sorted(jobs, key=lambda job: (job.what != "weights", job.what))
 
 
 def _pods(group: _Group) -> str:
@@ -200,6 +251,10 @@ def _platform(rendering: Rendering, region: str) -> tuple[str, float | None, flo
         parts.append(f"{nats} NAT gateways (+ data)")
         low.append(None if nat is None else nat * nats)
         high.append(low[-1])
+    if any(manifest(resource)["metadata"]["name"] == ACTIVATOR for resource in rendering.of_type(DEPLOYMENT)):
+        parts.append(f"1 x {catalog.CPU_PLATFORM_INSTANCE} cpu node (Prometheus, the activator)")
+        low.append(catalog.hourly_price(region, catalog.CPU_PLATFORM_INSTANCE))
+        high.append(low[-1])
     return ", ".join(parts), _sum(low), _sum(high)
 
 
@@ -219,32 +274,47 @@ def table(rendering: Rendering) -> str:
         "",
         f"Written by `{REFRESH_COMMAND}` from the rendered objects (planning/capacity.py);",
         "the requests come from the sizing model (infra/sizing.py). $/hour: on-demand list prices as of",
-        f"{catalog.PRICES_AS_OF}, Linux, {region}; not a bill (no spot, Savings Plans, storage or data transfer).",
+        f"{catalog.PRICES_AS_OF}, Linux, {region}; not a bill (no spot, Savings Plans, data transfer, S3 or",
+        "system volumes; scratch volumes counted).",
         "Sources: " + ", ".join(catalog.PRICE_SOURCES) + ".",
         "",
         "## Neuron pods",
         "",
-        "| pod | shapes | NodePool | TP | NeuronCores | devices | idle cores | parallel compilations | cpu | memory "
+        "| pod | shapes | NodePool | TP | NeuronCores | devices | idle cores | cpu | memory | node disk | scratch "
         "| pods (min-max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group in groups:
         request = group.request
+        scratch = f"{request.scratch_gib} GiB gp3" if request.scratch_gib else "-"
         lines.append(
-            f"| {request.role} | {', '.join(sorted(group.shapes))} | {', '.join(request.nodepools)} | {request.tensor_parallel} "
-            f"| {request.cores} | {request.devices} | {request.cores - request.tensor_parallel} "
-            f"| {request.parallel_compilations or '-'} | {request.cpu:g} | {request.memory_gib:g} GiB "
+            f"| {request.role} | {', '.join(sorted(group.shapes))} | {', '.join(request.nodepools)} "
+            f"| {request.tensor_parallel} | {request.cores} | {request.devices} | {request.cores - request.tensor_parallel} "
+            f"| {request.cpu:g} | {request.memory_gib:g} GiB | {request.ephemeral_gib:g} GiB | {scratch} "
             f"| {_pods(group)} |")
     lines += ["", "## Pods per node", "",
-              "| pod | instance type | devices | pods per node | limited by | $/hour per node | $/hour per pod |",
-              "|---|---|---|---|---|---|---|"]
+              "Node disk: what pods may request of a node's ephemeral storage, its instance store or, without one "
+              "(inf2), its root volume, less the image and the kubelet's eviction reserve (infra/sizing.py).", "",
+              "| pod | instance type | devices | node disk | pods per node | limited by | $/hour per node "
+              "| $/hour per pod |",
+              "|---|---|---|---|---|---|---|---|"]
     for group in groups:
         for name in group.request.instance_types:
             fit = pods_per_node(group.request, name)
             price = catalog.hourly_price(region, name)
             per_pod = None if price is None or not fit.pods else price / fit.pods
-            lines.append(f"| {group.request.role} | {name} | {catalog.instance(name).devices} | {fit.pods} "
-                         f"| {fit.limited_by} | {_money(price)} | {_money(per_pod)} |")
+            lines.append(f"| {group.request.role} | {name} | {catalog.instance(name).devices} "
+                         f"| {sizing.node_ephemeral_gib(name)} GiB | {fit.pods} | {fit.limited_by} | {_money(price)} "
+                         f"| {_money(per_pod)} |")
+    cpu_jobs = _cpu_jobs(rendering)
+    if cpu_jobs:
+        lines += ["", "## Device-less Jobs (cpu NodePool)", "",
+                  "Each on a node of its own, of the type that holds it, with its scratch on a gp3 volume of its own "
+                  "(deleted with its pod); while it runs.", "",
+                  "| Job | instance type | cpu | memory | scratch | $/hour |", "|---|---|---|---|---|---|"]
+        for job in cpu_jobs:
+            lines.append(f"| {job.what} | {job.instance_type} | {job.cpu:g} | {job.memory_gib:g} GiB "
+                         f"| {job.scratch_gib} GiB gp3 | {_money(job.price(region))} |")
     lines += ["", "## Nodes and $/hour", "",
               "Each row on nodes of its own (compile and serving pods may share nodes, so this is an upper bound).", "",
               "| what | nodes at min | $/hour at min | nodes at max | $/hour at max |", "|---|---|---|---|---|"]
@@ -259,6 +329,13 @@ def table(rendering: Rendering) -> str:
         if group.request.role == SERVE:
             serving_high.append(high.price(region))
         node_devices[group.request] = (low.devices, high.devices)
+    if cpu_jobs:
+        nodes = Mix(tuple(sorted(Counter(job.instance_type for job in cpu_jobs).items())))
+        scratch = sum(job.scratch_gib for job in cpu_jobs)
+        price = _sum([job.price(region) for job in cpu_jobs])
+        lines.append(f"| device-less Jobs while they run: {len(cpu_jobs)} | {nodes} + {scratch} GiB gp3 "
+                     f"| {_money(price)} | {nodes} + {scratch} GiB gp3 | {_money(price)} |")
+        compile_cost.append(price)
     platform, platform_low, platform_high = _platform(rendering, region)
     lines.append(f"| platform: {platform} | | {_money(platform_low)} | | {_money(platform_high)} |")
     restore_zones, restore = _fast_snapshot_restore(rendering, region)
@@ -276,7 +353,7 @@ def table(rendering: Rendering) -> str:
               "Karpenter counts the devices of the nodes it launches against a NodePool's limit, and fills the "
               "pools a pod may use by weight: each set of pools that some pod may use holds, at max, the pods "
               "that may use only those pools and, at min, the pods that may use others too (a family's "
-              "on-demand base holds the compile Jobs and the serving pods at min; with its Spot pool, all of "
+              "on-demand base holds its graphs Jobs and the serving pods at min; with its Spot pool, all of "
               "them at max).", "",
               "| NodePools | limit (devices) | node devices, by pod | within the limit |", "|---|---|---|---|"]
     limits = {manifest(resource)["metadata"]["name"]: int(manifest(resource)["spec"]["limits"][NEURON_DEVICE_RESOURCE])

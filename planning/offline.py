@@ -25,7 +25,7 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
-from infra import catalog
+from infra import catalog, regions
 from infra.config import SecretText
 from infra.naming import IMAGE_CACHE_KEY_TAG, IMAGE_CACHE_TAG, PROJECT
 from planning.secrets import reveal
@@ -119,10 +119,10 @@ def _ec2_id(prefix: str, name: str) -> str:
     return f"{prefix}-{hashlib.sha256(name.encode()).hexdigest()[:17]}"
 
 
-# Zones per region and the zones that offer each Neuron family, shaped like EC2's answers: Trainium in
-# fewer zones than Inferentia, trn2 in one. Letters are illustrative (each account maps zone names to
-# physical zones its own way); the planning run relies only on the shape: dev's trn1 skips a zone.
-MOCK_ZONE_LETTERS = {"us-east-1": "abcdef", "us-west-2": "abcd"}
+# The zones that offer each Neuron family, shaped like EC2's answers: Trainium in fewer zones than
+# Inferentia, trn2 in one. Which letters offer a family is illustrative (each account maps zone names to
+# physical zones its own way, and EC2's offerings are asked at every `up`); the planning run relies only on
+# the shape: dev's trn1 skips a zone. The zones themselves are the region's real ones (infra/regions.py).
 MOCK_OFFERED_LETTERS = {
     "us-east-1": {"trn1": "abcf", "trn1n": "af", "trn2": "f", "inf2": "abcdef"},
     "us-west-2": {"trn1": "bcd", "trn1n": "d", "trn2": "d", "inf2": "abcd"},
@@ -131,14 +131,14 @@ MOCK_OFFERED_LETTERS = {
 
 def mock_zones(region: str) -> list[str]:
     """The region's available zones, as the mocks answer getAvailabilityZones."""
-    return [f"{region}{letter}" for letter in MOCK_ZONE_LETTERS.get(region, "abcd")]
+    return list(regions.zones(region))
 
 
 def mock_offered_zones(region: str, instance_type: str) -> list[str]:
-    """The zones the mocks say offer an instance type (a family's types are offered alike)."""
-    every_zone = MOCK_ZONE_LETTERS.get(region, "abcd")
-    letters = MOCK_OFFERED_LETTERS.get(region, {}).get(catalog.family_of(instance_type), every_zone)
-    return [f"{region}{letter}" for letter in letters]
+    """The zones the mocks say offer an instance type (a family's types are offered alike; CPU types in
+    every zone)."""
+    letters = MOCK_OFFERED_LETTERS.get(region, {}).get(catalog.family_of(instance_type))
+    return mock_zones(region) if letters is None else [f"{region}{letter}" for letter in letters]
 
 
 def mock_subnet_zone(region: str, subnet_id: str) -> str:

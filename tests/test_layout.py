@@ -7,6 +7,8 @@
 """
 
 import ast
+import re
+import subprocess
 import sys
 
 import pytest
@@ -78,3 +80,22 @@ def test_the_shared_facts_need_only_the_standard_library():
 
 def test_the_node_pools_offer_exactly_the_families_the_compile_targets():
     assert tuple(catalog.NEURON_FAMILIES) == NEURON_FAMILIES
+
+
+# A path of one developer's machine: a folder work, home, Users or root at the filesystem's root (not such a name
+# inside a path, as in a pod's scratch work directory).
+MACHINE_PATH = re.compile(r"(^|[^\w.~/-])/(work|home|Users|root)/")
+
+
+def test_no_file_names_a_path_of_a_developers_machine():
+    """A reader's checkout is elsewhere: the shared reference is ../shared/reference/ beside the clone."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, check=True).stdout.split()
+    found = []
+    for name in listed:
+        path = REPO_ROOT / name
+        if not path.is_file() or path.suffix in (".png", ".gz"):
+            continue
+        text = path.read_text(errors="replace")
+        found += [f"{name}:{number}" for number, line in enumerate(text.splitlines(), 1) if MACHINE_PATH.search(line)]
+    assert found == []

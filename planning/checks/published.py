@@ -4,6 +4,7 @@ planning/data/published/ (each file names its source), and fits together."""
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from common.image import NEURON_SDK_VERSION
@@ -19,8 +20,14 @@ PUBLISHED = DATA / "published"
 KUBE_SCHEDULER_TAGS = PUBLISHED / "kube-scheduler-tags.txt"
 AMI_NEURON_DRIVERS = PUBLISHED / "al2023-ami-neuron-driver.txt"
 SDK_NEURON_DRIVERS = PUBLISHED / "neuron-sdk-driver.txt"
+NEURON_CHART_VALUES = PUBLISHED / "neuron-helm-chart-values.txt"
+MOUNTPOINT_RELEASES = PUBLISHED / "mountpoint-s3-csi-driver-releases.txt"
 # The only AMI family whose Neuron driver per release is in the committed data.
 NEURON_AMI_FAMILY = "al2023"
+# The Mountpoint CSI driver fixes the stack relies on (MOUNTPOINT_RELEASES says what each is).
+REQUIRED_MOUNTPOINT_FIXES = ("shared-pod-attachment-wait", "workload-first-eviction")
+ADDON = "aws:eks/addon:Addon"
+MOUNTPOINT_ADDON = "aws-mountpoint-s3-csi-driver"
 
 
 def _records(path: Path) -> list[list[str]]:
@@ -46,8 +53,89 @@ def required_neuron_drivers() -> dict[str, str]:
     return dict(_records(SDK_NEURON_DRIVERS))
 
 
+@dataclass(frozen=True)
+class PublishedChart:
+    sdk: str                 # the Neuron SDK whose components it ships
+    tags: dict[str, str]     # value path -> the component image tag it sets
+    paths: frozenset[str]    # every value path of its values.yaml
+    open_paths: frozenset[str] = frozenset()  # mappings whose keys the user chooses (nodeSelector)
+
+    def has(self, path: str) -> bool:
+        return path in self.paths or any(path.startswith(f"{open_path}.") for open_path in self.open_paths)
+
+
+@functools.cache
+def published_neuron_charts() -> dict[str, PublishedChart]:
+    """neuron-helm-chart version -> what its published values hold."""
+    charts: dict[str, PublishedChart] = {}
+    version = ""
+    for record in _records(NEURON_CHART_VALUES):
+        if record[0] == "chart":
+            version = record[1]
+            charts[version] = PublishedChart(record[3], {}, frozenset())
+        elif record[0] == "tag":
+            charts[version].tags[record[1]] = record[2]
+        else:
+            chart = charts[version]
+            charts[version] = replace(chart, paths=chart.paths | {record[1]},
+                                      open_paths=chart.open_paths | ({record[1]} if record[2:] == ["{}"] else set()))
+    return charts
+
+
+@functools.cache
+def published_mountpoint_releases() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The Mountpoint CSI driver's releases in order, each with the fixes it is the first to have."""
+    return tuple((release, tuple(fixes)) for release, *fixes in _records(MOUNTPOINT_RELEASES))
+
+
 def _numeric(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
+
+
+def _sdk_minor(version: str) -> tuple[int, ...]:
+    return _numeric(version)[:2]
+
+
+def value_paths(values: dict, prefix: str = "") -> list[str]:
+    """Every key path a Helm values mapping sets: a mapping's own path and each key below it."""
+    paths = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        paths.append(path)
+        if isinstance(value, dict):
+            paths += value_paths(value, f"{path}.")
+    return paths
+
+
+def neuron_chart_problems(version: str, values: dict, sdk_version: str) -> list[str]:
+    """Why a neuron-helm-chart version, with these values, does not fit the Neuron SDK (empty if it does): its
+    published values must have every key set, and its components must be the SDK's."""
+    chart = published_neuron_charts().get(version)
+    if chart is None:
+        return [f"neuron-helm-chart {version} has no published values ({NEURON_CHART_VALUES.name}); published: "
+                f"{', '.join(published_neuron_charts())}"]
+    found = [f"sets {path}, which neuron-helm-chart {version}'s values do not have (the chart would ignore it)"
+             for path in value_paths(values) if not chart.has(path)]
+    for path, tag in sorted(chart.tags.items()):
+        if _sdk_minor(tag) != _sdk_minor(sdk_version):
+            found.append(f"neuron-helm-chart {version} ships {path} {tag}, not a component of Neuron SDK {sdk_version}")
+    return found
+
+
+def mountpoint_addon_problems(addon_version: str) -> list[str]:
+    """Why a Mountpoint CSI add-on version lacks a fix the stack relies on (empty if it has them all)."""
+    release = addon_version.split("-eksbuild", 1)[0]
+    releases = published_mountpoint_releases()
+    order = [name for name, _ in releases]
+    if release not in order:
+        return [f"{MOUNTPOINT_ADDON} {addon_version} is no published release of the driver ({MOUNTPOINT_RELEASES.name})"]
+    found = []
+    for fix in REQUIRED_MOUNTPOINT_FIXES:
+        first = next(name for name, fixes in releases if fix in fixes)
+        if order.index(release) < order.index(first):
+            found.append(f"{MOUNTPOINT_ADDON} {addon_version} predates {first}, the first release with the fix "
+                         f"{fix} ({MOUNTPOINT_RELEASES.name})")
+    return found
 
 
 def kube_scheduler_tag_problems(tag: str, minor: str) -> list[str]:
@@ -81,22 +169,28 @@ def ami_alias_problems(alias: str, sdk_version: str) -> list[str]:
     return []
 
 
-def _neuron_scheduler_tags(rendering: Rendering) -> list[tuple[str, str]]:
-    """(release, kube-scheduler image tag) of every neuron-helm-chart release."""
-    tags = []
-    for release in rendering.of_type(HELM_RELEASE):
-        inputs = reveal(release.inputs)
-        if inputs.get("chart", "").endswith("/" + NEURON_CHART):
-            image = (((inputs.get("values") or {}).get("scheduler") or {}).get("customScheduler") or {}).get("image")
-            tags.append((release.name, (image or {}).get("tag", "(chart default)")))
-    return tags
+def _neuron_chart_releases(rendering: Rendering) -> list[tuple[str, str, dict]]:
+    """(release, chart version, values) of every neuron-helm-chart release."""
+    return [(release.name, inputs.get("version", "(latest)"), inputs.get("values") or {})
+            for release in rendering.of_type(HELM_RELEASE)
+            for inputs in (reveal(release.inputs),) if inputs.get("chart", "").endswith("/" + NEURON_CHART)]
+
+
+def _neuron_scheduler_tag(values: dict) -> str:
+    image = ((values.get("scheduler") or {}).get("customScheduler") or {}).get("image")
+    return (image or {}).get("tag", "(chart default)")
 
 
 def problems(rendering: Rendering, objects: Objects) -> list[Problem]:
     """What the stack pulls and boots exists in the published release data, and fits together."""
     minor = kubernetes_version(rendering)
-    found = [f"Release {name}: {text}" for name, tag in _neuron_scheduler_tags(rendering)
-             for text in kube_scheduler_tag_problems(tag, minor)]
+    found = []
+    for name, version, values in _neuron_chart_releases(rendering):
+        found += [f"Release {name}: {text}" for text in kube_scheduler_tag_problems(_neuron_scheduler_tag(values), minor)]
+        found += [f"Release {name}: {text}" for text in neuron_chart_problems(version, values, NEURON_SDK_VERSION)]
+    for addon in rendering.of_type(ADDON):
+        if addon.inputs.get("addonName") == MOUNTPOINT_ADDON:
+            found += [f"Addon {addon.name}: {text}" for text in mountpoint_addon_problems(addon.inputs["addonVersion"])]
     for node_class in objects.of_kind("EC2NodeClass"):
         for term in node_class.get("spec", {}).get("amiSelectorTerms", []):
             if "alias" in term:
@@ -107,5 +201,6 @@ def problems(rendering: Rendering, objects: Objects) -> list[Problem]:
         if pinned_minor == minor:
             continue
         found += [f"infra/versions.py KUBERNETES_RELEASES[{pinned_minor!r}]: {text}"
-                  for text in kube_scheduler_tag_problems(pins["kube-scheduler"], pinned_minor)]
+                  for text in (*kube_scheduler_tag_problems(pins["kube-scheduler"], pinned_minor),
+                               *mountpoint_addon_problems(pins[MOUNTPOINT_ADDON]))]
     return [Problem(FAMILY, text) for text in found]

@@ -4,6 +4,7 @@ ports, disruption budgets, autoscaler targets, Ingress backends)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from infra.naming import NEURON_SCHEDULER_NAME, NODEPOOL_LABEL
@@ -40,6 +41,38 @@ def node_labels(pool: dict[str, Any]) -> dict[str, set[str]]:
     return labels
 
 
+# Karpenter's well-known label of an instance family (`m7i`), which it derives from the type: a pool that does
+# not list families launches those its category and generation requirements allow.
+INSTANCE_FAMILY_LABEL = "karpenter.k8s.aws/instance-family"
+_FAMILY = re.compile(r"^(?P<category>[a-z]+)(?P<generation>\d+)[a-z-]*$")
+
+
+def _allows_family(pool: dict[str, Any], family: str) -> bool:
+    """Whether a NodePool's category and generation requirements let Karpenter launch this family."""
+    match = _FAMILY.match(family)
+    if match is None:
+        return False
+    derived = {"karpenter.k8s.aws/instance-category": match["category"],
+               "karpenter.k8s.aws/instance-generation": match["generation"]}
+    for requirement in pool["spec"]["template"]["spec"].get("requirements", []):
+        value, operator, values = derived.get(requirement["key"]), requirement["operator"], requirement.get("values", [])
+        if value is None:
+            continue
+        if (operator == "In" and value not in values) or (operator == "NotIn" and value in values) \
+                or (operator == "Gt" and not int(value) > int(values[0])) \
+                or (operator == "Lt" and not int(value) < int(values[0])):
+            return False
+    return True
+
+
+def pool_accepts(pool: dict[str, Any], key: str, values: set[str]) -> bool:
+    """Whether a NodePool launches nodes whose label `key` has one of `values`."""
+    labels = node_labels(pool)
+    if key == INSTANCE_FAMILY_LABEL and key not in labels:
+        return any(_allows_family(pool, family) for family in values)
+    return bool(values & labels.get(key, set()))
+
+
 def _selected_nodepools(spec: dict[str, Any], objects: Objects) -> list[str] | None:
     """The NodePools whose nodes a pod's nodeSelector or required node affinity `In` terms accept; None when
     it selects on no label a NodePool sets (the pod does not run on Karpenter's nodes)."""
@@ -50,13 +83,12 @@ def _selected_nodepools(spec: dict[str, Any], objects: Objects) -> list[str] | N
         for expression in term.get("matchExpressions", []):
             if expression.get("operator") == "In":
                 wanted[expression["key"]] = set(expression.get("values", []))
-    pools = {pool["metadata"]["name"]: node_labels(pool) for pool in objects.of_kind("NodePool")}
     pool_keys = {NODEPOOL_LABEL} | {key for pool in objects.of_kind("NodePool")
                                     for key in ((pool["spec"]["template"].get("metadata") or {}).get("labels") or {})}
     if not wanted.keys() & pool_keys:
         return None
-    return [name for name, labels in pools.items()
-            if all(values & labels.get(key, set()) for key, values in wanted.items())]
+    return [pool["metadata"]["name"] for pool in objects.of_kind("NodePool")
+            if all(pool_accepts(pool, key, values) for key, values in wanted.items())]
 
 
 def _secret_keys(secret: dict[str, Any]) -> set[str]:

@@ -10,7 +10,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from infra.config import ConfigError, load_stack_config
-from infra.naming import COMPILE, METRICS_NAMESPACE, WORKLOAD_NAMESPACE, workload_name
+from infra.naming import ACTIVATOR, COMPILE, METRICS_NAMESPACE, WORKLOAD_NAMESPACE, workload_name
 from planning.offline import manifest, run_program, stack_file_config, with_overrides
 from infra.monitoring import (
     ALERTMANAGER_SERVICE_ACCOUNT, COMPILE_STUCK_SHARE, KUBE_STATE_METRICS_COLLECTORS, LATENCY_TIMEOUT_SHARE,
@@ -24,7 +24,8 @@ RELEASE = "kubernetes:helm.sh/v3:Release"
 MONITORING = "flux-neuron:monitoring"
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:flux-alerts"
 # Which kube-state-metrics collector exports a metric family.
-COLLECTOR_OF = {"kube_job_": "jobs", "kube_pod_": "pods", "kube_horizontalpodautoscaler_": "horizontalpodautoscalers"}
+COLLECTOR_OF = {"kube_job_": "jobs", "kube_pod_": "pods", "kube_deployment_": "deployments",
+                "kube_horizontalpodautoscaler_": "horizontalpodautoscalers"}
 
 
 def prometheus(rendering):
@@ -40,7 +41,7 @@ def test_the_rules_cover_what_must_page_someone(rendering):
     assert set(rules(rendering)) == {
         "CompileJobFailed", "CompileJobStuck", "PodUnschedulable", "AutoscalerAtMax", "GenerationErrors",
         "GenerationsRejected", "GenerationLatencyHigh", "QueueWaitHigh", "ReadinessFlapping", "NeuronRuntimeErrors",
-        "PodUnreadyOnRuntimeErrors"}
+        "PodUnreadyOnRuntimeErrors", "ActivatorDown"}
 
 
 def test_promtool_accepts_the_rule_file(rendering, tmp_path):
@@ -128,7 +129,13 @@ def test_the_rules_fire_on_what_they_name_and_only_then(rendering, stack_config,
         {"interval": "1m", "input_series": [
             _series("kube_job_failed", {**ns, "job_name": compile_job, "condition": "true"}, "0 0 1 1 1"),
             _series("kube_job_failed", {**ns, "job_name": other_job, "condition": "true"}, "1 1 1 1 1"),
+            # p1 could not be scheduled; gated (a serving pod waiting for its artifacts) is not scheduled either,
+            # but the scheduler has not tried: that is no alert.
+            _series("kube_pod_status_unschedulable", {**ns, "pod": "p1"}, "1+0x20"),
             _series("kube_pod_status_scheduled", {**ns, "pod": "p1", "condition": "false"}, "1+0x20"),
+            _series("kube_pod_status_unschedulable", {**ns, "pod": "gated"}, "0+0x20"),
+            _series("kube_pod_status_scheduled", {**ns, "pod": "gated", "condition": "false"}, "1+0x20"),
+            _series("kube_deployment_status_replicas_available", {**ns, "deployment": ACTIVATOR}, "1 1 0+0x20"),
             _series("kube_horizontalpodautoscaler_status_current_replicas",
                     {**ns, "horizontalpodautoscaler": serve}, "2+0x20"),
             _series("kube_horizontalpodautoscaler_spec_max_replicas", {**ns, "horizontalpodautoscaler": serve},
@@ -145,7 +152,10 @@ def test_the_rules_fire_on_what_they_name_and_only_then(rendering, stack_config,
              "exp_alerts": [alert("CompileJobFailed", "critical", job_name=compile_job, condition="true", **ns)]},
             {"eval_time": "10m", "alertname": "PodUnschedulable", "exp_alerts": []},
             {"eval_time": "16m", "alertname": "PodUnschedulable",
-             "exp_alerts": [alert("PodUnschedulable", "warning", pod="p1", condition="false", **ns)]},
+             "exp_alerts": [alert("PodUnschedulable", "warning", pod="p1", **ns)]},
+            {"eval_time": "10m", "alertname": "ActivatorDown", "exp_alerts": []},
+            {"eval_time": "13m", "alertname": "ActivatorDown",
+             "exp_alerts": [alert("ActivatorDown", "critical", deployment=ACTIVATOR, **ns)]},
             {"eval_time": "16m", "alertname": "AutoscalerAtMax",
              "exp_alerts": [alert("AutoscalerAtMax", "warning", horizontalpodautoscaler=serve, **ns)]},
             {"eval_time": "9m", "alertname": "ReadinessFlapping",

@@ -14,7 +14,7 @@ import pytest
 
 from infra import versions
 from infra.image import REPO_ROOT, image_sources
-from infra.naming import COMPILE, workload_name
+from infra.naming import COMPILE, SERVE, workload_name
 from planning.offline import run_program, stack_file_config
 
 STACK = "dev"
@@ -75,14 +75,16 @@ def test_a_chart_pin_bump_changes_neither_the_image_nor_any_job(baseline, monkey
     assert of_type(bumped, DEPLOYMENT) == of_type(baseline, DEPLOYMENT)
 
 
-def test_a_new_model_revision_replaces_every_job_and_updates_only_the_deployments(baseline):
+def test_a_new_model_revision_replaces_every_job_and_updates_only_the_serving_deployments(baseline):
     revision = next(candidate for candidate in ("0" * 40, "1" * 40) if candidate != MODEL["revision"])
     revised = run_program(STACK, {"flux-neuron:model": {**MODEL, "revision": revision}})
     before, after = of_type(baseline, JOB), of_type(revised, JOB)
-    assert len(after) == len(before) == len(SHAPES) and not set(after) & set(before)
+    # Every shape's graphs Job and the weights Job.
+    assert len(after) == len(before) == len(SHAPES) + 1 and not set(after) & set(before)
     deployments_before, deployments_after = of_type(baseline, DEPLOYMENT), of_type(revised, DEPLOYMENT)
     assert set(deployments_after) == set(deployments_before)
-    assert all(deployments_after[urn] != deployments_before[urn] for urn in deployments_before)
+    changed = {urn.rsplit("::", 1)[1] for urn in deployments_before if deployments_after[urn] != deployments_before[urn]}
+    assert changed == {workload_name(SERVE, shape) for shape in SHAPES}
     for type_ in (SERVICE, PDB, HPA, NODEPOOL, *IMAGE_TYPES):
         assert of_type(revised, type_) == of_type(baseline, type_), type_
 

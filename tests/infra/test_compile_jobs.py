@@ -1,10 +1,9 @@
-"""Compile Jobs survive disruptions and fail fast on bad options; serving pods stop waiting for graphs
-once their Job can no longer publish them (issue 13, item 6). Jobs are named by the artifact key, which
-changes whenever the runtime's key does, and serving does not wait for the Job resource (item 1)."""
+"""Publishing Jobs survive disruptions and fail fast on bad options (issue 13, item 6). The graphs Jobs are
+named by the artifact key, which changes whenever the runtime's key does, the weights Job by the weights key,
+and serving does not wait for either Job resource (item 1; issue 18: nothing is awaited)."""
 
 import dataclasses
 import re
-import subprocess
 
 import pytest
 
@@ -12,10 +11,10 @@ from infra import pods
 from infra.naming import SERVE, workload_name
 from planning.offline import manifest
 from infra.pods import (
-    COMPILE_JOB_IMAGE_FIELDS, COMPILE_START_MINUTES, WorkloadSettings, WAIT_SCRIPT, artifact_key_args,
-    compile_job_name, deployment_deadline_minutes, rollout_minutes, wait_for_graphs_limit_seconds,
+    COMPILE_JOB_IMAGE_FIELDS, COMPILE_START_MINUTES, WorkloadSettings, artifact_key_args, compile_job_name,
+    deployment_deadline_minutes, publish_limit_seconds, rollout_minutes, weights_job_name,
 )
-from common.artifacts import EXIT_NOT_PUBLISHED, MODEL_LIBRARIES
+from common.artifacts import MODEL_LIBRARIES
 from common.neuron import NEURON_FAMILIES
 from common.shapes import MAX_SIDE, Shape, parse_shape
 from common.artifacts import EXIT_USAGE
@@ -43,39 +42,29 @@ def test_disruptions_spend_no_retry_and_bad_options_fail_the_job_at_once(renderi
         assert spec["podReplacementPolicy"] == "Failed"
 
 
-def test_the_exit_code_the_job_fails_fast_on_is_the_compile_cli_s_usage_error(rendering, capsys):
-    job = next(iter(declared(rendering, JOB).values()))
-    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    options = command[command.index("model.compile") + 1:]
-    shape = options.index("--shape") + 1
-    # The Job's own command with one bad option: the CLI's answer is the status the policy names.
+def test_the_exit_code_the_job_fails_fast_on_is_the_compile_cli_s_usage_error(rendering, stack_config, capsys):
+    settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
+    # The Jobs' key options with one bad one: the CLI's answer is the status the policy names.
+    options = [*artifact_key_args(settings, shape), "--out", "/graphs"]
+    options[options.index(str(shape))] = "100x100"
     with pytest.raises(SystemExit) as exited:
-        compile_main([*options[:shape], "100x100", *options[shape + 1:]])
+        compile_main(options)
     assert exited.value.code == EXIT_USAGE
     assert "100x100" in capsys.readouterr().err
 
 
-def test_serving_pods_wait_for_graphs_exactly_as_long_as_their_job_can_publish(rendering, stack_config):
-    jobs = declared(rendering, JOB)
+def test_a_rollout_to_a_new_key_may_take_as_long_as_its_compile_and_a_rollout(rendering, stack_config):
+    """Its pods stay gated while the key's Jobs compile: the Deployment's progress deadline covers the Jobs'
+    node start and deadline, then the rollout (reported by the Deployment; nothing waits for it)."""
+    settings, jobs = WorkloadSettings.of(stack_config), declared(rendering, JOB)
     for name, deployment in declared(rendering, DEPLOYMENT).items():
+        if not name.startswith(workload_name(SERVE, "")):
+            continue
         shape = parse_shape(name.removeprefix(workload_name(SERVE, "")))
-        (wait,) = deployment["spec"]["template"]["spec"]["initContainers"]
-        limit, job_name = wait["command"][4:6]
-        assert job_name == compile_job_name(WorkloadSettings.of(stack_config), shape) and job_name in jobs
-        assert int(limit) == wait_for_graphs_limit_seconds(WorkloadSettings.of(stack_config)) == \
-            jobs[job_name]["spec"]["activeDeadlineSeconds"] + COMPILE_START_MINUTES * 60
-
-
-def test_the_wait_gives_up_at_its_limit_with_one_line_naming_the_job(tmp_path):
-    calls = tmp_path / "calls"
-    unpublished = f"echo x >> {calls}; exit {EXIT_NOT_PUBLISHED}"
-    result = subprocess.run(["sh", "-c", WAIT_SCRIPT, "wait-for-graphs", "0", "flux-compile-256x144",
-                             "sh", "-c", unpublished], capture_output=True, text=True, timeout=10)
-    assert result.returncode == EXIT_NOT_PUBLISHED
-    assert calls.read_text().split() == ["x"]
-    (line,) = result.stderr.splitlines()
-    assert line.startswith("wait-for-graphs: gave up after 0s: ")
-    assert "kubectl describe job flux-compile-256x144" in line
+        job = jobs[compile_job_name(settings, shape)]
+        assert publish_limit_seconds(settings) == job["spec"]["activeDeadlineSeconds"] + COMPILE_START_MINUTES * 60
+        assert deployment["spec"]["progressDeadlineSeconds"] == publish_limit_seconds(settings) + rollout_minutes(
+            settings.serving_pool, shape) * 60
 
 
 # --- the artifact key names the Jobs ---------------------------------------------------------------
@@ -185,13 +174,34 @@ def test_a_new_image_changes_no_job_and_a_replaced_one_goes_before_its_successor
         assert job.delete_before_replace
 
 
-def test_serving_waits_for_the_published_key_not_for_the_job(rendering, stack_config):
+def test_serving_waits_for_the_published_key_not_for_the_job_and_pulumi_waits_for_neither(rendering, stack_config):
     settings, jobs = WorkloadSettings.of(stack_config), {job.urn for job in rendering.of_type(JOB)}
     for deployment in rendering.of_type(DEPLOYMENT):
         assert not jobs & set(deployment.dependencies), deployment.name
-        shape = parse_shape(deployment.name.removeprefix(workload_name(SERVE, "")))
-        deadline = deployment_deadline_minutes(settings, shape)
-        assert deadline * 60 == wait_for_graphs_limit_seconds(settings) + rollout_minutes(
-            settings.serving_pool.family, shape) * 60
-        assert manifest(deployment)["spec"]["progressDeadlineSeconds"] == deadline * 60
-        assert deployment.custom_timeouts == {"create": f"{deadline}m", "update": f"{deadline}m"}
+        assert manifest(deployment)["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
+        assert not deployment.custom_timeouts, deployment.name
+        if deployment.name.startswith(workload_name(SERVE, "")):
+            shape = parse_shape(deployment.name.removeprefix(workload_name(SERVE, "")))
+            assert manifest(deployment)["spec"]["progressDeadlineSeconds"] == \
+                deployment_deadline_minutes(settings, shape) * 60
+
+
+def test_the_weights_job_is_named_by_what_decides_the_weights_only(stack_config):
+    """Shared by every shape: a new shape, a text length or a serving family leave the weights (and their Job) as
+    they are; the model, revision, dtype, TP degree or weights format make new ones."""
+    settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
+    same = [dataclasses.replace(settings, model=settings.model.model_copy(update={
+                "max_text_length": settings.model.max_text_length // 2})),
+            dataclasses.replace(settings, serving=settings.serving.model_copy(update={
+                "pool": other(NEURON_FAMILIES, settings.serving.pool)}))]
+    assert {weights_job_name(changed) for changed in same} == {weights_job_name(settings)}
+    for field in ("model", "revision", "dtype", "tp_degree"):
+        assert weights_job_name(KEY_SETTING_CHANGES[field](settings)) != weights_job_name(settings), field
+    assert all(compile_job_name(changed, shape) != compile_job_name(settings, shape) for changed in same)
+
+
+def test_a_new_weights_format_names_a_new_weights_job_and_keeps_the_graphs_jobs(stack_config, monkeypatch):
+    settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
+    weights, graphs = weights_job_name(settings), compile_job_name(settings, shape)
+    monkeypatch.setattr(pods, "WEIGHTS_FORMAT_VERSION", pods.WEIGHTS_FORMAT_VERSION + 1)
+    assert weights_job_name(settings) != weights and compile_job_name(settings, shape) == graphs

@@ -30,8 +30,8 @@ STATED = {
         kubernetes_version="1.33",
         model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 128),
         dtype="bfloat16",
-        neuron_pools={"trn1": NeuronPool("trn1", ("trn1.32xlarge",), ("on-demand",), 80)},
-        compile=CompileSettings("trn1", devices=4, tensor_parallel=8, timeout_minutes=360),
+        neuron_pools={"trn1": NeuronPool("trn1", ("trn1.32xlarge",), ("on-demand",), 48)},
+        compile=CompileSettings("cpu", devices=None, tensor_parallel=8, timeout_minutes=360),
         serving=ServingSettings("trn1", devices=4, replicas=1, max_replicas=2, queue_size=4,
                                 request_timeout_seconds=120),
         shapes=(Shape(1024, 576), Shape(256, 144), Shape(512, 512)),
@@ -47,7 +47,7 @@ STATED = {
         model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 256),
         dtype="bfloat16",
         neuron_pools={"inf2": NeuronPool("inf2", ("inf2.24xlarge", "inf2.48xlarge"), ("on-demand",), 96)},
-        compile=CompileSettings("inf2", devices=2, tensor_parallel=4, timeout_minutes=480),
+        compile=CompileSettings("cpu", devices=None, tensor_parallel=4, timeout_minutes=480),
         serving=ServingSettings("inf2", devices=2, replicas=3, max_replicas=10, queue_size=1,
                                 request_timeout_seconds=120),
         shapes=(Shape(1024, 1024), Shape(1024, 576), Shape(576, 1024)),
@@ -86,6 +86,8 @@ KNOWN_KEYS = ("aws:region, flux-neuron:cluster, flux-neuron:coldStart, flux-neur
               "flux-neuron:network, flux-neuron:neuronPools, flux-neuron:observability, "
               "flux-neuron:serving, flux-neuron:shapes, flux-neuron:systemNodes")
 
+# The dev stack compiling on its serving family instead of device-less.
+ON_TRN1 = {**dev("compile"), "pool": "trn1"}
 # The dev stack's pool allowing Spot, and its serving within the Spot notice.
 SPOT_TRN1 = {**dev("neuronPools")["trn1"], "capacityTypes": ["on-demand", "spot"]}
 SPOT_SERVING = {**dev("serving"), "requestTimeoutSeconds": 75}
@@ -108,24 +110,43 @@ BAD_CONFIGS = {
     "dtype-float16": (
         {"flux-neuron:dtype": "float16"}, "flux-neuron:dtype", "'float16'", "one of bfloat16, float32"),
     "devices-3-on-trn1.32xlarge": (
-        {"flux-neuron:compile": {**dev("compile"), "devices": 3}}, "flux-neuron:compile.devices", "3",
+        {"flux-neuron:compile": {**ON_TRN1, "devices": 3}}, "flux-neuron:compile.devices", "3",
         "a device count that schedules on trn1 (trn1.32xlarge): 1, 4, 8, 16"),
     "devices-over-maxDevices": (
         {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "maxDevices": 2}}},
-        "flux-neuron:compile.devices", "4", "at most the pool's maxDevices (2)"),
+        "flux-neuron:serving.devices", "4", "at most the pool's maxDevices (2)"),
+    "maxDevices-below-maxReplicas-and-surge": (
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "maxDevices": 32}}},
+        "flux-neuron:neuronPools.trn1.maxDevices", "32",
+        "at least 36: 3 shapes x (serving.maxReplicas 2 + 1 rollout surge) x 4 devices"),
     "maxDevices-below-maxReplicas-surge-and-compiles": (
-        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "maxDevices": 40}}},
+        {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "maxDevices": 40}},
+         "flux-neuron:compile": ON_TRN1},
         "flux-neuron:neuronPools.trn1.maxDevices", "40",
-        "at least 48: 3 shapes x (serving.maxReplicas 2 + 1 rollout surge) x 4 devices + 3 compile Jobs x 4 devices"),
+        "at least 48: 3 shapes x (serving.maxReplicas 2 + 1 rollout surge) x 4 devices + 3 graphs Jobs x 4 devices"),
+    # Issue 17: graphs are compiled for serving.pool's family, on the cpu NodePool or on that family.
+    "compile-pool-of-another-family": (
+        {"flux-neuron:neuronPools": {**dev("neuronPools"), "inf2": {"maxDevices": 12}},
+         "flux-neuron:compile": {**dev("compile"), "pool": "inf2"}},
+        "flux-neuron:compile.pool", "'inf2'",
+        "cpu (a device-less compile on the cpu NodePool, the default) or trn1, the family serving.pool serves on: "
+        "the graphs are compiled for that family, and a Neuron node compiles only for its own"),
+    "compile-pool-unknown": (
+        {"flux-neuron:compile": {**dev("compile"), "pool": "gpu"}}, "flux-neuron:compile.pool", "'gpu'",
+        "cpu or one of the configured neuronPools: trn1"),
+    "compile-devices-on-cpu": (
+        {"flux-neuron:compile": {**dev("compile"), "devices": 4}}, "flux-neuron:compile.devices", "4",
+        "unset with compile.pool cpu: a device-less compile holds no Neuron device"),
     # Spot: an on-demand base under it, on the serving pool only, with burst to hold, requests that fit its notice.
     "spot-without-on-demand": (
         {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["spot"]}}},
         "flux-neuron:neuronPools.trn1.capacityTypes", '["spot"]',
         "a list with on-demand too when it has spot: the pool's base (serving.replicas, the rollout surge, "
-        "compile Jobs) runs on-demand, Spot only holds serving burst"),
+        "graphs Jobs compiling on it) runs on-demand, Spot only holds serving burst"),
     "compile-pool-without-on-demand": (
         {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "capacityTypes": ["reserved"],
-                                              "capacityReservationIds": ["cr-0123456789abcdef0"]}}},
+                                              "capacityReservationIds": ["cr-0123456789abcdef0"]}},
+         "flux-neuron:compile": ON_TRN1},
         "flux-neuron:neuronPools.trn1.capacityTypes", '["reserved"]',
         "a list with on-demand: compile.pool's Jobs run on-demand only"),
     "spot-on-a-pool-serving-does-not-use": (
@@ -150,10 +171,11 @@ BAD_CONFIGS = {
         {"flux-neuron:neuronPools": {"trn1": SPOT_TRN1}, "flux-neuron:serving": dev("serving")},
         "flux-neuron:serving.requestTimeoutSeconds", "120", "at most 75 while neuronPools.trn1.capacityTypes has spot"),
     "maxDevices-below-the-on-demand-base-and-the-spot-burst": (
-        {"flux-neuron:neuronPools": {"trn1": {**SPOT_TRN1, "maxDevices": 56}}, "flux-neuron:serving": SPOT_SERVING},
+        {"flux-neuron:neuronPools": {"trn1": {**SPOT_TRN1, "maxDevices": 56}}, "flux-neuron:serving": SPOT_SERVING,
+         "flux-neuron:compile": ON_TRN1},
         "flux-neuron:neuronPools.trn1.maxDevices", "56",
         "at least 60: the on-demand base 48 (3 shapes x (serving.replicas 1 + 1 rollout surge) x 4 devices + "
-        "3 compile Jobs x 4 devices, rounded up to whole 16-device nodes) + the Spot burst 12 (3 shapes x "
+        "3 graphs Jobs x 4 devices, rounded up to whole 16-device nodes) + the Spot burst 12 (3 shapes x "
         "(serving.maxReplicas 2 - serving.replicas 1) x 4 devices)"),
     "devices-7-on-inf2.24xlarge": (
         {"flux-neuron:neuronPools": {**dev("neuronPools"), "inf2": {"instanceTypes": ["inf2.24xlarge"],
@@ -182,7 +204,7 @@ BAD_CONFIGS = {
         "4 trn1 devices hold compile.tensorParallel 8 (one rank per NeuronCore); a larger count needs "
         "flux-neuron:serving.extraDevicesReason saying why"),
     "compile-devices-above-what-tensorParallel-needs": (
-        {"flux-neuron:compile": {**dev("compile"), "devices": 16}}, "flux-neuron:compile.devices", "16",
+        {"flux-neuron:compile": {**ON_TRN1, "devices": 16}}, "flux-neuron:compile.devices", "16",
         "4 trn1 devices hold compile.tensorParallel 8 (one rank per NeuronCore); a larger count needs "
         "flux-neuron:compile.extraDevicesReason saying why"),
     "extraDevicesReason-without-extra-devices": (
@@ -195,15 +217,8 @@ BAD_CONFIGS = {
         "a sentence saying why the pod needs more devices than its tensor-parallel ranks"),
     "tensorParallel-8-on-a-one-device-pool": (
         {"flux-neuron:neuronPools": {"trn1": {**dev("neuronPools")["trn1"], "instanceTypes": ["trn1.2xlarge"]}}},
-        "flux-neuron:compile.pool", "'trn1'",
+        "flux-neuron:serving.pool", "'trn1'",
         "a pool with room for compile.tensorParallel 8 (a NeuronCore per rank): trn1.2xlarge have at most 2"),
-    "compile-pool-without-memory-for-one-worker": (
-        {"flux-neuron:neuronPools": {"trn1": {"instanceTypes": ["trn1.2xlarge"], "maxDevices": 4},
-                                     "trn2": {"instanceTypes": ["trn2.3xlarge"], "maxDevices": 4}},
-         "flux-neuron:compile": {**dev("compile"), "tensorParallel": 2},
-         "flux-neuron:serving": {**dev("serving"), "pool": "trn2"}},
-        "flux-neuron:compile.pool", "'trn1'",
-        "a pool with an instance type of at least 63 GiB: one compile worker builds the whole transformer"),
     "pool-of-an-unconfigured-family": (
         {"flux-neuron:serving": {**dev("serving"), "pool": "inf2"}}, "flux-neuron:serving.pool", "'inf2'",
         "one of the configured neuronPools: trn1"),
@@ -259,9 +274,13 @@ BAD_CONFIGS = {
     "kubernetesVersion-1.20": (
         {"flux-neuron:kubernetesVersion": "1.20"}, "flux-neuron:kubernetesVersion", "'1.20'", "one of 1.33, 1.34"),
     "bad-region": (
-        {"aws:region": "us-west"}, "aws:region", "'us-west'", "an AWS region such as us-west-2"),
+        {"aws:region": "us-west"}, "aws:region", "'us-west'", "an AWS commercial region: af-south-1, ap-east-1,"),
+    # Shaped like a region, but AWS has none of that name (issue 18).
+    "region-that-does-not-exist": (
+        {"aws:region": "us-west-9"}, "aws:region", "'us-west-9'", "an AWS commercial region: af-south-1,"),
     "missing-region": (
-        {"aws:region": None}, "aws:region", "null", "required; an AWS region such as us-west-2"),
+        {"aws:region": None}, "aws:region", "null",
+        "required; an AWS commercial region such as us-west-2 (infra/regions.py lists them)"),
     "unpinned-model-revision": (
         {"flux-neuron:model": {**dev("model"), "revision": "main"}}, "flux-neuron:model.revision", "'main'",
         "the 40-hex commit of the model revision"),
@@ -283,6 +302,12 @@ BAD_CONFIGS = {
     "a-zone-listed-twice": (
         {"flux-neuron:network": {"zones": ["us-west-2b", "us-west-2b"]}}, "flux-neuron:network.zones",
         '["us-west-2b", "us-west-2b"]', "a list of 2 or 3 distinct availability zone names of the region"),
+    "zone-the-region-does-not-have": (
+        {"flux-neuron:network": {"zones": ["us-west-2b", "us-west-2e"]}}, "flux-neuron:network.zones[1]",
+        "'us-west-2e'", "an availability zone of us-west-2: us-west-2a, us-west-2b, us-west-2c, us-west-2d"),
+    "zone-of-another-region": (
+        {"flux-neuron:network": {"zones": ["us-west-2b", "us-east-1c"]}}, "flux-neuron:network.zones[1]",
+        "'us-east-1c'", "an availability zone of us-west-2: "),
     "zone-count-disagreeing-with-the-zones": (
         {"flux-neuron:network": {"zones": ["us-west-2b", "us-west-2c"], "availabilityZones": 3}},
         "flux-neuron:network.availabilityZones", "3", "unset, or the number of network.zones (2)"),
@@ -454,3 +479,23 @@ def test_the_documented_sizing_messages_are_the_ones_given():
             load_stack_config(dev_with(changes))
         message = str(raised.value)
         assert message in document, f"docs/config.md shows another message than: {message}"
+
+
+def test_a_neuron_compile_pool_without_memory_for_one_compile_is_refused(monkeypatch):
+    """No catalog type lacks it today at a TP degree that fits HBM; a compiler needing far more memory than the
+    estimate would (trn2.3xlarge: 128 GiB)."""
+    from infra import sizing
+
+    monkeypatch.setattr(sizing, "COMPILER_WORKING_SET_BYTES", 200 * sizing.GIB)
+    pools = {"trn2": {"instanceTypes": ["trn2.3xlarge"], "maxDevices": 12}}
+    changes = {"flux-neuron:neuronPools": pools,
+               "flux-neuron:compile": {**dev("compile"), "pool": "trn2", "tensorParallel": 4},
+               "flux-neuron:serving": {**dev("serving"), "pool": "trn2"}}
+    with pytest.raises(ConfigError) as raised:
+        load_stack_config(dev_with(changes))
+    assert str(raised.value) == (
+        "config flux-neuron:compile.pool: 'trn2' is not allowed: cpu, or a pool with an instance type of at least "
+        "246 GiB holding compile.devices: one compile builds the transformer once and traces a rank of it "
+        "(an estimate)")
+    # Device-less, the cpu NodePool's largest type holds it.
+    load_stack_config(dev_with({**changes, "flux-neuron:compile": {**dev("compile"), "tensorParallel": 4}}))

@@ -25,8 +25,7 @@ def private_zones(rendering):
 
 
 def test_each_stacks_zones_offer_a_type_of_every_pool_its_pods_use(rendering, stack_config):
-    pools = {stack_config.serving_pool.family: stack_config.serving_pool,
-             stack_config.compile_pool.family: stack_config.compile_pool}.values()
+    pools = stack_config.neuron_pools_in_use
     zones = private_zones(rendering)
     assert len(zones) == stack_config.network.availability_zones
     for zone in zones:
@@ -106,9 +105,30 @@ def test_listed_zones_are_kept_and_held_to_the_same_rule():
         'config flux-neuron:network.zones: ["us-west-2a", "us-west-2b"] is not allowed: zones of the region that '
         "offer an instance type of every Neuron pool, trn1 (trn1.32xlarge): us-west-2a is not one of them; the "
         "zones that are: us-west-2b, us-west-2c, us-west-2d")
-    with pytest.raises(ConfigError, match=r"us-east-1a is not a zone of the region"):
+    # A zone of another region is refused by the config, before EC2 is asked.
+    with pytest.raises(ConfigError, match=r"network.zones\[0\]: 'us-east-1a' is not allowed: an availability zone of "
+                                          r"us-west-2"):
         run_program("dev", {NETWORK: {"zones": ["us-east-1a", "us-west-2b"]}})
+    # One the list has but this account's EC2 does not: refused from EC2's answer.
+    with pytest.raises(ConfigError, match=r"us-west-2d is not a zone of the region"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(offline, "mock_zones", lambda region: ["us-west-2a", "us-west-2b", "us-west-2c"])
+            run_program("dev", {NETWORK: {"zones": ["us-west-2d", "us-west-2b"]}})
 
 
 def test_the_zones_are_a_stack_output(rendering):
     assert sorted(rendering.outputs["availabilityZones"]) == private_zones(rendering)
+
+
+def test_the_offline_run_answers_with_the_regions_real_zones_only():
+    """The zones the mocks hand the program are the committed real ones (infra/regions.py), and every zone they
+    say offers a Neuron family is one of them: a plan never shows a zone the region does not have."""
+    from infra import regions
+
+    for region, families in offline.MOCK_OFFERED_LETTERS.items():
+        assert mock_zones(region) == list(regions.zones(region))
+        for family in families:
+            assert set(mock_offered_zones(region, f"{family}.32xlarge")) <= set(regions.zones(region)), family
+    for stack in ("dev", "prod"):
+        rendering = run_program(stack)
+        assert set(rendering.outputs["availabilityZones"]) <= set(regions.zones(rendering.outputs["region"]))

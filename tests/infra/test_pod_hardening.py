@@ -109,7 +109,8 @@ def workload_pods(rendering):
     return pod_templates([manifest(r) for r in rendering.kubernetes_objects()])
 
 
-def test_root_filesystems_are_read_only_and_written_directories_are_empty_dirs(rendering):
+def test_root_filesystems_are_read_only_and_written_directories_are_pod_scoped_volumes(rendering):
+    """Written directories are emptyDirs, or a compile's scratch: a gp3 volume created and deleted with its pod."""
     pods = [pod for pod in workload_pods(rendering) if pod.namespace == "flux"]
     assert pods
     for pod in pods:
@@ -125,7 +126,8 @@ def test_root_filesystems_are_read_only_and_written_directories_are_empty_dirs(r
             for directory in written:
                 mount = max((path for path in mounts if directory == path or directory.startswith(path + "/")),
                             key=len, default=None)
-                assert mount is not None and "emptyDir" in mounts[mount], f"{where}: {directory}"
+                assert mount is not None and ("emptyDir" in mounts[mount] or "ephemeral" in mounts[mount]), \
+                    f"{where}: {directory}"
 
 
 def test_the_token_is_a_file_never_a_variable(rendering):

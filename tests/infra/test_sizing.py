@@ -1,6 +1,6 @@
-"""The sizing model (infra/sizing.py): component bytes, HBM fit, device counts, compile memory; that
-no Neuron pod of a real stack asks for more NeuronCores than its TP degree needs; and the capacity
-table built from the rendering (planning/capacity.py) with its arithmetic."""
+"""The sizing model (infra/sizing.py): component bytes, HBM fit, device counts, compile memory, CPU and
+scratch, node disk per family; that no Neuron pod of a real stack asks for more NeuronCores than its TP degree
+needs; and the capacity table built from the rendering (planning/capacity.py) with its arithmetic."""
 
 from __future__ import annotations
 
@@ -70,28 +70,55 @@ def test_the_smallest_device_count_the_scheduler_extension_places(family, types,
     assert sizing.devices_for(family, types, cores) == devices
 
 
-def test_dev_compiles_eight_workers_at_once_within_a_trn1_32xlarge():
-    compiling = sizing.compile_plan(TRN1, 4, 8, "bfloat16")
-    # 8 workers x (23.8 GB bfloat16 transformer + 24 GiB compiler) = 369.3 GiB <= 512 - 16 GiB
-    assert (compiling.instance_type, compiling.concurrency, compiling.peak.component.name) == ("trn1.32xlarge", 8, "transformer")
-    assert compiling.memory_gib == math.ceil(8 * (23.8 * GB + 24 * GIB) / GIB) == 370
+def test_a_compile_holds_one_build_of_its_largest_component_one_rank_of_it_and_the_compiler():
+    """SPMD: one process per component, one after another; the transformer's is the peak (an estimate)."""
+    # bfloat16 TP 8: 23.8 GB transformer + 23.8 GB x 1.25 / 8 traced rank + 24 GiB neuronx-cc = 49.6 GiB.
+    assert sizing.compile_memory_bytes("bfloat16", 8) == 23.8 * GB + math.ceil(23.8 * GB * 1.25 / 8) + 24 * GIB
+    assert round(sizing.compile_memory_bytes("bfloat16", 8) / GIB, 1) == 49.6
+    # A smaller degree traces a larger rank; float32 doubles both.
+    assert sizing.compile_memory_bytes("bfloat16", 4) > sizing.compile_memory_bytes("bfloat16", 8)
+    assert sizing.compile_memory_bytes("float32", 8) == 2 * 23.8 * GB + math.ceil(2 * 23.8 * GB * 1.25 / 8) + 24 * GIB
 
 
-def test_concurrency_drops_until_the_workers_fit_the_host():
-    # float32: one worker is 44.3 + 24 GiB; 7 fit in 496 GiB, 8 would not.
-    compiling = sizing.compile_plan(TRN1, 4, 8, "float32")
-    assert compiling.concurrency == 7 and compiling.memory_gib == math.ceil(7 * (47.6 * GB + 24 * GIB) / GIB) == 479
-    assert 8 * (47.6 * GB + 24 * GIB) > (512 - 16) * GIB
+def test_the_weights_job_holds_one_component_and_one_rank_and_writes_the_download_and_the_shards():
+    assert sizing.weights_memory_bytes("bfloat16", 8) == 23.8 * GB + math.ceil(23.8 * GB * 1.25 / 8) + 8 * GIB
+    assert sizing.download_bytes() == pytest.approx(33.75 * GB)
+    # Every rank's shares of the sharded components (1.25 of each), CLIP whole, the float32 VAE whole.
+    assert sizing.weights_bytes("bfloat16", 8) == pytest.approx((23.8 + 9.5) * 1.25 * GB + 0.25 * GB + 0.4 * GB,
+                                                                rel=1e-9)
+    assert sizing.weights_scratch_gib("bfloat16", 8) == math.ceil(
+        (sizing.download_bytes() + sizing.weights_bytes("bfloat16", 8)) * sizing.SCRATCH_MARGIN / GIB) == 85
 
 
-def test_prod_compiles_on_the_roomiest_inf2_type_holding_its_devices():
-    compiling = sizing.compile_plan(INF2, 2, 4, "bfloat16")
-    assert (compiling.instance_type, compiling.concurrency, compiling.memory_gib) == ("inf2.48xlarge", 4, 185)
+@pytest.mark.parametrize("memory_gib, instance_type, cpu", [
+    (50, "m7i.4xlarge", 13),   # dev's graphs Job: 50 of 64 GiB, so 16 x 50/64 = 12.5 -> 13 vCPUs
+    (34, "m7i.4xlarge", 9),    # dev's weights Job: 34 GiB does not fit m7i.2xlarge's 32 less 6
+    (76, "m7i.8xlarge", 19),   # float32
+    (760, "m7i.48xlarge", 190),  # the CPU share is capped at what the node leaves (192 - 1)
+])
+def test_a_device_less_pod_takes_the_smallest_cpu_type_that_holds_it_and_the_cpu_share_of_its_memory(
+        memory_gib, instance_type, cpu):
+    size = sizing.cpu_pod_size(memory_gib * GIB)
+    assert (size.instance_type, size.memory_gib, size.cpu) == (instance_type, memory_gib, min(cpu, 191))
 
 
-def test_a_host_without_memory_for_one_worker_has_no_plan():
-    assert sizing.compile_plan(("trn1.2xlarge",), 1, 2, "bfloat16") is None
-    assert sizing.compile_host_gib_needed(2, "bfloat16") == math.ceil((23.8 * GB + 24 * GIB + 16 * GIB) / GIB) == 63
+def test_a_compile_on_a_neuron_pool_takes_the_leanest_type_with_its_devices_and_memory():
+    memory = sizing.compile_memory_bytes("bfloat16", 4)  # 53.1 GiB
+    # inf2.24xlarge holds 2 devices and 54 GiB; its devices' CPU share (22) beats the memory share (96 x 54/384).
+    assert sizing.neuron_compile_size(INF2, 2, memory, 22) == sizing.PodSize(22, 54, "inf2.24xlarge")
+    # The memory share wins on a lean type: inf2.8xlarge's 128 GiB for 54 GiB is 14 of its 32 vCPUs.
+    assert sizing.neuron_compile_size(("inf2.8xlarge",), 1, memory, 5) == sizing.PodSize(14, 54, "inf2.8xlarge")
+    # trn1.2xlarge's 32 GiB hold no compile.
+    assert sizing.neuron_compile_size(("trn1.2xlarge",), 1, memory, 5) is None
+
+
+@pytest.mark.parametrize("instance_type, gib", [
+    ("inf2.xlarge", 231), ("inf2.48xlarge", 231),          # no instance store: the 300 GiB root volume
+    ("trn1.2xlarge", 358), ("trn1.32xlarge", 6331),        # the instance store, striped (RAID0)
+])
+def test_a_nodes_ephemeral_storage_is_its_instance_store_or_its_root_volume_less_the_image_and_the_reserve(
+        instance_type, gib):
+    assert sizing.node_ephemeral_gib(instance_type) == gib
 
 
 # --- the real stacks, rendered --------------------------------------------------------------------
@@ -104,37 +131,23 @@ def _neuron_pods(rendering):
 
 
 def test_no_neuron_pod_asks_for_more_cores_than_its_tensor_parallel_degree(rendering, stack_config):
-    pools = {"Job": stack_config.compile_pool, "Deployment": stack_config.serving_pool}
-    pods = list(_neuron_pods(rendering))
-    assert len(pods) == 2 * len(stack_config.shapes)
+    pods = [(kind, name, spec) for kind, name, spec in _neuron_pods(rendering)
+            if NEURON_DEVICE_RESOURCE in spec["containers"][0]["resources"]["limits"]]
+    # Both stacks compile device-less: the serving pods are the Neuron pods.
+    assert len(pods) == len(stack_config.shapes) and {kind for kind, _, _ in pods} == {"Deployment"}
     for kind, name, spec in pods:
         (container,) = spec["containers"]
         command = container["command"]
         tensor_parallel = int(command[command.index("--tp-degree") + 1])
         devices = int(container["resources"]["limits"][NEURON_DEVICE_RESOURCE])
-        assert devices * catalog.cores_per_device(pools[kind].family) == tensor_parallel, name
-
-
-def test_the_compile_job_memory_and_concurrency_come_from_the_sizing_model(rendering, stack_config):
-    compiling = sizing.compile_plan(stack_config.compile_pool.instance_types, stack_config.compile.devices,
-                               stack_config.compile.tensor_parallel, stack_config.dtype)
-    for kind, name, spec in _neuron_pods(rendering):
-        if kind != "Job":
-            continue
-        (container,) = spec["containers"]
-        resources = container["resources"]
-        # Guaranteed QoS: requests equal limits.
-        assert resources["requests"]["memory"] == resources["limits"]["memory"] == f"{compiling.memory_gib}Gi", name
-        command = container["command"]
-        assert int(command[command.index("--max-parallel-compilations") + 1]) == compiling.concurrency, name
-    expected = {"dev": (8, 370), "prod": (4, 185)}[rendering.stack]
-    assert (compiling.concurrency, compiling.memory_gib) == expected
+        assert devices * catalog.cores_per_device(stack_config.serving_pool.family) == tensor_parallel, name
 
 
 # --- the capacity table (planning/capacity.py, plans/<stack>/capacity.md) ---------------------------
 
-def _request(devices, instance_types, cpu=22, memory_gib=89):
-    return capacity.PodRequest(SERVE, "neuron-x", instance_types, 2 * devices, devices, cpu, memory_gib, None)
+def _request(devices, instance_types, cpu=22, memory_gib=89, ephemeral_gib=10):
+    return capacity.PodRequest(SERVE, "neuron-x", instance_types, 2 * devices, devices, cpu, memory_gib,
+                               ephemeral_gib, None)
 
 
 def test_four_dev_serving_pods_fit_one_trn1_32xlarge():
@@ -151,10 +164,27 @@ def test_prod_serving_pods_fill_both_inf2_types_without_an_idle_device():
         assert fit.pods * 2 == catalog.instance(name).devices
 
 
-def test_memory_limits_a_compile_pod_to_what_the_node_can_hold():
+def test_memory_limits_a_pod_to_what_the_node_can_hold():
     # 370 GiB: one per trn1.32xlarge (512 - 16 GiB), although its devices would take four.
     fit = capacity.pods_per_node(_request(4, TRN1, memory_gib=370), "trn1.32xlarge")
     assert (fit.pods, fit.limited_by) == (1, "memory")
+
+
+def test_a_nodes_disk_limits_pods_on_a_family_without_an_instance_store():
+    """The review's inf2 case: 200 GiB of node disk per compile pod (what compile scratch asked for before it moved
+    to a volume of its own) fits once per inf2 node, whatever its devices and memory would allow; trn1's instance
+    store holds many."""
+    fit = capacity.pods_per_node(_request(2, INF2, memory_gib=100, ephemeral_gib=200), "inf2.48xlarge")
+    assert (fit.pods, fit.limited_by) == (1, "ephemeral storage")
+    assert capacity.pods_per_node(_request(4, TRN1, memory_gib=100, ephemeral_gib=200), "trn1.32xlarge").pods == 4
+
+
+def test_the_rendered_pods_fit_their_nodes_disks(rendering):
+    """Every Neuron pod's node-disk request times the pods its node holds stays within that node's disk."""
+    for group in capacity._groups(rendering):
+        for name in group.request.instance_types:
+            fit = capacity.pods_per_node(group.request, name)
+            assert fit.pods * group.request.ephemeral_gib <= sizing.node_ephemeral_gib(name), name
 
 
 def test_the_cheapest_mix_combines_instance_types():
@@ -184,13 +214,24 @@ def test_the_table_shows_each_pod_with_the_cores_its_tensor_parallel_degree_need
     serving_pools = [neuron_nodepool(stack_config.serving.pool)]
     if stack_config.serving_pool.allows_spot:  # compile Jobs run on-demand only: not on the Spot pool
         serving_pools.append(neuron_spot_nodepool(stack_config.serving.pool))
-    for role, settings, pools in ((COMPILE, stack_config.compile, [neuron_nodepool(stack_config.compile.pool)]),
-                                  (SERVE, stack_config.serving, serving_pools)):
-        tp = stack_config.compile.tensor_parallel
-        row = (f"| {role} | {shapes} | {', '.join(pools)} | {tp} | {tp} | {settings.devices} | 0 |")
-        assert row in text, row
+    tp = stack_config.compile.tensor_parallel
+    row = f"| {SERVE} | {shapes} | {', '.join(serving_pools)} | {tp} | {tp} | {stack_config.serving.devices} | 0 |"
+    assert row in text, row
     assert f"| {' + '.join(serving_pools)} | {stack_config.serving_pool.max_devices} |" in text
     assert "| no: " not in text, "a NodePool limit is below what its pods need at max"
+
+
+def test_the_table_counts_the_device_less_jobs_their_nodes_and_their_scratch(rendering, stack_config):
+    jobs = {job.what: job for job in capacity._cpu_jobs(rendering)}
+    assert set(jobs) == {"weights", *(str(shape) for shape in stack_config.shapes)}
+    text = capacity.table(rendering)
+    for what, job in jobs.items():
+        assert f"| {what} | {job.instance_type} | {job.cpu:g} | {job.memory_gib:g} GiB | {job.scratch_gib} GiB gp3 |" in text
+    scratch = sum(job.scratch_gib for job in jobs.values())
+    assert f"+ {scratch} GiB gp3 |" in text
+    node = catalog.hourly_price(stack_config.region, jobs["weights"].instance_type)
+    assert jobs["weights"].price(stack_config.region) == pytest.approx(
+        node + jobs["weights"].scratch_gib * 0.08 / 730)
 
 
 def test_the_readme_shows_the_dev_table_as_generated():

@@ -1,5 +1,6 @@
 """The workloads (issue 4) as the real program registers them for every real stack file: the image,
-the HF token, per shape a compile Job and autoscaled serving, the ALB ingress and the endpoints.
+the HF token, the weights Job, per shape a graphs Job and autoscaled serving, the activator, the ALB ingress and
+the endpoints.
 
 Renderings are cached: `rendering` (conftest) per stack file, and three config variants per stack.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
 
 import pytest
 
@@ -17,23 +17,27 @@ from infra import catalog, versions
 from infra.config import ConfigError, NeuronPool, SecretText, load_stack_config
 from infra.image import CACHE_TAG, DOCKERFILE, PLATFORM, SOURCE_TAG_PREFIX, image_sources, source_tag
 from infra.naming import (
-    CAPACITY_TYPE_LABEL, COMPILE, HF_TOKEN_SECRET, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, NEURON_DEVICE_RESOURCE,
-    NEURON_FAMILY_LABEL, ON_DEMAND, SERVE, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, endpoint_path, workload_labels, workload_name,
+    ACTIVATOR, HF_TOKEN_SECRET, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, NEURON_DEVICE_RESOURCE,
+    NEURON_FAMILY_LABEL, NOT_AWAITED, SERVE, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, endpoint_path,
+    workload_labels, workload_name,
 )
 from infra.ingress import SSL_POLICY, ingress_annotations, url_scheme
 from common.image import CONTAINER_UID
 from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
+from infra import sizing
 from infra.pods import (
-    AUTOSCALING_METRIC, HF_TOKEN_PATH_ENV, WAIT_SCRIPT, HostShare, WorkloadSettings, compile_job_name, host_share,
-    serving_deployment_spec,
+    AUTOSCALING_METRIC, CPU_COMPILE_SELECTOR, HF_TOKEN_PATH_ENV, PLATFORM_CPU_SELECTOR, HostShare, WorkloadSettings,
+    compile_job_name, host_share, serving_deployment_spec, weights_job_name,
 )
-from common.artifacts import EXIT_NOT_PUBLISHED, READERS_ENV
+from common import activation
+from common.artifacts import READERS_ENV
 from common.shapes import parse_shape
 from planning.checks.kubernetes import kubernetes_schema_problems
 from planning.offline import REPO_ROOT, manifest, run_program, stack_file_config, with_overrides
 from planning.secrets import is_secret
 from common import endpoints
 from serving.cli import build_parser
+from tests.infra import compile_cli
 
 JOB = "kubernetes:batch/v1:Job"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -95,6 +99,17 @@ def pod_specs(rendering):
             yield obj["kind"], name, template["spec"], template["metadata"]["labels"]
 
 
+def serving(rendering):
+    """The serving Deployments, by name (the activator's is the other one)."""
+    return {name: obj for name, obj in declared(rendering, DEPLOYMENT).items() if name != ACTIVATOR}
+
+
+def neuron_pods(rendering):
+    """(kind, name, pod spec) of the pods that hold Neuron devices."""
+    return [(kind, name, spec) for kind, name, spec, _ in pod_specs(rendering)
+            if NEURON_DEVICE_RESOURCE in spec["containers"][0]["resources"]["limits"]]
+
+
 def containers(spec):
     return [*spec.get("initContainers", []), *spec["containers"]]
 
@@ -122,11 +137,13 @@ def minutes(duration):
 
 # --- per shape: what exists and how it is wired ------------------------------------------------------
 
-def test_every_shape_has_a_compile_job_and_its_serving_objects(rendering, stack_config):
+def test_the_stack_has_one_weights_job_and_every_shape_a_graphs_job_and_its_serving_objects(rendering, stack_config):
     shapes = [str(shape) for shape in stack_config.shapes]
     settings = WorkloadSettings.of(stack_config)
-    assert set(declared(rendering, JOB)) == {compile_job_name(settings, shape) for shape in stack_config.shapes}
-    for type_ in (DEPLOYMENT, SERVICE, PDB, HPA):
+    assert set(declared(rendering, JOB)) == {compile_job_name(settings, shape) for shape in stack_config.shapes} | {
+        weights_job_name(settings)}
+    assert set(declared(rendering, DEPLOYMENT)) == {workload_name(SERVE, shape) for shape in shapes} | {ACTIVATOR}
+    for type_ in (SERVICE, PDB, HPA):
         assert set(declared(rendering, type_)) == {workload_name(SERVE, shape) for shape in shapes}, type_
     for type_ in WORKLOAD_TYPES:
         for obj in declared(rendering, type_).values():
@@ -147,7 +164,7 @@ def test_every_container_runs_the_built_image_by_digest(rendering):
             assert container["image"] == image_ref, name
             # The DLC's entrypoint never exits after a command and ours serves: always say what runs.
             assert container["command"][:3] in (["python", "-m", "model.compile"], ["python", "-m", "serving"],
-                                                ["sh", "-c", WAIT_SCRIPT]), name
+                                                ["python", "-m", "common.activation"]), name
 
 
 def test_the_image_is_built_for_neuron_hosts_and_pushed_with_a_registry_cache(rendering):
@@ -218,15 +235,18 @@ def test_claims_secrets_and_service_accounts_the_pods_name_exist(rendering):
         assert spec["serviceAccountName"] in accounts, name
         assert spec["automountServiceAccountToken"] is False
         assert accounts[spec["serviceAccountName"]]["automountServiceAccountToken"] is False
-    compile_accounts = {spec["serviceAccountName"] for kind, _, spec, _ in pod_specs(rendering) if kind == "Job"}
-    serve_accounts = {spec["serviceAccountName"] for kind, _, spec, _ in pod_specs(rendering) if kind == "Deployment"}
-    assert len(compile_accounts) == len(serve_accounts) == 1 and not compile_accounts & serve_accounts
+    # One account per role: the publishing Jobs, the servers, the activator (the one that may call the API).
+    roles = {"Job": set(), SERVE: set(), ACTIVATOR: set()}
+    for kind, name, spec, _ in pod_specs(rendering):
+        roles["Job" if kind == "Job" else ACTIVATOR if name == ACTIVATOR else SERVE].add(spec["serviceAccountName"])
+    assert all(len(names) == 1 for names in roles.values()) and len(set().union(*roles.values())) == 3
 
 
 def test_neuron_pods_use_the_neuron_scheduler_and_fit_a_tolerated_pool(rendering):
     installed = release(rendering, "neuron-helm-chart").inputs["values"]["scheduler"]["customScheduler"]
     nodepools = declared(rendering, NODEPOOL)
-    for _, name, spec, _ in pod_specs(rendering):
+    assert neuron_pods(rendering)
+    for _, name, spec in neuron_pods(rendering):
         assert spec["schedulerName"] == installed["fullnameOverride"], name
         family_pools = [pool["spec"]["template"]["spec"] for pool in nodepools.values()
                         if (pool["spec"]["template"].get("metadata") or {}).get("labels", {}).get(NEURON_FAMILY_LABEL)
@@ -245,18 +265,32 @@ def test_neuron_pods_use_the_neuron_scheduler_and_fit_a_tolerated_pool(rendering
 
 # Dev: a trn1.32xlarge device's share is 128/16 = 8 vCPUs and 512/16 = 32 GiB; prod: an inf2 device's
 # is 16 vCPUs and 64 GiB on both types. Serving gets 70 % of its devices' share (4 x 8 x 0.7 = 22.4;
-# 4 x 32 x 0.7 = 89.6); compile that CPU and what its workers need: 8 (dev) or 4 (prod) x
-# (23.8 GB transformer + 24 GiB compiler) = 370 / 185 GiB.
-# Serving: the devices' CPU share, and more memory than the 89 GiB share: the verified copy in memory
-# (40 GiB), the graphs loaded from it (31.4 GiB), /dev/shm (22 GiB) and the process (8 GiB).
-HOST_SHARES = {"dev": {"Deployment": ("22", "102Gi"), "Job": ("22", "370Gi")},
-               "prod": {"Deployment": ("22", "102Gi"), "Job": ("22", "185Gi")}}
+# 4 x 32 x 0.7 = 89.6) and more memory than the 89 GiB share: the verified copy in memory (40 GiB), the graphs
+# loaded from it (31.4 GiB), /dev/shm (22 GiB) and the process (8 GiB).
+SERVING_SHARES = {"dev": ("22", "102Gi"), "prod": ("22", "102Gi")}
+# Both stacks compile device-less on m7i.4xlarge (64 GiB, 16 vCPUs): a graphs Job holds the transformer once
+# (22.2 GiB), its rank's share (22.2 x 1.25 / TP: 3.5 GiB at TP 8, 6.9 at TP 4) and 24 GiB for neuronx-cc, and the
+# CPU share of that memory (16 x 50/64 = 12.5; 16 x 54/64 = 13.5); the weights Job the transformer and its rank's
+# share and 8 GiB for the process.
+JOB_SIZES = {"dev": {"graphs": ("13", "50Gi"), "weights": ("9", "34Gi")},
+             "prod": {"graphs": ("14", "54Gi"), "weights": ("10", "38Gi")}}
 
 
-def test_neuron_pods_get_their_devices_cpu_share_and_the_memory_they_hold(rendering):
-    for kind, name, spec, _ in pod_specs(rendering):
-        limits = spec["containers"][0]["resources"]["limits"]
-        assert (limits["cpu"], limits["memory"]) == HOST_SHARES[rendering.stack][kind], name
+def test_serving_pods_get_their_devices_cpu_share_and_the_memory_they_hold(rendering):
+    for name, deployment in serving(rendering).items():
+        limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert (limits["cpu"], limits["memory"]) == SERVING_SHARES[rendering.stack], name
+
+
+def test_publishing_jobs_get_the_memory_of_one_compile_and_its_cpu_share(rendering, stack_config):
+    settings = WorkloadSettings.of(stack_config)
+    for name, job in declared(rendering, JOB).items():
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        limits = container["resources"]["limits"]
+        kind = "weights" if name == weights_job_name(settings) else "graphs"
+        assert (limits["cpu"], limits["memory"]) == JOB_SIZES[rendering.stack][kind], name
+        # The compiler and torch use as many threads as the pod has CPUs.
+        assert compile_cli.parse(compile_cli.after_module(container["command"])).cpus == int(limits["cpu"]), name
 
 
 def test_a_pod_shares_the_host_of_the_leanest_type_it_fits_on():
@@ -270,11 +304,11 @@ def test_a_pod_shares_the_host_of_the_leanest_type_it_fits_on():
 def test_more_devices_than_tensor_parallel_needs_render_only_with_a_reason():
     serving = {**json.loads(DEV_RAW["flux-neuron:serving"]), "devices": 8,
                "extraDevicesReason": "a second model copy per pod"}
-    # Room for 3 shapes x (2 + 1 surge) x 8 serving devices and 3 compiles x 4.
+    # Room for 3 shapes x (2 + 1 surge) x 8 serving devices (the compiles hold none).
     pools = json.loads(DEV_RAW["flux-neuron:neuronPools"])
-    pools["trn1"]["maxDevices"] = 84
+    pools["trn1"]["maxDevices"] = 72
     config = load_stack_config(with_overrides(DEV_RAW, {"flux-neuron:serving": serving, "flux-neuron:neuronPools": pools}))
-    spec = serving_deployment_spec(WorkloadSettings.of(config), config.shapes[0], "image", "ro", "rw", "my-scheduler")
+    spec = serving_deployment_spec(WorkloadSettings.of(config), config.shapes[0], "image", "ro", "my-scheduler")
     resources = spec["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"][NEURON_DEVICE_RESOURCE] == resources["limits"][NEURON_DEVICE_RESOURCE] == "8"
     with pytest.raises(ConfigError, match="extraDevicesReason saying why"):
@@ -301,22 +335,23 @@ def test_pods_run_non_root_with_guaranteed_cpu_and_memory(rendering):
             assert {k: resources["requests"][k] for k in resources["limits"]} == resources["limits"], name
 
 
-def test_compile_jobs_run_once_within_their_deadline_and_pulumi_waits_longer(rendering, stack_config):
+def test_publishing_jobs_run_once_within_their_deadline_and_are_not_awaited(rendering, stack_config):
     jobs = {r.name: r for r in rendering.of_type(JOB)}
     for name, job in declared(rendering, JOB).items():
         spec = job["spec"]
         assert spec["backoffLimit"] <= 1 and spec["ttlSecondsAfterFinished"] > 0
         assert spec["activeDeadlineSeconds"] == stack_config.compile.timeout_minutes * 60
-        timeouts = jobs[name].custom_timeouts
-        assert minutes(timeouts["create"]) * 60 > spec["activeDeadlineSeconds"]
-        assert minutes(timeouts["update"]) * 60 > spec["activeDeadlineSeconds"]
+        # pulumi up creates the Job and moves on: the compile's hours are not the update's.
+        assert NOT_AWAITED.items() <= job["metadata"]["annotations"].items() and not jobs[name].custom_timeouts
         template = spec["template"]
         assert template["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
         pod = template["spec"]
         assert pod["restartPolicy"] == "Never"
-        assert pod["nodeSelector"] == {NEURON_FAMILY_LABEL: stack_config.compile.pool, CAPACITY_TYPE_LABEL: ON_DEMAND}
+        # Device-less, on the on-demand nodes of the CPU family the sizing model sized them for.
+        assert pod["nodeSelector"] == CPU_COMPILE_SELECTOR and "schedulerName" not in pod
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         (container,) = pod["containers"]
+        assert NEURON_DEVICE_RESOURCE not in container["resources"]["limits"], name
         mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}
         assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
         graphs = mounts[container["command"][container["command"].index("--out") + 1]]
@@ -330,7 +365,25 @@ def test_compile_jobs_run_once_within_their_deadline_and_pulumi_waits_longer(ren
         assert [item["path"] for item in token_volume["items"]] == [token_path.rsplit("/", 1)[1]]
         assert token_volume["defaultMode"] == 0o400 and pod["securityContext"]["fsGroup"] == CONTAINER_UID
         assert all("valueFrom" not in env for env in container["env"])
-        assert int(container["resources"]["limits"][NEURON_DEVICE_RESOURCE]) == stack_config.compile.devices
+
+
+def test_the_weights_job_shards_once_and_each_graphs_job_compiles_its_shape_only(rendering, stack_config):
+    settings = WorkloadSettings.of(stack_config)
+    common = {"model": stack_config.model.id, "revision": stack_config.model.revision, "dtype": stack_config.dtype,
+              "backend": "neuron", "target": stack_config.serving.pool,
+              "tp_degree": stack_config.compile.tensor_parallel, "max_text_length": stack_config.model.max_text_length,
+              "out": "/graphs"}
+    shapes = []
+    for name, job in declared(rendering, JOB).items():
+        options = compile_cli.parse(compile_cli.after_module(job["spec"]["template"]["spec"]["containers"][0]["command"]))
+        assert {key: getattr(options, key) for key in common} == common, name
+        assert not options.resolve
+        if name == weights_job_name(settings):
+            assert options.weights and options.shape is None
+        else:
+            assert options.graphs_only and name == compile_job_name(settings, options.shape)
+            shapes.append(options.shape)
+    assert sorted(shapes) == sorted(stack_config.shapes)
 
 
 def _gib(quantity: str) -> int:
@@ -343,12 +396,30 @@ def _local_volume(spec, container, local_dir):
     return next(v for v in spec["volumes"] if v["name"] == mount["name"])
 
 
-def test_compile_scratch_lives_on_local_disk_it_requested(rendering):
+def test_compile_scratch_lives_on_a_gp3_volume_of_its_own_sized_for_what_the_job_writes(rendering, stack_config):
+    """Not the node's disk: inf2 has no instance store, and its root volume also holds the image."""
+    settings = WorkloadSettings.of(stack_config)
+    sizes = {weights_job_name(settings): sizing.weights_scratch_gib(stack_config.dtype,
+                                                                    stack_config.compile.tensor_parallel)}
     for name, job in declared(rendering, JOB).items():
         spec = job["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         volume = _local_volume(spec, container, container["command"][container["command"].index("--scratch") + 1])
-        assert volume["emptyDir"]["sizeLimit"] == container["resources"]["requests"]["ephemeral-storage"], name
+        claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+        assert claim["storageClassName"] == "gp3-encrypted" and claim["accessModes"] == ["ReadWriteOnce"], name
+        assert _gib(claim["resources"]["requests"]["storage"]) == sizes.get(name, sizing.graphs_scratch_gib()), name
+        # The download and the compiler's files go there, not to the small /tmp.
+        env = {item["name"]: item["value"] for item in container["env"]}
+        assert all(env[variable].startswith(volume_mount(container, volume["name"])) for variable in ("HF_HOME",
+                                                                                                 "TMPDIR")), name
+        assert _gib(container["resources"]["requests"]["ephemeral-storage"]) <= 2, name
+    # The weights Job holds the bfloat16 download and the shards: more than any graphs Job.
+    assert sizing.weights_scratch_gib(stack_config.dtype, stack_config.compile.tensor_parallel) > \
+        sizing.download_bytes() / 2**30
+
+
+def volume_mount(container, volume_name):
+    return next(mount["mountPath"] for mount in container["volumeMounts"] if mount["name"] == volume_name)
 
 
 def test_the_graphs_are_cached_once_on_the_node_in_the_pods_memory(rendering):
@@ -358,7 +429,7 @@ def test_the_graphs_are_cached_once_on_the_node_in_the_pods_memory(rendering):
     for spec in volumes.values():
         assert set(spec["csi"]["volumeAttributes"]) == {"bucketName"}
     artifact_gib = ARTIFACT_GB * 1e9 / 2**30
-    for name, deployment in declared(rendering, DEPLOYMENT).items():
+    for name, deployment in serving(rendering).items():
         spec = deployment["spec"]["template"]["spec"]
         (server,) = spec["containers"]
         env = {item["name"]: item.get("value") for item in server["env"]}
@@ -375,87 +446,90 @@ def test_the_graphs_are_cached_once_on_the_node_in_the_pods_memory(rendering):
 
 
 def test_startup_probe_rollout_and_scale_up_come_from_the_cold_start_budget(rendering, stack_config):
-    family = stack_config.serving_pool.family
+    pool = stack_config.serving_pool.instance_types
     autoscalers = declared(rendering, HPA)
-    for name, deployment in declared(rendering, DEPLOYMENT).items():
+    for name, deployment in serving(rendering).items():
         shape = parse_shape(name.removeprefix(workload_name(SERVE, "")))
         (server,) = deployment["spec"]["template"]["spec"]["containers"]
         startup = server["startupProbe"]
         window = startup["periodSeconds"] * startup["failureThreshold"]
-        assert startup_probe_seconds(family, shape) <= window < startup_probe_seconds(family, shape) + startup[
+        assert startup_probe_seconds(pool, shape) <= window < startup_probe_seconds(pool, shape) + startup[
             "periodSeconds"], name
         assert deployment["spec"]["progressDeadlineSeconds"] > window
         scale_up = autoscalers[name]["spec"]["behavior"]["scaleUp"]
         assert {policy["periodSeconds"] for policy in scale_up["policies"]} == {
-            scale_up_period_seconds(family, shape, stack_config.cold_start.fast_snapshot_restore)}
+            scale_up_period_seconds(pool, shape, stack_config.cold_start.fast_snapshot_restore)}
         assert {(p["type"], p["value"]) for p in scale_up["policies"]} == {("Pods", 1), ("Percent", 100)}
         assert scale_up["selectPolicy"] == "Max"
 
 
-def test_serving_waits_for_published_graphs_and_serves_the_same_key(rendering, stack_config):
+def test_serving_pods_start_gated_until_their_key_is_published_and_serve_that_key(rendering, stack_config):
+    """No init container waiting on a device: every pod is created with the activation gate (Kubernetes never
+    schedules it, Karpenter starts no node for it) and carries the resolve the activator runs for its key."""
     jobs = declared(rendering, JOB)
-    for name, deployment in declared(rendering, DEPLOYMENT).items():
+    for name, deployment in serving(rendering).items():
         shape = name.removeprefix(workload_name(SERVE, ""))
-        pod = deployment["spec"]["template"]["spec"]
-        (wait,), (server,) = pod["initContainers"], pod["containers"]
+        template = deployment["spec"]["template"]
+        pod = template["spec"]
+        assert pod["schedulingGates"] == [{"name": activation.GATE}] and "initContainers" not in pod, name
+        (server,) = pod["containers"]
         job = jobs[compile_job_name(WorkloadSettings.of(stack_config), parse_shape(shape))]
         compile_command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        resolve = json.loads(template["metadata"]["annotations"][activation.RESOLVE_ARGS_ANNOTATION])
         expected = {"--shape": shape, "--model": stack_config.model.id, "--revision": stack_config.model.revision,
                     "--backend": "neuron", "--target": stack_config.serving.pool,
                     "--tp-degree": str(stack_config.compile.tensor_parallel), "--dtype": stack_config.dtype,
                     "--max-text-length": str(stack_config.model.max_text_length)}
-        for command in (compile_command, wait["command"], server["command"]):
+        for command in (compile_command, resolve, server["command"]):
             assert key_options(command) == expected, name
-        assert "--resolve" in wait["command"]
-        volumes = {volume["name"]: volume for volume in pod["volumes"]}
-        # Published artifacts are found through the volume without the indefinite metadata cache.
-        wait_mount = next(m for m in wait["volumeMounts"] if m["mountPath"] == "/graphs")
-        assert wait_mount["readOnly"] and volumes[wait_mount["name"]]["persistentVolumeClaim"]["claimName"] == \
-            "flux-graphs-rw"
+        assert compile_cli.parse(resolve).resolve and activation.resolve_args(
+            {"metadata": template["metadata"]}) == tuple(resolve)
         graphs = next(m for m in server["volumeMounts"] if m["mountPath"] == "/graphs")
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
         assert graphs["readOnly"] and volumes[graphs["name"]]["persistentVolumeClaim"] == {
             "claimName": "flux-graphs-ro", "readOnly": True}
         assert "env" not in server or all("valueFrom" not in env for env in server["env"])
         assert server["command"][server["command"].index("--queue-size") + 1] == str(stack_config.serving.queue_size)
 
 
-def test_the_commands_are_accepted_by_the_real_command_lines(rendering):
-    from model.compile import EXIT_USAGE, main as compile_main
-    from serving.cli import _compile_options, build_parser
+def test_the_serving_command_is_accepted_by_the_servers_command_line(rendering):
+    from serving.cli import _compile_options
 
-    deployment = next(iter(declared(rendering, DEPLOYMENT).values()))
-    pod = deployment["spec"]["template"]["spec"]
+    deployment = next(iter(serving(rendering).values()))
     parser = build_parser()
-    command = pod["containers"][0]["command"]
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     options = _compile_options(parser.parse_args(command[3:]), parser)
     stated = key_options(command)
     assert (str(options.shape), options.model, options.revision, options.backend, options.target,
             options.tp_degree, options.dtype, options.max_text_length) == (
         stated["--shape"], stated["--model"], stated["--revision"], stated["--backend"], stated["--target"],
         int(stated["--tp-degree"]), stated["--dtype"], int(stated["--max-text-length"]))
-    resolve = pod["initContainers"][0]["command"]
-    # Parsing succeeds; without the Neuron SDK here the resolve then stops short of usage errors.
-    assert compile_main(resolve[resolve.index("model.compile") + 1:]) != EXIT_USAGE
-    job = next(iter(declared(rendering, JOB).values()))
-    compile_command = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    # The same holds for the compile itself, --max-parallel-compilations included.
-    assert "--max-parallel-compilations" in compile_command
-    assert compile_main(compile_command[compile_command.index("model.compile") + 1:]) != EXIT_USAGE
 
 
-@pytest.mark.parametrize("answers, status", [([0], 0), ([EXIT_NOT_PUBLISHED, EXIT_NOT_PUBLISHED, 0], 0), ([2], 2)])
-def test_the_wait_loop_retries_only_while_unpublished(tmp_path, answers, status):
-    calls = tmp_path / "calls"
-    calls.write_text("")
-    fake = f'n=$(($(wc -l < {calls}))); echo x >> {calls}; set -- {" ".join(map(str, answers))}; shift "$n"; exit "$1"'
-    script = WAIT_SCRIPT.replace("sleep 30", "sleep 0")
-    result = subprocess.run(["sh", "-c", script, "wait", "3600", "flux-compile-x", "sh", "-c", fake], timeout=10)
-    assert result.returncode == status
-    assert len(calls.read_text().split()) == len(answers)
+def test_the_activator_resolves_through_the_publishing_volume_with_its_own_short_lived_token(rendering):
+    deployment = declared(rendering, DEPLOYMENT)[ACTIVATOR]
+    assert NOT_AWAITED.items() <= deployment["metadata"]["annotations"].items()
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["nodeSelector"] == PLATFORM_CPU_SELECTOR and NEURON_DEVICE_RESOURCE not in container["resources"][
+        "limits"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    graphs = mounts["/graphs"]
+    assert graphs["readOnly"] and volumes[graphs["name"]]["persistentVolumeClaim"]["claimName"] == "flux-graphs-rw"
+    token = mounts[str(activation.SERVICE_ACCOUNT_DIR)]
+    sources = volumes[token["name"]]["projected"]["sources"]
+    assert token["readOnly"] and sources[0]["serviceAccountToken"]["expirationSeconds"] <= 3600
+    command = container["command"]
+    selector = dict(pair.split("=") for pair in command[command.index("--selector") + 1].split(","))
+    for deployment in serving(rendering).values():
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    role = manifest(rendering.one("kubernetes:rbac.authorization.k8s.io/v1:Role", ACTIVATOR))
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]}]
 
 
 def test_probes_target_the_server_routes_on_its_port(rendering):
-    for name, deployment in declared(rendering, DEPLOYMENT).items():
+    for name, deployment in serving(rendering).items():
         (server,) = deployment["spec"]["template"]["spec"]["containers"]
         ports = {port["name"]: port["containerPort"] for port in server["ports"]}
         command = server["command"]
@@ -472,7 +546,7 @@ def test_probes_target_the_server_routes_on_its_port(rendering):
 
 
 def test_services_pdbs_and_autoscalers_select_their_shape_pods(rendering, stack_config):
-    deployments = declared(rendering, DEPLOYMENT)
+    deployments = serving(rendering)
     services, budgets, autoscalers = declared(rendering, SERVICE), declared(rendering, PDB), declared(rendering, HPA)
     for name, deployment in deployments.items():
         labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -515,8 +589,9 @@ def test_the_autoscaling_metric_is_served_from_what_the_servers_export(rendering
     keep = {rule["source_labels"][0]: rule["regex"] for rule in job["relabel_configs"] if rule.get("action") == "keep"}
     label = "__meta_kubernetes_pod_label_" + re.sub(r"[./-]", "_", "app.kubernetes.io/component")
     assert keep[label] == workload_labels(SERVE, "x")["app.kubernetes.io/component"]
-    for values in (adapter["values"], prometheus["values"]["server"]):
-        assert values["nodeSelector"] == SYSTEM_NODE_LABEL
+    assert adapter["values"]["nodeSelector"] == SYSTEM_NODE_LABEL
+    # Prometheus on a node Karpenter starts in its volume's zone, never stranded without a system node there.
+    assert prometheus["values"]["server"]["nodeSelector"] == PLATFORM_CPU_SELECTOR
 
 
 # --- ingress and outputs ---------------------------------------------------------------------------
@@ -550,7 +625,7 @@ def test_one_alb_ingress_routes_each_shape_to_its_service(rendering, stack_confi
     # The ALB checks readiness, and gives up on a failing pod before the kubelet does.
     assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == endpoints.READYZ
     assert annotations["alb.ingress.kubernetes.io/success-codes"] == "200"
-    (deployment, *_) = declared(rendering, DEPLOYMENT).values()
+    (deployment, *_) = serving(rendering).values()
     readiness = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
     alb_gives_up = (int(annotations["alb.ingress.kubernetes.io/healthcheck-interval-seconds"])
                     * int(annotations["alb.ingress.kubernetes.io/unhealthy-threshold-count"]))

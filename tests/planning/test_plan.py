@@ -14,7 +14,7 @@ from common.image import NEURON_SDK_VERSION
 from infra import versions
 from infra.naming import (
     CAPACITY_TYPE_LABEL, HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, NEURON_FAMILY_LABEL, NEURON_SCHEDULER_NAME,
-    NEURON_TAINT_KEY, SPOT, WORKLOAD_NAMESPACE, neuron_nodepool,
+    NEURON_TAINT_KEY, SERVE, SPOT, WORKLOAD_NAMESPACE, neuron_nodepool, workload_name,
 )
 from planning import REFRESH_COMMAND, checks, cli
 from planning.checks.karpenter import CEL_FAMILY
@@ -92,6 +92,8 @@ def test_rendered_files_are_repeatable_and_hold_no_secret_value(rendering):
 
 
 JOB = "kubernetes:batch/v1:Job"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+SERVING = workload_name(SERVE, "")
 
 
 def _messages(changed, check, baseline):
@@ -100,16 +102,17 @@ def _messages(changed, check, baseline):
     return [problem.message for problem in checks.check(changed) if problem.check == check and problem not in before]
 
 
-def _first(rendering, type_):
-    """The inputs of the first object of `type_` by name, so every run seeds the same one."""
-    return min(rendering.of_type(type_), key=lambda r: r.name).inputs
+def _first(rendering, type_, prefix=""):
+    """The inputs of the first object of `type_` by name (of those named `prefix`...), so every run seeds the
+    same one."""
+    return min((r for r in rendering.of_type(type_) if r.name.startswith(prefix)), key=lambda r: r.name).inputs
 
 
-def _seeded(rendering, type_, seed):
-    """A copy of the rendering with `seed` applied to its first object of `type_`, and how the
-    checks name that object."""
+def _seeded(rendering, type_, seed, prefix=""):
+    """A copy of the rendering with `seed` applied to its first object of `type_` (named `prefix`...), and how
+    the checks name that object."""
     changed = copy.deepcopy(rendering)
-    obj = _first(changed, type_)
+    obj = _first(changed, type_, prefix)
     seed(obj)
     metadata = obj["metadata"]
     return changed, f"{obj['kind']} {metadata['namespace']}/{metadata['name']}"
@@ -211,8 +214,10 @@ def _mutable_tag(job):
      "{job} container '{container}': image 'public.ecr.aws/neuron/flux:latest' is not pinned by digest"),
 ])
 def test_a_seeded_pod_defect_fails_the_check_by_name(rendering, seed, check, message):
-    changed, job = _seeded(rendering, JOB, seed)
-    original = _first(rendering, JOB)
+    """Seeded into the first serving Deployment: a Neuron pod, with the scheduler, tolerations and pools to get
+    wrong."""
+    changed, job = _seeded(rendering, DEPLOYMENT, seed, SERVING)
+    original = _first(rendering, DEPLOYMENT, SERVING)
     expected = message.format(job=job, container=_container(original)["name"],
                               pool=neuron_nodepool(_pod(original)["nodeSelector"][NEURON_FAMILY_LABEL]))
     assert _messages(changed, check, rendering) == [expected]
@@ -223,8 +228,8 @@ def test_the_neuron_scheduler_needs_the_release_that_installs_it(rendering):
     without_release = copy.deepcopy(rendering)
     without_release.resources = [r for r in rendering.resources if r.type != HELM_RELEASE
                                  or not r.inputs["chart"].endswith(NEURON_CHART)]
-    job = _first(rendering, JOB)["metadata"]
-    expected = (f"Job {job['namespace']}/{job['name']}: schedulerName '{NEURON_SCHEDULER_NAME}' "
+    job = _first(rendering, DEPLOYMENT, SERVING)["metadata"]
+    expected = (f"Deployment {job['namespace']}/{job['name']}: schedulerName '{NEURON_SCHEDULER_NAME}' "
                 "but no neuron-helm-chart release installs that scheduler")
     assert expected in _messages(without_release, "Cross-references", rendering)
 
@@ -401,3 +406,37 @@ def test_the_kube_scheduler_tags_pinned_for_other_minors_are_checked_too(renderi
         "infra/versions.py KUBERNETES_RELEASES['1.34']: kube-scheduler tag 'v1.34.11-eks-1-34-24' is in no "
         "published EKS Distro release (kube-scheduler-tags.txt); the latest published 1.34 tag is "
         "'v1.34.9-eks-1-34-21'"]
+
+
+@DEV
+def test_a_neuron_chart_without_published_values_fails_the_check(rendering):
+    changed = copy.deepcopy(rendering)
+    release = _neuron_release(changed)
+    release.inputs["version"] = "1.5.0"
+    assert _messages(changed, PUBLISHED_VERSIONS, rendering) == [
+        f"Release {release.name}: neuron-helm-chart 1.5.0 has no published values (neuron-helm-chart-values.txt); "
+        "published: 1.9.0"]
+
+
+@DEV
+def test_a_mountpoint_addon_without_the_shared_pod_fix_fails_the_check(rendering):
+    changed = copy.deepcopy(rendering)
+    [addon] = [r for r in changed.of_type("aws:eks/addon:Addon")
+               if r.inputs["addonName"] == "aws-mountpoint-s3-csi-driver"]
+    addon.inputs["addonVersion"] = "v2.2.2-eksbuild.1"
+    assert _messages(changed, PUBLISHED_VERSIONS, rendering) == [
+        f"Addon {addon.name}: aws-mountpoint-s3-csi-driver v2.2.2-eksbuild.1 predates {first}, the first release "
+        f"with the fix {fix} (mountpoint-s3-csi-driver-releases.txt)"
+        for first, fix in (("v2.3.0", "shared-pod-attachment-wait"), ("v2.5.0", "workload-first-eviction"))]
+
+
+@DEV
+@pytest.mark.parametrize("family, accepted", [("m7i", True), ("r7i", True), ("m5", False), ("t3", False)])
+def test_a_job_selecting_an_instance_family_runs_where_the_cpu_pools_category_and_generation_allow_it(
+        rendering, family, accepted):
+    """The cpu NodePool lists no families: Karpenter launches those its category (c, m, r) and generation (> 5)
+    requirements allow, which is what the cross-reference check derives from a family's name."""
+    changed, job = _seeded(rendering, JOB, lambda obj: _pod(obj)["nodeSelector"].update(
+        {"karpenter.k8s.aws/instance-family": family}))
+    expected = [] if accepted else [f"{job}: no NodePool launches nodes its node selection accepts"]
+    assert _messages(changed, "Cross-references", rendering) == expected

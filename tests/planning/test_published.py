@@ -37,3 +37,49 @@ def test_the_ami_alias_pinned_per_minor_ships_the_driver_the_pinned_sdk_needs(mi
 ])
 def test_an_alias_without_a_published_new_enough_driver_is_a_problem(alias, sdk, problem):
     assert published.ami_alias_problems(alias, sdk) == [problem]
+
+
+def test_the_neuron_chart_pinned_is_the_one_of_the_sdks_components_and_has_every_value_set():
+    """Chart 1.9.0 ships the SDK 2.31 device plugin and scheduler extension; the chart pinned before (1.5.0) has no
+    published values here, so no check could hold it to the SDK."""
+    from infra.neuron import chart_values
+
+    chart = published.published_neuron_charts()[versions.NEURON_CHART_VERSION]
+    assert chart.sdk == "2.31.0" and chart.tags["devicePlugin.image.tag"] == "2.31.0.0"
+    for minor in versions.KUBERNETES_RELEASES:
+        assert published.neuron_chart_problems(versions.NEURON_CHART_VERSION, chart_values(minor),
+                                               NEURON_SDK_VERSION) == []
+    assert published.neuron_chart_problems("1.5.0", chart_values("1.33"), NEURON_SDK_VERSION) == [
+        "neuron-helm-chart 1.5.0 has no published values (neuron-helm-chart-values.txt); published: 1.9.0"]
+
+
+def test_a_value_the_chart_does_not_have_or_a_chart_of_another_sdk_is_a_problem():
+    values = {"scheduler": {"enabled": True, "customScheduler": {"imageTag": "v1.33.7-eks-1-33-23"},
+                            "nodeSelector": {"any-label": "x"}}}
+    assert published.neuron_chart_problems("1.9.0", values, "2.31.1") == [
+        "sets scheduler.customScheduler.imageTag, which neuron-helm-chart 1.9.0's values do not have (the chart "
+        "would ignore it)"]
+    assert published.neuron_chart_problems("1.9.0", {}, "2.32.0") == [
+        "neuron-helm-chart 1.9.0 ships devicePlugin.image.tag 2.31.0.0, not a component of Neuron SDK 2.32.0",
+        "neuron-helm-chart 1.9.0 ships scheduler.image.tag 2.31.0.0, not a component of Neuron SDK 2.32.0"]
+
+
+@pytest.mark.parametrize("minor", sorted(versions.KUBERNETES_RELEASES))
+def test_the_mountpoint_addon_pinned_per_minor_has_the_fixes_the_stack_relies_on(minor):
+    assert published.mountpoint_addon_problems(versions.KUBERNETES_RELEASES[minor]["aws-mountpoint-s3-csi-driver"]) == []
+
+
+@pytest.mark.parametrize("version, problems", [
+    # The pin before: workloads sharing a Mountpoint Pod (serving pods of one node) could wait forever.
+    ("v2.1.0-eksbuild.1", ["aws-mountpoint-s3-csi-driver v2.1.0-eksbuild.1 predates v2.3.0, the first release with "
+                           "the fix shared-pod-attachment-wait (mountpoint-s3-csi-driver-releases.txt)",
+                           "aws-mountpoint-s3-csi-driver v2.1.0-eksbuild.1 predates v2.5.0, the first release with "
+                           "the fix workload-first-eviction (mountpoint-s3-csi-driver-releases.txt)"]),
+    ("v2.3.0-eksbuild.1", ["aws-mountpoint-s3-csi-driver v2.3.0-eksbuild.1 predates v2.5.0, the first release with "
+                           "the fix workload-first-eviction (mountpoint-s3-csi-driver-releases.txt)"]),
+    ("v2.5.0-eksbuild.1", []),
+    ("v2.9.9-eksbuild.1", ["aws-mountpoint-s3-csi-driver v2.9.9-eksbuild.1 is no published release of the driver "
+                           "(mountpoint-s3-csi-driver-releases.txt)"]),
+])
+def test_a_mountpoint_addon_without_a_fix_or_unpublished_is_a_problem(version, problems):
+    assert published.mountpoint_addon_problems(version) == problems

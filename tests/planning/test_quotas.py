@@ -18,6 +18,10 @@ from planning.quotas import QUOTAS, lines, needed_vcpus, vcpus_at_limit
 
 DEPLOY = REPO_ROOT / "scripts" / "deploy"
 TRN_ON_DEMAND, TRN_SPOT = QUOTAS[("Trn", "on-demand")], QUOTAS[("Trn", "spot")]
+STANDARD = QUOTAS[("Standard", "on-demand")]
+# dev's cpu NodePool: the weights Job and 3 graphs Jobs on m7i.4xlarge (16 vCPUs) and the m7i.large platform node
+# (2), twice over (infra/karpenter.py, CPU_NODEPOOL_HEADROOM).
+DEV_CPU_POOL = 2 * (4 * 16 + 2)
 
 
 def pool(family, types, max_devices, capacity_types=("on-demand",)):
@@ -48,7 +52,7 @@ def test_a_pool_allowed_spot_and_on_demand_may_need_all_of_it_in_either_and_one_
         # What a pool with Spot allows (a serving pod's grace within the Spot notice).
         "flux-neuron:serving": {**json.loads(dev["flux-neuron:serving"]), "requestTimeoutSeconds": 75}}))
     trn2 = 2 * catalog.instance("trn2.48xlarge").vcpus
-    assert needed_vcpus(config) == {TRN_ON_DEMAND: 640 + trn2, TRN_SPOT: 640}
+    assert needed_vcpus(config) == {TRN_ON_DEMAND: 640 + trn2, TRN_SPOT: 640, STANDARD: DEV_CPU_POOL}
 
 
 def test_reserved_capacity_counts_against_the_on_demand_quota_once():
@@ -56,12 +60,13 @@ def test_reserved_capacity_counts_against_the_on_demand_quota_once():
     config = load_stack_config(with_overrides(dev, {"flux-neuron:neuronPools": {
         "trn1": {"instanceTypes": ["trn1.32xlarge"], "capacityTypes": ["reserved", "on-demand"],
                  "capacityReservationIds": ["cr-0123456789abcdef0"], "maxDevices": 80}}}))
-    assert needed_vcpus(config) == {TRN_ON_DEMAND: 640}
+    assert needed_vcpus(config) == {TRN_ON_DEMAND: 640, STANDARD: DEV_CPU_POOL}
 
 
 def test_the_command_prints_region_code_vcpus_and_name_per_quota():
-    assert lines("dev") == ["us-west-2\tL-2C3B7624\t640\tRunning On-Demand Trn instances"]
-    assert lines("prod") == ["us-east-1\tL-1945791B\t1536\tRunning On-Demand Inf instances"]
+    standard = "L-1216C47A\t132\tRunning On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"
+    assert lines("dev") == ["us-west-2\tL-2C3B7624\t384\tRunning On-Demand Trn instances", f"us-west-2\t{standard}"]
+    assert lines("prod") == ["us-east-1\tL-1945791B\t1536\tRunning On-Demand Inf instances", f"us-east-1\t{standard}"]
 
 
 def test_the_command_runs_as_the_deploy_script_calls_it():
@@ -113,22 +118,26 @@ def test_deploy_below_the_quota_says_what_to_request_and_stops_before_pulumi(tmp
     result, calls = run_deploy(tmp_path, quota="256.0")
     assert result.returncode == 1
     assert ("quota L-2C3B7624 (Running On-Demand Trn instances) in us-west-2 is 256.0 vCPUs; the stack's "
-            "NodePools may use 640") in result.stderr
+            "NodePools may use 384") in result.stderr
     assert ("aws service-quotas request-service-quota-increase --region us-west-2 --service-code ec2 "
-            "--quota-code L-2C3B7624 --desired-value 640") in result.stderr
+            "--quota-code L-2C3B7624 --desired-value 384") in result.stderr
     assert "https://us-west-2.console.aws.amazon.com/servicequotas/home/services/ec2/quotas/L-2C3B7624" in result.stderr
     assert not any(call.startswith("pulumi") for call in calls)
 
 
-def test_deploy_without_the_aws_cli_stops_and_says_so(tmp_path):
-    result, calls = run_deploy(tmp_path, with_aws=False)
+@pytest.mark.parametrize("args", [(), ("--skip-quota-check",)])
+def test_deploy_without_the_aws_cli_stops_and_says_so(tmp_path, args):
+    """The quota check needs it, and so does `pulumi up`: the cluster's kubeconfig runs `aws eks get-token`."""
+    result, calls = run_deploy(tmp_path, *args, with_aws=False)
     assert result.returncode == 2
-    assert "the aws CLI is not installed" in result.stderr and "--skip-quota-check" in result.stderr
+    assert result.stderr.splitlines() == [
+        "aws is not installed (the kubeconfig runs aws eks get-token): get the AWS CLI v2, "
+        "https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"]
     assert calls == []
 
 
 def test_deploy_with_skip_quota_check_asks_no_quota_and_passes_the_rest_to_pulumi_up(tmp_path):
-    result, calls = run_deploy(tmp_path, "--skip-quota-check", "--yes", quota="0.0", with_aws=False)
+    result, calls = run_deploy(tmp_path, "--skip-quota-check", "--yes", quota="0.0")
     assert result.returncode == 0, result.stderr
     assert calls[-1] == "pulumi up --stack dev --yes"
     assert not any(call.startswith("aws") for call in calls)
