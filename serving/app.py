@@ -15,22 +15,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from http import HTTPStatus
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.runtime import GenerationStopped
 from common.shapes import Shape, parse_shape
 from common import endpoints
-from serving.errors import ApiError, documented_errors, install_error_handlers
+from serving.errors import ApiError, documented_errors, install_error_handlers, without_node_paths
 from serving.generation_queue import ClientGone, GenerationQueue, QueueFull
 from serving.health import During, HealthPolicy, RuntimeHealth
 from serving.metrics import CLIENT_CLOSED_REQUEST, LOG_FIELDS_SCOPE_KEY, Metrics, RequestObserver
+from serving.pages import STATIC_DIR, SecurityHeaders, StaticAssets
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES, JsonBodyGuard
 from serving.schemas import (
     DEFAULT_GUIDANCE_SCALE,
@@ -57,7 +56,6 @@ log = logging.getLogger(__name__)
 WARMUP_STEPS = 1
 WARMUP_PROMPT = "warm-up"
 DEFAULT_MAX_IMAGES = 4
-STATIC_DIR = Path(__file__).parent / "static"
 # Pillow's format names and the media types of the data: URLs.
 IMAGE_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 # Statuses the JSON routes can answer with besides success, declared in the OpenAPI document.
@@ -156,9 +154,14 @@ class Pipeline:
         self.status = Status.READY
         log.info("ready to serve shape %s", generator.shape)
 
+    @property
+    def public_failure(self) -> str | None:
+        """Why the load failed, as probes and clients may see it: no path on the node (the log has it all)."""
+        return None if self.failure is None else without_node_paths(self.failure)
+
     def ready_generator(self) -> FluxGenerator:
         if self.generator is None:
-            detail = f"model {self.status.value}" + (f": {self.failure}" if self.failure else "")
+            detail = f"model {self.status.value}" + (f": {self.public_failure}" if self.failure else "")
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready ({detail})", code="not_ready")
         return self.generator
 
@@ -291,7 +294,12 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Starlette's trailing-slash redirect builds its Location from the Host header (an open redirect),
+        # and behind the load balancer it would drop the /flux/<shape> prefix and the https: none.
+        redirect_slashes=False,
     )
+    # The HTTP layer counts the requests it refuses into these (serving/http_server.py).
+    app.state.metrics = metrics
     install_error_handlers(app)
 
     async def generate_images(http_request: Request, images: Images) -> tuple[list[bytes], float]:
@@ -350,7 +358,7 @@ def create_app(
             seed,
             count=request.n or 1,
             image_format=image_format,
-            compression=request.output_compression or DEFAULT_OUTPUT_COMPRESSION,
+            compression=DEFAULT_OUTPUT_COMPRESSION if request.output_compression is None else request.output_compression,
         )
         encoded, _ = await generate_images(http_request, images)
         if not encoded:
@@ -403,7 +411,7 @@ def create_app(
         if pipeline.generator is not None:
             body["shape"] = str(pipeline.generator.shape)
         if pipeline.failure is not None:
-            body["reason"] = pipeline.failure
+            body["reason"] = pipeline.public_failure
         if status is Status.READY and health.unready:
             status = Status.FAILING
             body.update(status=status.value, reason=health.reason())
@@ -430,7 +438,7 @@ def create_app(
         """This API's reference, rendered in the browser from /openapi.json, offline."""
         return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
-    app.mount(endpoints.STATIC, StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(endpoints.STATIC, StaticAssets(directory=STATIC_DIR), name="static")
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -446,5 +454,6 @@ def create_app(
 
     app.openapi = openapi
     app.add_middleware(JsonBodyGuard, paths=(endpoints.GENERATE, endpoints.OPENAI_IMAGES), max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestObserver, metrics=metrics, routes=app.routes)
     return app

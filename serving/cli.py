@@ -217,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a request's headers and body must arrive within this, or the connection closes (default: %(default)s)",
     )
+    server.add_argument(
+        "--write-timeout",
+        type=_positive_float,
+        default=http_server.DEFAULT_WRITE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="a client that reads nothing of what it is sent for this long is disconnected (default: %(default)s)",
+    )
     health = parser.add_argument_group("health (what runtime errors of the pipeline do to /readyz and /healthz)")
     health.add_argument(
         "--unready-after-errors",
@@ -253,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         limit_concurrency=args.limit_concurrency,
         keep_alive_timeout=args.keep_alive_timeout,
         read_timeout=args.read_timeout,
+        write_timeout=args.write_timeout,
     )
     try:
         http_server.ensure_fd_limit(args.limit_concurrency)

@@ -20,7 +20,13 @@ from serving.logs import REQUEST_ID_HEADER, request_id_from
 
 # Requests that matched no route share one label, so scanners cannot blow up cardinality.
 UNMATCHED_ROUTE = "unmatched"
+# Requests the HTTP parser refused (malformed framing, a header section over the limit): no route is known.
+MALFORMED_ROUTE = "malformed"
 CLIENT_CLOSED_REQUEST = 499
+# A request whose client did not send it whole within the read timeout: the server closed it, not the client.
+REQUEST_TIMEOUT = 408
+# Set in a request's ASGI scope by the HTTP layer when it closed the connection for a slow request.
+READ_TIMED_OUT_SCOPE_KEY = "flux.read_timed_out"
 # Probes take milliseconds (all in the first bucket), generations seconds to minutes
 # (1024x576 on inf2 is about 1 s a step; a 4-image request at 50 steps passes 120 s: +Inf).
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
@@ -94,9 +100,19 @@ class Metrics:
             registry=self.registry,
         )
 
+    def count_protocol_error(self, status: int, request_id: str) -> None:
+        """A request the HTTP parser refused before any route saw it (serving/http_server.py)."""
+        self.requests.labels(MALFORMED_ROUTE, str(status)).inc()
+        log_request({"request_id": request_id, "method": None, "route": MALFORMED_ROUTE, "status": status})
+
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+def log_request(fields: dict[str, object]) -> None:
+    """A request's one JSON log line."""
+    log.info("%s %s %d", fields["method"], fields["route"], fields["status"], extra={"fields": fields})
 
 
 class RequestObserver:
@@ -105,17 +121,17 @@ class RequestObserver:
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
-        # The app's routes, matched only for requests the router did not label itself
-        # (FastAPI labels its API routes; /openapi.json, /docs and mounts are plain Starlette).
         self.routes = routes
 
     def _route_label(self, scope: Scope) -> str:
-        route = scope.get("route")
-        if route is not None:
-            return route.path
-        for candidate in self.routes:
-            if candidate.matches(scope)[0] is Match.FULL:
-                return candidate.path
+        """The template of the route the request's path names (its method may still be refused: 405).
+        Matched before the app runs: a mount rewrites the scope's root_path as it routes, after which its
+        own pattern no longer matches the path (/static/* counted as unmatched)."""
+        matches = [(candidate.matches(scope)[0], candidate.path) for candidate in self.routes]
+        for wanted in (Match.FULL, Match.PARTIAL):
+            for match, path in matches:
+                if match is wanted:
+                    return path
         return UNMATCHED_ROUTE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -127,8 +143,10 @@ class RequestObserver:
         )
         fields: dict[str, object] = {"request_id": request_id}
         scope[LOG_FIELDS_SCOPE_KEY] = fields
+        route_label = self._route_label(scope)
         # An exception escaping the app becomes a 500 in Starlette's outermost error handler; an app
-        # that returns without answering had no one to answer (the client left): nginx's 499.
+        # that returns without answering had no one to answer: the client left (nginx's 499), or the
+        # server closed a request that did not arrive in time (408).
         status = 500
         answered = False
 
@@ -144,25 +162,15 @@ class RequestObserver:
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_request_id)
-            if not answered:
+            if scope.get(READ_TIMED_OUT_SCOPE_KEY):
+                status = REQUEST_TIMEOUT
+            elif not answered:
                 status = CLIENT_CLOSED_REQUEST
         finally:
             seconds = time.perf_counter() - started
-            route_label = self._route_label(scope)
             self.metrics.requests.labels(route_label, str(status)).inc()
             self.metrics.latency.labels(route_label, status_class(status)).observe(seconds)
-            log.info(
-                "%s %s %d",
-                scope["method"],
-                route_label,
-                status,
-                extra={
-                    "fields": {
-                        **fields,
-                        "method": scope["method"],
-                        "route": route_label,
-                        "status": status,
-                        "latency_s": round(seconds, 4),
-                    }
-                },
+            log_request(
+                {**fields, "method": scope["method"], "route": route_label, "status": status,
+                 "latency_s": round(seconds, 4)}
             )

@@ -30,8 +30,26 @@ DEFAULT_GUIDANCE_SCALE = 3.5
 MAX_GUIDANCE_SCALE = 20.0
 MAX_SEED = 2**32 - 1
 MAX_USER_CHARS = 256
-# "Contains something other than whitespace", in the regex dialect JSON Schema and pydantic share.
-NON_BLANK_PATTERN = r"\S"
+
+
+def _non_blank_pattern() -> str:
+    """A pattern for "contains a character that is not whitespace", meaning the same to the server (Python's
+    ``re``) and to JSON Schema validators (ECMA-262 regexes). ``\\S`` does not: Python's whitespace includes
+    U+001C-U+001F and U+0085, ECMA-262's does not, and ECMA-262's includes U+FEFF, Python's does not.
+    So the whitespace is listed: every character either dialect calls whitespace, as ``\\uXXXX`` escapes
+    in one negated class, which both read alike (all of them are in the Basic Multilingual Plane)."""
+    blank = sorted({code for code in range(0x10000) if chr(code).isspace()} | {0xFEFF})
+    ranges: list[list[int]] = []
+    for code in blank:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    listed = "".join(f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}" for low, high in ranges)
+    return f"[^{listed}]"
+
+
+NON_BLANK_PATTERN = _non_blank_pattern()
 
 # OpenAI's quality levels as denoising steps (FLUX.1-dev is distilled for about 28; 50 is the
 # upper end of what its model card suggests). "standard"/"hd" are DALL-E 3's names.
