@@ -35,6 +35,7 @@ from serving.app import DEFAULT_MAX_IMAGES, ServedArtifact, ServerLimits, create
 from common.endpoints import DEFAULT_PORT, UNREADY_AFTER_RUNTIME_ERRORS
 from serving.health import DEFAULT_RESTART_AFTER_SELF_TESTS, DEFAULT_SELF_TEST_INTERVAL_S, HealthPolicy
 from common.logs import configure_json_logging
+from serving.logs import redact_prompts
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES
 
 PROG = "python -m serving"
@@ -256,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_json_logging()
+    redact_prompts()
     connection_limits = http_server.ConnectionLimits(
         limit_concurrency=args.limit_concurrency,
         keep_alive_timeout=args.keep_alive_timeout,

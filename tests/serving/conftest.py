@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +37,9 @@ from serving.health import HealthPolicy
 # A deadline for conditions that do come true, so a regression fails instead of hanging.
 WAIT_S = 60.0
 CLIENT_TIMEOUT_S = 120.0
+REPO = Path(__file__).resolve().parents[2]
+# How long `python -m serving` may take to listen, a tiny model compiled first included.
+STARTUP_S = 120.0
 
 
 def wait_for(condition: Callable[[], object], what: str) -> object:
@@ -212,3 +219,45 @@ def gate(start_server, background) -> Iterator[threading.Event]:
 @pytest.fixture
 def gated_generator(tiny_generator: FluxGenerator, gate: threading.Event) -> GatedGenerator:
     return GatedGenerator(tiny_generator, gate)
+
+
+class ServerProcess:
+    """``python -m serving`` as a user runs it, its stderr collected line by line."""
+
+    def __init__(self, process: subprocess.Popen, stderr_lines: list[str]):
+        self.process = process
+        self.stderr_lines = stderr_lines
+        (self.url,) = re.findall(r" on (http://127\.0\.0\.1:\d+)", "".join(stderr_lines))
+
+    def wait_ready(self, client: httpx.Client) -> None:
+        wait_for(lambda: client.get(endpoints.READYZ).status_code == 200, "the server to be ready")
+
+    def terminate(self) -> int:
+        """SIGTERM, as Kubernetes stops it; the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(WAIT_S)
+
+
+@contextmanager
+def server_process(*argv: str) -> Iterator[ServerProcess]:
+    """Run ``python -m serving ARGV --port 0`` from the repository; yield it once it listens."""
+    command = [sys.executable, "-m", "serving", *argv, "--port", "0"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr_lines: list[str] = []
+    listening = threading.Event()
+
+    def read_stderr():
+        for line in process.stderr:
+            stderr_lines.append(line)
+            if "Application startup complete" in line:
+                listening.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(STARTUP_S), "".join(stderr_lines)
+        yield ServerProcess(process, stderr_lines)
+    finally:
+        process.kill()
+        process.wait(WAIT_S)
+        reader.join(WAIT_S)
