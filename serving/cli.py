@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=DEFAULT_SELF_TEST_INTERVAL_S,
         metavar="SECONDS",
-        help="while unready for runtime errors, run a one-step self-test generation this often; "
+        help="while unready for runtime errors, run a two-step self-test generation this often; "
         "a success makes the server ready again (default: %(default)s)",
     )
     health.add_argument(

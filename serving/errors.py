@@ -77,6 +77,12 @@ def without_node_paths(text: str) -> str:
     return _ABSOLUTE_PATH.sub(NODE_PATH_PLACEHOLDER, text)
 
 
+def internal_error() -> ApiError:
+    """What a client is told of an unexpected failure: nothing of it (the log has the traceback)."""
+    return ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error (the server log has the details)",
+                    code="server_error")
+
+
 def _field_name(location: Sequence[object]) -> str | None:
     """``("body", "n")`` -> ``"n"``; None for the body as a whole or a name not safe to repeat."""
     parts = [str(part) for part in location[1:] if not isinstance(part, int)]
@@ -128,8 +134,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected_error(_: Request, error: Exception) -> JSONResponse:
         # Uvicorn still logs the traceback; the client gets no detail of it.
-        message = "internal server error (the server log has the details)"
-        return error_response(ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, message, code="server_error"))
+        return error_response(internal_error())
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(Exception, on_unexpected_error)

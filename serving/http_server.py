@@ -42,7 +42,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from serving.errors import ApiError, error_body
 from serving.logs import REQUEST_ID_HEADER, request_id_from
-from serving.metrics import LOG_FIELDS_SCOPE_KEY, READ_TIMED_OUT_SCOPE_KEY, REQUEST_TIMEOUT
+from serving.metrics import LOG_FIELDS_SCOPE_KEY, OUTCOME_STATUS_SCOPE_KEY, REQUEST_TIMEOUT
 
 DEFAULT_LIMIT_CONCURRENCY = 2048
 DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5
@@ -199,7 +199,7 @@ class BoundedH11Protocol(H11Protocol):
             return
         # The route waiting for this body sees the connection end; RequestObserver counts the server's 408.
         scope = self.cycle.scope
-        scope[READ_TIMED_OUT_SCOPE_KEY] = True
+        scope[OUTCOME_STATUS_SCOPE_KEY] = REQUEST_TIMEOUT
         timeout = ApiError(REQUEST_TIMEOUT, f"request not received whole within {self._read_timeout:g} s",
                            code="request_timeout")
         self._answer_and_close(timeout, scope.get(LOG_FIELDS_SCOPE_KEY, {}).get("request_id", request_id_from(None)))

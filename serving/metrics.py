@@ -25,8 +25,9 @@ MALFORMED_ROUTE = "malformed"
 CLIENT_CLOSED_REQUEST = 499
 # A request whose client did not send it whole within the read timeout: the server closed it, not the client.
 REQUEST_TIMEOUT = 408
-# Set in a request's ASGI scope by the HTTP layer when it closed the connection for a slow request.
-READ_TIMED_OUT_SCOPE_KEY = "flux.read_timed_out"
+# Set in a request's ASGI scope when the status it ended with is not one it sent: a stream that failed or
+# lost its client after its 200 (serving/streaming.py), a request the HTTP layer timed out (408).
+OUTCOME_STATUS_SCOPE_KEY = "flux.outcome_status"
 # Probes take milliseconds (all in the first bucket), generations seconds to minutes
 # (1024x576 on inf2 is about 1 s a step; a 4-image request at 50 steps passes 120 s: +Inf).
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
@@ -162,8 +163,8 @@ class RequestObserver:
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_request_id)
-            if scope.get(READ_TIMED_OUT_SCOPE_KEY):
-                status = REQUEST_TIMEOUT
+            if OUTCOME_STATUS_SCOPE_KEY in scope:
+                status = scope[OUTCOME_STATUS_SCOPE_KEY]
             elif not answered:
                 status = CLIENT_CLOSED_REQUEST
         finally:

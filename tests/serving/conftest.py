@@ -138,6 +138,44 @@ class GatedGenerator:
         return self._generator.generate(*args, **kwargs)
 
 
+class HeldAtStep:
+    """The real generator, each of whose generations waits after denoising step ``step`` (its progress
+    reported) until ``gate`` is open: a generation held mid-way, previews and all."""
+
+    def __init__(self, generator: FluxGenerator, step: int, gate: threading.Event):
+        self._generator = generator
+        self.step = step
+        self.gate = gate
+        self.reached = threading.Event()
+        self.shape = generator.shape
+        self.manifest = generator.manifest
+
+    def generate(self, prompt, steps, guidance_scale, seed, should_stop=None, on_step=None):
+        def then_hold(done: int, total: int, latents) -> None:
+            if on_step is not None:
+                on_step(done, total, latents)
+            if done == self.step:
+                self.reached.set()
+                self.gate.wait()
+
+        return self._generator.generate(prompt, steps, guidance_scale, seed, should_stop, then_hold)
+
+
+def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str]]:
+    """(event name, data) of each event of a text/event-stream, comments as (None, text)."""
+    name, data = None, []
+    for line in lines:
+        if line.startswith(":"):
+            yield None, line[1:].strip()
+        elif line.startswith("event:"):
+            name = line.removeprefix("event:").strip()
+        elif line.startswith("data:"):
+            data.append(line.removeprefix("data:").strip())
+        elif not line and data:
+            yield name, "\n".join(data)
+            name, data = None, []
+
+
 @pytest.fixture(scope="session")
 def tiny_generator(tiny_artifact_dir: Path) -> FluxGenerator:
     """One loaded generator for the tests that do not test loading; servers using it run one at a time."""
@@ -179,8 +217,8 @@ def png_size() -> Callable[[str], tuple[int, int]]:
 
 @pytest.fixture
 def start_server(served: ServedArtifact) -> Iterator[Callable[..., RunningServer]]:
-    """``start_server(load, queue_size=, request_timeout=, ..., connection_limits=, health=)``: a server for
-    this test only."""
+    """``start_server(load, queue_size=, request_timeout=, ..., connection_limits=, health=, clock=)``: a server
+    for this test only."""
     with ExitStack() as servers:
 
         def start(
@@ -190,10 +228,11 @@ def start_server(served: ServedArtifact) -> Iterator[Callable[..., RunningServer
             request_timeout: float = 60.0,
             connection_limits: http_server.ConnectionLimits | None = None,
             health: HealthPolicy = HealthPolicy(),
+            clock: Callable[[], float] = time.monotonic,
             **limits,
         ):
             server_limits = ServerLimits(queue_size=queue_size, request_timeout=request_timeout, **limits)
-            app = create_app(load, served, server_limits, health)
+            app = create_app(load, served, server_limits, health, clock)
             return servers.enter_context(serve(app, connection_limits))
 
         yield start

@@ -121,7 +121,7 @@ def test_openai_parameters_without_meaning_for_flux_are_accepted(client):
         ({"quality": "ultra"}, "quality", "Input should be"),
         ({"output_format": "gif"}, "output_format", "'png', 'jpeg' or 'webp'"),
         ({"output_compression": 101}, "output_compression", "less than or equal to 100"),
-        ({"stream": True}, "stream", "Input should be False"),
+        ({"partial_images": 4}, "partial_images", "less than or equal to 3"),
         ({"extra_body": {"steps": 3}}, "steps", "unrecognized request argument 'steps'"),
         ({"prompt": " "}, "prompt", "must contain non-whitespace text"),
     ],
