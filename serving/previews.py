@@ -13,6 +13,8 @@ watch the noise settle.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from PIL import Image
 
@@ -32,8 +34,9 @@ VAE_SCALE = 8
 MAX_PARTIAL_IMAGES = 3
 
 
+@functools.cache
 def latent_rgb_map(channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (channels x 3) map and the bias for a latent space of ``channels`` channels."""
+    """The (channels x 3) map and the bias for a latent space of ``channels`` channels (built once)."""
     if channels == len(FLUX1_LATENT_RGB):
         return torch.tensor(FLUX1_LATENT_RGB), torch.tensor(FLUX1_LATENT_RGB_BIAS)
     false_colour = torch.zeros(channels, 3)
@@ -56,7 +59,7 @@ def preview(latents: torch.Tensor, shape: Shape) -> Image.Image:
     pixels = unpack(latents, shape)
     rgb_map, bias = latent_rgb_map(pixels.shape[-1])
     rgb = pixels @ rgb_map + bias
-    return Image.fromarray(((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy(), "RGB")
+    return Image.fromarray(((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy())
 
 
 def preview_steps(steps: int, partial_images: int) -> dict[int, int]:
