@@ -229,6 +229,7 @@ class GenerationQueue:
             self._report_places()
         self._metrics.queue_depth.dec()
         self._metrics.queue_wait_seconds.observe(ticket.started - ticket.submitted)
+        self._metrics.queue_wait_recent.observe(ticket.started - ticket.submitted)
         self._metrics.in_flight.inc()
         try:
             return job(ticket)

@@ -8,9 +8,14 @@ and writes the request's one JSON log line, with whatever the route added (seed,
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.metrics_core import Metric
 from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,8 +38,57 @@ OUTCOME_STATUS_SCOPE_KEY = "flux.outcome_status"
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)
 # Where a route puts the fields of its request's log line, in the ASGI scope it shares with us.
 LOG_FIELDS_SCOPE_KEY = "flux.log_fields"
+# The recent quantiles: of the last 5 minutes' observations (the dashboard's period is a minute, the alerts'
+# rate windows 5), at most this many of them.
+RECENT_WINDOW_S = 300.0
+RECENT_QUANTILES = (0.5, 0.95)
+MAX_RECENT_OBSERVATIONS = 10_000
 
 log = logging.getLogger("serving.requests")
+
+
+class RecentQuantiles:
+    """A Prometheus summary of the observations of the last RECENT_WINDOW_S seconds: their RECENT_QUANTILES,
+    with the running count and sum. The CloudWatch agent that takes the serving metrics to CloudWatch keeps
+    counters, gauges and summaries and drops histograms (infra/observability.py): this is the histograms'
+    percentiles in a form it keeps. Thread-safe (the worker thread and the event loop observe)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._recent: deque[tuple[float, float]] = deque(maxlen=MAX_RECENT_OBSERVATIONS)
+        self._count = 0
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            self._recent.append((self._clock(), value))
+            self._count += 1
+            self._sum += value
+
+    def quantiles(self) -> dict[float, float]:
+        """The nearest-rank quantiles of the window; none without an observation in it."""
+        horizon = self._clock() - RECENT_WINDOW_S
+        with self._lock:
+            while self._recent and self._recent[0][0] < horizon:
+                self._recent.popleft()
+            values = sorted(value for _, value in self._recent)
+        if not values:
+            return {}
+        return {quantile: values[max(0, math.ceil(quantile * len(values)) - 1)] for quantile in RECENT_QUANTILES}
+
+    def collect(self) -> Iterator[Metric]:
+        summary = Metric(self.name, self.documentation, "summary")
+        for quantile, value in self.quantiles().items():
+            summary.add_sample(self.name, {"quantile": str(quantile)}, value)
+        with self._lock:
+            summary.add_sample(f"{self.name}_count", {}, self._count)
+            summary.add_sample(f"{self.name}_sum", {}, self._sum)
+        yield summary
 
 
 class Metrics:
@@ -67,6 +121,16 @@ class Metrics:
             "Time an admitted request waited for the pipeline before its generation started.",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
+        )
+        self.generation_latency_recent = RecentQuantiles(
+            endpoints.GENERATION_LATENCY_RECENT_METRIC,
+            "Generation requests answered 2xx, end to end (queueing included): quantiles of the last 5 minutes.",
+            self.registry,
+        )
+        self.queue_wait_recent = RecentQuantiles(
+            endpoints.QUEUE_WAIT_RECENT_METRIC,
+            "Waits for the pipeline: quantiles of the last 5 minutes.",
+            self.registry,
         )
         self.generations = Counter(
             "flux_generations",
@@ -171,6 +235,8 @@ class RequestObserver:
             seconds = time.perf_counter() - started
             self.metrics.requests.labels(route_label, str(status)).inc()
             self.metrics.latency.labels(route_label, status_class(status)).observe(seconds)
+            if route_label in endpoints.GENERATION_ROUTES and status_class(status) == "2xx":
+                self.metrics.generation_latency_recent.observe(seconds)
             log_request(
                 {**fields, "method": scope["method"], "route": route_label, "status": status,
                  "latency_s": round(seconds, 4)}
