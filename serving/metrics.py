@@ -209,29 +209,20 @@ class RequestObserver:
         fields: dict[str, object] = {"request_id": request_id}
         scope[LOG_FIELDS_SCOPE_KEY] = fields
         route_label = self._route_label(scope)
-        # An exception escaping the app becomes a 500 in Starlette's outermost error handler; an app
-        # that returns without answering had no one to answer: the client left (nginx's 499), or the
-        # server closed a request that did not arrive in time (408).
-        status = 500
-        answered = False
-
-        async def send_with_request_id(message: Message) -> None:
-            nonlocal status
-            nonlocal answered
-            if message["type"] == "http.response.start":
-                status, answered = message["status"], True
-                message["headers"] = list(message.get("headers", []))
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
-            await send(message)
-
         started = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_with_request_id)
-            if OUTCOME_STATUS_SCOPE_KEY in scope:
-                status = scope[OUTCOME_STATUS_SCOPE_KEY]
-            elif not answered:
-                status = CLIENT_CLOSED_REQUEST
-        finally:
+        sent_status: int | None = None
+        failed = recorded = False
+
+        def record() -> None:
+            """Count the request and write its line, once. Its status: how it ended, when that is not what it
+            sent (a stream's 200, serving/streaming.py; a 408 of the HTTP layer); what it sent; 500 for an
+            exception escaping the app (Starlette's outermost handler answers it); else nothing was answered
+            because nobody was left to answer: the client closed the request (nginx's 499)."""
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            status = scope.get(OUTCOME_STATUS_SCOPE_KEY) or sent_status or (500 if failed else CLIENT_CLOSED_REQUEST)
             seconds = time.perf_counter() - started
             self.metrics.requests.labels(route_label, str(status)).inc()
             self.metrics.latency.labels(route_label, status_class(status)).observe(seconds)
@@ -241,3 +232,22 @@ class RequestObserver:
                 {**fields, "method": scope["method"], "route": route_label, "status": status,
                  "latency_s": round(seconds, 4)}
             )
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal sent_status
+            if message["type"] == "http.response.start":
+                sent_status = message["status"]
+                message["headers"] = list(message.get("headers", []))
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Counted before the answer's last byte leaves: whoever has the whole answer finds it counted.
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            record()
