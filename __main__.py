@@ -4,6 +4,7 @@ import pulumi
 
 from infra.activation import Activation, ActivationArgs
 from infra.cluster import Cluster, ClusterArgs
+from infra.dashboard import Dashboard, DashboardArgs
 from infra.config import load_stack_config, raw_pulumi_config, validate_project_name, validate_stack_name
 from infra.image import Image, ImageArgs
 from infra.image_cache import ImageCache, ImageCacheArgs
@@ -93,7 +94,7 @@ monitoring = Monitoring("monitoring", MonitoringArgs(
     request_timeout_seconds=config.serving.request_timeout_seconds,
     cluster_name=cluster.name,
 ), opts=in_cluster(*pods_after, cluster.persistent_storage))
-Observability("observability", ObservabilityArgs(
+observability = Observability("observability", ObservabilityArgs(
     cluster_name=cluster.name,
     kubernetes_version=config.kubernetes_version,
     region=config.region,
@@ -118,6 +119,15 @@ workloads = Workloads("workloads", WorkloadsArgs(
     scheduler_name=neuron.scheduler_name,
     autoscaling_metrics=monitoring.autoscaling_metrics,
 ), opts=in_cluster(*pods_after))
+# After the add-on, whose operator runs its agent, and Prometheus's kube-state-metrics, which it reads.
+dashboard = Dashboard("dashboard", DashboardArgs(
+    name=cluster_name,
+    cluster_name=cluster.name,
+    region=config.region,
+    shapes=list(config.shapes),
+    workload_namespace=cluster.workload_namespace,
+    log_retention_days=config.observability.log_retention_days,
+), opts=in_cluster(observability.addon, monitoring.prometheus))
 ingress = Ingress("ingress", IngressArgs(
     namespace=cluster.workload_namespace,
     services=workloads.services,
@@ -139,3 +149,5 @@ if image.repository_name is not None:
     pulumi.export("imageRepository", image.repository_name)
 pulumi.export("endpoints", ingress.endpoints)
 pulumi.export("exampleRequest", ingress.example_request)
+pulumi.export("dashboard", dashboard.dashboard_name)
+pulumi.export("dashboardUrl", dashboard.url)

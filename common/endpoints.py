@@ -18,6 +18,11 @@ REQUESTS_METRIC = "flux_http_requests"  # a counter, exported as flux_http_reque
 LATENCY_METRIC = "flux_http_request_duration_seconds"  # a histogram, queueing included
 GENERATION_METRIC = "flux_generation_seconds"  # a histogram of pipeline time per image
 QUEUE_WAIT_METRIC = "flux_queue_wait_seconds"  # a histogram of the wait for the pipeline
+# Summaries of the last minutes' quantiles (label quantile), for the CloudWatch agent, which drops histograms.
+GENERATION_LATENCY_RECENT_METRIC = "flux_generation_latency_recent_seconds"  # generation requests answered 2xx
+QUEUE_WAIT_RECENT_METRIC = "flux_queue_wait_recent_seconds"
+# The routes that generate, as the metrics and the alerts group them.
+GENERATION_ROUTES = (GENERATE, OPENAI_IMAGES)
 QUEUE_DEPTH_METRIC = "flux_queue_depth"
 IN_FLIGHT_METRIC = "flux_generations_in_flight"
 RUNTIME_ERRORS_METRIC = "flux_runtime_errors"  # a counter by `during`, exported as flux_runtime_errors_total

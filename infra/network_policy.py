@@ -3,8 +3,9 @@ infra.cluster): every pod is denied all traffic in and out, except
 
 - DNS: every pod may query CoreDNS (kube-system), UDP and TCP 53, and nothing else there;
 - serving pods accept their HTTP port from the load balancer's subnets (target type ip: the ALB
-  connects from its own addresses in those subnets, health checks included) and from the
-  Prometheus server that scrapes them. They open no connection: the graphs come through the
+  connects from its own addresses in those subnets, health checks included), from the
+  Prometheus server that scrapes them and from the CloudWatch agent that takes their metrics to
+  the stack's dashboard (infra.dashboard). They open no connection: the graphs come through the
   Mountpoint CSI driver, whose mounts run on the node outside this namespace, and the server
   never calls the Hub;
 - compile pods (the weights and graphs Jobs) accept nothing and reach HTTPS (443) only: the Hub download.
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.dashboard import AGENT_LABELS
 from infra.monitoring import PROMETHEUS_RELEASE
 from infra.naming import ACTIVATE, COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NAMESPACE, component_labels
 from common import endpoints
-from infra.monitoring import PROMETHEUS_RELEASE
 from infra.options import children
 
 DEFAULT_DENY = "default-deny"
@@ -67,6 +68,7 @@ def policy_specs(load_balancer_cidrs: list[str]) -> dict[str, dict]:
             "ingress": [
                 {"from": [{"ipBlock": {"cidr": cidr}} for cidr in load_balancer_cidrs], "ports": serving_port},
                 {"from": [_in_namespace(METRICS_NAMESPACE, PROMETHEUS_SERVER_LABELS)], "ports": serving_port},
+                {"from": [_in_namespace(METRICS_NAMESPACE, AGENT_LABELS)], "ports": serving_port},
             ],
         },
         COMPILE_EGRESS: _https_egress(COMPILE),

@@ -39,6 +39,14 @@ PROMETHEUS_CHART_REPO = "https://prometheus-community.github.io/helm-charts"
 PROMETHEUS_CHART_VERSION = "27.13.0"
 PROMETHEUS_ADAPTER_CHART_VERSION = "5.1.0"
 
+# The CloudWatch agent that takes the serving metrics to CloudWatch (infra.dashboard): the image the pinned
+# amazon-cloudwatch-observability add-on (v4.5.0, below) runs its own agents with, so its operator manages a
+# version it knows. Source: github.com/aws-observability/helm-charts, tag amazon-cloudwatch-observability-4.5.0,
+# charts/amazon-cloudwatch-observability/values.yaml (agent.image); its AmazonCloudWatchAgent CRD from that tag
+# is committed in planning/data/ (the planning check validates the agent against it). Bump with the add-on.
+CLOUDWATCH_AGENT_IMAGE = "public.ecr.aws/cloudwatch-agent/cloudwatch-agent:1.300060.0b1248"
+CLOUDWATCH_OBSERVABILITY_CHART_VERSION = "4.5.0"
+
 # Per Kubernetes minor: what EKS ships for that minor. The supported minors are exactly these keys.
 # kube-scheduler: EKS Distro release notes (planning/data/published/kube-scheduler-tags.txt; checked), the
 # latest release of 1.34 there and a published release of 1.33. al2023-ami-alias: the EKS-optimized AMI release

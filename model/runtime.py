@@ -140,16 +140,21 @@ class FluxGenerator:
         guidance_scale: float,
         seed: int,
         should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int, torch.Tensor], None] | None = None,
     ) -> Image.Image:
         """Deterministic for a given seed: the noise comes from a CPU generator seeded here.
 
         ``should_stop`` is asked after every denoising step; when it answers True the
-        generation is abandoned there and GenerationStopped is raised (no image).
+        generation is abandoned there and GenerationStopped is raised (no image). Otherwise
+        ``on_step(done, total, latents)`` is called with the steps done so far, their total
+        and the packed latents (for progress and previews).
         """
 
-        def stop_if_asked(pipeline: FluxPipeline, step: int, timestep: torch.Tensor, tensors: dict) -> dict:
-            if should_stop():
+        def at_step_end(pipeline: FluxPipeline, step: int, timestep: torch.Tensor, tensors: dict) -> dict:
+            if should_stop is not None and should_stop():
                 raise GenerationStopped(f"stopped after denoising step {step + 1} of {num_inference_steps}")
+            if on_step is not None:
+                on_step(step + 1, num_inference_steps, tensors["latents"])
             return tensors
 
         result = self._pipeline(
@@ -161,7 +166,7 @@ class FluxGenerator:
             generator=torch.Generator("cpu").manual_seed(seed),
             max_sequence_length=self._max_text_length,
             output_type="pil",
-            callback_on_step_end=stop_if_asked if should_stop is not None else None,
+            callback_on_step_end=at_step_end if should_stop is not None or on_step is not None else None,
         )
         return result.images[0]
 

@@ -171,6 +171,10 @@ class _Mocks(pulumi.runtime.Mocks):
         elif kind == "aws:s3/bucket:Bucket":
             bucket = inputs.get("bucket", f"{name}-0a1b2c3d")
             state.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}")
+        elif kind == "aws:cloudwatch/logGroup:LogGroup":
+            # As the provider (v6 and later) reports it: no ":*" at the end.
+            group = inputs.get("name", name)
+            state.update(name=group, arn=f"arn:aws:logs:{self.region}:{ACCOUNT_ID}:log-group:{group}")
         elif kind == "aws:ecr/repository:Repository":
             state["repositoryUrl"] = f"{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com/{inputs.get('name', name)}"
         elif kind == "aws:ec2/launchTemplate:LaunchTemplate":

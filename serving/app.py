@@ -15,25 +15,37 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from http import HTTPStatus
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.runtime import GenerationStopped
 from common.shapes import Shape, parse_shape
 from common import endpoints
-from serving.errors import ApiError, documented_errors, install_error_handlers
-from serving.generation_queue import ClientGone, GenerationQueue, QueueFull
+from serving.errors import ApiError, documented_errors, install_error_handlers, internal_error, without_node_paths
+from serving.generation_queue import ClientGone, GenerationQueue, QueueFull, Ticket
 from serving.health import During, HealthPolicy, RuntimeHealth
 from serving.metrics import CLIENT_CLOSED_REQUEST, LOG_FIELDS_SCOPE_KEY, Metrics, RequestObserver
+from serving.pages import STATIC_DIR, SecurityHeaders, StaticAssets
+from serving.previews import preview, preview_steps
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES, JsonBodyGuard
+from serving.streaming import (
+    EVENT_STREAM,
+    EventStream,
+    ImageDone,
+    NativeEvents,
+    OpenAIEvents,
+    Step,
+    thread_safe_listener,
+)
 from serving.schemas import (
     DEFAULT_GUIDANCE_SCALE,
+    GENERATE_EVENTS,
+    OPENAI_IMAGE_EVENTS,
+    event_stream_schema,
     DEFAULT_OUTPUT_COMPRESSION,
     MAX_SEED,
     QUALITY_STEPS,
@@ -52,12 +64,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# One step runs every compiled graph once, which is what pulls them onto the device;
-# more steps would only repeat the transformer.
-WARMUP_STEPS = 1
+# Every compiled graph runs in the first step, which is what pulls them onto the device; the second
+# (one more transformer call) times a step apart from the fixed per-image cost, so Retry-After is right
+# from the first request on.
+WARMUP_STEPS = 2
 WARMUP_PROMPT = "warm-up"
 DEFAULT_MAX_IMAGES = 4
-STATIC_DIR = Path(__file__).parent / "static"
 # Pillow's format names and the media types of the data: URLs.
 IMAGE_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 # Statuses the JSON routes can answer with besides success, declared in the OpenAPI document.
@@ -123,9 +135,36 @@ class Status(str, enum.Enum):
     FAILING = "failing"
 
 
-def warm_up(generator: FluxGenerator) -> None:
+def generate_timed(
+    generator: FluxGenerator,
+    generations: GenerationQueue,
+    prompt: str,
+    steps: int,
+    guidance_scale: float,
+    seed: int,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, int, Any], None] | None = None,
+):
+    """One image, on the worker thread, its step-end times teaching the queue what images cost (for
+    Retry-After); returns the image and the seconds it took."""
+    clock = generations.clock
+    step_ends: list[float] = []
+
+    def at_step_end(done: int, total: int, latents) -> None:
+        step_ends.append(clock())
+        if on_step is not None:
+            on_step(done, total, latents)
+
+    started = clock()
+    image = generator.generate(prompt, steps, guidance_scale, seed, should_stop, at_step_end)
+    finished = clock()
+    generations.costs.observe(started, step_ends, finished)
+    return image, finished - started
+
+
+def warm_up(generator: FluxGenerator, generations: GenerationQueue) -> None:
     """One generation of WARMUP_STEPS: every compiled graph runs once (the warm-up, and the self-test)."""
-    generator.generate(WARMUP_PROMPT, WARMUP_STEPS, DEFAULT_GUIDANCE_SCALE, 0)
+    generate_timed(generator, generations, WARMUP_PROMPT, WARMUP_STEPS, DEFAULT_GUIDANCE_SCALE, 0)
 
 
 class Pipeline:
@@ -144,9 +183,7 @@ class Pipeline:
                 raise ValueError(f"the artifact is {generator.shape}, the manifest said {self.served.shape}")
             self.status = Status.WARMING_UP
             log.info("artifacts loaded and verified for shape %s; warming up", generator.shape)
-            started = time.perf_counter()
-            warm_up(generator)
-            generations.observe_step_time(time.perf_counter() - started, WARMUP_STEPS)
+            warm_up(generator, generations)
         except Exception as error:
             self.failure = f"{type(error).__name__}: {error}"
             self.status = Status.FAILED
@@ -156,16 +193,22 @@ class Pipeline:
         self.status = Status.READY
         log.info("ready to serve shape %s", generator.shape)
 
+    @property
+    def public_failure(self) -> str | None:
+        """Why the load failed, as probes and clients may see it: no path on the node (the log has it all)."""
+        return None if self.failure is None else without_node_paths(self.failure)
+
     def ready_generator(self) -> FluxGenerator:
         if self.generator is None:
-            detail = f"model {self.status.value}" + (f": {self.failure}" if self.failure else "")
+            detail = f"model {self.status.value}" + (f": {self.public_failure}" if self.failure else "")
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready ({detail})", code="not_ready")
         return self.generator
 
 
 @dataclass(frozen=True)
 class Images:
-    """What one request asks the pipeline for: ``count`` images, seeds ``seed``, ``seed + 1``, ..."""
+    """What one request asks the pipeline for: ``count`` images, seeds ``seed``, ``seed + 1``, ..., and for
+    a streamed one ``partial_images`` previews of each."""
 
     prompt: str
     steps: int
@@ -174,6 +217,7 @@ class Images:
     count: int = 1
     image_format: str = "png"
     compression: int = DEFAULT_OUTPUT_COMPRESSION
+    partial_images: int = 0
 
     @property
     def seeds(self) -> list[int]:
@@ -196,15 +240,28 @@ def render(
     generations: GenerationQueue,
     metrics: Metrics,
     health: RuntimeHealth,
-    should_stop: Callable[[], bool],
+    ticket: Ticket,
 ) -> tuple[list[bytes], float]:
-    """Generate on the worker thread, one image after another; return the encoded images and
-    the seconds spent generating them."""
+    """Generate on the worker thread, one image after another; return the encoded images and the seconds
+    spent generating them. A listened ticket hears each image start (step 0), every step, the previews
+    and each image once encoded."""
     encoded, generating = [], 0.0
-    for seed in request.seeds:
-        started = time.perf_counter()
+    previews_at = preview_steps(request.steps, request.partial_images) if ticket.listened else {}
+    for index, seed in enumerate(request.seeds):
+
+        def report_step(done: int, total: int, latents, index=index, seed=seed) -> None:
+            if done not in previews_at:
+                ticket.report(Step(index, seed, done, total))
+                return
+            shown = encode(preview(latents, generator.shape), request.image_format, request.compression)
+            ticket.report(Step(index, seed, done, total, shown, previews_at[done]))
+
+        ticket.report(Step(index, seed, 0, request.steps))
         try:
-            image = generator.generate(request.prompt, request.steps, request.guidance_scale, seed, should_stop)
+            image, seconds = generate_timed(
+                generator, generations, request.prompt, request.steps, request.guidance_scale, seed,
+                ticket.should_stop, report_step if ticket.listened else None,
+            )
         except GenerationStopped:
             metrics.generations.labels("stopped").inc()
             raise
@@ -213,19 +270,18 @@ def render(
             health.failed(During.GENERATION)
             raise
         health.succeeded()
-        seconds = time.perf_counter() - started
         generating += seconds
         metrics.generations.labels("completed").inc()
         metrics.generation_seconds.observe(seconds)
-        generations.observe_step_time(seconds, request.steps)
         encoded.append(encode(image, request.image_format, request.compression))
+        ticket.report(ImageDone(index, seed, encoded[-1], seconds))
     return encoded, generating
 
 
-def self_test(generator: FluxGenerator, health: RuntimeHealth) -> None:
+def self_test(generator: FluxGenerator, generations: GenerationQueue, health: RuntimeHealth) -> None:
     """The warm-up generation, on the worker thread, as the probe of a pipeline that keeps failing."""
     try:
-        warm_up(generator)
+        warm_up(generator, generations)
     except Exception:
         log.exception("self-test generation failed")
         health.failed(During.SELF_TEST)
@@ -239,7 +295,9 @@ async def self_test_while_unready(pipeline: Pipeline, generations: GenerationQue
     while True:
         await asyncio.sleep(health.policy.self_test_interval)
         if pipeline.generator is not None and health.unready and not health.needs_restart:
-            await asyncio.wrap_future(generations.run_exclusively(partial(self_test, pipeline.generator, health)))
+            await asyncio.wrap_future(
+                generations.run_exclusively(partial(self_test, pipeline.generator, generations, health))
+            )
 
 
 async def _client_gone(request: Request) -> None:
@@ -257,8 +315,10 @@ def create_app(
     served: ServedArtifact,
     limits: ServerLimits,
     health_policy: HealthPolicy = HealthPolicy(),
+    clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """An app that loads the pipeline with ``load`` on its worker thread at startup."""
+    """An app that loads the pipeline with ``load`` on its worker thread at startup. ``clock`` times the
+    generations (deadlines, costs, execution times)."""
     metrics = Metrics()
     metrics.server.info(
         {
@@ -269,7 +329,7 @@ def create_app(
             "artifact": served.artifact,
         }
     )
-    generations = GenerationQueue(limits.queue_size, metrics)
+    generations = GenerationQueue(limits.queue_size, metrics, clock=clock)
     pipeline = Pipeline(served)
     health = RuntimeHealth(health_policy, metrics)
     ImagesGenerationRequest = images_request_model(served.shape, limits.max_images)
@@ -291,52 +351,89 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Starlette's trailing-slash redirect builds its Location from the Host header (an open redirect),
+        # and behind the load balancer it would drop the /flux/<shape> prefix and the https: none.
+        redirect_slashes=False,
     )
+    # The HTTP layer counts the requests it refuses into these (serving/http_server.py).
+    app.state.metrics = metrics
     install_error_handlers(app)
 
-    async def generate_images(http_request: Request, images: Images) -> tuple[list[bytes], float]:
+    def admitted(http_request: Request, images: Images,
+                 listener: Callable[[object], None] | None = None) -> Ticket:
+        """The request's job, admitted to the queue; 503 before the model is ready, 429 when it is full."""
         _log_fields(http_request).update(seed=images.seed, steps=images.steps, images=images.count)
         job = partial(render, pipeline.ready_generator(), images, generations, metrics, health)
         try:
-            return await generations.run(
-                job, images.steps * images.count, limits.request_timeout, partial(_client_gone, http_request)
-            )
+            return generations.submit(job, images.count, images.steps, limits.request_timeout, listener)
         except QueueFull as full:
-            raise ApiError(
-                HTTPStatus.TOO_MANY_REQUESTS,
-                str(full),
-                code="queue_full",
-                headers={"Retry-After": str(full.retry_after)},
-            ) from full
+            raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, str(full), code="queue_full",
+                           headers={"Retry-After": str(full.retry_after)}) from full
+
+    async def outcome(http_request: Request, ticket: Ticket) -> tuple[list[bytes], float]:
+        """The admitted job's images and seconds; 504 past the deadline; ClientGone once the client left."""
+        try:
+            return await generations.outcome(ticket, limits.request_timeout, partial(_client_gone, http_request))
         except TimeoutError as timeout:
-            raise ApiError(
-                HTTPStatus.GATEWAY_TIMEOUT,
-                f"generation did not finish within {limits.request_timeout:g} s",
-                code="timeout",
-            ) from timeout
+            raise ApiError(HTTPStatus.GATEWAY_TIMEOUT, f"generation did not finish within {limits.request_timeout:g} s",
+                           code="timeout") from timeout
+        except GenerationStopped as stopped:
+            raise ApiError(HTTPStatus.GATEWAY_TIMEOUT, f"generation stopped at its deadline: {stopped}",
+                           code="timeout") from stopped
         except ClientGone:
             _log_fields(http_request)["client_gone"] = True
-            # Nobody reads the answer; the route sends a 499 so the request ends (and is counted) cleanly.
-            return [], 0.0
-        except GenerationStopped as stopped:
-            raise ApiError(
-                HTTPStatus.GATEWAY_TIMEOUT, f"generation stopped at its deadline: {stopped}", code="timeout"
-            ) from stopped
+            raise
 
-    generation_responses = documented_errors(*BODY_ERRORS, *GENERATION_ERRORS)
-
-    @app.post(endpoints.GENERATE, response_model=GenerateResponse, responses=generation_responses)
-    async def generate(request: GenerateRequest, http_request: Request) -> GenerateResponse | Response:
-        """Generate one PNG; the response carries the seed so it can be reproduced."""
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        images = Images(request.prompt, request.num_inference_steps, request.guidance_scale, seed)
-        encoded, seconds = await generate_images(http_request, images)
-        if not encoded:
+    async def generate_images(http_request: Request, images: Images) -> tuple[list[bytes], float] | Response:
+        """The encoded images and the seconds generating them, or the 499 that ends a request whose client
+        left (nobody reads it)."""
+        try:
+            return await outcome(http_request, admitted(http_request, images))
+        except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    def stream_images(http_request: Request, images: Images, encoder: NativeEvents | OpenAIEvents) -> EventStream:
+        """Admit the request (refusals are still plain HTTP errors), then answer with its events."""
+        events: asyncio.Queue = asyncio.Queue()
+        ticket = admitted(http_request, images, thread_safe_listener(events))
+        _log_fields(http_request)["stream"] = True
+
+        async def streamed() -> None:
+            try:
+                await outcome(http_request, ticket)
+            except (ApiError, ClientGone):
+                raise
+            except Exception as error:
+                # After the 200, no exception handler answers: the stream's error event does.
+                log.exception("generation failed")
+                raise internal_error() from error
+
+        return EventStream(events, asyncio.ensure_future(streamed()), encoder)
+
+    def generation_responses(events: dict[str, type]) -> dict[int, dict]:
+        """The errors, and besides the JSON answer the events of a stream (stream: true)."""
+        streamed = {"description": "The answer, or with stream: true its events",
+                    "content": {EVENT_STREAM: {"schema": event_stream_schema(events)}}}
+        return {**documented_errors(*BODY_ERRORS, *GENERATION_ERRORS), 200: streamed}
+
+    @app.post(endpoints.GENERATE, response_model=GenerateResponse, responses=generation_responses(GENERATE_EVENTS))
+    async def generate(request: GenerateRequest, http_request: Request) -> GenerateResponse | Response:
+        """Generate one PNG; the response carries the seed so it can be reproduced. With stream: true,
+        server-sent events: queued, progress (step k of n, previews), completed, or error."""
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        images = Images(request.prompt, request.num_inference_steps, request.guidance_scale, seed,
+                        partial_images=request.partial_images)
+        if request.stream:
+            return stream_images(http_request, images, NativeEvents())
+        generated = await generate_images(http_request, images)
+        if isinstance(generated, Response):
+            return generated
+        encoded, seconds = generated
         return GenerateResponse(image=base64.b64encode(encoded[0]).decode("ascii"), execution_time=seconds, seed=seed)
 
     async def images_generations(request, http_request: Request) -> ImagesResponse | Response:
-        """OpenAI's images API: ``size`` is WIDTHxHEIGHT, the served one or ``auto``."""
+        """OpenAI's images API: ``size`` is WIDTHxHEIGHT, the served one or ``auto``. With stream: true,
+        OpenAI's image generation events (image_generation.partial_image, image_generation.completed)."""
         for end_user in ("user", "safety_identifier"):
             if getattr(request, end_user) is not None:
                 _log_fields(http_request)[end_user] = getattr(request, end_user)
@@ -350,11 +447,15 @@ def create_app(
             seed,
             count=request.n or 1,
             image_format=image_format,
-            compression=request.output_compression or DEFAULT_OUTPUT_COMPRESSION,
+            compression=DEFAULT_OUTPUT_COMPRESSION if request.output_compression is None else request.output_compression,
+            partial_images=request.partial_images or 0,
         )
-        encoded, _ = await generate_images(http_request, images)
-        if not encoded:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        if request.stream:
+            return stream_images(http_request, images, OpenAIEvents(size, quality, image_format))
+        generated = await generate_images(http_request, images)
+        if isinstance(generated, Response):
+            return generated
+        encoded, _ = generated
         media_type = IMAGE_FORMATS[image_format][1]
         data = []
         for image_seed, image in zip(images.seeds, encoded):
@@ -370,7 +471,8 @@ def create_app(
     # The body model is built for this server (its size, its max n), so it is not a name the
     # module's (postponed) annotations could refer to.
     images_generations.__annotations__["request"] = ImagesGenerationRequest
-    app.post(endpoints.OPENAI_IMAGES, response_model=ImagesResponse, responses=generation_responses)(
+    app.post(endpoints.OPENAI_IMAGES, response_model=ImagesResponse,
+             responses=generation_responses(OPENAI_IMAGE_EVENTS))(
         images_generations
     )
 
@@ -403,7 +505,7 @@ def create_app(
         if pipeline.generator is not None:
             body["shape"] = str(pipeline.generator.shape)
         if pipeline.failure is not None:
-            body["reason"] = pipeline.failure
+            body["reason"] = pipeline.public_failure
         if status is Status.READY and health.unready:
             status = Status.FAILING
             body.update(status=status.value, reason=health.reason())
@@ -430,7 +532,7 @@ def create_app(
         """This API's reference, rendered in the browser from /openapi.json, offline."""
         return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
-    app.mount(endpoints.STATIC, StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(endpoints.STATIC, StaticAssets(directory=STATIC_DIR), name="static")
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -446,5 +548,6 @@ def create_app(
 
     app.openapi = openapi
     app.add_middleware(JsonBodyGuard, paths=(endpoints.GENERATE, endpoints.OPENAI_IMAGES), max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestObserver, metrics=metrics, routes=app.routes)
     return app

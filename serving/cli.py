@@ -35,6 +35,7 @@ from serving.app import DEFAULT_MAX_IMAGES, ServedArtifact, ServerLimits, create
 from common.endpoints import DEFAULT_PORT, UNREADY_AFTER_RUNTIME_ERRORS
 from serving.health import DEFAULT_RESTART_AFTER_SELF_TESTS, DEFAULT_SELF_TEST_INTERVAL_S, HealthPolicy
 from common.logs import configure_json_logging
+from serving.logs import redact_prompts
 from serving.request_guard import DEFAULT_MAX_BODY_BYTES
 
 PROG = "python -m serving"
@@ -226,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a request's headers and body must arrive within this, or the connection closes (default: %(default)s)",
     )
+    server.add_argument(
+        "--write-timeout",
+        type=_positive_float,
+        default=http_server.DEFAULT_WRITE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="a client that reads nothing of what it is sent for this long is disconnected (default: %(default)s)",
+    )
     health = parser.add_argument_group("health (what runtime errors of the pipeline do to /readyz and /healthz)")
     health.add_argument(
         "--unready-after-errors",
@@ -240,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=DEFAULT_SELF_TEST_INTERVAL_S,
         metavar="SECONDS",
-        help="while unready for runtime errors, run a one-step self-test generation this often; "
+        help="while unready for runtime errors, run a two-step self-test generation this often; "
         "a success makes the server ready again (default: %(default)s)",
     )
     health.add_argument(
@@ -258,10 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_json_logging()
+    redact_prompts()
     connection_limits = http_server.ConnectionLimits(
         limit_concurrency=args.limit_concurrency,
         keep_alive_timeout=args.keep_alive_timeout,
         read_timeout=args.read_timeout,
+        write_timeout=args.write_timeout,
     )
     try:
         http_server.ensure_fd_limit(args.limit_concurrency)

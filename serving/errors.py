@@ -29,6 +29,9 @@ ERROR_TYPES = {
 # A field name from the body is repeated only when it looks like one; anything else is not echoed.
 _PRINTABLE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 MAX_VALIDATION_PROBLEMS = 5
+# A "/" that starts a path: not inside a word or a relative path (``a/b``), up to a space or punctuation.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[^\s:,;()'\"]*")
+NODE_PATH_PLACEHOLDER = "<path on the node>"
 
 
 class ApiError(Exception):
@@ -49,8 +52,9 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def error_response(error: ApiError) -> JSONResponse:
-    body = ErrorResponse.model_validate(
+def error_body(error: ApiError) -> dict:
+    """The JSON body of an error, as every route (and the HTTP layer, serving/http_server.py) sends it."""
+    return ErrorResponse.model_validate(
         {
             "error": {
                 "message": error.message,
@@ -59,8 +63,24 @@ def error_response(error: ApiError) -> JSONResponse:
                 "code": error.code,
             }
         }
-    )
-    return JSONResponse(body.model_dump(), status_code=error.status, headers=error.headers)
+    ).model_dump()
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
+
+
+def without_node_paths(text: str) -> str:
+    """``text`` with every absolute path (an artifact file on the node, a device) replaced: errors that
+    clients and probes see say what failed, not how the node is laid out (the log keeps the full text).
+    A path inside the artifact (``transformer/graph.pt``) is relative and stays."""
+    return _ABSOLUTE_PATH.sub(NODE_PATH_PLACEHOLDER, text)
+
+
+def internal_error() -> ApiError:
+    """What a client is told of an unexpected failure: nothing of it (the log has the traceback)."""
+    return ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error (the server log has the details)",
+                    code="server_error")
 
 
 def _field_name(location: Sequence[object]) -> str | None:
@@ -114,8 +134,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected_error(_: Request, error: Exception) -> JSONResponse:
         # Uvicorn still logs the traceback; the client gets no detail of it.
-        message = "internal server error (the server log has the details)"
-        return error_response(ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, message, code="server_error"))
+        return error_response(internal_error())
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(Exception, on_unexpected_error)

@@ -8,7 +8,7 @@ at its deadline (504) or abandoned by its client (499) stopped the pipeline on p
 * After ``unready_after_errors`` runtime errors in a row, ``/readyz`` answers 503: the load
   balancer and the Service stop sending this pod traffic, while its other replicas serve.
 * With no traffic no generation could ever succeed again, so while unready the server runs a
-  self-test (the one-step warm-up generation) every ``self_test_interval`` seconds on its worker
+  self-test (the two-step warm-up generation) every ``self_test_interval`` seconds on its worker
   thread. A success, of a self-test or of a request still routed here, resets the count and the
   pod is ready again (a transient error costs minutes of one pod, not a restart).
 * After ``restart_after_self_tests`` failed self-tests in a row, ``/healthz`` answers 503 too: the
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from common.endpoints import UNREADY_AFTER_RUNTIME_ERRORS
 from serving.metrics import Metrics
 
-# While unready: one one-step generation every 30 s keeps the device mostly idle for requests
+# While unready: one two-step generation every 30 s keeps the device mostly idle for requests
 # still routed here, and 3 failures (about 1.5 min) tell a lasting failure from a passing one
 # before the restart (minutes of loading) is paid.
 DEFAULT_SELF_TEST_INTERVAL_S = 30.0

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema, create_model
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, create_model
 
 from common.shapes import Shape
+from serving.previews import MAX_PARTIAL_IMAGES
 
 # A guard against oversized bodies, far above what the text encoders read (the model
 # truncates prompts to the artifact's max text length in tokens).
@@ -30,8 +30,26 @@ DEFAULT_GUIDANCE_SCALE = 3.5
 MAX_GUIDANCE_SCALE = 20.0
 MAX_SEED = 2**32 - 1
 MAX_USER_CHARS = 256
-# "Contains something other than whitespace", in the regex dialect JSON Schema and pydantic share.
-NON_BLANK_PATTERN = r"\S"
+
+
+def _non_blank_pattern() -> str:
+    """A pattern for "contains a character that is not whitespace", meaning the same to the server (Python's
+    ``re``) and to JSON Schema validators (ECMA-262 regexes). ``\\S`` does not: Python's whitespace includes
+    U+001C-U+001F and U+0085, ECMA-262's does not, and ECMA-262's includes U+FEFF, Python's does not.
+    So the whitespace is listed: every character either dialect calls whitespace, as ``\\uXXXX`` escapes
+    in one negated class, which both read alike (all of them are in the Basic Multilingual Plane)."""
+    blank = sorted({code for code in range(0x10000) if chr(code).isspace()} | {0xFEFF})
+    ranges: list[list[int]] = []
+    for code in blank:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    listed = "".join(f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}" for low, high in ranges)
+    return f"[^{listed}]"
+
+
+NON_BLANK_PATTERN = _non_blank_pattern()
 
 # OpenAI's quality levels as denoising steps (FLUX.1-dev is distilled for about 28; 50 is the
 # upper end of what its model card suggests). "standard"/"hd" are DALL-E 3's names.
@@ -62,14 +80,15 @@ def _integer(**constraints) -> object:
     return Annotated[int, Field(**constraints), BeforeValidator(_integral_float_as_int)]
 
 
-def _not_streaming(stream: bool) -> bool:
-    if stream:
-        raise PydanticCustomError("stream_unsupported", "Input should be False: streaming is not supported")
-    return stream
-
-
-# false (or absent): a strict boolean, so 0 is not false.
-NoStream = Annotated[StrictBool, AfterValidator(_not_streaming), WithJsonSchema({"type": "boolean", "const": False})]
+Stream = Annotated[
+    StrictBool,
+    Field(description="Server-sent events instead of one JSON answer (docs/serving.md, Streaming)."),
+]
+PartialImages = Annotated[
+    _integer(ge=0, le=MAX_PARTIAL_IMAGES),
+    Field(description=f"With stream: previews per image, 0 to {MAX_PARTIAL_IMAGES}, at even intervals of its steps "
+                      "(latent previews at 1/8 of the size, no VAE); without stream, ignored."),
+]
 
 Prompt = Annotated[
     str,
@@ -107,6 +126,8 @@ class GenerateRequest(_StrictBody):
         description="FLUX.1-dev's distilled guidance.",
     )
     seed: Seed = None
+    stream: Stream = False
+    partial_images: PartialImages = 0
 
 
 class GenerateResponse(BaseModel):
@@ -159,7 +180,8 @@ def images_request_model(shape: Shape, max_images: int) -> type[BaseModel]:
         ),
         style=(Literal["vivid", "natural"] | None, Field(None, description="DALL-E 3's; ignored by FLUX.")),
         moderation=(Literal["auto", "low"] | None, Field(None, description="Accepted and ignored.")),
-        stream=(NoStream | None, Field(None, description="Streaming is not supported.")),
+        stream=(Stream | None, None),
+        partial_images=(PartialImages | None, None),
         user=(
             str | None,
             Field(None, max_length=MAX_USER_CHARS, description="An end-user id; written to the request's log line."),
@@ -212,3 +234,91 @@ class ErrorResponse(BaseModel):
     """Every error, on every route, in OpenAI's shape."""
 
     error: ErrorDetail
+
+
+# The events of a streamed generation (serving/streaming.py): each one's data, by event name.
+
+
+class QueuedEvent(BaseModel):
+    position: int = Field(ge=1, description="The request's place among the waiting ones: 1 runs next.")
+
+
+class ProgressEvent(BaseModel):
+    step: int = Field(ge=0, description="Denoising steps done: 0 when the generation starts.")
+    steps: int = Field(ge=1, description="Its denoising steps in all.")
+    partial_image_index: int | None = Field(None, description="With a preview: which one, 0-based.")
+    image: str | None = Field(None, description="A preview after this step: a base64 PNG at 1/8 of the size.")
+
+
+class StreamErrorEvent(ErrorResponse):
+    type: Literal["error"] = "error"
+
+
+class ImageEvent(BaseModel):
+    b64_json: str = Field(description="The image (or preview), base64-encoded in output_format.")
+    created_at: int = Field(description="Unix time of the event.")
+    size: str
+    quality: str
+    background: Literal["opaque"] = "opaque"
+    output_format: str
+    seed: int = Field(description="Extension: the seed of this image.")
+
+
+class PartialImageEvent(ImageEvent):
+    type: Literal["image_generation.partial_image"] = "image_generation.partial_image"
+    partial_image_index: int = Field(ge=0, description="0-based, per image.")
+
+
+class TokenDetails(BaseModel):
+    image_tokens: int = 0
+    text_tokens: int = 0
+
+
+class Usage(BaseModel):
+    """The GPT image models' token counts: FLUX counts no tokens, so all zero."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_tokens_details: TokenDetails = TokenDetails()
+
+
+class CompletedImageEvent(ImageEvent):
+    type: Literal["image_generation.completed"] = "image_generation.completed"
+    usage: Usage = Usage()
+
+
+GENERATE_EVENTS: dict[str, type[BaseModel]] = {
+    "queued": QueuedEvent, "progress": ProgressEvent, "completed": GenerateResponse, "error": ErrorResponse,
+}
+OPENAI_IMAGE_EVENTS: dict[str, type[BaseModel]] = {
+    "image_generation.partial_image": PartialImageEvent, "image_generation.completed": CompletedImageEvent,
+    "error": StreamErrorEvent,
+}
+
+
+def _inlined(schema: dict) -> dict:
+    """A model's JSON schema with its $defs written in place: an event's contentSchema stands alone."""
+    definitions = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return inline(schema)
+
+
+def event_stream_schema(events: dict[str, type[BaseModel]]) -> dict:
+    """The schema of each event of a text/event-stream: its name, and its data as JSON of that event's model."""
+    return {"oneOf": [
+        {"type": "object", "required": ["event", "data"], "properties": {
+            "event": {"const": name},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": _inlined(model.model_json_schema(mode="serialization"))}}}
+        for name, model in events.items()
+    ]}

@@ -3,6 +3,7 @@ clean), so tests and `python -m planning --check` report the same findings.
 
     kubernetes   Kubernetes schemas
     karpenter    Karpenter CRD schemas, Karpenter CEL rules
+    cloudwatch_agent  CloudWatch agent CRD schema
     iam          IAM policies
     references   Cross-references
     security     Security posture
@@ -11,12 +12,12 @@ clean), so tests and `python -m planning --check` report the same findings.
 
 from __future__ import annotations
 
-from planning.checks import iam, karpenter, kubernetes, published, references, security
+from planning.checks import cloudwatch_agent, iam, karpenter, kubernetes, published, references, security
 from planning.checks.objects import Objects, Problem, kubernetes_version, pod_templates
 from planning.offline import Rendering, manifest
 
 # The check families, in report order.
-CHECKS = (kubernetes.FAMILY, karpenter.SCHEMA_FAMILY, iam.FAMILY, references.FAMILY, security.FAMILY,
+CHECKS = (kubernetes.FAMILY, karpenter.SCHEMA_FAMILY, cloudwatch_agent.FAMILY, iam.FAMILY, references.FAMILY, security.FAMILY,
           karpenter.CEL_FAMILY, published.FAMILY)
 
 
@@ -26,6 +27,7 @@ def check(rendering: Rendering) -> list[Problem]:
     pods = pod_templates(objects)
     problems = kubernetes.problems(objects, kubernetes_version(rendering))
     problems += karpenter.problems(objects)
+    problems += cloudwatch_agent.problems(objects)
     problems += iam.problems(rendering)
     problems += references.problems(Objects(objects), pods, rendering)
     problems += security.problems(rendering, pods)

@@ -8,12 +8,9 @@ import functools
 import json
 from typing import Any
 
-import jsonschema
-import yaml
-
 from infra import versions
 from planning import DATA, cel
-from planning.checks.objects import Problem, SchemaNotFound, is_karpenter, where
+from planning.checks.objects import Problem, SchemaNotFound, crd_schema_problems, crd_schemas, is_karpenter, where
 
 SCHEMA_FAMILY = "Karpenter CRD schemas"
 CEL_FAMILY = "Karpenter CEL rules"
@@ -22,13 +19,7 @@ KARPENTER_CRDS = DATA / f"karpenter-crds-v{versions.KARPENTER_VERSION}"
 
 @functools.cache
 def _karpenter_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    schemas = {}
-    for path in sorted(KARPENTER_CRDS.glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        for version in crd["spec"]["versions"]:
-            api_version = f"{crd['spec']['group']}/{version['name']}"
-            schemas[(api_version, crd["spec"]["names"]["kind"])] = version["schema"]["openAPIV3Schema"]
-    return schemas
+    return crd_schemas(KARPENTER_CRDS.glob("*.yaml"))
 
 
 def _karpenter_schema(obj: dict[str, Any]) -> dict[str, Any]:
@@ -40,10 +31,7 @@ def _karpenter_schema(obj: dict[str, Any]) -> dict[str, Any]:
 
 def karpenter_schema_problems(obj: dict[str, Any]) -> list[str]:
     """Problems of a Karpenter object against the OpenAPI part of the pinned release's CRD schema."""
-    schema = _karpenter_schema(obj)
-    validator = jsonschema.Draft7Validator(schema)
-    return [f"{where(obj, '?')}: {error.message} at {'/'.join(map(str, error.absolute_path)) or '(root)'}"
-            for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
+    return crd_schema_problems(obj, _karpenter_schemas())
 
 
 def karpenter_rule_problems(obj: dict[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import kubernetes_validate
 
-from planning.checks.objects import Problem, SchemaNotFound, is_karpenter, where
+from planning.checks.objects import Problem, SchemaNotFound, is_cloudwatch_agent, is_karpenter, where
 
 FAMILY = "Kubernetes schemas"
 
@@ -26,7 +26,8 @@ def kubernetes_schema_problems(obj: dict[str, Any], kubernetes_version: str) -> 
 
 
 def problems(objects: list[dict[str, Any]], version: str) -> list[Problem]:
-    return [Problem(FAMILY, text) for obj in objects if not is_karpenter(obj)
+    # Custom resources have their CRD's check (karpenter, cloudwatch_agent).
+    return [Problem(FAMILY, text) for obj in objects if not is_karpenter(obj) and not is_cloudwatch_agent(obj)
             for text in _object_problems(json.dumps(obj, sort_keys=True), version)]
 
 

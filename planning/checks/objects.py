@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
+
+import jsonschema
+import yaml
 
 from planning.offline import Rendering
 from planning.secrets import reveal
@@ -88,3 +92,28 @@ def kubernetes_version(rendering: Rendering) -> str:
 
 def is_karpenter(obj: dict[str, Any]) -> bool:
     return obj.get("apiVersion", "").split("/")[0] in ("karpenter.sh", "karpenter.k8s.aws")
+
+
+def is_cloudwatch_agent(obj: dict[str, Any]) -> bool:
+    return obj.get("apiVersion", "").split("/")[0] == "cloudwatch.aws.amazon.com"
+
+
+def crd_schemas(paths: Iterator[Path]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> the OpenAPI schema of that version, of each CRD file."""
+    schemas = {}
+    for path in sorted(paths):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            api_version = f"{crd['spec']['group']}/{version['name']}"
+            schemas[(api_version, crd["spec"]["names"]["kind"])] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def crd_schema_problems(obj: dict[str, Any], schemas: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Problems of a custom resource against the OpenAPI part of its CRD (SchemaNotFound without one)."""
+    schema = schemas.get((obj.get("apiVersion"), obj.get("kind")))
+    if schema is None:
+        raise SchemaNotFound(f"{where(obj, '?')}: no CRD for {obj.get('apiVersion')} {obj.get('kind')}")
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{where(obj, '?')}: {error.message} at {'/'.join(map(str, error.absolute_path)) or '(root)'}"
+            for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]

@@ -17,6 +17,7 @@ import pytest
 
 from infra.cluster import ADDON_CONFIGURATION, READINESS_GATE_LABEL
 from infra.naming import COMPILE, METRICS_NAMESPACE, SERVE, SYSTEM_NAMESPACE, WORKLOAD_NAMESPACE
+from infra.dashboard import AGENT_KIND
 from infra.network_policy import DEFAULT_DENY
 from planning.offline import _Mocks, manifest, run_program
 from planning.checks.objects import pod_templates
@@ -158,9 +159,12 @@ def test_every_pod_is_selected_and_the_default_deny_covers_them_all(rendering):
         assert specific, template.owner["metadata"]["name"]
 
 
-def test_serving_pods_accept_only_the_load_balancer_and_prometheus_on_their_port(rendering):
+def test_serving_pods_accept_only_the_load_balancer_prometheus_and_the_metrics_agent_on_their_port(rendering):
     policies, pods = policies_of(rendering), workload_pods(rendering)
     prometheus = prometheus_server(rendering)
+    # The CloudWatch agent feeding the dashboard, on the pod network, labelled as its resource (infra.dashboard).
+    (agent,) = [manifest(r) for r in rendering.of_type(f"kubernetes:cloudwatch.aws.amazon.com/v1alpha1:{AGENT_KIND}")]
+    metrics_agent = Pod(agent["metadata"]["namespace"], agent["metadata"]["labels"])
     public, private = subnet_cidrs(rendering, PUBLIC_ELB_TAG), subnet_cidrs(rendering, PRIVATE_ELB_TAG)
     assert public and private
     for serve in pods[SERVE]:
@@ -169,6 +173,8 @@ def test_serving_pods_accept_only_the_load_balancer_and_prometheus_on_their_port
             assert not allowed(policies, Address(first_host(cidr)), serve, PORT + 1)
         assert allowed(policies, prometheus, serve, PORT)
         assert not allowed(policies, prometheus, serve, 9090)
+        assert allowed(policies, metrics_agent, serve, PORT)
+        assert not allowed(policies, Pod("default", metrics_agent.labels), serve, PORT)
         # Nodes and pods live in the private subnets: none of them gets in.
         assert not any(allowed(policies, Address(first_host(cidr)), serve, PORT) for cidr in private)
         assert not allowed(policies, Pod("default", {}), serve, PORT)

@@ -43,9 +43,11 @@ def topic_in(region):
 
 def test_the_stack_owns_every_log_group_eks_and_container_insights_write(rendering):
     cluster = rendering.outputs["clusterName"]
+    # prometheus: the metrics agent of the dashboard writes it (infra.dashboard).
     assert set(log_groups(rendering)) == {
         f"/aws/eks/{cluster}/cluster",
-        *(f"/aws/containerinsights/{cluster}/{kind}" for kind in ("application", "dataplane", "host", "performance"))}
+        *(f"/aws/containerinsights/{cluster}/{kind}"
+          for kind in ("application", "dataplane", "host", "performance", "prometheus"))}
     # Destroy removes them with the stack.
     assert not any(group.retain_on_delete for group in rendering.of_type(LOG_GROUP))
 
@@ -55,8 +57,12 @@ def test_the_groups_exist_before_the_services_that_would_create_them(rendering):
     cluster = rendering.outputs["clusterName"]
     assert groups[f"/aws/eks/{cluster}/cluster"].urn in rendering.one("eks:index:Cluster", "cluster").dependencies
     agent = addon(rendering, "amazon-cloudwatch-observability")
-    insights = [group.urn for name, group in groups.items() if name.startswith("/aws/containerinsights/")]
+    insights = [group.urn for name, group in groups.items()
+                if name.startswith("/aws/containerinsights/") and not name.endswith("/prometheus")]
     assert set(insights) <= set(agent.dependencies)
+    metrics_agent = rendering.one("kubernetes:cloudwatch.aws.amazon.com/v1alpha1:AmazonCloudWatchAgent",
+                                  "flux-metrics-agent")
+    assert groups[f"/aws/containerinsights/{cluster}/prometheus"].urn in metrics_agent.dependencies
 
 
 def test_log_retention_is_a_production_default_and_configurable(rendering):

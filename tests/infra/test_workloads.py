@@ -17,10 +17,11 @@ from infra import catalog, versions
 from infra.config import ConfigError, NeuronPool, SecretText, load_stack_config
 from infra.image import CACHE_TAG, DOCKERFILE, PLATFORM, SOURCE_TAG_PREFIX, image_sources, source_tag
 from infra.naming import (
-    ACTIVATOR, HF_TOKEN_SECRET, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, NEURON_DEVICE_RESOURCE,
+    ACTIVATOR, HF_TOKEN_SECRET, LOAD_BALANCER_CONTROLLER_SERVICE_ACCOUNT, METRICS_NAMESPACE, NEURON_DEVICE_RESOURCE,
     NEURON_FAMILY_LABEL, NOT_AWAITED, SERVE, SYSTEM_NAMESPACE, SYSTEM_NODE_LABEL, WORKLOAD_NAMESPACE, endpoint_path,
     workload_labels, workload_name,
 )
+from infra.dashboard import AGENT_SERVICE_ACCOUNT
 from infra.ingress import SSL_POLICY, ingress_annotations, url_scheme
 from common.image import CONTAINER_UID
 from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
@@ -146,8 +147,11 @@ def test_the_stack_has_one_weights_job_and_every_shape_a_graphs_job_and_its_serv
     for type_ in (SERVICE, PDB, HPA):
         assert set(declared(rendering, type_)) == {workload_name(SERVE, shape) for shape in shapes}, type_
     for type_ in WORKLOAD_TYPES:
-        for obj in declared(rendering, type_).values():
-            assert obj["metadata"]["namespace"] == WORKLOAD_NAMESPACE
+        for name, obj in declared(rendering, type_).items():
+            # The dashboard's metrics agent runs beside Prometheus, with its account (infra.dashboard).
+            expected = METRICS_NAMESPACE if (type_, name) == (SERVICE_ACCOUNT, AGENT_SERVICE_ACCOUNT) else (
+                WORKLOAD_NAMESPACE)
+            assert obj["metadata"]["namespace"] == expected
 
 
 def test_workload_objects_match_the_kubernetes_schemas(rendering, stack_config):

@@ -8,7 +8,8 @@ import pytest
 from planning.checks.iam import JUSTIFIED_IAM_FINDINGS, POLICY_INPUTS, iam_policy_problems
 from planning.checks.karpenter import karpenter_schema_problems
 from planning.checks.kubernetes import kubernetes_schema_problems
-from planning.checks.objects import is_karpenter
+from planning.checks import cloudwatch_agent
+from planning.checks.objects import is_cloudwatch_agent, is_karpenter
 from planning.offline import manifest
 
 
@@ -17,10 +18,20 @@ def objects(rendering):
 
 
 def test_core_objects_match_the_kubernetes_schemas_of_the_cluster_minor(rendering, stack_config):
-    core = [obj for obj in objects(rendering) if not is_karpenter(obj)]
+    core = [obj for obj in objects(rendering) if not is_karpenter(obj) and not is_cloudwatch_agent(obj)]
     assert {obj["kind"] for obj in core} >= {"Namespace", "PersistentVolume", "PersistentVolumeClaim"}
     problems = [p for obj in core for p in kubernetes_schema_problems(obj, stack_config.kubernetes_version)]
     assert problems == []
+
+
+def test_the_cloudwatch_agent_matches_the_pinned_add_on_s_crd(rendering):
+    agents = [obj for obj in objects(rendering) if is_cloudwatch_agent(obj)]
+    assert [obj["kind"] for obj in agents] == ["AmazonCloudWatchAgent"]
+    assert cloudwatch_agent.problems(agents) == []
+    # The check sees a spec the CRD refuses.
+    broken = {**agents[0], "spec": {**agents[0]["spec"], "hostNetwork": "no"}}
+    (problem,) = cloudwatch_agent.problems([broken])
+    assert "'no' is not of type 'boolean' at spec/hostNetwork" in problem.message
 
 
 def test_karpenter_objects_match_the_pinned_crds(rendering):

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +37,9 @@ from serving.health import HealthPolicy
 # A deadline for conditions that do come true, so a regression fails instead of hanging.
 WAIT_S = 60.0
 CLIENT_TIMEOUT_S = 120.0
+REPO = Path(__file__).resolve().parents[2]
+# How long `python -m serving` may take to listen, a tiny model compiled first included.
+STARTUP_S = 120.0
 
 
 def wait_for(condition: Callable[[], object], what: str) -> object:
@@ -131,6 +138,44 @@ class GatedGenerator:
         return self._generator.generate(*args, **kwargs)
 
 
+class HeldAtStep:
+    """The real generator, each of whose generations waits after denoising step ``step`` (its progress
+    reported) until ``gate`` is open: a generation held mid-way, previews and all."""
+
+    def __init__(self, generator: FluxGenerator, step: int, gate: threading.Event):
+        self._generator = generator
+        self.step = step
+        self.gate = gate
+        self.reached = threading.Event()
+        self.shape = generator.shape
+        self.manifest = generator.manifest
+
+    def generate(self, prompt, steps, guidance_scale, seed, should_stop=None, on_step=None):
+        def then_hold(done: int, total: int, latents) -> None:
+            if on_step is not None:
+                on_step(done, total, latents)
+            if done == self.step:
+                self.reached.set()
+                self.gate.wait()
+
+        return self._generator.generate(prompt, steps, guidance_scale, seed, should_stop, then_hold)
+
+
+def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str]]:
+    """(event name, data) of each event of a text/event-stream, comments as (None, text)."""
+    name, data = None, []
+    for line in lines:
+        if line.startswith(":"):
+            yield None, line[1:].strip()
+        elif line.startswith("event:"):
+            name = line.removeprefix("event:").strip()
+        elif line.startswith("data:"):
+            data.append(line.removeprefix("data:").strip())
+        elif not line and data:
+            yield name, "\n".join(data)
+            name, data = None, []
+
+
 @pytest.fixture(scope="session")
 def tiny_generator(tiny_artifact_dir: Path) -> FluxGenerator:
     """One loaded generator for the tests that do not test loading; servers using it run one at a time."""
@@ -172,8 +217,8 @@ def png_size() -> Callable[[str], tuple[int, int]]:
 
 @pytest.fixture
 def start_server(served: ServedArtifact) -> Iterator[Callable[..., RunningServer]]:
-    """``start_server(load, queue_size=, request_timeout=, ..., connection_limits=, health=)``: a server for
-    this test only."""
+    """``start_server(load, queue_size=, request_timeout=, ..., connection_limits=, health=, clock=)``: a server
+    for this test only."""
     with ExitStack() as servers:
 
         def start(
@@ -183,10 +228,11 @@ def start_server(served: ServedArtifact) -> Iterator[Callable[..., RunningServer
             request_timeout: float = 60.0,
             connection_limits: http_server.ConnectionLimits | None = None,
             health: HealthPolicy = HealthPolicy(),
+            clock: Callable[[], float] = time.monotonic,
             **limits,
         ):
             server_limits = ServerLimits(queue_size=queue_size, request_timeout=request_timeout, **limits)
-            app = create_app(load, served, server_limits, health)
+            app = create_app(load, served, server_limits, health, clock)
             return servers.enter_context(serve(app, connection_limits))
 
         yield start
@@ -212,3 +258,45 @@ def gate(start_server, background) -> Iterator[threading.Event]:
 @pytest.fixture
 def gated_generator(tiny_generator: FluxGenerator, gate: threading.Event) -> GatedGenerator:
     return GatedGenerator(tiny_generator, gate)
+
+
+class ServerProcess:
+    """``python -m serving`` as a user runs it, its stderr collected line by line."""
+
+    def __init__(self, process: subprocess.Popen, stderr_lines: list[str]):
+        self.process = process
+        self.stderr_lines = stderr_lines
+        (self.url,) = re.findall(r" on (http://127\.0\.0\.1:\d+)", "".join(stderr_lines))
+
+    def wait_ready(self, client: httpx.Client) -> None:
+        wait_for(lambda: client.get(endpoints.READYZ).status_code == 200, "the server to be ready")
+
+    def terminate(self) -> int:
+        """SIGTERM, as Kubernetes stops it; the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(WAIT_S)
+
+
+@contextmanager
+def server_process(*argv: str) -> Iterator[ServerProcess]:
+    """Run ``python -m serving ARGV --port 0`` from the repository; yield it once it listens."""
+    command = [sys.executable, "-m", "serving", *argv, "--port", "0"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr_lines: list[str] = []
+    listening = threading.Event()
+
+    def read_stderr():
+        for line in process.stderr:
+            stderr_lines.append(line)
+            if "Application startup complete" in line:
+                listening.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(STARTUP_S), "".join(stderr_lines)
+        yield ServerProcess(process, stderr_lines)
+    finally:
+        process.kill()
+        process.wait(WAIT_S)
+        reader.join(WAIT_S)

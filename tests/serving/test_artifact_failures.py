@@ -61,10 +61,13 @@ def test_damaged_artifact_is_never_ready_and_the_reason_is_logged(
     assert readyz.status_code == 503
     assert readyz.json()["status"] == "failed"
     assert reason in readyz.json()["reason"]
+    # Clients and probes learn what failed, not where the artifact lives on the node (the log has that).
+    assert str(tmp_path) not in readyz.text and "/tmp" not in readyz.text
     assert any(reason in record.getMessage() and "never be ready" in record.getMessage() for record in caplog.records)
     # Failed is final: the server keeps answering, and keeps refusing work.
     assert server.client.get(endpoints.HEALTHZ).status_code == 200
     refused = server.generate()
     assert refused.status_code == 503
     assert reason in refused.json()["error"]["message"]
+    assert str(tmp_path) not in refused.text
     assert server.client.get(endpoints.READYZ).status_code == 503

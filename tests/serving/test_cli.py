@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -21,7 +16,8 @@ from common import endpoints
 from serving.cli import LOCAL_SHAPE, NotPublished, artifacts_from_args, build_parser, main
 from serving.logs import REQUEST_ID_HEADER
 
-REPO = Path(__file__).resolve().parents[2]
+from .conftest import server_process
+
 
 
 def resolve(argv: list[str]) -> Path:
@@ -120,24 +116,9 @@ def test_a_port_in_use_fails_in_one_line_before_anything_is_loaded_or_compiled(t
 
 def test_local_mode_compiles_the_tiny_model_then_serves_it_on_loopback(tmp_path, png_size):
     """The README's "no AWS" quickstart, as a user runs it, then stopped the way Kubernetes stops it."""
-    command = [sys.executable, "-m", "serving", "--local", "--cache-dir", str(tmp_path), "--port", "0"]
-    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    log_lines: list[str] = []
-    listening = threading.Event()
-
-    def read_log():
-        for line in process.stderr:
-            log_lines.append(line)
-            if "Application startup complete" in line:
-                listening.set()
-
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    try:
-        assert listening.wait(120), "".join(log_lines)
-        (url,) = re.findall(r" on (http://127\.0\.0\.1:\d+)", "".join(log_lines))
-        with httpx.Client(base_url=url, timeout=60) as client:
-            _wait_ready(client)
+    with server_process("--local", "--cache-dir", str(tmp_path)) as server:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            server.wait_ready(client)
             response = client.post(
                 endpoints.GENERATE,
                 json={"prompt": "a red fox", "num_inference_steps": 2, "seed": 5},
@@ -147,12 +128,9 @@ def test_local_mode_compiles_the_tiny_model_then_serves_it_on_loopback(tmp_path,
         assert response.headers[REQUEST_ID_HEADER] == "trace-42"
         shape = parse_shape(LOCAL_SHAPE)
         assert png_size(response.json()["image"]) == (shape.width, shape.height)
-        process.send_signal(signal.SIGTERM)
         # Uvicorn shuts down gracefully, then re-raises the signal so the exit status tells why.
-        assert process.wait(60) == -signal.SIGTERM
-    finally:
-        process.kill()
-        reader.join(10)
+        assert server.terminate() == -signal.SIGTERM
+    log_lines = server.stderr_lines
     records = [json.loads(line) for line in log_lines if line.startswith("{")]
     assert any(record["message"] == "Application shutdown complete." for record in records)
     (generation,) = [record for record in records if record.get("request_id") == "trace-42"]
@@ -165,10 +143,3 @@ def test_local_mode_compiles_the_tiny_model_then_serves_it_on_loopback(tmp_path,
     assert generation["latency_s"] > 0
     assert any("published" in line for line in log_lines), "the tiny model was compiled into the cache"
     assert list(tmp_path.glob("*/manifest.json"))
-
-
-def _wait_ready(client: httpx.Client) -> None:
-    deadline = time.monotonic() + 60
-    while client.get(endpoints.READYZ).status_code != 200:
-        assert time.monotonic() < deadline, "never ready"
-        time.sleep(0.1)

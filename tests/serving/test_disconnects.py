@@ -4,14 +4,12 @@ stops at its next denoising step, and their places go to the next clients."""
 from __future__ import annotations
 
 import json
-import random
 import socket
 
 import pytest
 
 from model.runtime import GenerationStopped
 from common import endpoints
-from serving.generation_queue import retry_after_seconds
 
 from .conftest import wait_for
 
@@ -105,16 +103,3 @@ def test_a_generation_past_its_deadline_stops_at_its_next_step(start_server, gat
     server.wait_for_metric(IN_FLIGHT, 0)
     assert server.metric("flux_generations_total", outcome="stopped") == 1
     assert server.generate().status_code == 200
-
-
-def test_retry_after_spreads_retries_over_the_time_the_queue_needs():
-    rng = random.Random(7)
-    answers = [retry_after_seconds(first_slot_free_s=3.2, drain_s=12.0, rng=rng) for _ in range(200)]
-    # From when the first slot frees (3.2 s, rounded up) to when all admitted work is done.
-    assert min(answers) >= 4 and max(answers) <= 16
-    assert len(set(answers)) >= 10, "not a constant: clients told to come back together would"
-    # Nothing measured to wait for: still at least 1 s, Retry-After's resolution, and still spread.
-    idle = {retry_after_seconds(0.0, 0.0, rng) for _ in range(200)}
-    assert idle == {1}
-    short = {retry_after_seconds(0.2, 0.4, rng) for _ in range(200)}
-    assert short == {1, 2}

@@ -11,7 +11,9 @@ from common import endpoints
 from serving.app import ServerLimits
 from common.logs import JsonFormatter
 from serving.logs import REQUEST_ID_HEADER
-from serving.metrics import LATENCY_BUCKETS
+from prometheus_client import CollectorRegistry
+
+from serving.metrics import LATENCY_BUCKETS, RECENT_QUANTILES, RECENT_WINDOW_S, RecentQuantiles
 from serving.schemas import QUALITY_STEPS
 
 
@@ -33,6 +35,34 @@ def test_histograms_of_generation_queue_wait_and_latency_by_status_class(api):
     for status_class in ("2xx", "4xx"):
         count = api.metric("flux_http_request_duration_seconds_count", route=endpoints.GENERATE, status_class=status_class)
         assert count >= 1, status_class
+
+
+def test_recent_quantiles_of_generations_and_queue_waits_for_cloudwatch(api):
+    assert api.generate().status_code == 200
+    for name in (endpoints.GENERATION_LATENCY_RECENT_METRIC, endpoints.QUEUE_WAIT_RECENT_METRIC):
+        median, p95 = (api.metric(name, quantile=str(q)) for q in RECENT_QUANTILES)
+        assert 0 <= median <= p95
+        assert api.metric(f"{name}_count") >= 1
+    # A refused request is not a generation's latency.
+    count = api.metric(f"{endpoints.GENERATION_LATENCY_RECENT_METRIC}_count")
+    assert api.client.post(endpoints.GENERATE, json={"prompt": "a fox"}).status_code == 400
+    assert api.metric(f"{endpoints.GENERATION_LATENCY_RECENT_METRIC}_count") == count
+
+
+def test_recent_quantiles_are_nearest_rank_over_the_window_only():
+    now = [0.0]
+    recent = RecentQuantiles("recent_seconds", "test", CollectorRegistry(), clock=lambda: now[0])
+    assert recent.quantiles() == {}
+    for value in range(1, 101):
+        recent.observe(float(value))
+    assert recent.quantiles() == {0.5: 50.0, 0.95: 95.0}
+    now[0] = RECENT_WINDOW_S / 2
+    recent.observe(1000.0)
+    assert recent.quantiles()[0.95] == 96.0
+    now[0] = RECENT_WINDOW_S + 1  # The first hundred are past the window.
+    assert recent.quantiles() == {0.5: 1000.0, 0.95: 1000.0}
+    now[0] = 3 * RECENT_WINDOW_S
+    assert recent.quantiles() == {}
 
 
 def test_info_metric_names_the_artifact(api, served):

@@ -86,6 +86,19 @@ def test_url_is_a_data_url_and_output_formats_encode_as_asked(client, size):
         assert result.output_format == output_format
 
 
+@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+def test_output_compression_zero_is_the_lowest_quality_not_the_default(client, output_format):
+    def encoded(compression: int | None) -> bytes:
+        extra = {} if compression is None else {"output_compression": compression}
+        result = client.images.generate(prompt="a red fox", quality="low", output_format=output_format,
+                                        extra_body={"seed": 3}, **extra)
+        return base64.b64decode(result.data[0].b64_json)
+
+    lowest, highest, default = encoded(0), encoded(100), encoded(None)
+    assert default == highest
+    assert len(lowest) < len(encoded(50)) < len(highest)
+
+
 def test_openai_parameters_without_meaning_for_flux_are_accepted(client):
     result = client.images.generate(
         prompt="a red fox",
@@ -108,7 +121,7 @@ def test_openai_parameters_without_meaning_for_flux_are_accepted(client):
         ({"quality": "ultra"}, "quality", "Input should be"),
         ({"output_format": "gif"}, "output_format", "'png', 'jpeg' or 'webp'"),
         ({"output_compression": 101}, "output_compression", "less than or equal to 100"),
-        ({"stream": True}, "stream", "Input should be False"),
+        ({"partial_images": 4}, "partial_images", "less than or equal to 3"),
         ({"extra_body": {"steps": 3}}, "steps", "unrecognized request argument 'steps'"),
         ({"prompt": " "}, "prompt", "must contain non-whitespace text"),
     ],

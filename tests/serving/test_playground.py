@@ -12,8 +12,9 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from common import endpoints
+from serving.previews import VAE_SCALE
 
-from .conftest import WAIT_S
+from .conftest import WAIT_S, HeldAtStep
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -46,34 +47,84 @@ def browser(tmp_path):
         driver.quit()
 
 
-def test_the_playground_generates_and_shows_an_image_of_the_served_shape(
-    start_server, tiny_generator, browser, tmp_path
-):
-    server = start_server(lambda: tiny_generator)
-    assert server.wait_until_settled().status_code == 200
+def open_playground(browser, server, shape) -> WebDriverWait:
+    """The playground, once it shows what it read from the server (readiness, then the shape: the test
+    waits for each thing it reads)."""
     browser.get(server.url + endpoints.PLAYGROUND)
     wait = WebDriverWait(browser, WAIT_S)
     wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "readiness"), "ready"))
-    assert browser.find_element(By.ID, "shape").text == f"{tiny_generator.shape} (HxW)"
+    wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "shape"), f"{shape} (HxW)"))
+    return wait
 
-    steps = browser.find_element(By.ID, "steps")
-    steps.clear()
-    steps.send_keys("3")
-    browser.find_element(By.ID, "seed").send_keys("5")
+
+def ask_for(browser, steps: int, seed: int) -> None:
+    steps_input = browser.find_element(By.ID, "steps")
+    steps_input.clear()
+    steps_input.send_keys(str(steps))
+    browser.find_element(By.ID, "seed").send_keys(str(seed))
     browser.find_element(By.ID, "generate").click()
-    wait.until(expected_conditions.visibility_of_element_located((By.ID, "image")))
 
-    image = browser.find_element(By.ID, "image")
-    natural = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
-    assert natural == [tiny_generator.shape.width, tiny_generator.shape.height]
-    assert image.get_attribute("src").startswith("data:image/png;base64,")
+
+def natural_size(browser, element_id: str) -> list[int]:
+    image = browser.find_element(By.ID, element_id)
+    return browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
+
+
+def screenshot(browser, path) -> None:
+    assert browser.save_screenshot(str(path))
+    assert path.stat().st_size > 0
+    print(f"screenshot: {path}")
+
+
+def test_the_playground_shows_progress_and_a_live_preview_then_the_image_of_the_served_shape(
+    start_server, tiny_generator, gate, browser, tmp_path
+):
+    held = HeldAtStep(tiny_generator, 2, gate)
+    server = start_server(lambda: held)
+    assert server.wait_until_settled().status_code == 200
+    wait = open_playground(browser, server, held.shape)
+    gate.clear()
+    ask_for(browser, steps=4, seed=5)
+
+    # Held after step 2 of 4, previews after steps 1, 2 and 3: the bar at 2 of 4, the step 2 preview shown.
+    wait.until(lambda _: browser.find_element(By.ID, "status").text == "step 2 of 4")
+    progress = browser.find_element(By.ID, "progress")
+    assert (progress.get_attribute("value"), progress.get_attribute("max")) == ("2", "4") and progress.is_displayed()
+    wait.until(expected_conditions.visibility_of_element_located((By.ID, "preview")))
+    assert natural_size(browser, "preview") == [held.shape.width // VAE_SCALE, held.shape.height // VAE_SCALE]
+    shown_width = browser.execute_script("return arguments[0].clientWidth", browser.find_element(By.ID, "preview"))
+    assert shown_width == held.shape.width, "shown at the image's size"
+    assert "preview after step 2" in browser.find_element(By.ID, "preview-caption").text
+    screenshot(browser, tmp_path / "playground-progress.png")
+
+    gate.set()
+    wait.until(expected_conditions.visibility_of_element_located((By.ID, "image")))
+    assert natural_size(browser, "image") == [held.shape.width, held.shape.height]
+    assert browser.find_element(By.ID, "image").get_attribute("src").startswith("data:image/png;base64,")
+    assert browser.find_element(By.ID, "progress").get_attribute("value") == "4"
+    assert not browser.find_element(By.ID, "preview").is_displayed()
     timing = browser.find_element(By.ID, "timing").text
     assert timing.startswith("seed 5 · ") and "s generating" in timing
     assert browser.find_element(By.ID, "status").text == "done"
-    screenshot = tmp_path / "playground.png"
-    assert browser.save_screenshot(str(screenshot))
-    assert screenshot.stat().st_size > 0
-    print(f"screenshot: {screenshot}")
+    screenshot(browser, tmp_path / "playground.png")
+
+
+def test_the_playground_shows_its_place_in_the_queue(start_server, gated_generator, browser, background, tmp_path):
+    server = start_server(lambda: gated_generator, queue_size=1)
+    assert server.wait_until_settled().status_code == 200
+    wait = open_playground(browser, server, gated_generator.shape)
+    gated_generator.gate.clear()
+    running = background.submit(server.generate, seed=1)
+    server.wait_for_metric("flux_generations_in_flight", 1)
+    ask_for(browser, steps=2, seed=6)
+    wait.until(lambda _: browser.find_element(By.ID, "queue").text == "queued: position 1, runs next")
+    screenshot(browser, tmp_path / "playground-queued.png")
+
+    gated_generator.gate.set()
+    assert running.result().status_code == 200
+    wait.until(lambda _: browser.find_element(By.ID, "status").text == "done")
+    assert not browser.find_element(By.ID, "queue").is_displayed()
+    assert natural_size(browser, "image") == [gated_generator.shape.width, gated_generator.shape.height]
 
 
 def test_the_playground_shows_the_server_s_error_message(start_server, tiny_generator, browser):
