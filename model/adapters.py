@@ -17,7 +17,7 @@ from diffusers import FluxPipeline
 from torch import nn
 
 from model.families import UnsupportedModel
-from model.keys import Adapter
+from common.adapters import Adapter
 from model.sources import SourceUnavailable
 
 # What a parsed adapter holds per adapted layer: its two factors (diffusers' names).

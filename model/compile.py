@@ -20,13 +20,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.adapters import parse_adapter
 from common.artifacts import EXIT_NOT_PUBLISHED, EXIT_USAGE
 from common.logs import configure_json_logging
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, parse_shape
 from model.artifacts import ArtifactError, is_published
 from model.families import UnsupportedModel
 from model.keys import (
-    BACKENDS, NEURON_TARGETS, CompileError, CompileOptions, graphs_dir, parse_adapter, weights_dir,
+    BACKENDS, NEURON_TARGETS, CompileError, CompileOptions, graphs_dir, weights_dir,
 )
 
 EXIT_FAILED = 1

@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.adapters import COMMIT, MERGING_FAMILIES, Adapter
 from common.artifacts import COMPILE_CODE_VERSION, MODEL_LIBRARIES, WEIGHTS_FORMAT_VERSION
 from common.image import NEURON_DLC_IMAGE
 from common.neuron import DATA_PARALLEL_DEGREES, NEURON_FAMILIES, TRN2, flux_world_size
@@ -66,7 +66,6 @@ def implementation(backend: str, target: str | None) -> str:
     if backend == CPU:
         return CPU
     return NXDI if target == TRN2 else MODEL_BUILDER
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def check_revision(model: str, revision: str | None) -> None:
@@ -74,7 +73,7 @@ def check_revision(model: str, revision: str | None) -> None:
     if model in TINY_MODELS:
         if revision is not None:
             raise ValueError("the tiny model is built in code and takes no --revision")
-    elif revision is None or not _COMMIT.match(revision):
+    elif revision is None or not COMMIT.match(revision):
         raise ValueError(
             f"model {model!r} needs --revision set to a full 40-character commit hash "
             f"(got {revision!r}): branch names such as 'main' move and would make the cache key lie"
@@ -84,52 +83,6 @@ def check_revision(model: str, revision: str | None) -> None:
 def key_revision(model: str, revision: str | None) -> str:
     """The revision recorded in the keys; the tiny model's is its code version."""
     return TINY_REVISION if model in TINY_MODELS else revision
-
-
-# How far an adapter may be scaled either way: past this a LoRA swamps the weights it adapts.
-MAX_ADAPTER_SCALE = 8.0
-ADAPTER_FIELDS = ("id", "revision", "file", "scale")
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """A LoRA adapter merged into the weights: a Hub repository at a commit, its weight file (when the
-    repository holds several) and the scale its update is added with (diffusers' fuse_lora lora_scale)."""
-
-    repo: str
-    revision: str
-    scale: float
-    file: str | None = None
-
-    def __post_init__(self):
-        check_revision(self.repo, self.revision)
-        if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale)
-                and 0 < abs(self.scale) <= MAX_ADAPTER_SCALE):
-            raise ValueError(f"adapter {self.repo}: scale {self.scale!r} is not a number between "
-                             f"-{MAX_ADAPTER_SCALE:g} and {MAX_ADAPTER_SCALE:g} other than 0")
-
-    def key(self) -> dict:
-        return {"id": self.repo, "revision": self.revision, "file": self.file, "scale": self.scale}
-
-
-def parse_adapter(text: str) -> Adapter:
-    """`id=<repo>,revision=<commit>,scale=<number>[,file=<weights.safetensors>]` (--lora's form)."""
-    fields = dict(part.partition("=")[::2] for part in text.split(","))
-    unknown, missing = set(fields) - set(ADAPTER_FIELDS), {"id", "revision", "scale"} - set(fields)
-    if unknown or missing:
-        raise ValueError(f"--lora {text!r}: expected id=<repo>,revision=<commit>,scale=<number>[,file=<name>]"
-                         + (f", not {', '.join(sorted(unknown))}" if unknown else "")
-                         + (f"; {', '.join(sorted(missing))} missing" if missing else ""))
-    try:
-        scale = float(fields["scale"])
-    except ValueError:
-        raise ValueError(f"--lora {text!r}: scale {fields['scale']!r} is not a number") from None
-    return Adapter(fields["id"], fields["revision"], scale, fields.get("file") or None)
-
-
-def adapter_argument(adapter: Adapter) -> str:
-    """`--lora`'s value for an adapter (parse_adapter's inverse)."""
-    return ",".join(f"{name}={value}" for name, value in adapter.key().items() if value is not None)
 
 
 @dataclass(frozen=True)
@@ -195,7 +148,7 @@ class CompileOptions:
                              f"snapshot from disk: the tiny models are built in code, give a Hub model")
         if self.loras:
             raise ValueError(f"--target {TRN2} shards the weights with NxD Inference's Flux application, which reads "
-                             f"the checkpoint itself: LoRA adapters are merged on trn1, trn1n and inf2 only")
+                             f"the checkpoint itself: LoRA adapters are merged on {', '.join(MERGING_FAMILIES)} only")
         if self.max_text_length != NXDI_TEXT_LENGTH:
             raise ValueError(f"--target {TRN2} compiles NxD Inference's Flux application, whose T5 takes exactly "
                              f"{NXDI_TEXT_LENGTH} tokens: --max-text-length {self.max_text_length} cannot apply")

@@ -24,11 +24,12 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from common.adapters import parse_adapter
 from common.shapes import DTYPES, parse_shape
 from model.artifacts import MANIFEST_NAME, ArtifactError, read_manifest
 from model.build import ensure_compiled
 from model.compile import resolve
-from model.keys import BACKENDS, NEURON_TARGETS, CompileError, CompileOptions, parse_adapter
+from model.keys import BACKENDS, NEURON_TARGETS, CompileError, CompileOptions
 from model.runtime import load_generator
 from serving import http_server
 from serving.app import DEFAULT_MAX_IMAGES, ServedArtifact, ServerLimits, create_app

@@ -25,10 +25,8 @@ from model.artifacts import read_manifest
 from model.build import ensure_compiled, ensure_weights
 from model.components import TRANSFORMER, WEIGHTS_CONFIG_NAME
 from model.families import GUIDANCE_DISTILLED, TIMESTEP_DISTILLED, UnsupportedModel, family_of
-from model.keys import (
-    TINY_SCHNELL, Adapter, CompileOptions, adapter_argument, artifact_name, graphs_key, parse_adapter, weights_dir,
-    weights_key,
-)
+from common.adapters import Adapter, adapter_argument, parse_adapter
+from model.keys import TINY_SCHNELL, CompileOptions, artifact_name, graphs_key, weights_dir, weights_key
 from model.runtime import load_generator
 
 PROMPT = "a photo of a red car in the city"
@@ -204,8 +202,11 @@ def json_loras(weights: Path) -> list:
     ("id=a/b,revision=" + "d" * 40 + ",scale=1,weight=x", "not weight"),
     ("id=a/b,revision=main,scale=1", "full 40-character commit hash"),
     ("id=a/b,revision=" + "d" * 40 + ",scale=0", "other than 0"),
-    ("id=a/b,revision=" + "d" * 40 + ",scale=9", "between -8 and 8"),
-    ("id=a/b,revision=" + "d" * 40 + ",scale=nan", "between -8 and 8"),
+    ("id=a/b,revision=" + "d" * 40 + ",scale=9", "from -8 to 8"),
+    ("id=a/b,revision=" + "d" * 40 + ",scale=nan", "from -8 to 8"),
+    ("id=a-b,revision=" + "d" * 40 + ",scale=1", "not a HuggingFace repository id"),
+    ("id=a/b,revision=" + "d" * 40 + ",scale=1,file=../x.safetensors", "not a .safetensors file"),
+    ("id=a/b,revision=" + "d" * 40 + ",scale=1,file=x.bin", "not a .safetensors file"),
     ("id=a/b,revision=" + "d" * 40 + ",scale=big", "scale 'big' is not a number"),
 ])
 def test_bad_adapters_are_refused_in_one_line(text: str, message: str) -> None:
@@ -215,5 +216,6 @@ def test_bad_adapters_are_refused_in_one_line(text: str, message: str) -> None:
 
 
 def test_an_adapter_argument_reads_back_as_the_same_adapter() -> None:
-    for original in (adapter(), adapter(-1.5, "x.safetensors")):
+    for original in (adapter(), adapter(-1.5, "x.safetensors"), adapter(1)):
         assert parse_adapter(adapter_argument(original)) == original
+        assert parse_adapter(adapter_argument(original)).key() == original.key()

@@ -37,7 +37,8 @@ from model.compile import main as compile_main
 from model.components import (
     COMPONENTS, TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, VAE_DECODER, graph_specs,
 )
-from model.keys import Adapter, CompileOptions, artifact_name, graphs_dir, graphs_key, weights_key, weights_name
+from common.adapters import Adapter
+from model.keys import CompileOptions, artifact_name, graphs_dir, graphs_key, weights_key, weights_name
 from model.sources import HubSnapshot
 from tests.model import neuron_standins, nxdi_cpu
 from tests.model.nxd_cpu import run_in_world
@@ -309,7 +310,7 @@ def test_world_sizes_are_nxd_inference_s(sdk) -> None:
     ({"context_parallel": 2, "shape": Shape(80, 48)}, "80x48 has 15, choose a shape with an even count"),
     ({"cfg_parallel": 2, "target": "trn1"}, "which runs on --backend neuron --target trn2 only"),
     ({"model": "tiny", "revision": None}, "the tiny models are built in code, give a Hub model"),
-    ({"loras": (Adapter("someone/lora", "d" * 40, 1.0),)}, "LoRA adapters are merged on trn1, trn1n and inf2 only"),
+    ({"loras": (Adapter("someone/lora", "d" * 40, 1.0),)}, "LoRA adapters are merged on trn1, trn1n, inf2 only"),
 ])
 def test_options_nxd_inference_cannot_build_are_refused_in_one_line(changes: dict, message: str) -> None:
     fields = {"shape": SHAPE, "target": "trn2", "model": MODEL, "revision": REVISION, **changes}
