@@ -31,6 +31,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError, PydanticUndefined
 
 from infra import catalog, disruption, regions, sizing, versions
 from infra.naming import CPU_NODEPOOL, ON_DEMAND, PROJECT, SPOT, graphs_bucket_prefix, stack_resource_name
+from common.adapters import COMMIT, MERGING_FAMILIES, REPOSITORY, SCALE_RULE, WEIGHT_FILE, Adapter, allowed_scale
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
 # Karpenter launches into a capacity reservation only when the EC2NodeClass selects it (its ReservedCapacity
@@ -43,7 +44,6 @@ _CAPACITY_RESERVATION_ID = re.compile(r"^cr-[0-9a-z]+$")
 MAX_REPLICAS = 100
 # A bound on a Neuron pool's device limit that only a typo reaches: 256 trn1.32xlarge.
 MAX_DEVICES = 4096
-_REVISION = re.compile(r"^[0-9a-f]{40}$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _ZONE_NAME = re.compile(r"^[a-z]{2}-[a-z]+-\d[a-z]$")
@@ -237,12 +237,67 @@ def _family_types(family: object) -> tuple[str, ...]:
     return tuple(instance.name for instance in catalog.NEURON_FAMILIES.get(family, ()))  # type: ignore[call-overload]
 
 
+# How many adapters one stack merges: each is a download and a pass over the weights in the weights Job.
+MAX_LORAS = 8
+_GATED = ("true or false: whether the HuggingFace repository is gated (its files need an accepted license and a "
+          "token); hfToken is then required, and only the Jobs that read a gated repository mount it")
+
+
+_SCALE = f"{SCALE_RULE}: the update is added as scale x (alpha / rank) x BA (diffusers' fuse_lora lora_scale)"
+
+
+def _adapter_scale(scale: object) -> float:
+    if not allowed_scale(scale):
+        raise _not_allowed(_SCALE)
+    return float(scale)  # type: ignore[arg-type]
+
+
+class LoraSource(_Section):
+    """A LoRA adapter merged into the weights the stack serves (common/adapters.py, model/adapters.py)."""
+
+    id: Annotated[StrictStr, _that(_matches(REPOSITORY))] = _rule(
+        "a HuggingFace repository id 'owner/name'", missing="required: the adapter's HuggingFace repository id")
+    revision: Annotated[StrictStr, _that(_matches(COMMIT))] = _rule(
+        "the 40-hex commit of the adapter's repository (pinned so the weights never go stale)")
+    file: Annotated[StrictStr, _that(_matches(WEIGHT_FILE))] | None = _rule(
+        "a .safetensors file of the repository, by its path there (required when the repository holds several)",
+        default=None)
+    scale: Annotated[float, PlainValidator(_adapter_scale)] = _rule(_SCALE)
+    gated: StrictBool = _rule(_GATED, default=False)
+
+    @property
+    def adapter(self) -> Adapter:
+        return Adapter(self.id, self.revision, self.scale, self.file)
+
+
 class ModelSource(_Section):
-    id: Annotated[StrictStr, _that(lambda model_id: model_id.count("/") == 1)] = _rule(
+    id: Annotated[StrictStr, _that(_matches(REPOSITORY))] = _rule(
         "a HuggingFace model id 'owner/name'", default="black-forest-labs/FLUX.1-dev")
-    revision: Annotated[StrictStr, _that(_matches(_REVISION))] = _rule(
+    revision: Annotated[StrictStr, _that(_matches(COMMIT))] = _rule(
         "the 40-hex commit of the model revision (pinned so graphs never go stale)")
     max_text_length: StrictInt = _integer(1, MAX_TEXT_LENGTH, default=128)
+    gated: StrictBool = _rule(_GATED, default=True)
+    loras: tuple[LoraSource, ...] = _rule(
+        f"a list of at most {MAX_LORAS} adapters, each repository file once", max_length=MAX_LORAS,
+        default=())
+
+    @field_validator("loras")
+    @classmethod
+    def _each_adapter_once(cls, loras: tuple[LoraSource, ...]) -> tuple[LoraSource, ...]:
+        """An adapter listed twice is merged twice: one entry with the summed scale says that plainly."""
+        for index, lora in enumerate(loras):
+            if any((lora.id, lora.file) == (earlier.id, earlier.file) for earlier in loras[:index]):
+                raise _not_allowed("each repository file once (scales add up: give one entry their sum)", index,
+                                   "id", value=lora.id)
+        return loras
+
+    @property
+    def adapters(self) -> tuple[Adapter, ...]:
+        return tuple(lora.adapter for lora in self.loras)
+
+    @property
+    def needs_hf_token(self) -> bool:
+        return self.gated or any(lora.gated for lora in self.loras)
 
 
 class NeuronPool(_Section):
@@ -549,6 +604,13 @@ def _hf_token(token: object) -> SecretText:
     return token
 
 
+_HF_TOKEN_RULE = (
+    "required when model.gated or an adapter's gated is true, and then mounted only by the Jobs that read a gated "
+    "repository (never by serving pods; unused otherwise); a secret (`pulumi config set --secret hfToken hf_...`, "
+    "or `HF_TOKEN=hf_... scripts/deploy <stack>`): a HuggingFace access token that can read those repositories, "
+    "'hf_' then letters and digits")
+
+
 def _stack_key(rule: str, *, allowed: str | None = None, **field: Any) -> Any:
     """A key of the stack file: `rule` is what docs/config.md says of it, and what a missing required key gets;
     `allowed` what a refused value gets (objects say which fields they take)."""
@@ -571,7 +633,15 @@ class StackConfig(BaseModel):
     kubernetes_version: Annotated[StrictStr, _that(lambda release: release in versions.KUBERNETES_RELEASES)] = (
         _stack_key(f"one of {', '.join(versions.KUBERNETES_RELEASES)}", default="1.33",
                    allowed=f"one of {', '.join(versions.KUBERNETES_RELEASES)} (the minors whose add-ons are pinned)"))
-    model: ModelSource = _stack_key("required; {id, revision (40-hex commit, required), maxTextLength (1-512)}")
+    model: ModelSource = _stack_key(
+        "required; {id (a FLUX.1 text-to-image model in diffusers format: FLUX.1-dev and its derivatives, "
+        "FLUX.1-schnell; its family, steps and guidance come from its own configs, docs/model.md), revision (40-hex "
+        "commit, required), maxTextLength (1-512; at most 256 for FLUX.1-schnell's family), gated (default true: "
+        "the compile Jobs mount hfToken to read it; false for an ungated repository such as FLUX.1-schnell), "
+        f"loras (up to {MAX_LORAS} LoRA adapters merged into the served weights, each {{id, revision (40-hex "
+        f"commit), file (a .safetensors file, when the repository holds several), scale ({SCALE_RULE}), gated "
+        "(default false)}: a change publishes new weights, reuses every shape's graphs and rolls the serving pods "
+        "onto them; trn1, trn1n and inf2 only)}")
     dtype: Annotated[str, _parsed_by(parse_dtype)] = _stack_key(f"one of {', '.join(DTYPES)}", default="bfloat16")
     neuron_pools: dict[Annotated[str, AfterValidator(_neuron_family)], NeuronPool] = _stack_key(
         "required; map of family (" + ", ".join(catalog.NEURON_FAMILIES)
@@ -626,9 +696,8 @@ class StackConfig(BaseModel):
         "with retainOnDestroy false)}",
         default=ImageSettings())
     # Never printed.
-    hf_token: Annotated[SecretText, PlainValidator(_hf_token)] = _stack_key(
-        "required; a secret (`pulumi config set --secret hfToken hf_...`): a HuggingFace access token "
-        "that can read the model, 'hf_' then letters and digits; only the weights and graphs Jobs receive it",
+    hf_token: Annotated[SecretText, PlainValidator(_hf_token)] | None = _stack_key(
+        _HF_TOKEN_RULE, allowed="a secret HuggingFace access token, 'hf_' then letters and digits", default=None,
         repr=False)
     ingress: IngressSettings = _stack_key(
         "optional {certificateArn (an ACM certificate ARN in the stack's region: HTTPS on 443, HTTP only "
@@ -888,6 +957,25 @@ class StackConfig(BaseModel):
                         "(one EC2NodeClass selects them all)", _key("neuronPools"), family, "capacityReservationIds",
                         index, value=reservation)
                 seen.append(reservation)
+        return self
+
+    @model_validator(mode="after")
+    def _token_for_gated_repositories(self) -> StackConfig:
+        if self.model.needs_hf_token and self.hf_token is None:
+            gated = [self.model.id] * self.model.gated + [lora.id for lora in self.model.loras if lora.gated]
+            raise _not_allowed(
+                f"required: {', '.join(gated)} {'is' if len(gated) == 1 else 'are'} gated (model.gated, "
+                "model.loras[].gated), so the Jobs that read them need a token: `pulumi config set --secret hfToken "
+                "hf_...` or `HF_TOKEN=hf_... scripts/deploy <stack>`", _key("hfToken"), value=None)
+        return self
+
+    @model_validator(mode="after")
+    def _adapters_merged_where_the_weights_are_ours(self) -> StackConfig:
+        """On trn2 NxD Inference shards the checkpoint itself (model/backends/nxdi.py): no adapter is merged there."""
+        if self.model.loras and self.serving.pool not in MERGING_FAMILIES:
+            raise _not_allowed(f"no loras with serving.pool {self.serving.pool}: adapters are merged into the weights "
+                               f"on {', '.join(MERGING_FAMILIES)} only (NxD Inference shards trn2's checkpoint itself)",
+                               _key("model"), "loras", value=[lora.id for lora in self.model.loras])
         return self
 
     @property

@@ -24,6 +24,7 @@ from infra.naming import (
     NODEPOOL_LABEL, ON_DEMAND, SERVE, SERVE_SERVICE_ACCOUNT, WEIGHTS_JOB_PREFIX, component_labels,
     workload_labels, workload_name,
 )
+from common.adapters import adapter_argument
 from common.image import CONTAINER_UID, NEURON_DLC_IMAGE, NEURON_SDK_VERSION
 from common.artifacts import (
     COMPILE_CODE_VERSION, EXIT_USAGE, MODEL_LIBRARIES, READERS_ENV, WEIGHTS_FORMAT_VERSION, readers_for_cpus,
@@ -146,13 +147,24 @@ def model_args(settings: WorkloadSettings) -> list[str]:
 
 
 def artifact_key_args(settings: WorkloadSettings, shape: Shape) -> list[str]:
-    """The options that make up a shape's artifact key, the same for compiling, resolving and serving."""
+    """The options that make up a shape's graphs key, the same for compiling, resolving and serving."""
     return ["--shape", str(shape), *model_args(settings)]
 
 
+def adapter_args(settings: WorkloadSettings) -> list[str]:
+    """The stack's LoRA adapters as `model.compile` and the server take them: part of the weights key only, so the
+    weights Job, the resolve and the servers pass them and the graphs Jobs do not."""
+    return [argument for adapter in settings.model.adapters for argument in ("--lora", adapter_argument(adapter))]
+
+
+def served_args(settings: WorkloadSettings, shape: Shape) -> list[str]:
+    """What a shape's serving pods load: its graphs, and the weights with the stack's adapters merged."""
+    return [*artifact_key_args(settings, shape), *adapter_args(settings)]
+
+
 def resolve_args(settings: WorkloadSettings, shape: Shape) -> list[str]:
-    """`model.compile --resolve` for a shape: exit 0 once its graphs and their weights are published."""
-    return [*artifact_key_args(settings, shape), "--out", GRAPHS_MOUNT, "--resolve"]
+    """`model.compile --resolve` for a shape: exit 0 once its graphs and the weights its pods load are published."""
+    return [*served_args(settings, shape), "--out", GRAPHS_MOUNT, "--resolve"]
 
 
 # The pins the image installs on top of the DLC (serving/Dockerfile): those of MODEL_LIBRARIES are
@@ -215,13 +227,15 @@ def compile_job_name(settings: WorkloadSettings, shape: Shape) -> str:
 
 
 def weights_key(settings: WorkloadSettings) -> str:
-    """A short, stable hash of what decides the stack's weights: the model and its revision, the dtype, the
-    backend and TP degree, the toolchain and WEIGHTS_FORMAT_VERSION; not the shape, the target or the text
-    length, which only the graphs depend on. Everything the runtime's weights key holds is here (a superset only
-    reruns a Job that finds them published), so a new weights key always gets its Job."""
+    """A short, stable hash of what decides the stack's weights: the model and its revision, the adapters merged
+    into them, the dtype, the backend and TP degree, the toolchain and WEIGHTS_FORMAT_VERSION; not the shape, the
+    target or the text length, which only the graphs depend on. Everything the runtime's weights key holds is here
+    (a superset only reruns a Job that finds them published), so a new weights key always gets its Job."""
+    # Adapters only when there are some: a stack without them keeps the weights Job it had before they existed.
+    adapters = {"loras": [adapter.key() for adapter in settings.model.adapters]} if settings.model.adapters else {}
     return _key_hash({"model": settings.model.id, "revision": settings.model.revision, "dtype": settings.dtype,
-                      "backend": "neuron", "tp_degree": settings.compile.tensor_parallel, "toolchain": _toolchain(),
-                      "weights_format_version": WEIGHTS_FORMAT_VERSION})
+                      **adapters, "backend": "neuron", "tp_degree": settings.compile.tensor_parallel,
+                      "toolchain": _toolchain(), "weights_format_version": WEIGHTS_FORMAT_VERSION})
 
 
 def weights_job_name(settings: WorkloadSettings) -> str:
@@ -318,10 +332,14 @@ CPU_COMPILE_SELECTOR = {NODEPOOL_LABEL: CPU_NODEPOOL, "karpenter.k8s.aws/instanc
 
 def _publishing_job_spec(settings: WorkloadSettings, labels: dict[str, str], what: list[str], size: sizing.PodSize,
                          scratch_gib: int, placement: dict, devices: int, image: pulumi.Input[str],
-                         claim: pulumi.Input[str]) -> dict:
+                         claim: pulumi.Input[str], reads_gated: bool) -> dict:
     """A Job that runs `model.compile` with the stack's model options and `what` (`--weights`, or `--shape S
-    --graphs-only`), and publishes to the graph volume: its retries, deadline, scratch and HF token."""
+    --graphs-only`), and publishes to the graph volume: its retries, deadline and scratch, and the HF token if it
+    `reads_gated` repositories."""
     share = HostShare(size.cpu, size.memory_gib)
+    token_env = [{"name": HF_TOKEN_PATH_ENV, "value": f"{HF_TOKEN_MOUNT}/{HF_TOKEN_SECRET_KEY}"}] if reads_gated else []
+    token_mount = [{"name": HF_TOKEN_VOLUME["name"], "mountPath": HF_TOKEN_MOUNT, "readOnly": True}] if reads_gated \
+        else []
     container = {
         "name": COMPILE,
         "image": image,
@@ -330,7 +348,7 @@ def _publishing_job_spec(settings: WorkloadSettings, labels: dict[str, str], wha
         "command": ["python", "-m", "model.compile", *model_args(settings), "--out", GRAPHS_MOUNT,
                     "--scratch", f"{SCRATCH_MOUNT}/work", "--cpus", str(size.cpu), *what],
         "env": [
-            {"name": HF_TOKEN_PATH_ENV, "value": f"{HF_TOKEN_MOUNT}/{HF_TOKEN_SECRET_KEY}"},
+            *token_env,
             {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
             # Temporary files of the compiler and libraries go to scratch, not the small /tmp.
             {"name": "TMPDIR", "value": SCRATCH_MOUNT},
@@ -341,8 +359,7 @@ def _publishing_job_spec(settings: WorkloadSettings, labels: dict[str, str], wha
         "volumeMounts": [{"name": "graphs", "mountPath": GRAPHS_MOUNT},
                          {"name": "scratch", "mountPath": SCRATCH_MOUNT},
                          {"name": "shm", "mountPath": "/dev/shm"},
-                         TMP_VOLUME_MOUNT,
-                         {"name": HF_TOKEN_VOLUME["name"], "mountPath": HF_TOKEN_MOUNT, "readOnly": True}],
+                         TMP_VOLUME_MOUNT, *token_mount],
     }
     return {
         "backoffLimit": COMPILE_RETRIES,
@@ -369,7 +386,7 @@ def _publishing_job_spec(settings: WorkloadSettings, labels: dict[str, str], wha
                 "securityContext": _pod_security(),
                 "containers": [container],
                 "volumes": [_claim_volume("graphs", claim, read_only=False), _scratch_volume(scratch_gib),
-                            _shm_volume(share.memory_gib), TMP_VOLUME, HF_TOKEN_VOLUME],
+                            _shm_volume(share.memory_gib), TMP_VOLUME, *([HF_TOKEN_VOLUME] if reads_gated else [])],
             },
         },
     }
@@ -389,16 +406,16 @@ def compile_job_spec(settings: WorkloadSettings, shape: Shape, image: pulumi.Inp
             settings.compile.devices
     return _publishing_job_spec(settings, workload_labels(COMPILE, shape), ["--shape", str(shape), "--graphs-only"],
                                 settings.graphs_job_size, sizing.graphs_scratch_gib(), placement, devices or 0,
-                                image, claim)
+                                image, claim, reads_gated=settings.model.gated)
 
 
 def weights_job_spec(settings: WorkloadSettings, image: pulumi.Input[str], claim: pulumi.Input[str]) -> dict:
-    """The stack's weights Job: downloads the checkpoint and publishes its shards, device-less on the cpu
-    NodePool, once for every shape."""
+    """The stack's weights Job: downloads the checkpoint and the adapters, merges them and publishes the shards,
+    device-less on the cpu NodePool, once for every shape."""
     return _publishing_job_spec(
-        settings, WEIGHTS_LABELS, ["--weights"], settings.weights_job_size,
+        settings, WEIGHTS_LABELS, ["--weights", *adapter_args(settings)], settings.weights_job_size,
         sizing.weights_scratch_gib(settings.dtype, settings.compile.tensor_parallel),
-        {"nodeSelector": CPU_COMPILE_SELECTOR}, 0, image, claim)
+        {"nodeSelector": CPU_COMPILE_SELECTOR}, 0, image, claim, reads_gated=settings.model.needs_hf_token)
 
 
 def publish_limit_seconds(settings: WorkloadSettings) -> int:
@@ -465,7 +482,7 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
         "name": SERVE,
         "image": image,
         "command": ["python", "-m", "serving", "--host", "0.0.0.0", "--port", str(endpoints.DEFAULT_PORT),
-                    "--graphs-root", GRAPHS_MOUNT, *artifact_key_args(settings, shape),
+                    "--graphs-root", GRAPHS_MOUNT, *served_args(settings, shape),
                     "--queue-size", str(settings.serving.queue_size),
                     "--request-timeout", str(settings.serving.request_timeout_seconds),
                     # Failing generations take the pod out of the load balancer (docs/serving.md, Runtime errors).

@@ -37,7 +37,7 @@ class WorkloadsArgs:
     shapes: Sequence[Shape]
     settings: WorkloadSettings
     image_ref: pulumi.Input[str]
-    hf_token: pulumi.Output[str]  # a secret Output
+    hf_token: pulumi.Output[str] | None  # a secret Output, deployed only if settings.model.needs_hf_token
     namespace: pulumi.Input[str]
     read_write_claim: pulumi.Input[str]
     read_only_claim: pulumi.Input[str]
@@ -60,9 +60,13 @@ class Workloads(pulumi.ComponentResource):
             return {"name": object_name, "namespace": args.namespace, **({"labels": labels} if labels else {}),
                     **({"annotations": annotations} if annotations else {})}
 
-        secret = k8s.core.v1.Secret(
+        # Only when a Job reads a gated repository (the config requires the token then); serving pods never mount it.
+        secrets = [k8s.core.v1.Secret(
             HF_TOKEN_SECRET, metadata=metadata(HF_TOKEN_SECRET), type="Opaque",
-            string_data={HF_TOKEN_SECRET_KEY: args.hf_token}, opts=in_cluster)
+            string_data={HF_TOKEN_SECRET_KEY: args.hf_token}, opts=in_cluster)] if settings.model.needs_hf_token else []
+        if args.hf_token is not None and not secrets:
+            pulumi.log.warn(f"config hfToken is set, but {settings.model.id} and its adapters are not gated "
+                            "(model.gated false): no pod receives it", self)
         accounts = [
             k8s.core.v1.ServiceAccount(account, metadata=metadata(account), automount_service_account_token=False,
                                        opts=in_cluster)
@@ -76,7 +80,7 @@ class Workloads(pulumi.ComponentResource):
             # Kubernetes refuses a second Job of one name, and two compiles of one key would run twice, so the old
             # Job goes before the new one starts.
             k8s.batch.v1.Job(job_name, metadata=metadata(job_name, labels, JOB_ANNOTATIONS), spec=spec,
-                             opts=after(in_cluster, secret, *accounts, ignore_changes=list(COMPILE_JOB_IMAGE_FIELDS),
+                             opts=after(in_cluster, *secrets, *accounts, ignore_changes=list(COMPILE_JOB_IMAGE_FIELDS),
                                         delete_before_replace=True))
 
         weights_name = weights_job_name(settings)

@@ -26,7 +26,7 @@ from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
 from infra import catalog, regions
-from infra.config import SecretText
+from infra.config import ConfigError, SecretText, load_stack_config
 from infra.naming import IMAGE_CACHE_KEY_TAG, IMAGE_CACHE_TAG, PROJECT
 from planning.secrets import reveal
 
@@ -45,7 +45,8 @@ def stack_names() -> list[str]:
 def stack_file_config(stack: str) -> tuple[dict[str, str], list[str]]:
     """The config of Pulumi.<stack>.yaml as the CLI hands it to a program, and its secret keys.
 
-    Secrets are SecretText (ciphertext: only the CLI decrypts them); the HF token is the placeholder.
+    Secrets are SecretText (ciphertext: only the CLI decrypts them); the HF token, where the stack needs one, is
+    the placeholder.
     """
     document = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text()) or {}
     raw, secret_keys = {}, []
@@ -54,10 +55,21 @@ def stack_file_config(stack: str) -> tuple[dict[str, str], list[str]]:
             secret_keys.append(key)
             value = SecretText(value["secure"])
         raw[key] = value if isinstance(value, str) else json.dumps(value)
-    raw[HF_TOKEN_KEY] = PLACEHOLDER_HF_TOKEN
-    if HF_TOKEN_KEY not in secret_keys:
-        secret_keys.append(HF_TOKEN_KEY)
+    if _needs_hf_token(raw):
+        raw[HF_TOKEN_KEY] = PLACEHOLDER_HF_TOKEN
+        if HF_TOKEN_KEY not in secret_keys:
+            secret_keys.append(HF_TOKEN_KEY)
     return raw, secret_keys
+
+
+def _needs_hf_token(raw: dict[str, Any]) -> bool:
+    """Whether the stack needs a token (a gated model or adapter), as the program's own config check says: a user
+    of an ungated stack has none."""
+    try:
+        load_stack_config(raw)
+    except ConfigError as error:
+        return error.key == HF_TOKEN_KEY
+    return False
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ statement of it, and once both are merged the real parser must accept everything
 
     python -m model.compile --model M --revision R --dtype D --backend neuron --target T --tp-degree N \
         --max-text-length L --out /graphs [--scratch DIR] [--cpus N]  ( --weights | --shape S [--graphs-only] )
-        [--resolve]
+        [--lora id=REPO,revision=COMMIT,scale=S[,file=F]]... [--resolve]
 
 `--resolve` goes with `--shape` only, and `--graphs-only` never with `--weights`.
 """
@@ -43,6 +43,7 @@ def _parser() -> _Parser:
     what.add_argument("--shape", type=parse_shape)
     parser.add_argument("--graphs-only", action="store_true")
     parser.add_argument("--resolve", action="store_true")
+    parser.add_argument("--lora", action="append", default=[])
     return parser
 
 
@@ -51,6 +52,8 @@ def parse(args: list[str]) -> argparse.Namespace:
     options = _parser().parse_args(args)
     if options.weights and (options.graphs_only or options.resolve):
         raise ContractError("--graphs-only and --resolve go with --shape, not --weights")
+    if options.graphs_only and options.lora:
+        raise ContractError("adapters change the weights only: a graphs Job takes no --lora")
     if options.cpus is not None and options.cpus < 1:
         raise ContractError("--cpus must be at least 1")
     return options

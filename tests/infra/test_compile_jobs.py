@@ -3,23 +3,29 @@ named by the artifact key, which changes whenever the runtime's key does, the we
 and serving does not wait for either Job resource (item 1; issue 18: nothing is awaited)."""
 
 import dataclasses
+import json
 import re
 
 import pytest
 
 from infra import pods
 from infra.naming import SERVE, workload_name
-from planning.offline import manifest
+from planning.offline import manifest, run_program, stack_file_config
+from tests.infra import compile_cli
+from common import activation
 from infra.pods import (
     COMPILE_JOB_IMAGE_FIELDS, COMPILE_START_MINUTES, WorkloadSettings, artifact_key_args, compile_job_name,
-    deployment_deadline_minutes, publish_limit_seconds, rollout_minutes, weights_job_name,
+    deployment_deadline_minutes, publish_limit_seconds, resolve_args, rollout_minutes, weights_job_name,
+    weights_job_spec,
 )
+from infra.config import LoraSource
+from common.adapters import MERGING_FAMILIES, adapter_argument
 from common.artifacts import MODEL_LIBRARIES
 from common.neuron import NEURON_FAMILIES
 from common.shapes import MAX_SIDE, Shape, parse_shape
 from common.artifacts import EXIT_USAGE
-from model.compile import main as compile_main
-from model.keys import CompileOptions, graphs_key
+from model.compile import build_parser, main as compile_main, options_from
+from model.keys import CompileOptions, graphs_key, weights_key
 
 JOB = "kubernetes:batch/v1:Job"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -205,3 +211,57 @@ def test_a_new_weights_format_names_a_new_weights_job_and_keeps_the_graphs_jobs(
     weights, graphs = weights_job_name(settings), compile_job_name(settings, shape)
     monkeypatch.setattr(pods, "WEIGHTS_FORMAT_VERSION", pods.WEIGHTS_FORMAT_VERSION + 1)
     assert weights_job_name(settings) != weights and compile_job_name(settings, shape) == graphs
+
+
+ADAPTER = LoraSource(id="someone/flux-style-lora", revision="c" * 40, scale=0.8)
+
+
+def with_adapters(settings, *adapters):
+    return dataclasses.replace(settings, model=settings.model.model_copy(update={"loras": adapters}))
+
+
+def runtime_options(args):
+    """What model.compile's own parser makes of a command line the pods run."""
+    return options_from(build_parser().parse_args(args))
+
+
+def test_an_adapter_change_publishes_new_weights_reuses_every_shape_s_graphs_and_rolls_the_servers(
+        stack_config, neuron_distributions):
+    """Issue 20, item 3: the adapters go to the weights Job and to what the serving pods load and wait for, never
+    to a graphs Job; the runtime's weights key of the Job's options is the one the servers resolve."""
+    settings = WorkloadSettings.of(stack_config)
+    if stack_config.serving.pool not in MERGING_FAMILIES:
+        pytest.skip("adapters are not merged on trn2 (refused by the config)")
+    for adapted in (with_adapters(settings, ADAPTER),
+                    with_adapters(settings, ADAPTER.model_copy(update={"scale": 0.4})),
+                    with_adapters(settings, ADAPTER, ADAPTER.model_copy(update={"file": "b.safetensors"}))):
+        assert weights_job_name(adapted) != weights_job_name(settings)
+        weights_command = weights_job_spec(adapted, "image", "claim")["template"]["spec"]["containers"][0]["command"]
+        weights = runtime_options(weights_command[weights_command.index("model.compile") + 1:])
+        assert weights.loras == adapted.model.adapters and weights_key(weights) != weights_key(
+            dataclasses.replace(weights, loras=()))
+        for shape in stack_config.shapes:
+            assert compile_job_name(adapted, shape) == compile_job_name(settings, shape)
+            served = runtime_options(resolve_args(adapted, shape))
+            assert graphs_key(served) == graphs_key(runtime_options(resolve_args(settings, shape)))
+            assert weights_key(served) == weights_key(weights)
+
+
+def test_a_stack_with_an_adapter_renders_it_where_the_weights_are_made_loaded_and_awaited():
+    raw_model = json.loads(stack_file_config("dev")[0]["flux-neuron:model"])
+    rendering = run_program("dev", {"flux-neuron:model": {**raw_model, "loras": [
+        ADAPTER.model_dump(by_alias=True, exclude={"gated"}, exclude_none=True)]}})
+    lora = ["--lora", adapter_argument(ADAPTER.adapter)]
+    jobs = declared(rendering, JOB)
+    assert len(jobs) == len(rendering.outputs["endpoints"]) + 1
+    for name, job in jobs.items():
+        command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert (lora == command[-2:]) == ("--weights" in command), name
+        compile_cli.parse(compile_cli.after_module(command))
+    for name, deployment in declared(rendering, DEPLOYMENT).items():
+        if name.startswith(workload_name(SERVE, "")):
+            pod = deployment["spec"]["template"]
+            command = " ".join(pod["spec"]["containers"][0]["command"])
+            assert " ".join(lora) in command, name
+            awaited = json.loads(pod["metadata"]["annotations"][activation.RESOLVE_ARGS_ANNOTATION])
+            assert awaited[awaited.index("--lora"):][:2] == lora, name

@@ -27,7 +27,7 @@ from infra.karpenter import ROOT_VOLUME, block_device_mappings
 from infra.naming import IMAGE_CACHE_KEY_TAG, IMAGE_CACHE_TAG, stack_resource_name
 from planning import capacity, offline
 from planning.checks import karpenter
-from planning.offline import ACCOUNT_ID, manifest, run_program, stack_file_config
+from planning.offline import ACCOUNT_ID, manifest, run_program, stack_file_config, stack_names
 
 NODECLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 ASSOCIATION = "aws:ssm/association:Association"
@@ -262,21 +262,23 @@ def test_a_missing_snapshot_with_fast_restore_stops_up_saying_how_to_rebuild():
     assert "RunError: coldStart.fastSnapshotRestore: the image-cache snapshot is missing" in result.stderr
 
 
-def test_fast_restore_covers_every_zone_nodes_launch_in_and_is_costed(rendering, stack_config):
+def test_fast_restore_covers_every_zone_nodes_launch_in_and_is_costed_where_the_stack_opts_in(rendering, stack_config):
+    """dev and prod opt in (their files say why); schnell does not, and has none and pays none."""
     restores = rendering.of_type(FAST_RESTORE)
-    assert stack_config.cold_start.fast_snapshot_restore  # both stacks opt in (their files say why)
+    assert cache_volume(rendering) is not None
+    rows = [line for line in capacity.table(rendering).splitlines() if line.startswith("| image cache:")]
+    if not stack_config.cold_start.fast_snapshot_restore:
+        assert restores == [] and rows == []
+        return
     assert sorted(r.inputs["availabilityZone"] for r in restores) == sorted(rendering.outputs["availabilityZones"])
     assert {r.inputs["snapshotId"] for r in restores} == {cache_volume(rendering)["snapshotID"]}
-    row = next(line for line in capacity.table(rendering).splitlines() if line.startswith("| image cache:"))
-    assert row == (f"| image cache: fast snapshot restore in {len(restores)} zones | | {0.75 * len(restores):.2f} | "
-                   f"| {0.75 * len(restores):.2f} |")
+    assert rows == [f"| image cache: fast snapshot restore in {len(restores)} zones | | {0.75 * len(restores):.2f} | "
+                    f"| {0.75 * len(restores):.2f} |"]
 
 
-def test_without_fast_restore_there_is_none_and_no_cost():
-    rendering = run_program("dev", {COLD_START: {"fastSnapshotRestore": False}})
-    assert rendering.of_type(FAST_RESTORE) == []
-    assert cache_volume(rendering) is not None
-    assert "| image cache:" not in capacity.table(rendering)
+def test_the_stacks_cover_fast_restore_on_and_off():
+    configs = [load_stack_config(stack_file_config(stack)[0]) for stack in stack_names()]
+    assert {config.cold_start.fast_snapshot_restore for config in configs} == {True, False}
     assert load_stack_config(stack_file_config("dev")[0]).cold_start.retain_snapshots_on_destroy is False
 
 

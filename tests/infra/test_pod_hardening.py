@@ -145,5 +145,7 @@ def test_the_posture_check_accepts_a_token_file_path_but_not_a_literal_token(ren
     seeded = copy.deepcopy(rendering)
     job = next(r for r in seeded.of_type("kubernetes:batch/v1:Job"))
     container = job.inputs["spec"]["template"]["spec"]["containers"][0]
-    next(item for item in container["env"] if item["name"] == HF_TOKEN_PATH_ENV)["value"] = "/tmp/token"
+    # A literal path in place of the mounted file's (or, where no Job mounts a token, beside nothing).
+    container["env"] = [item for item in container["env"] if item["name"] != HF_TOKEN_PATH_ENV] + [
+        {"name": HF_TOKEN_PATH_ENV, "value": "/tmp/token"}]
     assert any(f"env {HF_TOKEN_PATH_ENV} is a literal" in problem.message for problem in check(seeded))

@@ -278,6 +278,8 @@ SERVING_SHARES = {"dev": ("22", "102Gi"), "prod": ("22", "102Gi")}
 # share and 8 GiB for the process.
 JOB_SIZES = {"dev": {"graphs": ("13", "50Gi"), "weights": ("9", "34Gi")},
              "prod": {"graphs": ("14", "54Gi"), "weights": ("10", "38Gi")}}
+# schnell is prod's setup (inf2, TP 4, bfloat16) for a transformer of FLUX.1-dev's size.
+SERVING_SHARES["schnell"], JOB_SIZES["schnell"] = SERVING_SHARES["prod"], JOB_SIZES["prod"]
 
 
 def test_serving_pods_get_their_devices_cpu_share_and_the_memory_they_hold(rendering):
@@ -360,6 +362,12 @@ def test_publishing_jobs_run_once_within_their_deadline_and_are_not_awaited(rend
         assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
         graphs = mounts[container["command"][container["command"].index("--out") + 1]]
         assert graphs["persistentVolumeClaim"] == {"claimName": "flux-graphs-rw", "readOnly": False}
+        assert all("valueFrom" not in env for env in container["env"])
+        reads_gated = stack_config.model.needs_hf_token if name == weights_job_name(
+            WorkloadSettings.of(stack_config)) else stack_config.model.gated
+        if not reads_gated:  # schnell: no token anywhere near the Job
+            assert HF_TOKEN_PATH_ENV not in json.dumps(container) and HF_TOKEN_SECRET not in json.dumps(pod), name
+            continue
         # The token is a file of the Secret, where huggingface_hub looks for it.
         token_path = next(env["value"] for env in container["env"] if env["name"] == HF_TOKEN_PATH_ENV)
         token_mount = next(m for m in container["volumeMounts"] if token_path.startswith(m["mountPath"] + "/"))
@@ -368,7 +376,6 @@ def test_publishing_jobs_run_once_within_their_deadline_and_are_not_awaited(rend
         assert token_volume["secretName"] == HF_TOKEN_SECRET
         assert [item["path"] for item in token_volume["items"]] == [token_path.rsplit("/", 1)[1]]
         assert token_volume["defaultMode"] == 0o400 and pod["securityContext"]["fsGroup"] == CONTAINER_UID
-        assert all("valueFrom" not in env for env in container["env"])
 
 
 def test_the_weights_job_shards_once_and_each_graphs_job_compiles_its_shape_only(rendering, stack_config):
@@ -751,20 +758,47 @@ def plaintext_paths(value, secret, path="$"):
     return [path] if secret in str(value) else []
 
 
-def test_the_hf_token_stays_a_secret_everywhere(stack):
+def test_the_hf_token_stays_a_secret_everywhere(stack, stack_config):
     rendering = variant(stack, "added")
     # Resource inputs are what goes to the engine and into state; the mocks' outputs only echo them.
     leaks = [f"{r.type} {r.name} {p}" for r in rendering.resources for p in plaintext_paths(r.inputs, RECOGNISABLE_TOKEN)]
     leaks += [name for name, value in rendering.outputs.items()
               if name not in rendering.secret_outputs and RECOGNISABLE_TOKEN in json.dumps(value)]
     assert leaks == []
-    secret = rendering.one(SECRET, HF_TOKEN_SECRET)
+    secrets = [r for r in rendering.of_type(SECRET) if r.name == HF_TOKEN_SECRET]
+    if not stack_config.model.needs_hf_token:  # schnell: a token given anyway reaches no object at all
+        assert secrets == [] and not [name for _, name, spec, _ in pod_specs(rendering)
+                                      if HF_TOKEN_SECRET in json.dumps(spec)]
+        return
+    (secret,) = secrets
     assert is_secret(secret.inputs["stringData"])
     assert manifest(secret)["stringData"] == {"token": RECOGNISABLE_TOKEN}
     # Only the compile pods get it.
     for kind, name, spec, _ in pod_specs(rendering):
         refers = HF_TOKEN_SECRET in json.dumps(spec)
         assert refers == (kind == "Job"), name
+
+
+GATED_LORA = {"id": "someone/gated-style", "revision": "c" * 40, "scale": 0.5, "gated": True}
+
+
+@pytest.mark.parametrize("model, weights_job, graphs_jobs", [
+    ({}, True, True),  # FLUX.1-dev is gated: every Job reads it
+    ({"gated": False}, False, False),
+    # An ungated model with a gated adapter: only the weights Job downloads the adapter.
+    ({"gated": False, "loras": [GATED_LORA]}, True, False),
+], ids=["gated-model", "nothing-gated", "gated-adapter-only"])
+def test_the_token_is_mounted_only_by_the_jobs_that_read_a_gated_repository(model, weights_job, graphs_jobs, caplog):
+    raw_model = json.loads(DEV_RAW["flux-neuron:model"])
+    rendering = run_program("dev", {"flux-neuron:model": {**raw_model, **model}})
+    settings = WorkloadSettings.of(load_stack_config(with_overrides(DEV_RAW, {"flux-neuron:model": {**raw_model, **model}})))
+    mounted = {name: HF_TOKEN_SECRET in json.dumps(spec) and HF_TOKEN_PATH_ENV in json.dumps(spec)
+               for kind, name, spec, _ in pod_specs(rendering) if kind == "Job"}
+    assert mounted.pop(weights_job_name(settings)) is weights_job
+    assert set(mounted.values()) == {graphs_jobs}
+    assert bool([r for r in rendering.of_type(SECRET) if r.name == HF_TOKEN_SECRET]) == (weights_job or graphs_jobs)
+    # The offline runs give dev a token: unused, it is said so.
+    assert ("config hfToken is set, but" in caplog.text) == (not (weights_job or graphs_jobs))
 
 
 DEV_RAW = stack_file_config("dev")[0]
