@@ -28,6 +28,9 @@ TRN2_HBM_GIB_PER_LOGICAL_CORE = 24
 # What a logical core keeps for activations beside the weights: 1-2 GB at 1024x1024 (neuron-flux-apis.md
 # section 8), the upper end.
 TRN2_ACTIVATION_RESERVE_GIB = 2
+# NxD Inference's Flux application traces T5 for exactly this many tokens and its pipeline asks for them: the
+# compile refuses another text length on trn2, and so does the stack config.
+NXDI_TEXT_LENGTH = 512
 # Context and CFG parallelism each split the backbone's work in two: NxD Inference supports degree 2 only.
 DATA_PARALLEL_DEGREES = (1, 2)
 GIB = 2**30

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from common.artifacts import COMPILE_CODE_VERSION, MODEL_LIBRARIES, WEIGHTS_FORMAT_VERSION
 from common.image import NEURON_DLC_IMAGE
-from common.neuron import DATA_PARALLEL_DEGREES, NEURON_FAMILIES, NXDI, TRN2, compile_api, flux_world_size
+from common.neuron import (
+    DATA_PARALLEL_DEGREES, NEURON_FAMILIES, NXDI, NXDI_TEXT_LENGTH, TRN2, compile_api, flux_world_size,
+)
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype
 
 CPU = "cpu"
@@ -55,8 +57,6 @@ WEIGHTS_DIR = "weights"
 # program reading the same fact.
 # NxD Inference's code builds the graphs and cuts the weights, on top of the neuron backend's toolchain.
 NXDI_TOOLCHAIN = ("neuronx-distributed-inference",)
-# NxD Inference's Flux application traces T5 for exactly this many tokens and its pipeline asks for them.
-NXDI_TEXT_LENGTH = 512
 
 
 def implementation(backend: str, target: str | None) -> str:
