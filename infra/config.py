@@ -867,8 +867,9 @@ class StackConfig(BaseModel):
         may allow it, and only with pods above serving.replicas to hold."""
         compile_pool = self.compile_pool
         if compile_pool is not None and ON_DEMAND not in compile_pool.capacity_types:
-            raise _not_allowed(f"a list with {ON_DEMAND}: compile.pool's Jobs run on-demand only (an interruption "
-                               "would lose hours of compiling)", _key("neuronPools"), self.compile.pool,
+            raise _not_allowed(f"a list with {ON_DEMAND}: compile.pool's Jobs run on-demand only (an interruption, "
+                               "a Capacity Block's end among them, would lose hours of compiling)",
+                               _key("neuronPools"), self.compile.pool,
                                "capacityTypes", value=list(compile_pool.capacity_types))
         for family, pool in self.neuron_pools.items():
             if not pool.allows_spot:

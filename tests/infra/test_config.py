@@ -574,3 +574,18 @@ def test_a_neuron_compile_pool_without_memory_for_one_compile_is_refused(monkeyp
         "(an estimate)")
     # trn2.48xlarge's 2 TiB hold it (trn2 graphs compile on trn2 only: the cpu NodePool is no way out there).
     load_stack_config(dev_with(on_trn2()))
+
+
+def test_a_trn2_pod_takes_the_devices_of_nxd_inference_s_world():
+    """Cores per pod = the world size (common.neuron.flux_world_size), 4 logical NeuronCores per trn2 device, in a
+    group the scheduler extension places (1, 4, 8, 16)."""
+    config = load_stack_config(dev_with(on_trn2()))
+    assert (config.compile.devices, config.serving.devices) == (1, 1)
+    # TP 4 with context parallelism: 8 ranks, 2 devices, placed as 4 (3 shapes x 3 pods + 3 Jobs, 4 devices each).
+    pools = {"trn2": {**TRN2_POOL, "maxDevices": 48}}
+    config = load_stack_config(dev_with(on_trn2({"contextParallel": 2}, **{"flux-neuron:neuronPools": pools})))
+    assert (config.compile.devices, config.serving.devices) == (4, 4)
+    with pytest.raises(ConfigError, match=r"^config flux-neuron:neuronPools.trn2.maxDevices: 32 is not allowed: at "
+                                          r"least 48: 3 shapes x \(serving.maxReplicas 2 \+ 1 rollout surge\) x 4 "
+                                          r"devices \+ 3 graphs Jobs x 4 devices$"):
+        load_stack_config(dev_with(on_trn2({"contextParallel": 2})))

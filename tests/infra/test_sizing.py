@@ -268,3 +268,42 @@ def test_the_readme_shows_the_dev_table_as_generated():
     nodes = generated[generated.index("| what | nodes at min"):generated.index("\n\n## NodePool limits")]
     assert nodes in (REPO_ROOT / "README.md").read_text(), \
         f"README: copy the dev table from plans/dev/{capacity.FILENAME}"
+
+
+# --- trn2: NxD Inference's ranks (issue 19) ------------------------------------------------------------------------
+
+def test_the_ranks_are_the_tp_degree_or_nxd_inference_s_world_on_trn2():
+    assert sizing.Ranks.of("trn1", 8) == sizing.Ranks(8) and sizing.Ranks(8).count == 8
+    assert sizing.Ranks.of("trn2", 4).count == 4
+    assert sizing.Ranks.of("trn2", 4, context_parallel=2).count == sizing.Ranks.of("trn2", 4, cfg_parallel=2).count == 8
+    # On trn2 a world of 8 logical cores is 2 devices, which the scheduler extension places as 4: 8 cores idle.
+    assert sizing.devices_for("trn2", ("trn2.48xlarge",), 8) == 4
+
+
+def test_nxd_inference_replicates_clip_and_the_vae_decoder_and_holds_every_rank_while_sharding():
+    by_name = {component.name: component for component in sizing.FLUX_DEV}
+    ranks = sizing.Ranks(2, world=4)  # TP 2 with context parallelism
+    assert [ranks.split(by_name[name]) for name in ("text_encoder", "text_encoder_2", "transformer", "vae_decoder")] \
+        == [1, 4, 2, 1]
+    assert [ranks.copies(by_name[name]) for name in ("text_encoder", "text_encoder_2", "transformer", "vae_decoder")] \
+        == [4, 1, 2, 4]
+    # The VAE decoder runs in the pipeline's dtype there (always float32 on ModelBuilder's path).
+    assert ranks.component_bytes(by_name["vae_decoder"], "bfloat16") == 0.2 * GB
+    # A serving pod reads CLIP and the VAE decoder 4 times, T5 once, the transformer twice.
+    assert sizing.artifact_bytes("bfloat16", ranks) == pytest.approx((4 * 0.25 + 9.5 + 2 * 23.8 + 4 * 0.2) * GB)
+    # shard_weights holds the transformer and all 4 ranks' halves of it at once.
+    assert sizing.weights_memory_bytes("bfloat16", 2, 4) == 23.8 * GB + 4 * math.ceil(23.8 * GB * 1.25 / 2) + 8 * GIB
+    # ModelBuilder's layout is what it was.
+    assert sizing.artifact_bytes("bfloat16", sizing.Ranks(8)) == sizing.artifact_bytes("bfloat16")
+
+
+def test_trn2_s_hbm_fit_is_the_rule_nxd_inference_s_compile_applies(monkeypatch):
+    """One rule (common.neuron.trn2_rank_gib) for the compile and the config: a larger activation reserve there
+    moves what the config accepts."""
+    from common import neuron
+
+    # bfloat16, TP 1: 0.25 + 9.5 + 23.8 + 0.2 GB of weights and 2 GiB of activations on one logical core.
+    assert sizing.hbm_bytes_per_core(1, "bfloat16", world=1) == math.ceil(33.75 * GB + 2 * GIB)
+    assert sizing.fitting_tensor_parallel("trn2", "bfloat16", data_parallel=2) == (2, 4, 8)
+    monkeypatch.setattr(neuron, "TRN2_ACTIVATION_RESERVE_GIB", 10)
+    assert sizing.fitting_tensor_parallel("trn2", "bfloat16") == (4, 8)
