@@ -552,7 +552,8 @@ def test_every_key_of_the_stack_files_is_documented(stack):
 def test_the_documented_sizing_messages_are_the_ones_given():
     document = DOC.read_text()
     for changes in ({"flux-neuron:serving": {**dev("serving"), "devices": 8}},
-                    {"flux-neuron:compile": {**dev("compile"), "tensorParallel": 2}}):
+                    {"flux-neuron:compile": {**dev("compile"), "tensorParallel": 2}},
+                    on_trn2({"tensorParallel": 1, "contextParallel": 2})):
         with pytest.raises(ConfigError) as raised:
             load_stack_config(dev_with(changes))
         message = str(raised.value)
