@@ -827,3 +827,15 @@ def test_a_secret_under_a_misspelt_key_is_not_echoed():
 def test_a_token_in_plain_text_config_is_refused_before_any_resource():
     with pytest.raises(ConfigError, match="config flux-neuron:hfToken: .* a secret"):
         run_program("dev", {"flux-neuron:hfToken": str(RECOGNISABLE_TOKEN)})
+
+
+def test_every_trn2_process_runs_at_the_logical_core_config_its_graphs_are_compiled_for(rendering, stack_config):
+    """On trn2 the weights and graphs Jobs and the servers all set NEURON_LOGICAL_NC_CONFIG=2 (compiler and runtime
+    must agree; the trn2 backend refuses another value); elsewhere none sets it, and the activator never does."""
+    from common.neuron import LOGICAL_CORE_SIZE_ENV
+
+    expected = {LOGICAL_CORE_SIZE_ENV: "2"} if stack_config.serving.pool == "trn2" else {}
+    for kind, name, spec, _ in pod_specs(rendering):
+        (container,) = spec["containers"]
+        env = {item["name"]: item.get("value") for item in container.get("env", []) if item["name"].startswith("NEURON")}
+        assert env == ({} if name == ACTIVATOR else expected), name
