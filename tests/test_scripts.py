@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from planning.offline import REPO_ROOT
+from planning.offline import REPO_ROOT, stack_names
 
 MISSING = {
     "pulumi": "pulumi is not installed: get the Pulumi CLI, https://www.pulumi.com/docs/install/",
@@ -47,7 +47,7 @@ def test_a_script_names_each_missing_tool_and_how_to_get_it_before_doing_anythin
 def test_a_stack_without_its_file_is_named_with_the_stacks_there_are(bare_path):
     result = subprocess.run([str(REPO_ROOT / "scripts" / "status"), "qa"], env={"PATH": bare_path},
                             capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2 and result.stderr == "no Pulumi.qa.yaml: stacks are dev prod \n"
+    assert result.returncode == 2 and result.stderr == f"no Pulumi.qa.yaml: stacks are {' '.join(stack_names())} \n"
 
 
 def test_the_scripts_and_pulumi_use_the_readmes_one_virtualenv():
