@@ -369,15 +369,20 @@ class CompileSettings(_Section):
         """The ranks the graphs run on when serving on `family`, one per (logical) NeuronCore."""
         return sizing.Ranks.of(family, self.tensor_parallel, self.context_parallel, self.cfg_parallel)
 
+    @property
+    def split_text(self) -> str | None:
+        """The data-parallel split set, for messages: 'compile.contextParallel 2' (None: neither)."""
+        if self.context_parallel > 1:
+            return f"compile.contextParallel {self.context_parallel}"
+        return f"compile.cfgParallel {self.cfg_parallel}" if self.cfg_parallel > 1 else None
+
     def ranks_text(self, family: str) -> str:
         """What decides the ranks, for messages: 'compile.tensorParallel 8', or on trn2 with a data-parallel split
         'the 8 ranks of compile.tensorParallel 4 x compile.contextParallel 2'."""
         count = self.ranks(family).count
         if count == self.tensor_parallel:
             return f"compile.tensorParallel {self.tensor_parallel}"
-        split = "contextParallel" if self.context_parallel > 1 else "cfgParallel"
-        return (f"the {count} ranks of compile.tensorParallel {self.tensor_parallel} x compile.{split} "
-                f"{count // self.tensor_parallel}")
+        return f"the {count} ranks of compile.tensorParallel {self.tensor_parallel} x {self.split_text}"
 
 
 class ServingSettings(_Section):
@@ -795,7 +800,8 @@ class StackConfig(BaseModel):
         tokens. Each refused as the compile would refuse it, before anything is created."""
         family, settings = self.serving.pool, self.compile
         if compile_api(family) != NXDI:
-            for field, degree in (("contextParallel", settings.context_parallel), ("cfgParallel", settings.cfg_parallel)):
+            for field, degree in (("contextParallel", settings.context_parallel),
+                                  ("cfgParallel", settings.cfg_parallel)):
                 if degree > 1:
                     raise _not_allowed(f"1 on {family} (serving.pool): context and CFG parallelism split the backbone "
                                        f"of NxD Inference's Flux application, which serves on {TRN2} only",
@@ -806,9 +812,9 @@ class StackConfig(BaseModel):
                                f"traces T5 for exactly {NXDI_TEXT_LENGTH} tokens", _key("model"), "maxTextLength",
                                value=self.model.max_text_length)
         if settings.pool == CPU_COMPILE_POOL:
-            raise _not_allowed(f"{family} with serving.pool {family}: NxD Inference's Flux compile is verified here only "
-                               "up to HLO generation, so whether it runs without a Neuron device is unshown; its graphs "
-                               f"compile on {family} nodes", _key("compile"), "pool", value=settings.pool)
+            raise _not_allowed(f"{family} with serving.pool {family}: NxD Inference's Flux compile is verified here "
+                               "only up to HLO generation, so whether it runs without a Neuron device is unshown; its "
+                               f"graphs compile on {family} nodes", _key("compile"), "pool", value=settings.pool)
         if settings.context_parallel > 1:
             for index, shape in enumerate(self.shapes):
                 if shape.image_tokens % settings.context_parallel:
@@ -828,7 +834,7 @@ class StackConfig(BaseModel):
         fitting = sizing.fitting_tensor_parallel(family, self.dtype, data_parallel)
         if tensor_parallel not in fitting and ranks.nxdi:
             per_core = sizing.hbm_bytes_per_core(tensor_parallel, self.dtype, ranks.world) / sizing.GIB
-            split = "" if data_parallel == 1 else f" with {self.compile.ranks_text(family).split(' x ')[1]}"
+            split = "" if data_parallel == 1 else f" with {self.compile.split_text}"
             raise _not_allowed(
                 f"{' or '.join(map(str, fitting)) or 'no degree'} on {family} in {self.dtype}{split} (at "
                 f"{tensor_parallel}, each of the {ranks.count} ranks, one per logical NeuronCore, would hold "

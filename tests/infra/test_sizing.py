@@ -238,7 +238,8 @@ def test_the_table_shows_each_pod_with_the_cores_its_tensor_parallel_degree_need
     if stack_config.serving_pool.allows_spot:  # compile Jobs run on-demand only: not on the Spot pool
         serving_pools.append(neuron_spot_nodepool(stack_config.serving.pool))
     tp, ranks = stack_config.compile.tensor_parallel, stack_config.compile.ranks(stack_config.serving.pool).count
-    row = f"| {SERVE} | {shapes} | {', '.join(serving_pools)} | {tp} | {ranks} | {ranks} | {stack_config.serving.devices} | 0 |"
+    row = (f"| {SERVE} | {shapes} | {', '.join(serving_pools)} | {tp} | {ranks} | {ranks} "
+           f"| {stack_config.serving.devices} | 0 |")
     assert row in text, row
     assert f"| {' + '.join(serving_pools)} | {stack_config.serving_pool.max_devices} |" in text
     assert "| no: " not in text, "a NodePool limit is below what its pods need at max"

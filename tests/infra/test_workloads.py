@@ -837,5 +837,6 @@ def test_every_trn2_process_runs_at_the_logical_core_config_its_graphs_are_compi
     expected = {LOGICAL_CORE_SIZE_ENV: "2"} if stack_config.serving.pool == "trn2" else {}
     for kind, name, spec, _ in pod_specs(rendering):
         (container,) = spec["containers"]
-        env = {item["name"]: item.get("value") for item in container.get("env", []) if item["name"].startswith("NEURON")}
+        env = {item["name"]: item.get("value") for item in container.get("env", [])
+               if item["name"].startswith("NEURON")}
         assert env == ({} if name == ACTIVATOR else expected), name
