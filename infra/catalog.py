@@ -119,8 +119,7 @@ def valid_device_counts(family: str, instance_types: tuple[str, ...]) -> tuple[i
 # plane in standard support, one NAT gateway without its data charges, gp3 storage per GiB-hour: $0.08 per
 # GiB-month / 730 hours, at its included 3000 IOPS and 125 MB/s). The same in us-east-1 and us-west-2 for every
 # item here. Not a bill: no Savings Plans, spot or data transfer.
-# trn2 has no entry (no verified list price in these regions): the capacity table says "not listed"
-# rather than guess.
+# trn2 has no entry (NOT_LISTED_REASONS says why): the capacity table says "not listed" rather than guess.
 PRICES_AS_OF = "2025-06-01"
 PRICE_SOURCES = ("https://aws.amazon.com/ec2/pricing/on-demand/", "https://aws.amazon.com/eks/pricing/",
                  "https://aws.amazon.com/vpc/pricing/", "https://aws.amazon.com/ebs/pricing/")
@@ -142,7 +141,29 @@ _US_LIST_PRICES = {
 ON_DEMAND_USD_PER_HOUR: dict[str, dict[str, float]] = {"us-east-1": _US_LIST_PRICES, "us-west-2": _US_LIST_PRICES}
 
 
+# Why a family has no list price here, whatever the region: what the capacity table prints beside "not listed".
+NOT_LISTED_REASONS = {
+    "trn2": ("no on-demand list price committed for trn2: the on-demand price data at hand, Karpenter v1.14.1's "
+             "fallback prices from the AWS Price List API (github.com/aws/karpenter-provider-aws "
+             "pkg/providers/pricing/zz_generated.pricing_aws.go, us-east-1, generated 2026-07-20), lists no trn2 "
+             "type; and most trn2 capacity is bought as Capacity Blocks for ML, whose reservation fee follows supply "
+             "and demand (https://aws.amazon.com/ec2/capacityblocks/pricing/), or as On-Demand Capacity Reservations, "
+             "billed at the on-demand rate whether instances run in them or not"),
+}
+
+
 def hourly_price(region: str, item: str) -> float | None:
     """The list price of an instance type (or EKS_CONTROL_PLANE, NAT_GATEWAY, GP3_GIB, FAST_SNAPSHOT_RESTORE) in a
     region; None if not listed."""
     return ON_DEMAND_USD_PER_HOUR.get(region, {}).get(item)
+
+
+def not_listed_reason(region: str, item: str) -> str:
+    """Why hourly_price has no price for an item in a region."""
+    reason = NOT_LISTED_REASONS.get(family_of(item))
+    if reason is not None:
+        return reason
+    if region not in ON_DEMAND_USD_PER_HOUR:
+        return (f"no list prices committed for {region}: infra/catalog.py holds those of "
+                f"{', '.join(sorted(ON_DEMAND_USD_PER_HOUR))}")
+    return "no list price committed for it"

@@ -32,6 +32,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError, PydanticUndefined
 from infra import catalog, disruption, regions, sizing, versions
 from infra.naming import CPU_NODEPOOL, ON_DEMAND, PROJECT, SPOT, graphs_bucket_prefix, stack_resource_name
 from common.adapters import COMMIT, MERGING_FAMILIES, REPOSITORY, SCALE_RULE, WEIGHT_FILE, Adapter, allowed_scale
+from common.neuron import DATA_PARALLEL_DEGREES, NXDI, NXDI_TEXT_LENGTH, TRN2, compile_api
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype, parse_shape
 
 # Karpenter launches into a capacity reservation only when the EC2NodeClass selects it (its ReservedCapacity
@@ -224,7 +225,8 @@ _TRUE_OR_FALSE = "true or false"
 _SCHEDULES_ON = "a device count that schedules on {family} ({types}): {counts}"
 _FAMILY = "a Neuron family: " + ", ".join(catalog.NEURON_FAMILIES)
 _DERIVED_DEVICES = ("the fewest the Neuron scheduler extension places on the pool (trn1, trn1n, trn2: 1, 4, 8, 16; "
-                    "inf2: any) with a NeuronCore per compile.tensorParallel rank")
+                    "inf2: any) with a NeuronCore per rank: compile.tensorParallel ranks, on trn2 (4 logical "
+                    "NeuronCores per device) twice that with contextParallel or cfgParallel 2")
 
 
 def _neuron_family(family: str) -> str:
@@ -391,6 +393,9 @@ _EXTRA_DEVICES_REASON = _rule("a sentence saying why the pod needs more devices 
 _TENSOR_PARALLEL = (f"one of {', '.join(map(str, sizing.tensor_parallel_degrees()))}: a divisor of every sharded "
                     f"component's attention heads (FLUX.1-dev: {sizing.sharded_heads()})")
 _Reason = Annotated[StrictStr, _that(lambda reason: bool(reason.strip()))]
+_DATA_PARALLEL = (f"{' or '.join(map(str, DATA_PARALLEL_DEGREES))}: NxD Inference's Flux application splits the "
+                  "backbone in two at most")
+_DataParallel = Annotated[StrictInt, _that(lambda degree: degree in DATA_PARALLEL_DEGREES)]
 
 
 class CompileSettings(_Section):
@@ -401,7 +406,38 @@ class CompileSettings(_Section):
     extra_devices_reason: _Reason | None = _EXTRA_DEVICES_REASON
     tensor_parallel: Annotated[StrictInt, _that(lambda degree: degree in sizing.tensor_parallel_degrees())] = (
         _rule(_TENSOR_PARALLEL))
+    # trn2 only (NxD Inference's Flux application): the backbone's image and text tokens, or its true-CFG batch,
+    # split over two groups of tensor_parallel ranks. StackConfig refuses either on another family.
+    context_parallel: _DataParallel = _rule(_DATA_PARALLEL, default=1)
+    cfg_parallel: _DataParallel = _rule(_DATA_PARALLEL, default=1)
     timeout_minutes: StrictInt = _integer(10, 1440, default=360)
+
+    @model_validator(mode="after")
+    def _context_or_cfg(self) -> CompileSettings:
+        if self.context_parallel > 1 and self.cfg_parallel > 1:
+            raise _not_allowed(f"1 with compile.contextParallel {self.context_parallel}: NxD Inference's Flux "
+                               "application splits the backbone by context or by CFG, not both", "cfgParallel",
+                               value=self.cfg_parallel)
+        return self
+
+    def ranks(self, family: str) -> sizing.Ranks:
+        """The ranks the graphs run on when serving on `family`, one per (logical) NeuronCore."""
+        return sizing.Ranks.of(family, self.tensor_parallel, self.context_parallel, self.cfg_parallel)
+
+    @property
+    def split_text(self) -> str | None:
+        """The data-parallel split set, for messages: 'compile.contextParallel 2' (None: neither)."""
+        if self.context_parallel > 1:
+            return f"compile.contextParallel {self.context_parallel}"
+        return f"compile.cfgParallel {self.cfg_parallel}" if self.cfg_parallel > 1 else None
+
+    def ranks_text(self, family: str) -> str:
+        """What decides the ranks, for messages: 'compile.tensorParallel 8', or on trn2 with a data-parallel split
+        'the 8 ranks of compile.tensorParallel 4 x compile.contextParallel 2'."""
+        count = self.ranks(family).count
+        if count == self.tensor_parallel:
+            return f"compile.tensorParallel {self.tensor_parallel}"
+        return f"the {count} ranks of compile.tensorParallel {self.tensor_parallel} x {self.split_text}"
 
 
 class ServingSettings(_Section):
@@ -661,14 +697,21 @@ class StackConfig(BaseModel):
     compile: CompileSettings = _stack_key(
         f"required; {{pool ({CPU_COMPILE_POOL}, the default: device-less compiles on the cpu NodePool, sized by "
         "infra/sizing.py; or serving.pool's family, which then needs an instance type whose memory holds one "
-        "compile; another family is refused: the graphs are compiled for serving.pool's), tensorParallel (" + ", ".join(map(str, sizing.tensor_parallel_degrees()))
+        "compile; another family is refused: the graphs are compiled for serving.pool's; with serving.pool "
+        f"{TRN2} it must be {TRN2}: NxD Inference's compile is not shown to run without a device), tensorParallel ("
+        + ", ".join(map(str, sizing.tensor_parallel_degrees()))
         + ": divides the attention heads (" + sizing.sharded_heads()
-        + "), and large enough that one rank per NeuronCore fits the serving pool's HBM), devices (a Neuron "
-        "compile.pool only; default: " + _DERIVED_DEVICES + "), extraDevicesReason "
+        + "), and large enough that one rank per NeuronCore fits the serving pool's HBM; on trn2 24 GiB per "
+        "logical NeuronCore must hold CLIP, the VAE decoder, T5 over all ranks, the transformer over "
+        "tensorParallel and 2 GiB of activations), contextParallel and cfgParallel (trn2 only, default 1: 2 "
+        "splits NxD Inference's Flux backbone by its image and text tokens, or by its true-CFG batch, over twice "
+        "tensorParallel ranks; not both; contextParallel 2 needs every shape's image tokens even), devices "
+        "(a Neuron compile.pool only; default: " + _DERIVED_DEVICES + "), extraDevicesReason "
         "(why devices exceeds that default; required then, refused otherwise), timeoutMinutes (10-1440: each "
         "Job's deadline)}")
     serving: ServingSettings = _stack_key(
-        "required; {pool (a neuronPools family), devices (default: " + _DERIVED_DEVICES
+        f"required; {{pool (a neuronPools family; {TRN2} serves through NxD Inference's Flux application, which "
+        f"takes model.maxTextLength {NXDI_TEXT_LENGTH} only), devices (default: " + _DERIVED_DEVICES
         + "), extraDevicesReason (as compile's), replicas (1-100), maxReplicas (replicas-100; default "
         "replicas), queueSize (0-64), requestTimeoutSeconds (1-3600; at most "
         f"{disruption.MAX_SPOT_REQUEST_TIMEOUT_SECONDS} when serving.pool allows {SPOT}: a serving pod finishes "
@@ -773,8 +816,7 @@ class StackConfig(BaseModel):
         compile_settings = settings if info.field_name == "compile" else info.data.get("compile")
         if compile_settings is None:  # refused itself: that error comes first
             return settings
-        return _sized(_stack_key_alias(info.field_name), settings, pool,  # type: ignore[arg-type]
-                      compile_settings.tensor_parallel)
+        return _sized(_stack_key_alias(info.field_name), settings, pool, compile_settings)  # type: ignore[arg-type]
 
     @field_validator("existing_vpc", mode="before")
     @classmethod
@@ -821,11 +863,52 @@ class StackConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _nxd_inference_on_trn2(self) -> StackConfig:
+        """trn2 serves through NxD Inference's Flux application (common.neuron.compile_api): its degrees exist only
+        there, and it fixes the text length; its graphs compile on trn2 nodes, its context split halves the image's
+        tokens. Each refused as the compile would refuse it, before anything is created."""
+        family, settings = self.serving.pool, self.compile
+        if compile_api(family) != NXDI:
+            for field, degree in (("contextParallel", settings.context_parallel),
+                                  ("cfgParallel", settings.cfg_parallel)):
+                if degree > 1:
+                    raise _not_allowed(f"1 on {family} (serving.pool): context and CFG parallelism split the backbone "
+                                       f"of NxD Inference's Flux application, which serves on {TRN2} only",
+                                       _key("compile"), field, value=degree)
+            return self
+        if self.model.max_text_length != NXDI_TEXT_LENGTH:
+            raise _not_allowed(f"{NXDI_TEXT_LENGTH} with serving.pool {family}: NxD Inference's Flux application "
+                               f"traces T5 for exactly {NXDI_TEXT_LENGTH} tokens", _key("model"), "maxTextLength",
+                               value=self.model.max_text_length)
+        if settings.pool == CPU_COMPILE_POOL:
+            raise _not_allowed(f"{family} with serving.pool {family}: NxD Inference's Flux compile is verified here "
+                               "only up to HLO generation, so whether it runs without a Neuron device is unshown; its "
+                               f"graphs compile on {family} nodes", _key("compile"), "pool", value=settings.pool)
+        if settings.context_parallel > 1:
+            for index, shape in enumerate(self.shapes):
+                if shape.image_tokens % settings.context_parallel:
+                    raise _not_allowed(
+                        f"a shape with an even image-token count with compile.contextParallel "
+                        f"{settings.context_parallel}, which splits them in two: {shape} has {shape.image_tokens}",
+                        _key("shapes"), index, value=str(shape))
+        return self
+
+    @model_validator(mode="after")
     def _fits_its_pools(self) -> StackConfig:
         """One degree for compiling and serving (the graphs are compiled for the ranks that serve them): its
         shards fit the serving pool's HBM, and a Neuron compile pool has the memory of one compile."""
         tensor_parallel, family = self.compile.tensor_parallel, self.serving_pool.family
-        fitting = sizing.fitting_tensor_parallel(family, self.dtype)
+        ranks = self.compile.ranks(family)
+        data_parallel = ranks.count // tensor_parallel
+        fitting = sizing.fitting_tensor_parallel(family, self.dtype, data_parallel)
+        if tensor_parallel not in fitting and ranks.nxdi:
+            per_core = sizing.hbm_bytes_per_core(tensor_parallel, self.dtype, ranks.world) / sizing.GIB
+            split = "" if data_parallel == 1 else f" with {self.compile.split_text}"
+            raise _not_allowed(
+                f"{' or '.join(map(str, fitting)) or 'no degree'} on {family} in {self.dtype}{split} (at "
+                f"{tensor_parallel}, each of the {ranks.count} ranks, one per logical NeuronCore, would hold "
+                f"{per_core:.1f} GiB of its {catalog.HBM_GIB_PER_CORE[family]} GiB HBM: common.neuron's rule)",
+                _key("compile"), "tensorParallel", value=tensor_parallel)
         if tensor_parallel not in fitting:
             per_core = sizing.hbm_bytes_per_core(tensor_parallel, self.dtype) / sizing.GIB
             raise _not_allowed(
@@ -833,7 +916,7 @@ class StackConfig(BaseModel):
                 f"ranks, one per NeuronCore, core 0 would need {per_core:.1f} GiB of its "
                 f"{catalog.HBM_GIB_PER_CORE[family]} GiB HBM)", _key("compile"), "tensorParallel", value=tensor_parallel)
         compile_pool = self.compile_pool
-        memory = sizing.compile_memory_bytes(self.dtype, tensor_parallel)
+        memory = sizing.compile_memory_bytes(self.dtype, tensor_parallel, ranks.world)
         if compile_pool is not None and sizing.neuron_compile_size(
                 compile_pool.instance_types, self.compile.devices, memory, 0) is None:  # type: ignore[arg-type]
             needed = math.ceil((memory + sizing.NODE_RESERVED_BYTES) / sizing.GIB)
@@ -859,8 +942,9 @@ class StackConfig(BaseModel):
         may allow it, and only with pods above serving.replicas to hold."""
         compile_pool = self.compile_pool
         if compile_pool is not None and ON_DEMAND not in compile_pool.capacity_types:
-            raise _not_allowed(f"a list with {ON_DEMAND}: compile.pool's Jobs run on-demand only (an interruption "
-                               "would lose hours of compiling)", _key("neuronPools"), self.compile.pool,
+            raise _not_allowed(f"a list with {ON_DEMAND}: compile.pool's Jobs run on-demand only (an interruption, "
+                               "a Capacity Block's end among them, would lose hours of compiling)",
+                               _key("neuronPools"), self.compile.pool,
                                "capacityTypes", value=list(compile_pool.capacity_types))
         for family, pool in self.neuron_pools.items():
             if not pool.allows_spot:
@@ -999,28 +1083,30 @@ class StackConfig(BaseModel):
         return tuple({pool.family: pool for pool in (self.serving_pool, self.compile_pool) if pool}.values())
 
 
-def _sized(section: str, settings: Any, pool: NeuronPool, tensor_parallel: int) -> Any:
-    """The section with its device count: derived from tensorParallel unless given, and a reason for more."""
+def _sized(section: str, settings: Any, pool: NeuronPool, compile_settings: CompileSettings) -> Any:
+    """The section with its device count: derived from the pipeline's ranks (compile.tensorParallel, on trn2 times
+    the context or CFG degree) unless given, and a reason for more."""
     reason_key = f"{section}.extraDevicesReason"
-    needed = sizing.devices_for(pool.family, pool.instance_types, tensor_parallel)
+    ranks, what = compile_settings.ranks(pool.family).count, compile_settings.ranks_text(pool.family)
+    needed = sizing.devices_for(pool.family, pool.instance_types, ranks)
     if needed is None:
         largest = max(catalog.instance(name).devices for name in pool.instance_types) * pool.cores_per_device
-        raise _not_allowed(f"a pool with room for compile.tensorParallel {tensor_parallel} (a NeuronCore per rank): "
+        raise _not_allowed(f"a pool with room for {what} (a NeuronCore per rank): "
                            f"{', '.join(pool.instance_types)} have at most {largest}", "pool", value=pool.family)
     devices = needed if settings.devices is None else settings.devices
     if devices not in pool.valid_device_counts:
         raise _not_allowed(pool.schedulable_counts, "devices", value=devices)
     cores = devices * pool.cores_per_device
-    if cores < tensor_parallel:
-        raise _not_allowed(f"enough NeuronCores for compile.tensorParallel {tensor_parallel}: "
+    if cores < ranks:
+        raise _not_allowed(f"enough NeuronCores for {what}: "
                            f"{devices} {pool.family} devices have {cores}", "devices", value=devices)
     reason = settings.extra_devices_reason
     if devices != needed and reason is None:
-        raise _not_allowed(f"{needed} {pool.family} devices hold compile.tensorParallel {tensor_parallel} (one rank "
+        raise _not_allowed(f"{needed} {pool.family} devices hold {what} (one rank "
                            f"per NeuronCore); a larger count needs {reason_key} saying why", "devices", value=devices)
     if reason is not None and devices == needed:
-        raise _not_allowed(f"only with {section}.devices above the {needed} that compile.tensorParallel "
-                           f"{tensor_parallel} needs", "extraDevicesReason", value=reason)
+        raise _not_allowed(f"only with {section}.devices above the {needed} that {what} needs",
+                           "extraDevicesReason", value=reason)
     if devices > pool.max_devices:
         raise _not_allowed(f"at most the pool's maxDevices ({pool.max_devices})", "devices", value=devices)
     return settings.model_copy(update={"devices": devices})

@@ -15,7 +15,7 @@ import pulumi
 
 from infra import catalog, disruption, sizing
 from infra.cluster import PERSISTENT_STORAGE_CLASS
-from infra.cold_start import ARTIFACT_GB, scale_up_period_seconds, startup_probe_seconds
+from infra.cold_start import scale_up_period_seconds, startup_probe_seconds
 from infra.config import CompileSettings, ModelSource, NeuronPool, ServingSettings, StackConfig
 from infra.image import REPO_ROOT
 from infra.naming import (
@@ -26,6 +26,7 @@ from infra.naming import (
 )
 from common.adapters import adapter_argument
 from common.image import CONTAINER_UID, NEURON_DLC_IMAGE, NEURON_SDK_VERSION
+from common.neuron import LOGICAL_CORE_SIZE_ENV, NXDI, TRN2_LOGICAL_CORE_SIZE, compile_api
 from common.artifacts import (
     COMPILE_CODE_VERSION, EXIT_USAGE, MODEL_LIBRARIES, READERS_ENV, WEIGHTS_FORMAT_VERSION, readers_for_cpus,
 )
@@ -37,10 +38,10 @@ SCRATCH_MOUNT = "/scratch"
 # load_generator verifies each artifact file while copying it into TMPDIR, then loads from there.
 # That copy is the graphs' one cache on the node (the read-only graph volume has none, see
 # docs/cold-start.md): memory-backed, so writing it costs no disk bandwidth and no node disk that
-# Karpenter does not see; it counts against the pod's memory limit. One artifact plus a quarter.
+# Karpenter does not see; it counts against the pod's memory limit. One artifact plus a quarter
+# (local_artifact_gib).
 LOCAL_ARTIFACT_MOUNT = "/var/lib/flux-neuron"
-LOCAL_ARTIFACT_GIB = math.ceil(ARTIFACT_GB * 1e9 / 2**30 * 1.25)
-LOCAL_ARTIFACT_SIZE = f"{LOCAL_ARTIFACT_GIB}Gi"
+LOCAL_ARTIFACT_SHARE = 1.25
 # The serving container's own writes on disk: logs and the libraries' caches under HOME.
 SERVING_EPHEMERAL_STORAGE_GIB = 10
 # A publishing Job's own writes on the node's disk: logs, and /tmp. Its scratch is a volume of its own.
@@ -86,10 +87,20 @@ class WorkloadSettings:
                    fast_snapshot_restore=config.cold_start.fast_snapshot_restore)
 
     @property
+    def compile_api(self) -> str:
+        """How the graphs and weights are made (common.neuron): decided by where they run, serving.pool's family."""
+        return compile_api(self.serving.pool)
+
+    @property
+    def ranks(self) -> sizing.Ranks:
+        """The ranks the graphs run on, one per (logical) NeuronCore of a serving pod."""
+        return self.compile.ranks(self.serving.pool)
+
+    @property
     def graphs_job_size(self) -> sizing.PodSize:
         """A graphs Job's CPU and memory (infra.sizing): on the cpu NodePool, or on the Neuron compile pool with
         at least its devices' CPU share."""
-        memory = sizing.compile_memory_bytes(self.dtype, self.compile.tensor_parallel)
+        memory = sizing.compile_memory_bytes(self.dtype, self.compile.tensor_parallel, self.ranks.world)
         if self.compile_pool is None:
             return sizing.cpu_pod_size(memory)
         size = sizing.neuron_compile_size(self.compile_pool.instance_types, self.compile.devices, memory,  # type: ignore[arg-type]
@@ -99,7 +110,8 @@ class WorkloadSettings:
 
     @property
     def weights_job_size(self) -> sizing.PodSize:
-        return sizing.cpu_pod_size(sizing.weights_memory_bytes(self.dtype, self.compile.tensor_parallel))
+        return sizing.cpu_pod_size(sizing.weights_memory_bytes(self.dtype, self.compile.tensor_parallel,
+                                                               self.ranks.world))
 
     @property
     def publishing_instance_types(self) -> tuple[str, ...]:
@@ -125,6 +137,12 @@ def host_share(pool: NeuronPool, devices: int) -> HostShare:
     return HostShare(math.floor(cpu * devices * HOST_SHARE), math.floor(memory * devices * HOST_SHARE))
 
 
+def local_artifact_gib(settings: WorkloadSettings) -> int:
+    """The serving pod's in-memory copy of what it reads (sizing.artifact_bytes: on trn2 every rank's files, NxD
+    Inference replicating CLIP and the VAE decoder on each), plus a quarter."""
+    return math.ceil(sizing.artifact_bytes(settings.dtype, settings.ranks) / sizing.GIB * LOCAL_ARTIFACT_SHARE)
+
+
 def startup_failure_threshold(pool: NeuronPool, shape: Shape) -> int:
     """Startup probes before the kubelet restarts a server: the cold-start budget's in-container part."""
     return math.ceil(startup_probe_seconds(pool.instance_types, shape) / PROBE_PERIOD_SECONDS)
@@ -138,12 +156,23 @@ def rollout_minutes(pool: NeuronPool, shape: Shape) -> int:
 def model_args(settings: WorkloadSettings) -> list[str]:
     """The options every `model.compile` run of the stack takes (the weights Job, each graphs Job, each resolve).
 
-    `--target` is where the graphs run (the serving pool), whichever pool compiles them.
+    `--target` is where the graphs run (the serving pool), whichever pool compiles them. On trn2 (NxD Inference's
+    Flux application) both data-parallel degrees too, 1 included: both are fields of its keys.
     """
+    degrees = ["--context-parallel", str(settings.compile.context_parallel),
+               "--cfg-parallel", str(settings.compile.cfg_parallel)] if settings.compile_api == NXDI else []
     return ["--model", settings.model.id, "--revision", settings.model.revision,
             "--backend", "neuron", "--target", settings.serving.pool,
-            "--tp-degree", str(settings.compile.tensor_parallel), "--dtype", settings.dtype,
+            "--tp-degree", str(settings.compile.tensor_parallel), *degrees, "--dtype", settings.dtype,
             "--max-text-length", str(settings.model.max_text_length)]
+
+
+def neuron_env(settings: WorkloadSettings) -> list[dict]:
+    """What every process of the stack's compile API needs in its environment: on trn2 the logical NeuronCore
+    config compiler and runtime must agree on (the trn2 backend sets the same value, and refuses another)."""
+    if settings.compile_api != NXDI:
+        return []
+    return [{"name": LOGICAL_CORE_SIZE_ENV, "value": str(TRN2_LOGICAL_CORE_SIZE)}]
 
 
 def artifact_key_args(settings: WorkloadSettings, shape: Shape) -> list[str]:
@@ -228,13 +257,20 @@ def compile_job_name(settings: WorkloadSettings, shape: Shape) -> str:
 
 def weights_key(settings: WorkloadSettings) -> str:
     """A short, stable hash of what decides the stack's weights: the model and its revision, the adapters merged
-    into them, the dtype, the backend and TP degree, the toolchain and WEIGHTS_FORMAT_VERSION; not the shape, the
-    target or the text length, which only the graphs depend on. Everything the runtime's weights key holds is here
-    (a superset only reruns a Job that finds them published), so a new weights key always gets its Job."""
-    # Adapters only when there are some: a stack without them keeps the weights Job it had before they existed.
+    into them, the dtype, the backend and TP degree, the compile API (common.neuron.compile_api of the serving
+    family: NxD Inference shards for trn2, ModelBuilder elsewhere) with, on trn2, the context and CFG degrees, the
+    toolchain and WEIGHTS_FORMAT_VERSION; not the shape, the target itself or the text length, which only the graphs
+    depend on. Everything the runtime's weights key holds is here (a superset only reruns a Job that finds them
+    published), so a new weights key always gets its Job (tests/infra/test_compile_jobs.py holds the two side by
+    side)."""
+    # Adapters only when there are some, and ModelBuilder's weights named as they were before NxD Inference's
+    # existed (no field for it): a stack keeps the weights Job it had before either existed. NxD Inference's add the
+    # API and its degrees, so moving a stack to or from trn2 names a new Job, as the runtime's key changes with them.
     adapters = {"loras": [adapter.key() for adapter in settings.model.adapters]} if settings.model.adapters else {}
+    nxdi = {"implementation": NXDI, "context_parallel": settings.compile.context_parallel,
+            "cfg_parallel": settings.compile.cfg_parallel} if settings.compile_api == NXDI else {}
     return _key_hash({"model": settings.model.id, "revision": settings.model.revision, "dtype": settings.dtype,
-                      **adapters, "backend": "neuron", "tp_degree": settings.compile.tensor_parallel,
+                      **adapters, "backend": "neuron", "tp_degree": settings.compile.tensor_parallel, **nxdi,
                       "toolchain": _toolchain(), "weights_format_version": WEIGHTS_FORMAT_VERSION})
 
 
@@ -353,6 +389,7 @@ def _publishing_job_spec(settings: WorkloadSettings, labels: dict[str, str], wha
             # Temporary files of the compiler and libraries go to scratch, not the small /tmp.
             {"name": "TMPDIR", "value": SCRATCH_MOUNT},
             HOME_ENV,
+            *neuron_env(settings),
         ],
         "resources": _resources(share, JOB_EPHEMERAL_STORAGE_GIB, devices),
         "securityContext": CONTAINER_SECURITY,
@@ -414,7 +451,7 @@ def weights_job_spec(settings: WorkloadSettings, image: pulumi.Input[str], claim
     device-less on the cpu NodePool, once for every shape."""
     return _publishing_job_spec(
         settings, WEIGHTS_LABELS, ["--weights", *adapter_args(settings)], settings.weights_job_size,
-        sizing.weights_scratch_gib(settings.dtype, settings.compile.tensor_parallel),
+        sizing.weights_scratch_gib(settings.dtype, settings.compile.tensor_parallel, settings.ranks.world),
         {"nodeSelector": CPU_COMPILE_SELECTOR}, 0, image, claim, reads_gated=settings.model.needs_hf_token)
 
 
@@ -434,7 +471,8 @@ def serving_share(settings: WorkloadSettings, host: HostShare) -> HostShare:
     """A serving pod's CPU is its devices' share of the host (`host`); its memory that share or, when
     more, what it holds while it loads (sizing.serving_memory_gib): the verified copy of its artifact
     in memory, the graphs loaded from it, /dev/shm and the process."""
-    needed = sizing.serving_memory_gib(settings.dtype, LOCAL_ARTIFACT_GIB, shm_gib(host.memory_gib))
+    needed = sizing.serving_memory_gib(settings.dtype, local_artifact_gib(settings), shm_gib(host.memory_gib),
+                                       settings.ranks)
     return HostShare(host.cpu, max(host.memory_gib, needed))
 
 
@@ -488,7 +526,7 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
                     # Failing generations take the pod out of the load balancer (docs/serving.md, Runtime errors).
                     "--unready-after-errors", str(endpoints.UNREADY_AFTER_RUNTIME_ERRORS)],
         "env": [HOME_ENV, {"name": "TMPDIR", "value": LOCAL_ARTIFACT_MOUNT},
-                {"name": READERS_ENV, "value": str(readers_for_cpus(share.cpu))}],
+                {"name": READERS_ENV, "value": str(readers_for_cpus(share.cpu))}, *neuron_env(settings)],
         "ports": [{"name": "http", "containerPort": endpoints.DEFAULT_PORT, "protocol": "TCP"}],
         # Startup: graphs loaded and warmed; until then liveness and readiness wait.
         "startupProbe": {"httpGet": http_get, "periodSeconds": PROBE_PERIOD_SECONDS, "timeoutSeconds": 5,
@@ -532,7 +570,7 @@ def serving_deployment_spec(settings: WorkloadSettings, shape: Shape, image: pul
                 "containers": [server],
                 "volumes": [_claim_volume("graphs", read_only_claim, read_only=True),
                             {"name": "local-artifact",
-                             "emptyDir": {"medium": "Memory", "sizeLimit": LOCAL_ARTIFACT_SIZE}},
+                             "emptyDir": {"medium": "Memory", "sizeLimit": f"{local_artifact_gib(settings)}Gi"}},
                             _shm_volume(share.memory_gib), TMP_VOLUME],
             },
         },

@@ -1,16 +1,20 @@
 """One sizing model for FLUX.1-dev on Neuron: what each compile and serving pod needs, and no more.
 
-- Component bytes by dtype (float32 doubles bfloat16; the VAE decoder always runs in float32).
-- One tensor-parallel rank per NeuronCore: a pod needs `tensorParallel` cores, on the smallest
-  device count the Neuron scheduler extension places (trn1/trn1n/trn2: 1, 4, 8, 16; inf2: any).
+- Component bytes by dtype (float32 doubles bfloat16; the VAE decoder always runs in float32 on ModelBuilder's
+  path, in the dtype on NxD Inference's).
+- One rank per NeuronCore: a pod needs as many cores as its pipeline has ranks (`Ranks`: compile.tensorParallel;
+  on trn2, NxD Inference's world, twice that with context or CFG parallelism), on the smallest device count the
+  Neuron scheduler extension places (trn1/trn1n/trn2: 1, 4, 8, 16; inf2: any).
 - Serving fits HBM when core 0, the fullest, holds its share of the sharded transformer and T5,
-  the whole CLIP and VAE decoder, and an activation margin.
+  the whole CLIP and VAE decoder, and an activation margin; on trn2 by the rule NxD Inference's compile
+  applies too (common.neuron.trn2_rank_gib).
 - Compiling is SPMD (NxD's ModelBuilder): one trace and one neuronx-cc compile per component for every
   rank, the components one after another, each in its own process. A compile pod's memory is the
   hungriest component's: the component built once, the rank's share of it that is traced, and the
   compiler's working set. Its CPU is at least the share of its node that matches that memory.
 - The weights are sharded once per (model, revision, dtype, TP degree) by their own Job: the download plus
-  the staged shards on disk, one component and its rank's share in memory.
+  the staged shards on disk, one component and its rank's share in memory (NxD Inference's shard_weights holds
+  every rank's share of a component at once).
 - A node's ephemeral storage (images, emptyDirs) is its instance store where it has one (the
   EC2NodeClass's RAID0), else its root volume; compile scratch is a gp3 volume of its own instead, so it
   fits every family.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from common.neuron import NXDI, compile_api, flux_world_size, trn2_rank_gib, trn2_rank_shares
 from infra import catalog
 
 GB = 10**9
@@ -84,17 +89,74 @@ ROLLOUT_SURGE = 1
 PROCESS_BYTES = 8 * GIB
 
 
-def artifact_bytes(dtype: str) -> int:
-    """What a serving pod reads: the weights (every rank's shards make up each component once) and its graphs,
-    which are small beside them."""
-    return sum(component.bytes(dtype) for component in FLUX_DEV)
+@dataclass(frozen=True)
+class Ranks:
+    """How one pipeline's weights spread over its ranks, one rank per (logical) NeuronCore.
+
+    ModelBuilder (trn1, trn1n, inf2; `world` None): T5 and the transformer sharded over `tensor_parallel` ranks,
+    CLIP and the float32 VAE decoder on one. NxD Inference (trn2): every component on each of the `world` ranks,
+    T5 sharded over all of them, the transformer over `tensor_parallel` (each context- or CFG-parallel half holding
+    a copy), CLIP and the VAE decoder (in the dtype) whole on every rank."""
+
+    tensor_parallel: int
+    world: int | None = None
+
+    @classmethod
+    def of(cls, family: str, tensor_parallel: int, context_parallel: int = 1, cfg_parallel: int = 1) -> Ranks:
+        """The ranks of a pipeline serving on `family` (the compile API follows from it: common.neuron)."""
+        if compile_api(family) != NXDI:
+            return cls(tensor_parallel)
+        return cls(tensor_parallel, flux_world_size(tensor_parallel, context_parallel, cfg_parallel))
+
+    @property
+    def nxdi(self) -> bool:
+        return self.world is not None
+
+    @property
+    def count(self) -> int:
+        """The pipeline's ranks: the NeuronCores a pod runs it on."""
+        return self.world if self.world is not None else self.tensor_parallel
+
+    def split(self, component: Component) -> int:
+        """The ranks a component's weights are divided over."""
+        if self.world is not None:
+            return {"text_encoder_2": self.world, "transformer": self.tensor_parallel}.get(component.name, 1)
+        return self.tensor_parallel if component.sharded else 1
+
+    def holders(self, component: Component) -> int:
+        """The ranks holding a share of a component (NxD Inference runs every component on every rank)."""
+        return self.world if self.world is not None else self.split(component)
+
+    def component_bytes(self, component: Component, dtype: str) -> int:
+        """A component in the dtype it runs in: NxD Inference runs the VAE decoder in the pipeline's dtype."""
+        if self.world is not None:
+            return component.bfloat16_bytes * (2 if dtype == FLOAT32 else 1)
+        return component.bytes(dtype)
+
+    def rank_bytes(self, component: Component, dtype: str) -> int:
+        """One rank's share of a component: 1/split and what stays whole (SHARD_OVERHEAD), or all of it."""
+        split = self.split(component)
+        whole = self.component_bytes(component, dtype)
+        return whole if split == 1 else math.ceil(whole * SHARD_OVERHEAD / split)
+
+    def copies(self, component: Component) -> int:
+        """How many times the component's weights are published (and read): once, or on NxD Inference once per
+        rank holding it whole, and once per context- or CFG-parallel half for the backbone."""
+        return self.holders(component) // self.split(component)
 
 
-def serving_memory_gib(dtype: str, local_copy_gib: int, shm_gib: int) -> int:
+def artifact_bytes(dtype: str, ranks: Ranks | None = None) -> int:
+    """What a serving pod reads: the weights (every rank's shards make up each component once, or as many times
+    as NxD Inference replicates it) and its graphs, which are small beside them."""
+    ranks = ranks or Ranks(1)
+    return sum(ranks.component_bytes(component, dtype) * ranks.copies(component) for component in FLUX_DEV)
+
+
+def serving_memory_gib(dtype: str, local_copy_gib: int, shm_gib: int, ranks: Ranks | None = None) -> int:
     """A serving pod's memory at its peak, while it loads: the verified copy of its artifact in memory
     (TMPDIR, the graphs' one cache on the node: docs/cold-start.md), the graphs the process loads from
     it, /dev/shm and the process itself."""
-    return math.ceil(local_copy_gib + artifact_bytes(dtype) / GIB + shm_gib + PROCESS_BYTES / GIB)
+    return math.ceil(local_copy_gib + artifact_bytes(dtype, ranks) / GIB + shm_gib + PROCESS_BYTES / GIB)
 
 
 def sharded_heads() -> str:
@@ -108,8 +170,16 @@ def tensor_parallel_degrees() -> tuple[int, ...]:
     return tuple(degree for degree in range(1, heads + 1) if heads % degree == 0)
 
 
-def hbm_bytes_per_core(tensor_parallel: int, dtype: str) -> int:
-    """HBM core 0 needs at serving: its transformer and T5 shards, CLIP, the VAE decoder, activations."""
+def hbm_bytes_per_core(tensor_parallel: int, dtype: str, world: int | None = None) -> int:
+    """HBM core 0 needs at serving: its transformer and T5 shards, CLIP, the VAE decoder, activations. On trn2
+    (`world` given) NxD Inference's compile's own rule, common.neuron.trn2_rank_gib, over FLUX.1-dev's sizes."""
+    if world is not None:
+        ranks = Ranks(tensor_parallel, world)
+        sizes = {component.name: ranks.component_bytes(component, dtype) for component in FLUX_DEV}
+        shares = trn2_rank_shares(clip=sizes["text_encoder"], t5=sizes["text_encoder_2"],
+                                  transformer=sizes["transformer"], vae_decoder=sizes["vae_decoder"],
+                                  backbone_tp_degree=tensor_parallel, world_size=world)
+        return math.ceil(trn2_rank_gib(shares) * GIB)
     shards = sum(math.ceil(component.bytes(dtype) * SHARD_OVERHEAD / tensor_parallel)
                  for component in FLUX_DEV if component.sharded)
     whole = sum(component.bytes(dtype) for component in FLUX_DEV if not component.sharded)
@@ -120,13 +190,16 @@ def hbm_bytes_of_core(family: str) -> int:
     return catalog.HBM_GIB_PER_CORE[family] * GIB
 
 
-def fits_hbm(family: str, tensor_parallel: int, dtype: str) -> bool:
-    return hbm_bytes_per_core(tensor_parallel, dtype) <= hbm_bytes_of_core(family)
+def fits_hbm(family: str, tensor_parallel: int, dtype: str, data_parallel: int = 1) -> bool:
+    """Whether a rank fits a core of the family; `data_parallel` is trn2's context or CFG degree."""
+    ranks = Ranks.of(family, tensor_parallel, data_parallel)
+    return hbm_bytes_per_core(tensor_parallel, dtype, ranks.world) <= hbm_bytes_of_core(family)
 
 
-def fitting_tensor_parallel(family: str, dtype: str) -> tuple[int, ...]:
-    """The TP degrees that both divide the head counts and fit this family's HBM."""
-    return tuple(degree for degree in tensor_parallel_degrees() if fits_hbm(family, degree, dtype))
+def fitting_tensor_parallel(family: str, dtype: str, data_parallel: int = 1) -> tuple[int, ...]:
+    """The TP degrees that both divide the head counts and fit this family's HBM (on trn2 with context or CFG
+    parallelism `data_parallel`)."""
+    return tuple(degree for degree in tensor_parallel_degrees() if fits_hbm(family, degree, dtype, data_parallel))
 
 
 def devices_for(family: str, instance_types: tuple[str, ...], cores: int) -> int | None:
@@ -135,28 +208,31 @@ def devices_for(family: str, instance_types: tuple[str, ...], cores: int) -> int
     return next((count for count in catalog.valid_device_counts(family, instance_types) if count >= needed), None)
 
 
-def rank_bytes(component: Component, dtype: str, tensor_parallel: int) -> int:
-    """One rank's share of a component: of a sharded one 1/TP and what stays whole (SHARD_OVERHEAD), of another
-    the whole component."""
-    if not component.sharded:
-        return component.bytes(dtype)
-    return math.ceil(component.bytes(dtype) * SHARD_OVERHEAD / tensor_parallel)
+def rank_bytes(component: Component, dtype: str, tensor_parallel: int, world: int | None = None) -> int:
+    """One rank's share of a component: of a sharded one 1/TP (on trn2 T5's 1/world) and what stays whole
+    (SHARD_OVERHEAD), of another the whole component."""
+    return Ranks(tensor_parallel, world).rank_bytes(component, dtype)
 
 
-def compile_bytes(component: Component, dtype: str, tensor_parallel: int) -> int:
+def compile_bytes(component: Component, dtype: str, tensor_parallel: int, world: int | None = None) -> int:
     """One component's compile process at its peak (an estimate): the component built once, the rank's share that
-    ModelBuilder traces, and the compiler's working set."""
-    return component.bytes(dtype) + rank_bytes(component, dtype, tensor_parallel) + COMPILER_WORKING_SET_BYTES
+    ModelBuilder traces (NxD Inference traces with ModelBuilder too), and the compiler's working set."""
+    ranks = Ranks(tensor_parallel, world)
+    return ranks.component_bytes(component, dtype) + ranks.rank_bytes(component, dtype) + COMPILER_WORKING_SET_BYTES
 
 
-def compile_memory_bytes(dtype: str, tensor_parallel: int) -> int:
+def compile_memory_bytes(dtype: str, tensor_parallel: int, world: int | None = None) -> int:
     """A graphs Job's memory: its hungriest component's process (they run one after another)."""
-    return max(compile_bytes(component, dtype, tensor_parallel) for component in FLUX_DEV)
+    return max(compile_bytes(component, dtype, tensor_parallel, world) for component in FLUX_DEV)
 
 
-def weights_memory_bytes(dtype: str, tensor_parallel: int) -> int:
-    """The weights Job's memory: one component loaded and one rank's shard of it at a time, and the process."""
-    return max(component.bytes(dtype) + rank_bytes(component, dtype, tensor_parallel)
+def weights_memory_bytes(dtype: str, tensor_parallel: int, world: int | None = None) -> int:
+    """The weights Job's memory: one component loaded and, at a time, one rank's shard of it (ModelBuilder's
+    shard_checkpoint writes rank by rank) or every rank's (NxD Inference's shard_weights holds them all until it
+    writes), and the process."""
+    ranks = Ranks(tensor_parallel, world)
+    held = 1 if world is None else world
+    return max(ranks.component_bytes(component, dtype) + held * ranks.rank_bytes(component, dtype)
                for component in FLUX_DEV) + PROCESS_BYTES
 
 
@@ -177,10 +253,11 @@ def download_bytes() -> int:
     return sum(component.bfloat16_bytes for component in FLUX_DEV)
 
 
-def weights_bytes(dtype: str, tensor_parallel: int) -> int:
-    """The published weights: every rank's share of each component (what stays whole is on every rank)."""
-    return sum(rank_bytes(component, dtype, tensor_parallel) * (tensor_parallel if component.sharded else 1)
-               for component in FLUX_DEV)
+def weights_bytes(dtype: str, tensor_parallel: int, world: int | None = None) -> int:
+    """The published weights: every rank's share of each component (what stays whole is on every rank that holds
+    the component)."""
+    ranks = Ranks(tensor_parallel, world)
+    return sum(ranks.rank_bytes(component, dtype) * ranks.holders(component) for component in FLUX_DEV)
 
 
 def _scratch_gib(written: int) -> int:
@@ -192,9 +269,9 @@ def graphs_scratch_gib() -> int:
     return _scratch_gib(CONFIG_BYTES + COMPILER_WORKDIR_BYTES + STAGED_GRAPHS_BYTES)
 
 
-def weights_scratch_gib(dtype: str, tensor_parallel: int) -> int:
+def weights_scratch_gib(dtype: str, tensor_parallel: int, world: int | None = None) -> int:
     """The weights Job's scratch: the download and the staged shards."""
-    return _scratch_gib(download_bytes() + weights_bytes(dtype, tensor_parallel))
+    return _scratch_gib(download_bytes() + weights_bytes(dtype, tensor_parallel, world))
 
 
 @dataclass(frozen=True)
@@ -273,9 +350,9 @@ def compile_step_seconds(component: Component, image_tokens: int, text_tokens: i
             * _sequence(component, image_tokens, text_tokens) / REFERENCE_SEQUENCE)
 
 
-def shard_step_seconds(component: Component, dtype: str, tensor_parallel: int) -> float:
+def shard_step_seconds(component: Component, dtype: str, tensor_parallel: int, world: int | None = None) -> float:
     """The estimated time to shard and stage one rank's share of a component."""
-    return 2 * rank_bytes(component, dtype, tensor_parallel) / SCRATCH_BYTES_PER_SECOND
+    return 2 * rank_bytes(component, dtype, tensor_parallel, world) / SCRATCH_BYTES_PER_SECOND
 
 
 def step_component(step: str) -> Component:

@@ -53,7 +53,9 @@ CLOUDWATCH_OBSERVABILITY_CHART_VERSION = "4.5.0"
 # Karpenter resolves for Neuron nodes (the accelerated AL2023 variant of that release, for the cluster's minor);
 # source: the amazon-eks-ami CHANGELOG (planning/data/published/al2023-ami-neuron-driver.txt; checked):
 # v20260714 is the first release whose AL2023_x86_64_NEURON variant ships driver 2.29.0.0, which Neuron SDK
-# 2.31.1 needs. The others are EKS add-on versions, source `aws eks describe-addon-versions
+# 2.31.1 needs; that driver supports trn1, inf2 and trn2 (trn2 from driver 2.19.64.0, Neuron 2.21.0), and trn1n runs
+# trn1's (planning/data/published/neuron-driver-families.txt, from the Neuron SDK's n2-manifest.json; checked for the
+# families a stack's NodePools launch). The others are EKS add-on versions, source `aws eks describe-addon-versions
 # --kubernetes-version <minor>` (not in the committed data: confirm a bump there). aws-ebs-csi-driver is the
 # EKS build of the driver's release v1.63.1 (github.com/kubernetes-sigs/aws-ebs-csi-driver CHANGELOG.md).
 # aws-mountpoint-s3-csi-driver: the EKS build of the driver's latest release, v2.7.0, which has the fixes

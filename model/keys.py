@@ -23,7 +23,9 @@ from pathlib import Path
 from common.adapters import COMMIT, MERGING_FAMILIES, Adapter
 from common.artifacts import COMPILE_CODE_VERSION, MODEL_LIBRARIES, WEIGHTS_FORMAT_VERSION
 from common.image import NEURON_DLC_IMAGE
-from common.neuron import DATA_PARALLEL_DEGREES, NEURON_FAMILIES, TRN2, flux_world_size
+from common.neuron import (
+    DATA_PARALLEL_DEGREES, NEURON_FAMILIES, NXDI, NXDI_TEXT_LENGTH, TRN2, compile_api, flux_world_size,
+)
 from common.shapes import DTYPES, MAX_TEXT_LENGTH, Shape, parse_dtype
 
 CPU = "cpu"
@@ -50,22 +52,17 @@ TINY_MODELS = (TINY_MODEL, TINY_SCHNELL)
 TINY_REVISION = "tiny-2"
 WEIGHTS_DIR = "weights"
 # How a backend turns a model into graphs and per-rank weights, by backend and target: part of both keys,
-# so artifacts of one implementation are never loaded by another.
-MODEL_BUILDER = "modelbuilder"
-# NxD Inference's own Flux application, the path Neuron supports for Flux on trn2 (model/backends/nxdi.py).
-NXDI = "nxdi"
-# Its code builds the graphs and cuts the weights, on top of the neuron backend's toolchain.
+# so artifacts of one implementation are never loaded by another. On Neuron, common.neuron.compile_api decides
+# (MODEL_BUILDER, or NXDI: NxD Inference's own Flux application on trn2, model/backends/nxdi.py), the deploy
+# program reading the same fact.
+# NxD Inference's code builds the graphs and cuts the weights, on top of the neuron backend's toolchain.
 NXDI_TOOLCHAIN = ("neuronx-distributed-inference",)
-# NxD Inference's Flux application traces T5 for exactly this many tokens and its pipeline asks for them.
-NXDI_TEXT_LENGTH = 512
 
 
 def implementation(backend: str, target: str | None) -> str:
     """The compile API behind a backend and target: the cpu tracer, NxD's ModelBuilder, or on trn2 NxD
     Inference's Flux application."""
-    if backend == CPU:
-        return CPU
-    return NXDI if target == TRN2 else MODEL_BUILDER
+    return CPU if backend == CPU else compile_api(target)
 
 
 def check_revision(model: str, revision: str | None) -> None:

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
+from common.neuron import flux_world_size
 from infra import catalog, sizing
 from infra.naming import ACTIVATOR, COMPILE, NEURON_DEVICE_RESOURCE, SERVE
 from planning import REFRESH_COMMAND
@@ -39,6 +40,7 @@ class PodRequest:
     nodepools: tuple[str, ...]  # those whose nodes its node selection accepts, by name
     instance_types: tuple[str, ...]
     tensor_parallel: int
+    ranks: int  # one per (logical) NeuronCore: the TP degree, or on trn2 NxD Inference's world
     devices: int
     cpu: float
     memory_gib: float
@@ -188,7 +190,11 @@ def _groups(rendering: Rendering) -> list[_Group]:
                          if all(value in labels.get(key, ()) for key, value in pod["nodeSelector"].items()))
         # The pools of one family launch the same instance types.
         instance_types = tuple(sorted(nodepools[accepted[0]]["node.kubernetes.io/instance-type"]))
-        request = PodRequest(role, accepted, instance_types, int(_option(container["command"], "--tp-degree")),
+        command = container["command"]
+        tensor_parallel = int(_option(command, "--tp-degree"))
+        ranks = flux_world_size(tensor_parallel, int(_option(command, "--context-parallel") or 1),
+                                int(_option(command, "--cfg-parallel") or 1))
+        request = PodRequest(role, accepted, instance_types, tensor_parallel, ranks,
                              int(limits[NEURON_DEVICE_RESOURCE]), _cpu(limits["cpu"]), _gib(limits["memory"]),
                              _gib(requests["ephemeral-storage"]), _scratch_gib(pod))
         # A Job runs one pod; a Deployment what its autoscaler keeps.
@@ -265,6 +271,32 @@ def _fast_snapshot_restore(rendering: Rendering, region: str) -> tuple[int, floa
     return zones, None if price is None else price * zones
 
 
+def _priced_items(rendering: Rendering, groups: list[_Group], cpu_jobs: list[CpuJob]) -> list[str]:
+    """Every item the table prices, in the order it shows them."""
+    items = [name for group in groups for name in group.request.instance_types]
+    items += [job.instance_type for job in cpu_jobs] + ([catalog.GP3_GIB] if cpu_jobs else [])
+    items.append(catalog.EKS_CONTROL_PLANE)
+    items += [group.inputs["instanceTypes"][0] for group in rendering.of_type(NODE_GROUP)]
+    if rendering.of_type(NAT_GATEWAY):
+        items.append(catalog.NAT_GATEWAY)
+    if any(manifest(resource)["metadata"]["name"] == ACTIVATOR for resource in rendering.of_type(DEPLOYMENT)):
+        items.append(catalog.CPU_PLATFORM_INSTANCE)
+    if rendering.of_type(FAST_SNAPSHOT_RESTORE):
+        items.append(catalog.FAST_SNAPSHOT_RESTORE)
+    return list(dict.fromkeys(items))
+
+
+def _not_listed(region: str, items: list[str]) -> list[str]:
+    """A section saying why each unpriced item is "not listed", the items of one reason together."""
+    reasons: dict[str, list[str]] = {}
+    for item in items:
+        if catalog.hourly_price(region, item) is None:
+            reasons.setdefault(catalog.not_listed_reason(region, item), []).append(item)
+    if not reasons:
+        return []
+    return ["", "## Not listed", "", *(f"- {', '.join(unpriced)}: {reason}." for reason, unpriced in reasons.items())]
+
+
 def table(rendering: Rendering) -> str:
     """plans/<stack>/capacity.md: Markdown, the same bytes on every run."""
     region = rendering.outputs["region"]
@@ -280,16 +312,20 @@ def table(rendering: Rendering) -> str:
         "",
         "## Neuron pods",
         "",
-        "| pod | shapes | NodePool | TP | NeuronCores | devices | idle cores | cpu | memory | node disk | scratch "
-        "| pods (min-max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Ranks: one per NeuronCore (logical on trn2, at LNC 2): the TP degree, or on trn2 NxD Inference's world "
+        "(twice the TP degree with context or CFG parallelism).",
+        "",
+        "| pod | shapes | NodePool | TP | ranks | NeuronCores | devices | idle cores | cpu | memory | node disk "
+        "| scratch | pods (min-max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group in groups:
         request = group.request
         scratch = f"{request.scratch_gib} GiB gp3" if request.scratch_gib else "-"
         lines.append(
             f"| {request.role} | {', '.join(sorted(group.shapes))} | {', '.join(request.nodepools)} "
-            f"| {request.tensor_parallel} | {request.cores} | {request.devices} | {request.cores - request.tensor_parallel} "
+            f"| {request.tensor_parallel} | {request.ranks} | {request.cores} | {request.devices} "
+            f"| {request.cores - request.ranks} "
             f"| {request.cpu:g} | {request.memory_gib:g} GiB | {request.ephemeral_gib:g} GiB | {scratch} "
             f"| {_pods(group)} |")
     lines += ["", "## Pods per node", "",
@@ -349,6 +385,7 @@ def table(rendering: Rendering) -> str:
     with_compile_low = None if total_low is None else _sum([total_low, *compile_cost])
     with_compile_high = None if total_high is None else _sum([total_high, *compile_cost])
     lines.append(f"| **while compiling too** | | **{_money(with_compile_low)}** | | **{_money(with_compile_high)}** |")
+    lines += _not_listed(region, _priced_items(rendering, groups, cpu_jobs))
     lines += ["", "## NodePool limits", "",
               "Karpenter counts the devices of the nodes it launches against a NodePool's limit, and fills the "
               "pools a pod may use by weight: each set of pools that some pod may use holds, at max, the pods "

@@ -132,11 +132,13 @@ def _ec2_id(prefix: str, name: str) -> str:
 
 
 # The zones that offer each Neuron family, shaped like EC2's answers: Trainium in fewer zones than
-# Inferentia, trn2 in one. Which letters offer a family is illustrative (each account maps zone names to
+# Inferentia, trn2 in one or two. Which letters offer a family is illustrative (each account maps zone names to
 # physical zones its own way, and EC2's offerings are asked at every `up`); the planning run relies only on
-# the shape: dev's trn1 skips a zone. The zones themselves are the region's real ones (infra/regions.py).
+# the shape: dev's trn1 skips a zone, the trn2 stack's region (us-east-2) has trn2 in two of its three. The zones
+# themselves are the region's real ones (infra/regions.py).
 MOCK_OFFERED_LETTERS = {
     "us-east-1": {"trn1": "abcf", "trn1n": "af", "trn2": "f", "inf2": "abcdef"},
+    "us-east-2": {"trn1": "abc", "trn1n": "b", "trn2": "ab", "inf2": "abc"},
     "us-west-2": {"trn1": "bcd", "trn1n": "d", "trn2": "d", "inf2": "abcd"},
 }
 

@@ -178,7 +178,8 @@ def report(stack: str, cluster: Kubectl, now: datetime) -> list[str]:
         return job_state(jobs.get(name), job_pods, events, estimates, now, verb)
 
     def shard(step: str) -> float:
-        return sizing.shard_step_seconds(sizing.step_component(step), config.dtype, config.compile.tensor_parallel)
+        return sizing.shard_step_seconds(sizing.step_component(step), config.dtype, config.compile.tensor_parallel,
+                                         settings.ranks.world)
 
     lines = [f"weights: {state(weights_job_name(settings), shard, 'sharding')}"]
     for shape in config.shapes:

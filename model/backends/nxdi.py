@@ -36,7 +36,10 @@ import torch
 from safetensors.torch import load_file
 
 from common.image import NEURON_DLC_IMAGE, NEURON_SDK_VERSION
-from common.neuron import TRN2_HBM_GIB_PER_LOGICAL_CORE, TRN2_LOGICAL_CORE_SIZE, flux_world_size
+from common.neuron import (
+    GIB, LOGICAL_CORE_SIZE_ENV, TRN2_ACTIVATION_RESERVE_GIB, TRN2_HBM_GIB_PER_LOGICAL_CORE, TRN2_LOGICAL_CORE_SIZE,
+    flux_world_size, trn2_rank_gib, trn2_rank_shares,
+)
 from model.artifacts import ArtifactError
 from model.backends import WEIGHTS_FILE, BackendUnavailable, CompileSettings, Graph
 from model.backends.neuron import PLATFORM_TARGET_OVERRIDE, check_visible_cores
@@ -67,16 +70,10 @@ FLUX_PACKAGE = "neuronx_distributed_inference.models.diffusers.flux"
 # nothing (skip_sharding), the weights artifact does.
 GRAPH_NEURON_CONFIG = {"save_sharded_checkpoint": True, "skip_sharding": True}
 WEIGHTS_NEURON_CONFIG = {"save_sharded_checkpoint": True, "skip_sharding": False}
-# The logical NeuronCore config compiler and runtime must agree on; NxD Inference reads it from here first.
-LOGICAL_CORE_SIZE_ENV = "NEURON_LOGICAL_NC_CONFIG"
 # ModelBuilder's scratch, wiped when a trace starts.
 COMPILE_WORK_DIR_ENV = "BASE_COMPILE_WORK_DIR"
 # The weights do not depend on the image shape, but NxD Inference's configs require one: its default.
 WEIGHTS_SHAPE = (1024, 1024)
-# What a logical core keeps for activations beside the weights: 1-2 GB at 1024x1024 (neuron-flux-apis.md
-# section 8), the upper end.
-ACTIVATION_RESERVE_GIB = 2
-GIB = 2**30
 
 
 def check_degrees(options: CompileOptions, configs: dict[str, dict]) -> None:
@@ -98,16 +95,19 @@ def check_degrees(options: CompileOptions, configs: dict[str, dict]) -> None:
         if indivisible:
             raise ValueError(f"{what} ({degree}) does not divide {component} {', '.join(indivisible)}: NxD Inference "
                              f"splits them evenly over the ranks")
-    shares = {"CLIP": _parameter_bytes("text_encoder", configs, options.dtype),
-              "T5": _parameter_bytes("text_encoder_2", configs, options.dtype) / world,
-              "transformer": _parameter_bytes("transformer", configs, options.dtype) / options.tp_degree,
-              "VAE decoder": _parameter_bytes("vae", configs, options.dtype)}
-    needed = sum(shares.values()) / GIB + ACTIVATION_RESERVE_GIB
+    # The one fit rule the stack config applies too (common.neuron), here from the model's own configs.
+    shares = trn2_rank_shares(
+        clip=_parameter_bytes("text_encoder", configs, options.dtype),
+        t5=_parameter_bytes("text_encoder_2", configs, options.dtype),
+        transformer=_parameter_bytes("transformer", configs, options.dtype),
+        vae_decoder=_parameter_bytes("vae", configs, options.dtype), backbone_tp_degree=options.tp_degree,
+        world_size=world)
+    needed = trn2_rank_gib(shares)
     if needed > TRN2_HBM_GIB_PER_LOGICAL_CORE:
         held = ", ".join(f"{name} {size / GIB:.1f}" for name, size in shares.items())
         raise ValueError(f"--tp-degree {options.tp_degree} does not fit trn2: each of the {world} ranks would hold "
-                         f"{needed:.1f} GiB (weights in GiB: {held}; {ACTIVATION_RESERVE_GIB} for activations), over "
-                         f"the {TRN2_HBM_GIB_PER_LOGICAL_CORE} GiB of a logical core: raise --tp-degree")
+                         f"{needed:.1f} GiB (weights in GiB: {held}; {TRN2_ACTIVATION_RESERVE_GIB} for activations), "
+                         f"over the {TRN2_HBM_GIB_PER_LOGICAL_CORE} GiB of a logical core: raise --tp-degree")
 
 
 def _parameter_bytes(folder: str, configs: dict[str, dict], dtype: str) -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from common.image import NEURON_SDK_VERSION
+from common.neuron import NEURON_FAMILIES
 from infra import versions
 from planning import DATA
 from planning.checks.objects import HELM_RELEASE, NEURON_CHART, Objects, Problem, kubernetes_version, where
@@ -20,13 +21,17 @@ PUBLISHED = DATA / "published"
 KUBE_SCHEDULER_TAGS = PUBLISHED / "kube-scheduler-tags.txt"
 AMI_NEURON_DRIVERS = PUBLISHED / "al2023-ami-neuron-driver.txt"
 SDK_NEURON_DRIVERS = PUBLISHED / "neuron-sdk-driver.txt"
+DRIVER_FAMILIES = PUBLISHED / "neuron-driver-families.txt"
 NEURON_CHART_VALUES = PUBLISHED / "neuron-helm-chart-values.txt"
 MOUNTPOINT_RELEASES = PUBLISHED / "mountpoint-s3-csi-driver-releases.txt"
 # The only AMI family whose Neuron driver per release is in the committed data.
 NEURON_AMI_FAMILY = "al2023"
+# Families that run another family's driver packages (DRIVER_FAMILIES says why).
+DRIVER_PACKAGE_FAMILY = {"trn1n": "trn1"}
 # The Mountpoint CSI driver fixes the stack relies on (MOUNTPOINT_RELEASES says what each is).
 REQUIRED_MOUNTPOINT_FIXES = ("shared-pod-attachment-wait", "workload-first-eviction")
 ADDON = "aws:eks/addon:Addon"
+INSTANCE_FAMILY = "karpenter.k8s.aws/instance-family"
 MOUNTPOINT_ADDON = "aws-mountpoint-s3-csi-driver"
 
 
@@ -51,6 +56,19 @@ def published_ami_neuron_drivers() -> dict[str, str]:
 def required_neuron_drivers() -> dict[str, str]:
     """Neuron SDK version -> the oldest Neuron driver it works with."""
     return dict(_records(SDK_NEURON_DRIVERS))
+
+
+@functools.cache
+def published_driver_families() -> tuple[tuple[str, str, frozenset[str]], ...]:
+    """(Neuron SDK release, the driver it ships, the instance families that driver supports), newest first."""
+    return tuple((release, driver, frozenset(families)) for release, driver, *families in _records(DRIVER_FAMILIES))
+
+
+def first_driver_for(family: str) -> str | None:
+    """The oldest published Neuron driver that supports an instance family (None: none does)."""
+    package_family = DRIVER_PACKAGE_FAMILY.get(family, family)
+    drivers = [driver for _, driver, families in published_driver_families() if package_family in families]
+    return min(drivers, key=_numeric) if drivers else None
 
 
 @dataclass(frozen=True)
@@ -151,8 +169,9 @@ def kube_scheduler_tag_problems(tag: str, minor: str) -> list[str]:
     return []
 
 
-def ami_alias_problems(alias: str, sdk_version: str) -> list[str]:
-    """Why the AMI an alias resolves to cannot run the Neuron SDK (empty if it can), from the committed data."""
+def ami_alias_problems(alias: str, sdk_version: str, families: tuple[str, ...] = ()) -> list[str]:
+    """Why the AMI an alias resolves to cannot run the Neuron SDK, or drive the Neuron instance families the stack's
+    NodePools launch (empty if it can), from the committed data."""
     family, _, release = alias.partition("@")
     drivers = published_ami_neuron_drivers()
     required = required_neuron_drivers().get(sdk_version)
@@ -166,7 +185,15 @@ def ami_alias_problems(alias: str, sdk_version: str) -> list[str]:
         first = f" (first release with it: {NEURON_AMI_FAMILY}@{newer[0]})" if newer else ""
         return [f"AMI alias {alias!r} ships Neuron driver {drivers[release]}, older than the {required} that "
                 f"Neuron SDK {sdk_version} needs{first}"]
-    return []
+    found = []
+    for family in families:
+        oldest = first_driver_for(family)
+        if oldest is None:
+            found.append(f"no published Neuron driver supports {family} ({DRIVER_FAMILIES.name})")
+        elif _numeric(drivers[release]) < _numeric(oldest):
+            found.append(f"AMI alias {alias!r} ships Neuron driver {drivers[release]}, older than {oldest}, the first "
+                         f"that supports {family} ({DRIVER_FAMILIES.name})")
+    return found
 
 
 def _neuron_chart_releases(rendering: Rendering) -> list[tuple[str, str, dict]]:
@@ -191,11 +218,16 @@ def problems(rendering: Rendering, objects: Objects) -> list[Problem]:
     for addon in rendering.of_type(ADDON):
         if addon.inputs.get("addonName") == MOUNTPOINT_ADDON:
             found += [f"Addon {addon.name}: {text}" for text in mountpoint_addon_problems(addon.inputs["addonVersion"])]
+    # The Neuron families the NodePools launch (every NodePool uses the one EC2NodeClass).
+    families = tuple(sorted({family for pool in objects.of_kind("NodePool")
+                             for term in pool["spec"]["template"]["spec"]["requirements"]
+                             if term["key"] == INSTANCE_FAMILY for family in term["values"]
+                             if family in NEURON_FAMILIES}))
     for node_class in objects.of_kind("EC2NodeClass"):
         for term in node_class.get("spec", {}).get("amiSelectorTerms", []):
             if "alias" in term:
                 found += [f"{where(node_class)}: {text}"
-                          for text in ami_alias_problems(term["alias"], NEURON_SDK_VERSION)]
+                          for text in ami_alias_problems(term["alias"], NEURON_SDK_VERSION, families)]
     # The other pinned minors too (this stack's is checked above, as rendered): a stack may move to one.
     for pinned_minor, pins in sorted(versions.KUBERNETES_RELEASES.items()):
         if pinned_minor == minor:

@@ -3,8 +3,10 @@ compile (model/ implements it; until that lands on this branch, the rendered com
 statement of it, and once both are merged the real parser must accept everything this one does):
 
     python -m model.compile --model M --revision R --dtype D --backend neuron --target T --tp-degree N \
-        --max-text-length L --out /graphs [--scratch DIR] [--cpus N]  ( --weights | --shape S [--graphs-only] )
-        [--lora id=REPO,revision=COMMIT,scale=S[,file=F]]... [--resolve]
+        [--context-parallel N --cfg-parallel N] --max-text-length L --out /graphs [--scratch DIR] [--cpus N] \
+        ( --weights | --shape S [--graphs-only] ) [--lora id=REPO,revision=COMMIT,scale=S[,file=F]]... [--resolve]
+
+The two data-parallel degrees are trn2's (issue 19): its pods pass both or neither.
 
 `--resolve` goes with `--shape` only, and `--graphs-only` never with `--weights`.
 """
@@ -34,6 +36,8 @@ def _parser() -> _Parser:
     parser.add_argument("--backend", required=True, choices=["neuron"])
     parser.add_argument("--target", required=True, choices=NEURON_FAMILIES)
     parser.add_argument("--tp-degree", required=True, type=int)
+    parser.add_argument("--context-parallel", type=int, choices=[1, 2])
+    parser.add_argument("--cfg-parallel", type=int, choices=[1, 2])
     parser.add_argument("--max-text-length", required=True, type=int)
     parser.add_argument("--out", required=True)
     parser.add_argument("--scratch")
@@ -54,6 +58,8 @@ def parse(args: list[str]) -> argparse.Namespace:
         raise ContractError("--graphs-only and --resolve go with --shape, not --weights")
     if options.graphs_only and options.lora:
         raise ContractError("adapters change the weights only: a graphs Job takes no --lora")
+    if (options.context_parallel is None) != (options.cfg_parallel is None):
+        raise ContractError("--context-parallel and --cfg-parallel go together")
     if options.cpus is not None and options.cpus < 1:
         raise ContractError("--cpus must be at least 1")
     return options

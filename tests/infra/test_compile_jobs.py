@@ -15,13 +15,13 @@ from tests.infra import compile_cli
 from common import activation
 from infra.pods import (
     COMPILE_JOB_IMAGE_FIELDS, COMPILE_START_MINUTES, WorkloadSettings, artifact_key_args, compile_job_name,
-    deployment_deadline_minutes, publish_limit_seconds, resolve_args, rollout_minutes, weights_job_name,
+    deployment_deadline_minutes, model_args, publish_limit_seconds, resolve_args, rollout_minutes, weights_job_name,
     weights_job_spec,
 )
 from infra.config import LoraSource
 from common.adapters import MERGING_FAMILIES, adapter_argument
 from common.artifacts import MODEL_LIBRARIES
-from common.neuron import NEURON_FAMILIES
+from common.neuron import NEURON_FAMILIES, NXDI, compile_api
 from common.shapes import MAX_SIDE, Shape, parse_shape
 from common.artifacts import EXIT_USAGE
 from model.compile import build_parser, main as compile_main, options_from
@@ -75,17 +75,33 @@ def test_a_rollout_to_a_new_key_may_take_as_long_as_its_compile_and_a_rollout(re
 
 # --- the artifact key names the Jobs ---------------------------------------------------------------
 
+def runtime_options(args):
+    """The CompileOptions model.compile's own parser makes of options as the pods pass them: a shape's, or without
+    --shape the weights Job's."""
+    what = [] if "--shape" in args else ["--weights"]
+    out = [] if "--out" in args else ["--out", "/graphs"]
+    return options_from(build_parser().parse_args([*args, *what, *out]))
+
+
 def runtime_key(settings, shape):
     """model.compile's key for the options the shape's pods pass (artifact_key_args), as the image's
     distributions make it (the neuron_distributions fixture)."""
-    args = artifact_key_args(settings, shape)
-    given = {flag.removeprefix("--").replace("-", "_"): value for flag, value in zip(args[::2], args[1::2])}
-    typed = {"shape": parse_shape, "tp_degree": int, "max_text_length": int}
-    return graphs_key(CompileOptions(**{field: typed.get(field, str)(value) for field, value in given.items()}))
+    return graphs_key(runtime_options(artifact_key_args(settings, shape)))
+
+
+def runtime_weights_key(settings):
+    """model.compile's weights key for the options the weights Job passes (model_args, no shape)."""
+    return weights_key(runtime_options(model_args(settings)))
 
 
 def other(values, current):
     return next(value for value in values if value != current)
+
+
+def other_target(current):
+    """Another serving family, of the same compile API where there is one (trn1 -> trn1n; trn2 has none)."""
+    same = [family for family in NEURON_FAMILIES if family != current and compile_api(family) == compile_api(current)]
+    return (same or [other(NEURON_FAMILIES, current)])[0]
 
 
 # One change of each setting artifact_key_args reads (the backend is always neuron).
@@ -97,7 +113,7 @@ KEY_SETTING_CHANGES = {
         "max_text_length": s.model.max_text_length // 2})),
     "dtype": lambda s: dataclasses.replace(s, dtype=other(("bfloat16", "float32"), s.dtype)),
     "target": lambda s: dataclasses.replace(s, serving=s.serving.model_copy(update={
-        "pool": other(NEURON_FAMILIES, s.serving.pool)})),
+        "pool": other_target(s.serving.pool)})),
     "tp_degree": lambda s: dataclasses.replace(s, compile=s.compile.model_copy(update={
         "tensor_parallel": s.compile.tensor_parallel * 2})),
 }
@@ -112,13 +128,48 @@ def test_the_runtime_key_holds_the_key_options_the_toolchain_and_the_compile_cod
     assert set(runtime_key(settings, shape)) == options | {"toolchain", "compile_code_version", "implementation"}
 
 
+# What the compile API adds to the runtime's keys when it is NxD Inference's (model.keys._nxdi_fields).
+NXDI_FIELDS = {"implementation", "toolchain", "context_parallel", "cfg_parallel"}
+
+
+def changed_fields(before, after):
+    return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+
+
 @pytest.mark.parametrize("field", KEY_SETTING_CHANGES)
 def test_each_key_setting_changes_the_runtime_key_and_the_job_name(stack_config, neuron_distributions, field):
     settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
     changed = KEY_SETTING_CHANGES[field](settings)
+    if field == "max_text_length" and settings.compile_api == NXDI:
+        # Not a setting on trn2: NxD Inference's T5 takes 512 tokens, and the compile refuses another length.
+        with pytest.raises(ValueError, match="takes exactly 512 tokens"):
+            runtime_key(changed, shape)
+        return
     before, after = runtime_key(settings, shape), runtime_key(changed, shape)
-    assert {name for name in before if before[name] != after[name]} == {field}
+    moved_api = compile_api(changed.serving.pool) != settings.compile_api
+    # A target of another compile API changes the API and what it adds too (trn2 has no other NxD Inference one).
+    assert changed_fields(before, after) == ({field} | (NXDI_FIELDS if moved_api else set()))
     assert compile_job_name(changed, shape) != compile_job_name(settings, shape)
+
+
+@pytest.mark.parametrize("flag", ["--context-parallel", "--cfg-parallel"])
+def test_the_trn2_degrees_are_key_options_of_trn2_pods_only(stack_config, neuron_distributions, flag):
+    """On trn2 every pod passes both degrees (both are fields of its keys) and each changes the key and the Job's
+    name; elsewhere the pods pass neither, so their keys and Jobs stay what they were."""
+    settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
+    args = artifact_key_args(settings, shape)
+    if settings.compile_api != NXDI:
+        assert flag not in args
+        return
+    field = flag.removeprefix("--").replace("-", "_")
+    assert args[args.index(flag) + 1] == str(getattr(settings.compile, field))
+    others = {"context_parallel", "cfg_parallel"} - {field}
+    changed = dataclasses.replace(settings, compile=settings.compile.model_copy(update={
+        field: 2, **{name: 1 for name in others}}))
+    before, after = runtime_key(settings, shape), runtime_key(changed, shape)
+    assert changed_fields(before, after) == {field} | {name for name in others if getattr(settings.compile, name) > 1}
+    assert compile_job_name(changed, shape) != compile_job_name(settings, shape)
+    assert weights_job_name(changed) != weights_job_name(settings)
 
 
 def test_the_shape_changes_the_job_name_beyond_its_prefix(stack_config):
@@ -193,17 +244,50 @@ def test_serving_waits_for_the_published_key_not_for_the_job_and_pulumi_waits_fo
 
 
 def test_the_weights_job_is_named_by_what_decides_the_weights_only(stack_config):
-    """Shared by every shape: a new shape, a text length or a serving family leave the weights (and their Job) as
-    they are; the model, revision, dtype, TP degree or weights format make new ones."""
+    """Shared by every shape: a new shape, a text length or a serving family of the same compile API leave the
+    weights (and their Job) as they are; the model, revision, dtype, TP degree, a family of the other compile API
+    (NxD Inference shards for trn2, ModelBuilder elsewhere) or the weights format make new ones."""
     settings, shape = WorkloadSettings.of(stack_config), stack_config.shapes[0]
     same = [dataclasses.replace(settings, model=settings.model.model_copy(update={
-                "max_text_length": settings.model.max_text_length // 2})),
-            dataclasses.replace(settings, serving=settings.serving.model_copy(update={
-                "pool": other(NEURON_FAMILIES, settings.serving.pool)}))]
+                "max_text_length": settings.model.max_text_length // 2}))]
+    same += [dataclasses.replace(settings, serving=settings.serving.model_copy(update={"pool": family}))
+             for family in NEURON_FAMILIES
+             if family != settings.serving.pool and compile_api(family) == settings.compile_api]
     assert {weights_job_name(changed) for changed in same} == {weights_job_name(settings)}
     for field in ("model", "revision", "dtype", "tp_degree"):
         assert weights_job_name(KEY_SETTING_CHANGES[field](settings)) != weights_job_name(settings), field
+    for family in NEURON_FAMILIES:
+        if compile_api(family) != settings.compile_api:
+            moved = dataclasses.replace(settings, serving=settings.serving.model_copy(update={"pool": family}))
+            assert weights_job_name(moved) != weights_job_name(settings), family
     assert all(compile_job_name(changed, shape) != compile_job_name(settings, shape) for changed in same)
+
+
+# One change of each setting model_args reads; a trn2 stack cannot change its text length (see above).
+WEIGHTS_SETTING_CHANGES = {**KEY_SETTING_CHANGES,
+                           "other compile API": lambda s: dataclasses.replace(s, serving=s.serving.model_copy(update={
+                               "pool": next(family for family in NEURON_FAMILIES
+                                            if compile_api(family) != compile_api(s.serving.pool))}))}
+
+
+@pytest.mark.parametrize("change", WEIGHTS_SETTING_CHANGES)
+def test_the_weights_job_is_renamed_exactly_when_the_runtime_s_weights_key_changes(stack_config,
+                                                                                   neuron_distributions, change):
+    """infra.pods.weights_key beside model.keys.weights_key for the weights Job's own options: a new runtime key
+    always gets a new Job (or its serving pods would wait for weights nothing publishes), and a change the runtime
+    key ignores reruns no Job."""
+    settings = WorkloadSettings.of(stack_config)
+    changed = WEIGHTS_SETTING_CHANGES[change](settings)
+    if change == "max_text_length" and settings.compile_api == NXDI:
+        pytest.skip("not a setting on trn2: test_each_key_setting_changes_the_runtime_key_and_the_job_name shows the "
+                    "compile refusing another length")
+    if compile_api(changed.serving.pool) == NXDI and changed.model.max_text_length != 512:
+        changed = dataclasses.replace(changed, model=changed.model.model_copy(update={"max_text_length": 512}))
+    runtime_changed = runtime_weights_key(changed) != runtime_weights_key(settings)
+    assert (weights_job_name(changed) != weights_job_name(settings)) == runtime_changed
+    # The weights depend on neither the text length nor the target, only on the compile API the target implies.
+    same_api = compile_api(changed.serving.pool) == settings.compile_api
+    assert runtime_changed == (change != "max_text_length" and not (change == "target" and same_api))
 
 
 def test_a_new_weights_format_names_a_new_weights_job_and_keeps_the_graphs_jobs(stack_config, monkeypatch):
@@ -218,11 +302,6 @@ ADAPTER = LoraSource(id="someone/flux-style-lora", revision="c" * 40, scale=0.8)
 
 def with_adapters(settings, *adapters):
     return dataclasses.replace(settings, model=settings.model.model_copy(update={"loras": adapters}))
-
-
-def runtime_options(args):
-    """What model.compile's own parser makes of a command line the pods run."""
-    return options_from(build_parser().parse_args(args))
 
 
 def test_an_adapter_change_publishes_new_weights_reuses_every_shape_s_graphs_and_rolls_the_servers(

@@ -57,6 +57,24 @@ STATED = {
         hf_token=PLACEHOLDER_HF_TOKEN,
         cold_start=ColdStartSettings(fast_snapshot_restore=True),
     ),
+    "trn2": StackConfig(
+        region="us-east-2",
+        kubernetes_version="1.34",
+        model=ModelSource("black-forest-labs/FLUX.1-dev", REVISION, 512),
+        dtype="bfloat16",
+        neuron_pools={"trn2": NeuronPool("trn2", ("trn2.3xlarge", "trn2.48xlarge"), ("on-demand",), 32)},
+        # Compiled on trn2 at TP 4 (no context or CFG split): 4 logical NeuronCores, one device.
+        compile=CompileSettings("trn2", devices=1, tensor_parallel=4, context_parallel=1, cfg_parallel=1,
+                                timeout_minutes=360),
+        serving=ServingSettings("trn2", devices=1, replicas=1, max_replicas=2, queue_size=4,
+                                request_timeout_seconds=120),
+        shapes=(Shape(1024, 576), Shape(256, 144), Shape(512, 512)),
+        network=NetworkSettings("10.60.0.0/16", 2),
+        existing_vpc=None,
+        system_nodes=SystemNodes("m7i.xlarge", min_size=2, desired_size=2, max_size=4),
+        hf_token=PLACEHOLDER_HF_TOKEN,
+        cold_start=ColdStartSettings(fast_snapshot_restore=True),
+    ),
     "schnell": StackConfig(
         region="us-west-2",
         kubernetes_version="1.34",
@@ -68,7 +86,7 @@ STATED = {
         serving=ServingSettings("inf2", devices=2, replicas=1, max_replicas=4, queue_size=4,
                                 request_timeout_seconds=120),
         shapes=(Shape(1024, 1024), Shape(512, 512)),
-        network=NetworkSettings("10.60.0.0/16", 3),
+        network=NetworkSettings("10.80.0.0/16", 3),
         existing_vpc=None,
         system_nodes=SystemNodes("m7i.xlarge", min_size=2, desired_size=2, max_size=4),
         hf_token=None,
@@ -110,6 +128,18 @@ ON_TRN1 = {**dev("compile"), "pool": "trn1"}
 # The dev stack's pool allowing Spot, and its serving within the Spot notice.
 SPOT_TRN1 = {**dev("neuronPools")["trn1"], "capacityTypes": ["on-demand", "spot"]}
 SPOT_SERVING = {**dev("serving"), "requestTimeoutSeconds": 75}
+
+# The dev stack served on trn2 (issue 19): NxD Inference's Flux application, compiled on trn2 at TP 4.
+TRN2_POOL = {"instanceTypes": ["trn2.3xlarge", "trn2.48xlarge"], "maxDevices": 32}
+ON_TRN2 = {"flux-neuron:neuronPools": {"trn2": TRN2_POOL},
+           "flux-neuron:compile": {"pool": "trn2", "tensorParallel": 4},
+           "flux-neuron:serving": {**dev("serving"), "pool": "trn2"},
+           "flux-neuron:model": {**dev("model"), "maxTextLength": 512}}
+
+
+def on_trn2(compile_changes=None, **changes):
+    return {**ON_TRN2, "flux-neuron:compile": {**ON_TRN2["flux-neuron:compile"], **(compile_changes or {})}, **changes}
+
 
 # (change to the dev stack file, key named, bad value as shown, what is allowed)
 BAD_CONFIGS = {
@@ -331,11 +361,6 @@ BAD_CONFIGS = {
     "too-many-loras": (
         {"flux-neuron:model": {**dev("model"), "loras": [{**LORA, "file": f"{n}.safetensors"} for n in range(9)]}},
         "flux-neuron:model.loras", None, "a list of at most 8 adapters"),
-    "lora-on-trn2": (
-        {"flux-neuron:model": {**dev("model"), "loras": [LORA]},
-         "flux-neuron:neuronPools": {"trn2": {"instanceTypes": ["trn2.48xlarge"], "maxDevices": 48}},
-         "flux-neuron:serving": {**dev("serving"), "pool": "trn2", "devices": None}},
-        "flux-neuron:model.loras", json.dumps([LORA["id"]]), "adapters are merged into the weights on trn1, trn1n, inf2"),
     "gated-adapter-without-token": (
         {"flux-neuron:model": {**dev("model"), "gated": False, "loras": [{**LORA, "gated": True}]},
          "flux-neuron:hfToken": None},
@@ -404,7 +429,8 @@ BAD_CONFIGS = {
         "an ACM certificate ARN in us-west-2"),
     "compile-as-a-list": (
         {"flux-neuron:compile": [dev("compile")]}, "flux-neuron:compile", json.dumps([dev("compile")]),
-        "an object with fields pool, devices, extraDevicesReason, tensorParallel, timeoutMinutes"),
+        "an object with fields pool, devices, extraDevicesReason, tensorParallel, contextParallel, cfgParallel, "
+        "timeoutMinutes"),
     "pool-as-a-number": (
         {"flux-neuron:neuronPools": {"trn1": 80}}, "flux-neuron:neuronPools.trn1", "80",
         "an object with fields instanceTypes, capacityTypes, maxDevices"),
@@ -437,6 +463,53 @@ BAD_CONFIGS = {
     "coldStart-with-an-unknown-field": (
         {"flux-neuron:coldStart": {"snapshotZones": ["us-west-2a"]}}, "flux-neuron:coldStart.snapshotZones",
         '["us-west-2a"]', "unknown field; allowed fields are fastSnapshotRestore, retainSnapshotsOnDestroy"),
+    # trn2 (issue 19): what NxD Inference's Flux application rejects, and degrees a logical NeuronCore cannot hold.
+    "contextParallel-4": (
+        on_trn2({"contextParallel": 4}), "flux-neuron:compile.contextParallel", "4",
+        "1 or 2: NxD Inference's Flux application splits the backbone in two at most"),
+    "contextParallel-and-cfgParallel": (
+        on_trn2({"contextParallel": 2, "cfgParallel": 2}), "flux-neuron:compile.cfgParallel", "2",
+        "1 with compile.contextParallel 2: NxD Inference's Flux application splits the backbone by context or by "
+        "CFG, not both"),
+    "contextParallel-on-trn1": (
+        {"flux-neuron:compile": {**dev("compile"), "contextParallel": 2}}, "flux-neuron:compile.contextParallel", "2",
+        "1 on trn1 (serving.pool): context and CFG parallelism split the backbone of NxD Inference's Flux "
+        "application, which serves on trn2 only"),
+    "cfgParallel-on-trn1": (
+        {"flux-neuron:compile": {**dev("compile"), "cfgParallel": 2}}, "flux-neuron:compile.cfgParallel", "2",
+        "1 on trn1 (serving.pool): context and CFG parallelism"),
+    "maxTextLength-other-than-512-on-trn2": (
+        on_trn2(**{"flux-neuron:model": dev("model")}), "flux-neuron:model.maxTextLength", "128",
+        "512 with serving.pool trn2: NxD Inference's Flux application traces T5 for exactly 512 tokens"),
+    "trn2-compiled-device-less": (
+        on_trn2({"pool": "cpu"}), "flux-neuron:compile.pool", "'cpu'",
+        "trn2 with serving.pool trn2: NxD Inference's Flux compile is verified here only up to HLO generation, so "
+        "whether it runs without a Neuron device is unshown; its graphs compile on trn2 nodes"),
+    "contextParallel-with-an-odd-image-token-count": (
+        on_trn2({"contextParallel": 2}, **{"flux-neuron:shapes": ["1024x576", "80x112"]}), "flux-neuron:shapes[1]",
+        "'80x112'", "a shape with an even image-token count with compile.contextParallel 2, which splits them in two: "
+        "80x112 has 35"),
+    "tensorParallel-1-over-a-trn2-logical-core": (
+        on_trn2({"tensorParallel": 1}), "flux-neuron:compile.tensorParallel", "1",
+        "2 or 4 or 8 on trn2 in bfloat16 (at 1, each of the 1 ranks, one per logical NeuronCore, would hold 33.4 GiB "
+        "of its 24 GiB HBM: common.neuron's rule)"),
+    "tensorParallel-1-with-contextParallel-2-over-a-trn2-logical-core": (
+        on_trn2({"tensorParallel": 1, "contextParallel": 2}), "flux-neuron:compile.tensorParallel", "1",
+        "2 or 4 or 8 on trn2 in bfloat16 with compile.contextParallel 2 (at 1, each of the 2 ranks, one per logical "
+        "NeuronCore, would hold 29.0 GiB of its 24 GiB HBM"),
+    "tensorParallel-2-in-float32-over-a-trn2-logical-core": (
+        on_trn2({"tensorParallel": 2}, **{"flux-neuron:dtype": "float32"}), "flux-neuron:compile.tensorParallel",
+        "2", "4 or 8 on trn2 in float32 (at 2, each of the 2 ranks"),
+    "world-of-8-on-a-one-device-trn2-pool": (
+        on_trn2({"contextParallel": 2}, **{"flux-neuron:neuronPools": {
+            "trn2": {**TRN2_POOL, "instanceTypes": ["trn2.3xlarge"]}}}), "flux-neuron:compile.pool", "'trn2'",
+        "a pool with room for the 8 ranks of compile.tensorParallel 4 x compile.contextParallel 2 (a NeuronCore per "
+        "rank): trn2.3xlarge have at most 4"),
+    "serving-devices-too-few-logical-cores-for-the-world": (
+        on_trn2({"cfgParallel": 2}, **{"flux-neuron:serving": {**dev("serving"), "pool": "trn2", "devices": 1}}),
+        "flux-neuron:serving.devices", "1",
+        "enough NeuronCores for the 8 ranks of compile.tensorParallel 4 x compile.cfgParallel 2: 1 trn2 devices "
+        "have 4"),
     # A default is held to the rules as a given value is.
     "minSize-above-the-default-maxSize": (
         {"flux-neuron:systemNodes": {"minSize": 5}}, "flux-neuron:systemNodes.maxSize", "4",
@@ -454,6 +527,17 @@ def test_a_bad_config_names_the_key_the_value_and_what_is_allowed(changes, key, 
     assert message.startswith(f"config {key}: {shown} is not allowed: " if shown else f"config {key}: "), message
     assert " is not allowed: " in message
     assert allowed in message.split(" is not allowed: ", 1)[1], message
+
+
+def test_adapters_are_refused_on_trn2_where_nxd_inference_shards_the_checkpoint_itself():
+    raw = stack_file_config("trn2")[0]
+    model = {**json.loads(raw["flux-neuron:model"]), "loras": [LORA]}
+    with pytest.raises(ConfigError) as raised:
+        load_stack_config(with_overrides(raw, {"flux-neuron:model": model}))
+    assert raised.value.key == "flux-neuron:model.loras"
+    assert str(raised.value) == (
+        f'config flux-neuron:model.loras: ["{LORA["id"]}"] is not allowed: no loras with serving.pool trn2: adapters '
+        "are merged into the weights on trn1, trn1n, inf2 only (NxD Inference shards trn2's checkpoint itself)")
 
 
 def test_a_loaded_config_cannot_be_changed():
@@ -537,7 +621,8 @@ def test_every_key_of_the_stack_files_is_documented(stack):
 def test_the_documented_sizing_messages_are_the_ones_given():
     document = DOC.read_text()
     for changes in ({"flux-neuron:serving": {**dev("serving"), "devices": 8}},
-                    {"flux-neuron:compile": {**dev("compile"), "tensorParallel": 2}}):
+                    {"flux-neuron:compile": {**dev("compile"), "tensorParallel": 2}},
+                    on_trn2({"tensorParallel": 1, "contextParallel": 2})):
         with pytest.raises(ConfigError) as raised:
             load_stack_config(dev_with(changes))
         message = str(raised.value)
@@ -550,15 +635,27 @@ def test_a_neuron_compile_pool_without_memory_for_one_compile_is_refused(monkeyp
     from infra import sizing
 
     monkeypatch.setattr(sizing, "COMPILER_WORKING_SET_BYTES", 200 * sizing.GIB)
-    pools = {"trn2": {"instanceTypes": ["trn2.3xlarge"], "maxDevices": 12}}
-    changes = {"flux-neuron:neuronPools": pools,
-               "flux-neuron:compile": {**dev("compile"), "pool": "trn2", "tensorParallel": 4},
-               "flux-neuron:serving": {**dev("serving"), "pool": "trn2"}}
+    changes = on_trn2(**{"flux-neuron:neuronPools": {"trn2": {**TRN2_POOL, "instanceTypes": ["trn2.3xlarge"]}}})
     with pytest.raises(ConfigError) as raised:
         load_stack_config(dev_with(changes))
     assert str(raised.value) == (
         "config flux-neuron:compile.pool: 'trn2' is not allowed: cpu, or a pool with an instance type of at least "
         "246 GiB holding compile.devices: one compile builds the transformer once and traces a rank of it "
         "(an estimate)")
-    # Device-less, the cpu NodePool's largest type holds it.
-    load_stack_config(dev_with({**changes, "flux-neuron:compile": {**dev("compile"), "tensorParallel": 4}}))
+    # trn2.48xlarge's 2 TiB hold it (trn2 graphs compile on trn2 only: the cpu NodePool is no way out there).
+    load_stack_config(dev_with(on_trn2()))
+
+
+def test_a_trn2_pod_takes_the_devices_of_nxd_inference_s_world():
+    """Cores per pod = the world size (common.neuron.flux_world_size), 4 logical NeuronCores per trn2 device, in a
+    group the scheduler extension places (1, 4, 8, 16)."""
+    config = load_stack_config(dev_with(on_trn2()))
+    assert (config.compile.devices, config.serving.devices) == (1, 1)
+    # TP 4 with context parallelism: 8 ranks, 2 devices, placed as 4 (3 shapes x 3 pods + 3 Jobs, 4 devices each).
+    pools = {"trn2": {**TRN2_POOL, "maxDevices": 48}}
+    config = load_stack_config(dev_with(on_trn2({"contextParallel": 2}, **{"flux-neuron:neuronPools": pools})))
+    assert (config.compile.devices, config.serving.devices) == (4, 4)
+    with pytest.raises(ConfigError, match=r"^config flux-neuron:neuronPools.trn2.maxDevices: 32 is not allowed: at "
+                                          r"least 48: 3 shapes x \(serving.maxReplicas 2 \+ 1 rollout surge\) x 4 "
+                                          r"devices \+ 3 graphs Jobs x 4 devices$"):
+        load_stack_config(dev_with(on_trn2({"contextParallel": 2})))

@@ -25,6 +25,7 @@ from infra.image_cache import (
 )
 from infra.karpenter import ROOT_VOLUME, block_device_mappings
 from infra.naming import IMAGE_CACHE_KEY_TAG, IMAGE_CACHE_TAG, stack_resource_name
+from infra import catalog
 from planning import capacity, offline
 from planning.checks import karpenter
 from planning.offline import ACCOUNT_ID, manifest, run_program, stack_file_config, stack_names
@@ -263,7 +264,7 @@ def test_a_missing_snapshot_with_fast_restore_stops_up_saying_how_to_rebuild():
 
 
 def test_fast_restore_covers_every_zone_nodes_launch_in_and_is_costed_where_the_stack_opts_in(rendering, stack_config):
-    """dev and prod opt in (their files say why); schnell does not, and has none and pays none."""
+    """dev, prod and trn2 opt in (their files say why); schnell does not, and has none and pays none."""
     restores = rendering.of_type(FAST_RESTORE)
     assert cache_volume(rendering) is not None
     rows = [line for line in capacity.table(rendering).splitlines() if line.startswith("| image cache:")]
@@ -272,8 +273,11 @@ def test_fast_restore_covers_every_zone_nodes_launch_in_and_is_costed_where_the_
         return
     assert sorted(r.inputs["availabilityZone"] for r in restores) == sorted(rendering.outputs["availabilityZones"])
     assert {r.inputs["snapshotId"] for r in restores} == {cache_volume(rendering)["snapshotID"]}
-    assert rows == [f"| image cache: fast snapshot restore in {len(restores)} zones | | {0.75 * len(restores):.2f} | "
-                    f"| {0.75 * len(restores):.2f} |"]
+    # $0.75 per zone and hour where the stack's region has committed prices; else "not listed", and the table says why.
+    per_zone = catalog.hourly_price(stack_config.region, catalog.FAST_SNAPSHOT_RESTORE)
+    assert per_zone in (0.75, None)
+    cost = "not listed" if per_zone is None else f"{per_zone * len(restores):.2f}"
+    assert rows == [f"| image cache: fast snapshot restore in {len(restores)} zones | | {cost} | | {cost} |"]
 
 
 def test_the_stacks_cover_fast_restore_on_and_off():

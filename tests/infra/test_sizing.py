@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from common.neuron import flux_world_size
 from infra import catalog, sizing
 from infra.naming import COMPILE, NEURON_DEVICE_RESOURCE, SERVE, neuron_nodepool, neuron_spot_nodepool
 from infra.sizing import GB, GIB
@@ -130,24 +131,34 @@ def _neuron_pods(rendering):
             yield obj["kind"], obj["metadata"]["name"], obj["spec"]["template"]["spec"]
 
 
-def test_no_neuron_pod_asks_for_more_cores_than_its_tensor_parallel_degree(rendering, stack_config):
+def _ranks(command):
+    """The ranks a model.compile or serving command line runs: its TP degree, times its trn2 split."""
+    def option(flag):
+        return int(command[command.index(flag) + 1]) if flag in command else 1
+    return flux_world_size(option("--tp-degree"), option("--context-parallel"), option("--cfg-parallel"))
+
+
+def test_no_neuron_pod_asks_for_more_cores_than_its_ranks(rendering, stack_config):
+    """One rank per (logical) NeuronCore: the TP degree, or on trn2 NxD Inference's world."""
     pods = [(kind, name, spec) for kind, name, spec in _neuron_pods(rendering)
             if NEURON_DEVICE_RESOURCE in spec["containers"][0]["resources"]["limits"]]
-    # Both stacks compile device-less: the serving pods are the Neuron pods.
-    assert len(pods) == len(stack_config.shapes) and {kind for kind, _, _ in pods} == {"Deployment"}
+    # The serving pods, and the graphs Jobs where they compile on the serving family (trn2 does).
+    compiling = stack_config.compile_pool is not None
+    assert len(pods) == len(stack_config.shapes) * (2 if compiling else 1)
+    assert {kind for kind, _, _ in pods} == ({"Deployment", "Job"} if compiling else {"Deployment"})
     for kind, name, spec in pods:
         (container,) = spec["containers"]
-        command = container["command"]
-        tensor_parallel = int(command[command.index("--tp-degree") + 1])
         devices = int(container["resources"]["limits"][NEURON_DEVICE_RESOURCE])
-        assert devices * catalog.cores_per_device(stack_config.serving_pool.family) == tensor_parallel, name
+        cores = devices * catalog.cores_per_device(stack_config.serving_pool.family)
+        assert cores == _ranks(container["command"]) == stack_config.compile.ranks(stack_config.serving.pool).count, \
+            name
 
 
 # --- the capacity table (planning/capacity.py, plans/<stack>/capacity.md) ---------------------------
 
 def _request(devices, instance_types, cpu=22, memory_gib=89, ephemeral_gib=10):
-    return capacity.PodRequest(SERVE, "neuron-x", instance_types, 2 * devices, devices, cpu, memory_gib,
-                               ephemeral_gib, None)
+    return capacity.PodRequest(SERVE, "neuron-x", instance_types, 2 * devices, 2 * devices, devices, cpu,
+                               memory_gib, ephemeral_gib, None)
 
 
 def test_four_dev_serving_pods_fit_one_trn1_32xlarge():
@@ -200,6 +211,18 @@ def test_a_type_without_a_list_price_shows_as_not_listed_and_packs_by_node_count
     assert str(mix) == "2 x trn2.48xlarge" and mix.price("us-west-2") is None
 
 
+def test_what_is_not_listed_is_said_why_with_its_source_and_date():
+    lines = capacity._not_listed("us-west-2", ["trn1.32xlarge", "trn2.3xlarge", "trn2.48xlarge"])
+    assert lines[:3] == ["", "## Not listed", ""] and len(lines) == 4
+    assert lines[3].startswith("- trn2.3xlarge, trn2.48xlarge: no on-demand list price committed for trn2: ")
+    assert "zz_generated.pricing_aws.go, us-east-1, generated 2026-07-20" in lines[3]
+    assert "Capacity Blocks for ML" in lines[3]
+    assert capacity._not_listed("us-east-2", ["m7i.large"]) == [
+        "", "## Not listed", "",
+        "- m7i.large: no list prices committed for us-east-2: infra/catalog.py holds those of us-east-1, us-west-2."]
+    assert capacity._not_listed("us-west-2", ["trn1.32xlarge", "m7i.large"]) == []
+
+
 def test_the_committed_capacity_tables_are_current(rendering, tmp_path):
     write_plan(rendering, tmp_path)
     fresh = (tmp_path / rendering.stack / capacity.FILENAME).read_text()
@@ -214,8 +237,9 @@ def test_the_table_shows_each_pod_with_the_cores_its_tensor_parallel_degree_need
     serving_pools = [neuron_nodepool(stack_config.serving.pool)]
     if stack_config.serving_pool.allows_spot:  # compile Jobs run on-demand only: not on the Spot pool
         serving_pools.append(neuron_spot_nodepool(stack_config.serving.pool))
-    tp = stack_config.compile.tensor_parallel
-    row = f"| {SERVE} | {shapes} | {', '.join(serving_pools)} | {tp} | {tp} | {stack_config.serving.devices} | 0 |"
+    tp, ranks = stack_config.compile.tensor_parallel, stack_config.compile.ranks(stack_config.serving.pool).count
+    row = (f"| {SERVE} | {shapes} | {', '.join(serving_pools)} | {tp} | {ranks} | {ranks} "
+           f"| {stack_config.serving.devices} | 0 |")
     assert row in text, row
     assert f"| {' + '.join(serving_pools)} | {stack_config.serving_pool.max_devices} |" in text
     assert "| no: " not in text, "a NodePool limit is below what its pods need at max"
@@ -223,15 +247,21 @@ def test_the_table_shows_each_pod_with_the_cores_its_tensor_parallel_degree_need
 
 def test_the_table_counts_the_device_less_jobs_their_nodes_and_their_scratch(rendering, stack_config):
     jobs = {job.what: job for job in capacity._cpu_jobs(rendering)}
-    assert set(jobs) == {"weights", *(str(shape) for shape in stack_config.shapes)}
+    # The weights Job always; the graphs Jobs where they compile device-less (not on trn2).
+    device_less = stack_config.shapes if stack_config.compile_pool is None else ()
+    assert set(jobs) == {"weights", *(str(shape) for shape in device_less)}
     text = capacity.table(rendering)
     for what, job in jobs.items():
         assert f"| {what} | {job.instance_type} | {job.cpu:g} | {job.memory_gib:g} GiB | {job.scratch_gib} GiB gp3 |" in text
     scratch = sum(job.scratch_gib for job in jobs.values())
     assert f"+ {scratch} GiB gp3 |" in text
     node = catalog.hourly_price(stack_config.region, jobs["weights"].instance_type)
-    assert jobs["weights"].price(stack_config.region) == pytest.approx(
-        node + jobs["weights"].scratch_gib * 0.08 / 730)
+    if node is None:  # a region without committed prices: the table says why
+        assert "\n## Not listed\n" in text and f"no list prices committed for {stack_config.region}" in text
+        assert jobs["weights"].price(stack_config.region) is None
+    else:
+        assert jobs["weights"].price(stack_config.region) == pytest.approx(
+            node + jobs["weights"].scratch_gib * 0.08 / 730)
 
 
 def test_the_readme_shows_the_dev_table_as_generated():
@@ -239,3 +269,42 @@ def test_the_readme_shows_the_dev_table_as_generated():
     nodes = generated[generated.index("| what | nodes at min"):generated.index("\n\n## NodePool limits")]
     assert nodes in (REPO_ROOT / "README.md").read_text(), \
         f"README: copy the dev table from plans/dev/{capacity.FILENAME}"
+
+
+# --- trn2: NxD Inference's ranks (issue 19) ------------------------------------------------------------------------
+
+def test_the_ranks_are_the_tp_degree_or_nxd_inference_s_world_on_trn2():
+    assert sizing.Ranks.of("trn1", 8) == sizing.Ranks(8) and sizing.Ranks(8).count == 8
+    assert sizing.Ranks.of("trn2", 4).count == 4
+    assert sizing.Ranks.of("trn2", 4, context_parallel=2).count == sizing.Ranks.of("trn2", 4, cfg_parallel=2).count == 8
+    # On trn2 a world of 8 logical cores is 2 devices, which the scheduler extension places as 4: 8 cores idle.
+    assert sizing.devices_for("trn2", ("trn2.48xlarge",), 8) == 4
+
+
+def test_nxd_inference_replicates_clip_and_the_vae_decoder_and_holds_every_rank_while_sharding():
+    by_name = {component.name: component for component in sizing.FLUX_DEV}
+    ranks = sizing.Ranks(2, world=4)  # TP 2 with context parallelism
+    assert [ranks.split(by_name[name]) for name in ("text_encoder", "text_encoder_2", "transformer", "vae_decoder")] \
+        == [1, 4, 2, 1]
+    assert [ranks.copies(by_name[name]) for name in ("text_encoder", "text_encoder_2", "transformer", "vae_decoder")] \
+        == [4, 1, 2, 4]
+    # The VAE decoder runs in the pipeline's dtype there (always float32 on ModelBuilder's path).
+    assert ranks.component_bytes(by_name["vae_decoder"], "bfloat16") == 0.2 * GB
+    # A serving pod reads CLIP and the VAE decoder 4 times, T5 once, the transformer twice.
+    assert sizing.artifact_bytes("bfloat16", ranks) == pytest.approx((4 * 0.25 + 9.5 + 2 * 23.8 + 4 * 0.2) * GB)
+    # shard_weights holds the transformer and all 4 ranks' halves of it at once.
+    assert sizing.weights_memory_bytes("bfloat16", 2, 4) == 23.8 * GB + 4 * math.ceil(23.8 * GB * 1.25 / 2) + 8 * GIB
+    # ModelBuilder's layout is what it was.
+    assert sizing.artifact_bytes("bfloat16", sizing.Ranks(8)) == sizing.artifact_bytes("bfloat16")
+
+
+def test_trn2_s_hbm_fit_is_the_rule_nxd_inference_s_compile_applies(monkeypatch):
+    """One rule (common.neuron.trn2_rank_gib) for the compile and the config: a larger activation reserve there
+    moves what the config accepts."""
+    from common import neuron
+
+    # bfloat16, TP 1: 0.25 + 9.5 + 23.8 + 0.2 GB of weights and 2 GiB of activations on one logical core.
+    assert sizing.hbm_bytes_per_core(1, "bfloat16", world=1) == math.ceil(33.75 * GB + 2 * GIB)
+    assert sizing.fitting_tensor_parallel("trn2", "bfloat16", data_parallel=2) == (2, 4, 8)
+    monkeypatch.setattr(neuron, "TRN2_ACTIVATION_RESERVE_GIB", 10)
+    assert sizing.fitting_tensor_parallel("trn2", "bfloat16") == (4, 8)

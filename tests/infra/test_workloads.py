@@ -55,6 +55,8 @@ WORKLOAD_TYPES = (JOB, DEPLOYMENT, SERVICE, PDB, HPA, INGRESS, SECRET, SERVICE_A
 DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 KEY_FLAGS = ("--shape", "--model", "--revision", "--backend", "--target", "--tp-degree", "--dtype",
              "--max-text-length")
+# trn2's pods pass these too (NxD Inference's degrees are fields of its keys).
+TRN2_KEY_FLAGS = ("--context-parallel", "--cfg-parallel")
 
 RECOGNISABLE_TOKEN = SecretText("hf_RecognisableTestTokenXyzzy0123456789")
 EXTRA_SHAPE = "768x1344"
@@ -116,7 +118,19 @@ def containers(spec):
 
 
 def key_options(command):
-    return {flag: command[command.index(flag) + 1] for flag in KEY_FLAGS}
+    return {flag: command[command.index(flag) + 1] for flag in (*KEY_FLAGS, *TRN2_KEY_FLAGS) if flag in command}
+
+
+def expected_key_options(stack_config, shape):
+    """The key options every command of a shape passes, as the stack file states them."""
+    expected = {"--shape": shape, "--model": stack_config.model.id, "--revision": stack_config.model.revision,
+                "--backend": "neuron", "--target": stack_config.serving.pool,
+                "--tp-degree": str(stack_config.compile.tensor_parallel), "--dtype": stack_config.dtype,
+                "--max-text-length": str(stack_config.model.max_text_length)}
+    if stack_config.serving.pool == "trn2":
+        expected |= {"--context-parallel": str(stack_config.compile.context_parallel),
+                     "--cfg-parallel": str(stack_config.compile.cfg_parallel)}
+    return expected
 
 
 def release(rendering, chart_name):
@@ -271,13 +285,22 @@ def test_neuron_pods_use_the_neuron_scheduler_and_fit_a_tolerated_pool(rendering
 # is 16 vCPUs and 64 GiB on both types. Serving gets 70 % of its devices' share (4 x 8 x 0.7 = 22.4;
 # 4 x 32 x 0.7 = 89.6) and more memory than the 89 GiB share: the verified copy in memory (40 GiB), the graphs
 # loaded from it (31.4 GiB), /dev/shm (22 GiB) and the process (8 GiB).
-SERVING_SHARES = {"dev": ("22", "102Gi"), "prod": ("22", "102Gi")}
+# trn2: a device's share of trn2.3xlarge and trn2.48xlarge alike is 12 vCPUs and 128 GiB (8 and 89 at 70 %); the pod
+# holds its verified copy (41 GiB: every rank's files of TP 4 over a world of 4, CLIP and the VAE decoder on each
+# rank, 32.7 GiB, plus a quarter), the graphs loaded from it, /dev/shm (22 GiB) and the process: 104 GiB, which a
+# trn2.3xlarge's 128 GiB less 16 for the node hold.
+SERVING_SHARES = {"dev": ("22", "102Gi"), "prod": ("22", "102Gi"), "trn2": ("8", "104Gi")}
 # Both stacks compile device-less on m7i.4xlarge (64 GiB, 16 vCPUs): a graphs Job holds the transformer once
 # (22.2 GiB), its rank's share (22.2 x 1.25 / TP: 3.5 GiB at TP 8, 6.9 at TP 4) and 24 GiB for neuronx-cc, and the
 # CPU share of that memory (16 x 50/64 = 12.5; 16 x 54/64 = 13.5); the weights Job the transformer and its rank's
 # share and 8 GiB for the process.
+# trn2 compiles on trn2 (its graphs Jobs: the transformer, its TP 4 rank and neuronx-cc, 54 GiB, with the CPU share
+# of their one device, 8 vCPUs of a trn2.3xlarge) and shards device-less: NxD Inference's shard_weights holds the
+# transformer and all 4 ranks' shares of it at once (22.2 + 4 x 6.9 + 8 GiB = 58 GiB, 15 of an m7i.4xlarge's
+# 16 vCPUs).
 JOB_SIZES = {"dev": {"graphs": ("13", "50Gi"), "weights": ("9", "34Gi")},
-             "prod": {"graphs": ("14", "54Gi"), "weights": ("10", "38Gi")}}
+             "prod": {"graphs": ("14", "54Gi"), "weights": ("10", "38Gi")},
+             "trn2": {"graphs": ("8", "54Gi"), "weights": ("15", "58Gi")}}
 # schnell is prod's setup (inf2, TP 4, bfloat16) for a transformer of FLUX.1-dev's size.
 SERVING_SHARES["schnell"], JOB_SIZES["schnell"] = SERVING_SHARES["prod"], JOB_SIZES["prod"]
 
@@ -342,7 +365,7 @@ def test_pods_run_non_root_with_guaranteed_cpu_and_memory(rendering):
 
 
 def test_publishing_jobs_run_once_within_their_deadline_and_are_not_awaited(rendering, stack_config):
-    jobs = {r.name: r for r in rendering.of_type(JOB)}
+    jobs, settings = {r.name: r for r in rendering.of_type(JOB)}, WorkloadSettings.of(stack_config)
     for name, job in declared(rendering, JOB).items():
         spec = job["spec"]
         assert spec["backoffLimit"] <= 1 and spec["ttlSecondsAfterFinished"] > 0
@@ -353,11 +376,17 @@ def test_publishing_jobs_run_once_within_their_deadline_and_are_not_awaited(rend
         assert template["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
         pod = template["spec"]
         assert pod["restartPolicy"] == "Never"
-        # Device-less, on the on-demand nodes of the CPU family the sizing model sized them for.
-        assert pod["nodeSelector"] == CPU_COMPILE_SELECTOR and "schedulerName" not in pod
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         (container,) = pod["containers"]
-        assert NEURON_DEVICE_RESOURCE not in container["resources"]["limits"], name
+        if name == weights_job_name(settings) or stack_config.compile_pool is None:
+            # Device-less, on the on-demand nodes of the CPU family the sizing model sized them for.
+            assert pod["nodeSelector"] == CPU_COMPILE_SELECTOR and "schedulerName" not in pod
+            assert NEURON_DEVICE_RESOURCE not in container["resources"]["limits"], name
+        else:
+            # On the serving family's on-demand nodes (trn2's graphs compile there), holding the devices of its ranks.
+            assert pod["nodeSelector"] == {NEURON_FAMILY_LABEL: stack_config.compile.pool,
+                                           "karpenter.sh/capacity-type": "on-demand"}, name
+            assert container["resources"]["limits"][NEURON_DEVICE_RESOURCE] == str(stack_config.compile.devices)
         mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}
         assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
         graphs = mounts[container["command"][container["command"].index("--out") + 1]]
@@ -383,7 +412,10 @@ def test_the_weights_job_shards_once_and_each_graphs_job_compiles_its_shape_only
     common = {"model": stack_config.model.id, "revision": stack_config.model.revision, "dtype": stack_config.dtype,
               "backend": "neuron", "target": stack_config.serving.pool,
               "tp_degree": stack_config.compile.tensor_parallel, "max_text_length": stack_config.model.max_text_length,
-              "out": "/graphs"}
+              "out": "/graphs",
+              # trn2's degrees, both passed there (NxD Inference's keys hold both), neither elsewhere.
+              **{field: getattr(stack_config.compile, field) if stack_config.serving.pool == "trn2" else None
+                 for field in ("context_parallel", "cfg_parallel")}}
     shapes = []
     for name, job in declared(rendering, JOB).items():
         options = compile_cli.parse(compile_cli.after_module(job["spec"]["template"]["spec"]["containers"][0]["command"]))
@@ -411,7 +443,8 @@ def test_compile_scratch_lives_on_a_gp3_volume_of_its_own_sized_for_what_the_job
     """Not the node's disk: inf2 has no instance store, and its root volume also holds the image."""
     settings = WorkloadSettings.of(stack_config)
     sizes = {weights_job_name(settings): sizing.weights_scratch_gib(stack_config.dtype,
-                                                                    stack_config.compile.tensor_parallel)}
+                                                                    stack_config.compile.tensor_parallel,
+                                                                    settings.ranks.world)}
     for name, job in declared(rendering, JOB).items():
         spec = job["spec"]["template"]["spec"]
         (container,) = spec["containers"]
@@ -487,10 +520,7 @@ def test_serving_pods_start_gated_until_their_key_is_published_and_serve_that_ke
         job = jobs[compile_job_name(WorkloadSettings.of(stack_config), parse_shape(shape))]
         compile_command = job["spec"]["template"]["spec"]["containers"][0]["command"]
         resolve = json.loads(template["metadata"]["annotations"][activation.RESOLVE_ARGS_ANNOTATION])
-        expected = {"--shape": shape, "--model": stack_config.model.id, "--revision": stack_config.model.revision,
-                    "--backend": "neuron", "--target": stack_config.serving.pool,
-                    "--tp-degree": str(stack_config.compile.tensor_parallel), "--dtype": stack_config.dtype,
-                    "--max-text-length": str(stack_config.model.max_text_length)}
+        expected = expected_key_options(stack_config, shape)
         for command in (compile_command, resolve, server["command"]):
             assert key_options(command) == expected, name
         assert compile_cli.parse(resolve).resolve and activation.resolve_args(
@@ -515,6 +545,8 @@ def test_the_serving_command_is_accepted_by_the_servers_command_line(rendering):
             options.tp_degree, options.dtype, options.max_text_length) == (
         stated["--shape"], stated["--model"], stated["--revision"], stated["--backend"], stated["--target"],
         int(stated["--tp-degree"]), stated["--dtype"], int(stated["--max-text-length"]))
+    assert (options.context_parallel, options.cfg_parallel) == (
+        int(stated.get("--context-parallel", 1)), int(stated.get("--cfg-parallel", 1)))
 
 
 def test_the_activator_resolves_through_the_publishing_volume_with_its_own_short_lived_token(rendering):
@@ -833,3 +865,16 @@ def test_a_secret_under_a_misspelt_key_is_not_echoed():
 def test_a_token_in_plain_text_config_is_refused_before_any_resource():
     with pytest.raises(ConfigError, match="config flux-neuron:hfToken: .* a secret"):
         run_program("dev", {"flux-neuron:hfToken": str(RECOGNISABLE_TOKEN)})
+
+
+def test_every_trn2_process_runs_at_the_logical_core_config_its_graphs_are_compiled_for(rendering, stack_config):
+    """On trn2 the weights and graphs Jobs and the servers all set NEURON_LOGICAL_NC_CONFIG=2 (compiler and runtime
+    must agree; the trn2 backend refuses another value); elsewhere none sets it, and the activator never does."""
+    from common.neuron import LOGICAL_CORE_SIZE_ENV
+
+    expected = {LOGICAL_CORE_SIZE_ENV: "2"} if stack_config.serving.pool == "trn2" else {}
+    for kind, name, spec, _ in pod_specs(rendering):
+        (container,) = spec["containers"]
+        env = {item["name"]: item.get("value") for item in container.get("env", [])
+               if item["name"].startswith("NEURON")}
+        assert env == ({} if name == ACTIVATOR else expected), name

@@ -19,6 +19,7 @@ from infra.naming import (
 from planning import REFRESH_COMMAND, checks, cli
 from planning.checks.karpenter import CEL_FAMILY
 from planning.checks.objects import HELM_RELEASE, NEURON_CHART
+from planning.checks import published
 from planning.checks.published import FAMILY as PUBLISHED_VERSIONS
 from planning.offline import REPO_ROOT, run_program
 from planning.render import render_files, write_plan
@@ -378,6 +379,18 @@ def test_an_ami_alias_whose_neuron_driver_is_too_old_fails_the_check(rendering):
     assert _messages(changed, PUBLISHED_VERSIONS, rendering) == [
         "EC2NodeClass default: AMI alias 'al2023@v20250915' ships Neuron driver 2.23.9.0, older than the 2.29.0.0 "
         f"that Neuron SDK {NEURON_SDK_VERSION} needs (first release with it: al2023@v20260714)"]
+
+
+@pytest.mark.parametrize("stack", ["trn2"], indirect=True)
+def test_an_ami_alias_whose_driver_predates_a_launched_family_fails_the_check(rendering, monkeypatch):
+    """The families come from the NodePools: the trn2 stack's AMI must drive trn2 (a driver of Neuron 2.21 or later);
+    an SDK old enough for the AMI of v20241205 stands in, as no pinned SDK would accept it."""
+    monkeypatch.setattr(published, "required_neuron_drivers", lambda: {NEURON_SDK_VERSION: "2.18.20.0"})
+    changed = copy.deepcopy(rendering)
+    changed.one(NODE_CLASS, "karpenter-default").inputs["spec"]["amiSelectorTerms"] = [{"alias": "al2023@v20241205"}]
+    assert _messages(changed, PUBLISHED_VERSIONS, rendering) == [
+        "EC2NodeClass default: AMI alias 'al2023@v20241205' ships Neuron driver 2.18.20.0, older than 2.19.64.0, "
+        "the first that supports trn2 (neuron-driver-families.txt)"]
 
 
 def _neuron_release(rendering):

@@ -83,3 +83,30 @@ def test_the_mountpoint_addon_pinned_per_minor_has_the_fixes_the_stack_relies_on
 ])
 def test_a_mountpoint_addon_without_a_fix_or_unpublished_is_a_problem(version, problems):
     assert published.mountpoint_addon_problems(version) == problems
+
+
+def test_the_drivers_that_support_each_family_are_the_manifest_s():
+    """neuron-driver-families.txt: trn2 from the driver of Neuron 2.21.0; trn1n runs trn1's; the SDK's own driver
+    (neuron-sdk-driver.txt, from its release notes) is the one the manifest lists for it."""
+    assert published.first_driver_for("trn2") == "2.19.64.0"
+    assert published.first_driver_for("trn1n") == published.first_driver_for("trn1") == "2.5.41.0"
+    assert published.first_driver_for("inf2") == "2.7.33.0"
+    assert published.first_driver_for("p5") is None
+    releases = {release: driver for release, driver, _ in published.published_driver_families()}
+    assert releases[NEURON_SDK_VERSION] == published.required_neuron_drivers()[NEURON_SDK_VERSION]
+
+
+@pytest.mark.parametrize("minor", sorted(versions.KUBERNETES_RELEASES))
+def test_the_pinned_ami_alias_drives_every_neuron_family_the_stacks_may_launch(minor):
+    alias = versions.KUBERNETES_RELEASES[minor]["al2023-ami-alias"]
+    assert published.ami_alias_problems(alias, NEURON_SDK_VERSION, ("inf2", "trn1", "trn1n", "trn2")) == []
+
+
+def test_an_ami_whose_driver_predates_a_family_is_a_problem_for_stacks_launching_it(monkeypatch):
+    """An SDK old enough for the AMI of v20241205 (driver 2.18.20.0), which no trn2 driver predates: trn2 is refused,
+    trn1 is not."""
+    monkeypatch.setattr(published, "required_neuron_drivers", lambda: {"2.20.2": "2.18.20.0"})
+    assert published.ami_alias_problems("al2023@v20241205", "2.20.2", ("trn1",)) == []
+    assert published.ami_alias_problems("al2023@v20241205", "2.20.2", ("trn1", "trn2")) == [
+        "AMI alias 'al2023@v20241205' ships Neuron driver 2.18.20.0, older than 2.19.64.0, the first that supports "
+        "trn2 (neuron-driver-families.txt)"]
