@@ -59,7 +59,7 @@ PYTHON_START_S = 15
 # CPU-seconds for 2 GB, below), so about 8.3 GB/s (66 Gbps).
 VERIFIED_COPY_CPU_S_PER_GB = 1.936 / 2
 VERIFIED_COPY_GBPS = MAX_READERS / 2 / VERIFIED_COPY_CPU_S_PER_GB * 8
-# Loading the NEFFs onto the NeuronCores (torch.jit.load, parallel_model_load, lazily completed by
+# Loading the NEFFs and the weight shards onto the NeuronCores (NxDModel.load, set_weights, to_neuron; completed by
 # the first forward). Assumption: no Neuron hardware here and no published figure; ~0.5 GB/s.
 GRAPH_LOAD_S = 70
 # One warm-up generation. The server warms up with one step; the walkthrough's P50 for 10 steps

@@ -197,7 +197,7 @@ def copy_verified(artifact_dir: Path, destination: Path, readers: int | None = N
     while it is copied, and ``readers`` files (default: default_readers()) are copied at once,
     largest first. Loaders then read the local copy, which they find in the page cache
     because it was just written: what they load is exactly what was verified (nobody else
-    writes there), and parallel_model_load insists on a directory anyway. Raises
+    writes there), and the loaders take files by path anyway (NxDModel.load, safetensors). Raises
     ArtifactError naming a missing, truncated, extended or corrupted file (the first such
     in manifest order among those read), before any loader sees a byte.
     """
