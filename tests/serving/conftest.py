@@ -60,6 +60,15 @@ def wait_for(condition: Callable[[], object], what: str) -> object:
     return result
 
 
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """The value of the sample of ``name`` with exactly these labels in a server's /metrics; 0 without one."""
+    for family in text_string_to_metric_families(client.get(endpoints.METRICS).text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
 class RunningServer:
     def __init__(self, app, sock: socket.socket, connection_limits: http_server.ConnectionLimits):
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -76,12 +85,7 @@ class RunningServer:
         )
 
     def metric(self, name: str, **labels: str) -> float:
-        text = self.client.get(endpoints.METRICS).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and sample.labels == labels:
-                    return sample.value
-        return 0.0
+        return metric(self.client, name, **labels)
 
     def wait_for_metric(self, name: str, value: float) -> None:
         wait_for(lambda: self.metric(name) == value, f"{name} == {value}")

@@ -95,10 +95,10 @@ def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
 
 
 def test_local_mode_serves_the_tiny_schnell_too_with_its_family_s_text_length(tmp_path):
-    argv = ["--local", "--model", TINY_SCHNELL, "--shape", "80x64", "--cache-dir", str(tmp_path)]
-    served = ServedArtifact.read(resolve(argv))
+    compiled = resolve(["--local", "--model", TINY_SCHNELL, "--shape", "80x64", "--cache-dir", str(tmp_path)])
+    served = ServedArtifact.read(compiled)
     assert (served.model, served.family, str(served.shape)) == (TINY_SCHNELL, TIMESTEP_DISTILLED, "80x64")
-    assert read_manifest(resolve(argv))["key"]["max_text_length"] == TIMESTEP_DISTILLED.max_text_length
+    assert read_manifest(compiled)["key"]["max_text_length"] == TIMESTEP_DISTILLED.max_text_length
 
 
 def test_bad_server_flags_exit_2_before_anything_else(capsys):

@@ -24,25 +24,19 @@ from PIL import Image
 from common import endpoints, progress
 from model.families import GUIDANCE_DISTILLED, TIMESTEP_DISTILLED
 from model.compile import resolve
+from model.keys import adapter_argument
 from serving.app import encode
 from serving.schemas import openai_size
 
-from .conftest import ADAPTER, CLIENT_TIMEOUT_S, files_under, graphs_root_argv, server_process, server_sent_events
+from .conftest import (
+    ADAPTER, CLIENT_TIMEOUT_S, files_under, graphs_root_argv, metric, server_process, server_sent_events,
+)
 
 PROMPT = "a lighthouse at dusk"
 
 
 def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
-
-
-def metric(client: httpx.Client, name: str) -> dict[str, str]:
-    """The labels of a metric's one sample, from the server's /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    (sample,) = [sample for family in text_string_to_metric_families(client.get(endpoints.METRICS).text)
-                 for sample in family.samples if sample.name == name]
-    return sample.labels
 
 
 def test_the_adapter_came_from_the_hub_cache_and_gave_new_weights_for_the_same_graphs(published_family):
@@ -64,7 +58,10 @@ def test_the_adapter_served_by_python_m_serving_changes_the_image_and_is_named(p
     with server_process(*graphs_root_argv(family.root, adapted), env=family.hub_env) as server:
         with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT_S) as client:
             server.wait_ready(client)
-            info = metric(client, "flux_server_info")
+            # The graphs of the base model, the weights with the adapter merged.
+            info = metric(client, "flux_server_info", model="tiny", revision="tiny-2", shape=str(adapted.shape),
+                          backend="cpu", artifact=family.graphs(family.dev).name, family=GUIDANCE_DISTILLED.name,
+                          weights=family.weights(adapted).name, adapters=adapter_argument(ADAPTER))
         with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as sdk:
             (card,) = sdk.models.list().data
             result = sdk.images.generate(prompt=PROMPT, quality="low", size=openai_size(adapted.shape),
@@ -72,8 +69,7 @@ def test_the_adapter_served_by_python_m_serving_changes_the_image_and_is_named(p
     assert card.id == "tiny@tiny-2" and card.model_extra["family"]["name"] == GUIDANCE_DISTILLED.name
     assert card.model_extra["adapters"] == [{"id": ADAPTER.repo, "revision": ADAPTER.revision, "file": None,
                                              "scale": ADAPTER.scale}]
-    # The graphs of the base model, the weights with the adapter merged.
-    assert (info["artifact"], info["weights"]) == (family.graphs(family.dev).name, family.weights(adapted).name)
+    assert info == 1
     served = pixels(base64.b64decode(result.data[0].b64_json))
     steps, guidance = GUIDANCE_DISTILLED.quality_steps["low"], GUIDANCE_DISTILLED.default_guidance
     for options, same in ((adapted, True), (family.dev, False)):
