@@ -20,13 +20,11 @@ import time
 
 import httpx
 
-from model.artifacts import read_manifest
-from model.runtime import load_generator
+from model.runtime import ServedArtifact, load_generator
 from common import endpoints
 from serving import http_server
-from serving.app import ServedArtifact, ServerLimits, create_app
+from serving.app import ServerLimits, create_app
 from serving.cli import add_artifact_arguments, artifacts_from_args
-from serving.schemas import DEFAULT_GUIDANCE_SCALE
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 STARTUP_TIMEOUT_S = 600.0
@@ -46,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--iterations must be at least 2 for percentiles")
     logging.basicConfig(level=logging.WARNING)
     artifact_dir, weights_dir = artifacts_from_args(args, parser)
-    generator = load_generator(artifact_dir, weights_dir)
+    served = ServedArtifact.read(artifact_dir, weights_dir)
+    if args.steps > served.family.max_steps:
+        parser.error(f"--steps {args.steps}: {served.model} is {served.family.name}, at most {served.family.max_steps}")
+    generator = load_generator(artifact_dir, weights_dir, expected=served)
 
     # The app's own loader hands over the generator already loaded: one copy on the device.
-    served = ServedArtifact.from_manifest(read_manifest(artifact_dir))
     app = create_app(lambda: generator, served, ServerLimits(queue_size=0, request_timeout=STARTUP_TIMEOUT_S))
     with http_server.bind("127.0.0.1", 0) as sock:
         server = http_server.server(app, sock, http_server.ConnectionLimits(), log_level="warning")
@@ -80,13 +80,15 @@ def _measure(client: httpx.Client, generator, steps: int, iterations: int) -> tu
         if time.monotonic() > deadline:
             raise SystemExit(f"server not ready after {STARTUP_TIMEOUT_S:g} s: {client.get(endpoints.READYZ).text}")
         time.sleep(0.1)
-    body = {"prompt": PROMPT, "num_inference_steps": steps, "guidance_scale": DEFAULT_GUIDANCE_SCALE}
+    # The model's own default guidance, if it takes any: the server's default for a body without it.
+    guidance = generator.family.default_guidance
+    body = {"prompt": PROMPT, "num_inference_steps": steps}
     # Opens the keep-alive connection outside the timed calls.
     client.post(endpoints.GENERATE, json={**body, "seed": 0}).raise_for_status()
     in_process, over_http = [], []
     for seed in range(1, iterations + 1):
         started = time.perf_counter()
-        generator.generate(PROMPT, steps, DEFAULT_GUIDANCE_SCALE, seed)
+        generator.generate(PROMPT, steps, guidance, seed)
         in_process.append(time.perf_counter() - started)
         started = time.perf_counter()
         response = client.post(endpoints.GENERATE, json={**body, "seed": seed})

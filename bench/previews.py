@@ -26,7 +26,6 @@ from serving.generation_queue import GenerationQueue, Ticket
 from serving.health import HealthPolicy, RuntimeHealth
 from serving.metrics import Metrics
 from serving.previews import MAX_PARTIAL_IMAGES, preview, preview_steps
-from serving.schemas import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 BUDGET = 0.02
@@ -36,20 +35,23 @@ NO_DEADLINE = 1e9
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.previews", description=__doc__.split("\n\n")[0])
     add_artifact_arguments(parser)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model family's default)")
     parser.add_argument("--iterations", type=int, default=30, help="generations of each kind (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.iterations < 2 or args.steps < 2:
-        parser.error("--iterations and --steps must be at least 2")
     logging.basicConfig(level=logging.WARNING)
     artifact_dir, weights_dir = artifacts_from_args(args, parser)
     generator = load_generator(artifact_dir, weights_dir)
+    family = generator.family
+    if args.steps is None:
+        args.steps = family.default_steps
+    if args.iterations < 2 or not 2 <= args.steps <= family.max_steps:
+        parser.error(f"--iterations must be at least 2, --steps 2 to {family.max_steps} ({family.name})")
     metrics = Metrics()
     generations = GenerationQueue(0, metrics)
     health = RuntimeHealth(HealthPolicy(), metrics)
 
     def run(seed: int, streamed: bool) -> float:
-        images = Images(PROMPT, args.steps, DEFAULT_GUIDANCE_SCALE, seed,
+        images = Images(PROMPT, args.steps, family.default_guidance, seed,
                         partial_images=MAX_PARTIAL_IMAGES if streamed else 0)
         heard: list[object] = []
         ticket = Ticket(1, args.steps, NO_DEADLINE, generations.clock, heard.append if streamed else None)
@@ -82,7 +84,7 @@ def _previews_alone(generator, steps: int, iterations: int) -> float:
     """The median seconds the previews of one generation take: map and encode the latents they come from."""
     taken_at = preview_steps(steps, MAX_PARTIAL_IMAGES)
     captured = []
-    generator.generate(PROMPT, steps, DEFAULT_GUIDANCE_SCALE, 0,
+    generator.generate(PROMPT, steps, generator.family.default_guidance, 0,
                        on_step=lambda done, total, latents: done in taken_at and captured.append(latents.clone()))
     per_generation = []
     for _ in range(iterations):

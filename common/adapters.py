@@ -57,6 +57,11 @@ class Adapter:
     def key(self) -> dict:
         return {"id": self.repo, "revision": self.revision, "file": self.file, "scale": self.scale}
 
+    @classmethod
+    def from_key(cls, key: dict) -> Adapter:
+        """The adapter a weights key lists (`key()`'s inverse)."""
+        return cls(key["id"], key["revision"], key["scale"], key["file"])
+
 
 def parse_adapter(text: str) -> Adapter:
     """`id=<repo>,revision=<commit>,scale=<number>[,file=<weights.safetensors>]` (--lora's form)."""

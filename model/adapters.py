@@ -67,7 +67,10 @@ def fetch(adapter: Adapter) -> FetchedAdapter:
 
 def updates(fetched: FetchedAdapter) -> dict[str, Update]:
     """The adapter's updates by the name of the weight each adds to (`<component>.<module>.weight`)."""
-    state, alphas = FluxPipeline.lora_state_dict(str(fetched.path), return_alphas=True)
+    # The file by its folder and name: given the file alone, diffusers guesses its name, which it refuses offline
+    # (HF_HUB_OFFLINE, as when the adapter comes from a prepared cache).
+    state, alphas = FluxPipeline.lora_state_dict(str(fetched.path.parent), weight_name=fetched.path.name,
+                                                 return_alphas=True)
     alphas = alphas or {}
     downs = {name.removesuffix(_DOWN): tensor for name, tensor in state.items() if name.endswith(_DOWN)}
     ups = {name.removesuffix(_UP): tensor for name, tensor in state.items() if name.endswith(_UP)}

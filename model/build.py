@@ -122,12 +122,17 @@ def _manifest_fields(name: str, key: dict, fields: dict) -> dict:
     }
 
 
+def source_family(model: str, source: ModelSource) -> Family:
+    """The family a model's own configs describe (model/families.py); UnsupportedModel if none."""
+    return family_of(model, source.pipeline_class(), source.config("transformer"), source.config("vae"),
+                     dict(source.scheduler().config))
+
+
 def _checked_source(options: CompileOptions, weights: bool) -> tuple[ModelSource, Family]:
     """The model's source and family, refused before anything runs if its architecture is not one these graphs
     fit or the options do not fit it."""
     source = open_source(options.model, options.revision, weights=weights)
-    family = family_of(options.model, source.pipeline_class(), source.config("transformer"), source.config("vae"),
-                       dict(source.scheduler().config))
+    family = source_family(options.model, source)
     if 2 ** (len(source.config("vae")["block_out_channels"]) - 1) != VAE_SCALE_FACTOR:
         raise UnsupportedModel(f"{options.model}'s VAE does not scale by {VAE_SCALE_FACTOR}, which image shapes assume")
     if options.max_text_length > family.max_text_length:

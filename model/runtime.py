@@ -8,6 +8,7 @@ on the CPU. Nothing here touches the network or the HuggingFace token.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -15,6 +16,8 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +27,7 @@ from PIL import Image
 from transformers import CLIPTokenizer, T5TokenizerFast
 
 from common.shapes import Shape, parse_shape
-from model.artifacts import ArtifactError, copy_verified
+from model.artifacts import ArtifactError, copy_verified, read_manifest
 from model.backends import Graph, get_backend
 from model.components import (
     COMPONENTS,
@@ -38,7 +41,65 @@ from model.components import (
     rotary_tables,
 )
 from model.families import FAMILIES, Family
+from common.adapters import Adapter
 from model.keys import WEIGHTS_DIR
+
+
+@dataclass(frozen=True)
+class ServedArtifact:
+    """What a shape's published graphs and the weights loaded with them are: the model, its family, the shape, the
+    weights and the adapters merged into them. Read from small files (both manifests and the graphs' pipeline
+    config) before the long load, so a server can say what it serves at once; the load checks that it loaded
+    exactly this (``load_generator``'s ``expected``)."""
+
+    model: str
+    revision: str
+    shape: Shape
+    backend: str
+    artifact: str  # the graphs' directory name
+    created: int  # Unix time the graphs were published
+    family: Family
+    weights: str  # the weights' directory name, ending in the hash of their key
+    weights_key: dict
+    adapters: tuple[Adapter, ...]
+
+    @classmethod
+    def read(cls, artifact_dir: Path, weights_dir: Path | None = None) -> ServedArtifact:
+        """From the published files, before any is verified (the load verifies them); ArtifactError if one is
+        missing or unreadable. The weights are `weights_dir`, else those the graphs were compiled with."""
+        manifest = read_manifest(artifact_dir)
+        config_path = Path(artifact_dir) / manifest["attempt"] / PIPELINE_CONFIG_NAME
+        try:
+            config = json.loads(config_path.read_bytes())
+        except (OSError, ValueError) as error:
+            raise ArtifactError(f"{PIPELINE_CONFIG_NAME} of {Path(artifact_dir).name} is unreadable: {error}") from None
+        return cls.of(manifest, config, read_manifest(weights_dir or published_weights_dir(artifact_dir, manifest)))
+
+    @classmethod
+    def of(cls, manifest: dict, pipeline_config: dict, weights_manifest: dict) -> ServedArtifact:
+        key, weights_key = manifest["key"], weights_manifest["key"]
+        return cls(
+            model=key["model"],
+            revision=key["revision"],
+            shape=parse_shape(key["shape"]),
+            backend=key["backend"],
+            artifact=manifest["artifact"],
+            created=int(datetime.fromisoformat(manifest["created_at"]).timestamp()),
+            family=FAMILIES[pipeline_config["family"]],
+            weights=weights_manifest["artifact"],
+            weights_key=weights_key,
+            adapters=tuple(Adapter.from_key(adapter) for adapter in weights_key["loras"]),
+        )
+
+    def differences(self, other: ServedArtifact) -> list[str]:
+        """What `other` says otherwise, field by field (a key only by name: it is long, and its artifact's name,
+        which ends in its hash, says which)."""
+        def shown(value) -> str:
+            return value.name if isinstance(value, Family) else str(value)
+
+        fields = [(field.name, getattr(self, field.name), getattr(other, field.name)) for field in dataclasses.fields(self)]
+        return [f"another {name}" if isinstance(mine, dict) else f"{name} {shown(theirs)}, not {shown(mine)}"
+                for name, mine, theirs in fields if mine != theirs]
 
 
 class _CompiledClipTextEncoder:
@@ -219,7 +280,8 @@ def _remove_abandoned_copies(root: Path) -> None:
             os.close(descriptor)
 
 
-def load_generator(artifact_dir: Path, weights_dir: Path | None = None, readers: int | None = None) -> FluxGenerator:
+def load_generator(artifact_dir: Path, weights_dir: Path | None = None, readers: int | None = None,
+                   expected: ServedArtifact | None = None) -> FluxGenerator:
     """Load a shape's published graphs and the weights they take, every file read once and checked
     against its manifest.
 
@@ -230,13 +292,14 @@ def load_generator(artifact_dir: Path, weights_dir: Path | None = None, readers:
     memory (TMPDIR is memory-backed in the pods, else the just-written pages are in the page cache), so
     the published bytes cross the storage once. Raises ArtifactError naming the file for a missing
     manifest, a missing, truncated or corrupted file, weights that are not the ones the graphs take, or
-    graphs this artifact's backend cannot load; BackendUnavailable when that backend cannot run here (a
-    neuron artifact without the Neuron SDK). Copies under TMPDIR that a killed process left behind are
-    deleted first.
+    graphs this artifact's backend cannot load, or (given ``expected``, what a server announced before the load)
+    artifacts that are not what it says, before any graph is loaded; BackendUnavailable when that backend cannot
+    run here (a neuron artifact without the Neuron SDK). Copies under TMPDIR that a killed process left behind
+    are deleted first.
     """
     staging = _new_staging()
     try:
-        return _load(Path(artifact_dir), weights_dir, Path(staging.name), staging, readers)
+        return _load(Path(artifact_dir), weights_dir, Path(staging.name), staging, readers, expected)
     except BaseException:
         staging.cleanup()
         raise
@@ -248,11 +311,14 @@ def published_weights_dir(artifact_dir: Path, manifest: dict) -> Path:
 
 
 def _load(artifact_dir: Path, weights_dir: Path | None, local: Path, staging: tempfile.TemporaryDirectory,
-          readers: int | None) -> FluxGenerator:
+          readers: int | None, expected: ServedArtifact | None) -> FluxGenerator:
     manifest = copy_verified(artifact_dir, local / "graphs", readers)
     weights_dir = weights_dir or published_weights_dir(artifact_dir, manifest)
-    copy_verified(weights_dir, local / "weights", readers)
+    weights_manifest = copy_verified(weights_dir, local / "weights", readers)
     config = json.loads((local / "graphs" / PIPELINE_CONFIG_NAME).read_text())
+    loaded = ServedArtifact.of(manifest, config, weights_manifest)
+    if expected is not None and loaded != expected:
+        raise ArtifactError(f"the artifacts loaded are not those announced: {'; '.join(expected.differences(loaded))}")
     weights = json.loads((local / "weights" / WEIGHTS_CONFIG_NAME).read_text())["components"]
     if set(config["graphs"]) != set(COMPONENTS):
         raise ArtifactError(f"{PIPELINE_CONFIG_NAME}: graphs {sorted(config['graphs'])}, expected {list(COMPONENTS)}")
@@ -279,5 +345,4 @@ def _load(artifact_dir: Path, weights_dir: Path | None, local: Path, staging: te
         transformer=_CompiledTransformer(graphs[TRANSFORMER], dtype, config["transformer"]),
     )
     pipeline.set_progress_bar_config(disable=True)
-    return FluxGenerator(pipeline, parse_shape(config["shape"]), FAMILIES[config["family"]], manifest,
-                         config["max_text_length"], staging)
+    return FluxGenerator(pipeline, loaded.shape, loaded.family, manifest, config["max_text_length"], staging)

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -22,8 +21,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from model.runtime import GenerationStopped
-from common.shapes import Shape, parse_shape
+from model.families import Family
+from common.adapters import adapter_argument
+from model.keys import TINY_MODELS
+from model.runtime import GenerationStopped, ServedArtifact
 from common import endpoints
 from serving.errors import ApiError, documented_errors, install_error_handlers, internal_error, without_node_paths
 from serving.generation_queue import ClientGone, GenerationQueue, QueueFull, Ticket
@@ -42,19 +43,18 @@ from serving.streaming import (
     thread_safe_listener,
 )
 from serving.schemas import (
-    DEFAULT_GUIDANCE_SCALE,
     GENERATE_EVENTS,
     OPENAI_IMAGE_EVENTS,
     event_stream_schema,
     DEFAULT_OUTPUT_COMPRESSION,
     MAX_SEED,
-    QUALITY_STEPS,
-    GenerateRequest,
+    AdapterCard,
     GenerateResponse,
     ImageData,
     ImagesResponse,
     ModelCard,
     ModelList,
+    generate_request_model,
     images_request_model,
     openai_size,
 )
@@ -70,6 +70,10 @@ log = logging.getLogger(__name__)
 WARMUP_STEPS = 2
 WARMUP_PROMPT = "warm-up"
 DEFAULT_MAX_IMAGES = 4
+# The tiny models are built in code by this project: no HuggingFace organisation owns them.
+TINY_MODELS_OWNER = "flux-neuron"
+# Between the adapters of the info metric's label, each as --lora names it (which uses commas).
+ADAPTER_SEPARATOR = ";"
 # Pillow's format names and the media types of the data: URLs.
 IMAGE_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 # Statuses the JSON routes can answer with besides success, declared in the OpenAPI document.
@@ -84,30 +88,6 @@ GENERATION_ERRORS = (
     HTTPStatus.SERVICE_UNAVAILABLE,
     HTTPStatus.GATEWAY_TIMEOUT,
 )
-
-
-@dataclass(frozen=True)
-class ServedArtifact:
-    """What a published artifact's manifest says about it, known before the (long) load."""
-
-    model: str
-    revision: str
-    shape: Shape
-    backend: str
-    artifact: str
-    created: int
-
-    @classmethod
-    def from_manifest(cls, manifest: dict) -> ServedArtifact:
-        key = manifest["key"]
-        return cls(
-            model=key["model"],
-            revision=key["revision"],
-            shape=parse_shape(key["shape"]),
-            backend=key["backend"],
-            artifact=manifest["artifact"],
-            created=int(datetime.fromisoformat(manifest["created_at"]).timestamp()),
-        )
 
 
 @dataclass(frozen=True)
@@ -140,7 +120,7 @@ def generate_timed(
     generations: GenerationQueue,
     prompt: str,
     steps: int,
-    guidance_scale: float,
+    guidance_scale: float | None,
     seed: int,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int, int, Any], None] | None = None,
@@ -162,9 +142,9 @@ def generate_timed(
     return image, finished - started
 
 
-def warm_up(generator: FluxGenerator, generations: GenerationQueue) -> None:
+def warm_up(generator: FluxGenerator, generations: GenerationQueue, family: Family) -> None:
     """One generation of WARMUP_STEPS: every compiled graph runs once (the warm-up, and the self-test)."""
-    generate_timed(generator, generations, WARMUP_PROMPT, WARMUP_STEPS, DEFAULT_GUIDANCE_SCALE, 0)
+    generate_timed(generator, generations, WARMUP_PROMPT, WARMUP_STEPS, family.default_guidance, 0)
 
 
 class Pipeline:
@@ -179,11 +159,9 @@ class Pipeline:
     def load_and_warm_up(self, load: Callable[[], FluxGenerator], generations: GenerationQueue) -> None:
         try:
             generator = load()
-            if generator.shape != self.served.shape:
-                raise ValueError(f"the artifact is {generator.shape}, the manifest said {self.served.shape}")
             self.status = Status.WARMING_UP
             log.info("artifacts loaded and verified for shape %s; warming up", generator.shape)
-            warm_up(generator, generations)
+            warm_up(generator, generations, self.served.family)
         except Exception as error:
             self.failure = f"{type(error).__name__}: {error}"
             self.status = Status.FAILED
@@ -212,7 +190,7 @@ class Images:
 
     prompt: str
     steps: int
-    guidance_scale: float
+    guidance_scale: float | None  # None for a model without guidance
     seed: int
     count: int = 1
     image_format: str = "png"
@@ -278,10 +256,10 @@ def render(
     return encoded, generating
 
 
-def self_test(generator: FluxGenerator, generations: GenerationQueue, health: RuntimeHealth) -> None:
+def self_test(generator: FluxGenerator, generations: GenerationQueue, health: RuntimeHealth, family: Family) -> None:
     """The warm-up generation, on the worker thread, as the probe of a pipeline that keeps failing."""
     try:
-        warm_up(generator, generations)
+        warm_up(generator, generations, family)
     except Exception:
         log.exception("self-test generation failed")
         health.failed(During.SELF_TEST)
@@ -296,7 +274,8 @@ async def self_test_while_unready(pipeline: Pipeline, generations: GenerationQue
         await asyncio.sleep(health.policy.self_test_interval)
         if pipeline.generator is not None and health.unready and not health.needs_restart:
             await asyncio.wrap_future(
-                generations.run_exclusively(partial(self_test, pipeline.generator, generations, health))
+                generations.run_exclusively(partial(self_test, pipeline.generator, generations, health,
+                                                    pipeline.served.family))
             )
 
 
@@ -327,12 +306,18 @@ def create_app(
             "shape": str(served.shape),
             "backend": served.backend,
             "artifact": served.artifact,
+            "family": served.family.name,
+            "weights": served.weights,
+            "adapters": ADAPTER_SEPARATOR.join(adapter_argument(adapter) for adapter in served.adapters),
         }
     )
     generations = GenerationQueue(limits.queue_size, metrics, clock=clock)
     pipeline = Pipeline(served)
     health = RuntimeHealth(health_policy, metrics)
-    ImagesGenerationRequest = images_request_model(served.shape, limits.max_images)
+    # The bodies are built for this server (its model's family, its size, its max n), so they are not names the
+    # module's (postponed) annotations could refer to: the routes' annotations are set below.
+    GenerateRequest = generate_request_model(served.model, served.family)
+    ImagesGenerationRequest = images_request_model(served.shape, limits.max_images, served.model, served.family)
     size = openai_size(served.shape)
 
     @asynccontextmanager
@@ -416,8 +401,7 @@ def create_app(
                     "content": {EVENT_STREAM: {"schema": event_stream_schema(events)}}}
         return {**documented_errors(*BODY_ERRORS, *GENERATION_ERRORS), 200: streamed}
 
-    @app.post(endpoints.GENERATE, response_model=GenerateResponse, responses=generation_responses(GENERATE_EVENTS))
-    async def generate(request: GenerateRequest, http_request: Request) -> GenerateResponse | Response:
+    async def generate(request, http_request: Request) -> GenerateResponse | Response:
         """Generate one PNG; the response carries the seed so it can be reproduced. With stream: true,
         server-sent events: queued, progress (step k of n, previews), completed, or error."""
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
@@ -431,6 +415,11 @@ def create_app(
         encoded, seconds = generated
         return GenerateResponse(image=base64.b64encode(encoded[0]).decode("ascii"), execution_time=seconds, seed=seed)
 
+    generate.__annotations__["request"] = GenerateRequest
+    app.post(endpoints.GENERATE, response_model=GenerateResponse, responses=generation_responses(GENERATE_EVENTS))(
+        generate
+    )
+
     async def images_generations(request, http_request: Request) -> ImagesResponse | Response:
         """OpenAI's images API: ``size`` is WIDTHxHEIGHT, the served one or ``auto``. With stream: true,
         OpenAI's image generation events (image_generation.partial_image, image_generation.completed)."""
@@ -442,8 +431,8 @@ def create_app(
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         images = Images(
             request.prompt,
-            QUALITY_STEPS[quality],
-            DEFAULT_GUIDANCE_SCALE,
+            served.family.quality_steps[quality],
+            request.guidance_scale,
             seed,
             count=request.n or 1,
             image_format=image_format,
@@ -468,8 +457,6 @@ def create_app(
             created=int(time.time()), data=data, size=size, quality=quality, output_format=image_format
         )
 
-    # The body model is built for this server (its size, its max n), so it is not a name the
-    # module's (postponed) annotations could refer to.
     images_generations.__annotations__["request"] = ImagesGenerationRequest
     app.post(endpoints.OPENAI_IMAGES, response_model=ImagesResponse,
              responses=generation_responses(OPENAI_IMAGE_EVENTS))(
@@ -478,13 +465,15 @@ def create_app(
 
     @app.get(endpoints.OPENAI_MODELS, response_model=ModelList)
     async def models() -> ModelList:
-        """The one model this server serves, with its one size."""
+        """The one model this server serves (at its revision), with its one size, its family and its adapters."""
         card = ModelCard(
-            id=served.model,
+            id=f"{served.model}@{served.revision}",
             created=served.created,
-            owned_by=served.revision,
+            owned_by=TINY_MODELS_OWNER if served.model in TINY_MODELS else served.model.split("/")[0],
             size=size,
             shape=str(served.shape),
+            family=served.family,
+            adapters=[AdapterCard.model_validate(adapter.key()) for adapter in served.adapters],
         )
         return ModelList(data=[card])
 

@@ -5,8 +5,9 @@ Three ways to name the artifact, exactly one per process:
 * ``--graphs DIR``: an artifact directory (what ``python -m model.compile`` printed);
 * ``--graphs-root ROOT --shape S --model M ...``: the directory the compile options
   resolve to under ROOT, so a pod finds exactly the key its compile Job published;
-* ``--local [--shape S]``: compile the tiny model on the CPU if it is not cached yet,
-  then serve it (no AWS, no Neuron, no HuggingFace Hub).
+* ``--local [--shape S] [--model tiny-schnell]``: compile a tiny model (FLUX.1-dev-like, or
+  FLUX.1-schnell-like) on the CPU if it is not cached yet, then serve it (no AWS, no Neuron,
+  no HuggingFace Hub).
 
 The port is bound first: a port in use (or any bind error) exits 1 in one log line before
 anything is read. A directory without a manifest (nothing published there) stops the
@@ -26,13 +27,14 @@ from pathlib import Path
 
 from common.adapters import parse_adapter
 from common.shapes import DTYPES, parse_shape
-from model.artifacts import MANIFEST_NAME, ArtifactError, read_manifest
-from model.build import ensure_compiled
+from model.artifacts import MANIFEST_NAME, ArtifactError
+from model.build import ensure_compiled, source_family
 from model.compile import resolve
-from model.keys import BACKENDS, NEURON_TARGETS, CompileError, CompileOptions
-from model.runtime import load_generator
+from model.keys import BACKENDS, NEURON_TARGETS, TINY_MODEL, TINY_MODELS, CompileError, CompileOptions
+from model.runtime import ServedArtifact, load_generator
+from model.sources import open_source
 from serving import http_server
-from serving.app import DEFAULT_MAX_IMAGES, ServedArtifact, ServerLimits, create_app
+from serving.app import DEFAULT_MAX_IMAGES, ServerLimits, create_app
 from common.endpoints import DEFAULT_PORT, UNREADY_AFTER_RUNTIME_ERRORS
 from serving.health import DEFAULT_RESTART_AFTER_SELF_TESTS, DEFAULT_SELF_TEST_INTERVAL_S, HealthPolicy
 from common.logs import configure_json_logging
@@ -100,14 +102,16 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--local",
         action="store_true",
-        help=f"compile the tiny model on the CPU into --cache-dir if absent, then serve it (--shape or {LOCAL_SHAPE})",
+        help=f"compile a tiny model (--model {' or '.join(TINY_MODELS)}, default {TINY_MODEL}) on the CPU into "
+        f"--cache-dir if absent, then serve it (--shape or {LOCAL_SHAPE})",
     )
     parser.add_argument(
         "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="artifact cache of --local (default: %(default)s)"
     )
     # Compile options for --graphs-root: same names and defaults as `python -m model.compile`,
     # the defaults taken from CompileOptions itself so the two can never resolve different keys.
-    options = parser.add_argument_group("compile options (with --graphs-root; --shape also with --local)")
+    options = parser.add_argument_group("compile options (with --graphs-root; --shape and a tiny --model also with "
+                                        "--local)")
     options.add_argument("--shape", help="HxW in pixels, height first")
     options.add_argument("--model", help="'tiny', 'tiny-schnell' or a HuggingFace model id")
     options.add_argument("--revision", help="full commit hash of a HuggingFace model")
@@ -134,18 +138,22 @@ def _compile_options(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         if given or named_model or args.shape is not None:
             parser.error("--graphs takes no compile options: the directory is the artifact")
         return None
-    if args.local and (given or named_model):
-        parser.error("--local serves the tiny model on the CPU: of the compile options it takes --shape only")
+    if args.local and (given or args.revision is not None or args.lora or args.model not in (None, *TINY_MODELS)):
+        parser.error(f"--local serves a tiny model on the CPU: of the compile options it takes --shape and --model "
+                     f"{' or '.join(TINY_MODELS)} only")
     if not args.local and (args.shape is None or args.model is None):
         parser.error("--graphs-root needs at least --shape and --model")
     try:
         if args.local:
+            model = args.model or TINY_MODEL
             return CompileOptions(
-                model="tiny",
+                model=model,
                 revision=None,
                 shape=parse_shape(args.shape or LOCAL_SHAPE),
                 dtype="float32",
                 backend="cpu",
+                # As many T5 tokens as the model's family reads (the tiny models are built in code: no download).
+                max_text_length=source_family(model, open_source(model, None, weights=False)).max_text_length,
             )
         return CompileOptions(model=args.model, revision=args.revision, shape=parse_shape(args.shape),
                               loras=tuple(parse_adapter(text) for text in args.lora), **given)
@@ -162,7 +170,7 @@ def artifacts_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
     """
     options = _compile_options(args, parser)
     if args.local:
-        log.info("local mode: compiling the tiny model into %s unless it is there already", args.cache_dir)
+        log.info("local mode: compiling %s into %s unless it is there already", options.model, args.cache_dir)
         return ensure_compiled(options, args.cache_dir), None
     if options is None:
         if not (args.graphs / MANIFEST_NAME).is_file():
@@ -286,13 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     with sock:
         try:
             artifact_dir, weights_dir = artifacts_from_args(args, parser)
-            served = ServedArtifact.from_manifest(read_manifest(artifact_dir))
+            served = ServedArtifact.read(artifact_dir, weights_dir)
         except (NotPublished, ArtifactError, CompileError) as error:
             log.error("not serving: %s", error)
             return EXIT_NOT_SERVABLE
         log.info("serving %s on http://%s:%d", artifact_dir, *sock.getsockname()[:2])
         app = create_app(
-            partial(load_generator, artifact_dir, weights_dir),
+            partial(load_generator, artifact_dir, weights_dir, expected=served),
             served,
             ServerLimits(
                 queue_size=args.queue_size,

@@ -6,29 +6,30 @@ value (``66.0``) is an integer, as JSON Schema says. Unknown fields are rejected
 misspelt option (``steps``) is not ignored.
 
 Every rule is one the OpenAPI document states (patterns, enums, bounds), so what the schema
-calls valid the server accepts: the request models are built per server, for its shape and
-its maximum ``n``.
+calls valid the server accepts: the request models are built per server, for its model's family
+(steps, guidance, quality: model/families.py), its shape and its maximum ``n``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, create_model
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from common.shapes import Shape
+from model.families import MIN_STEPS, Family
 from serving.previews import MAX_PARTIAL_IMAGES
 
 # A guard against oversized bodies, far above what the text encoders read (the model
 # truncates prompts to the artifact's max text length in tokens).
 MAX_PROMPT_CHARS = 2000
-MIN_STEPS = 1
-MAX_STEPS = 100
-# FLUX.1-dev's defaults in diffusers.
-DEFAULT_STEPS = 28
-DEFAULT_GUIDANCE_SCALE = 3.5
-MAX_GUIDANCE_SCALE = 20.0
+MIN_GUIDANCE_SCALE = 0.0
 MAX_SEED = 2**32 - 1
+# The fields a client may set guidance with: this API's, and the name other FLUX APIs give it. A model without a
+# guidance embedding refuses them by name, saying why, rather than as unknown fields.
+GUIDANCE_FIELDS = ("guidance_scale", "guidance")
 MAX_USER_CHARS = 256
 
 
@@ -51,18 +52,6 @@ def _non_blank_pattern() -> str:
 
 NON_BLANK_PATTERN = _non_blank_pattern()
 
-# OpenAI's quality levels as denoising steps (FLUX.1-dev is distilled for about 28; 50 is the
-# upper end of what its model card suggests). "standard"/"hd" are DALL-E 3's names.
-QUALITY_STEPS = {
-    "low": 12,
-    "medium": 20,
-    "high": DEFAULT_STEPS,
-    "auto": DEFAULT_STEPS,
-    "standard": DEFAULT_STEPS,
-    "xhigh": 40,
-    "hd": 50,
-    "max": 50,
-}
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 DEFAULT_OUTPUT_COMPRESSION = 100
 AUTO_SIZE = "auto"
@@ -115,19 +104,45 @@ class _StrictBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", regex_engine="python-re")
 
 
-class GenerateRequest(_StrictBody):
-    prompt: Prompt
-    num_inference_steps: _integer(ge=MIN_STEPS, le=MAX_STEPS, description="Denoising steps.")
-    guidance_scale: float = Field(
-        DEFAULT_GUIDANCE_SCALE,
-        ge=0.0,
-        le=MAX_GUIDANCE_SCALE,
-        allow_inf_nan=False,
-        description="FLUX.1-dev's distilled guidance.",
+def _steps(family: Family) -> tuple[object, object]:
+    return (
+        _integer(ge=MIN_STEPS, le=family.max_steps),
+        Field(family.default_steps, description=f"Denoising steps, {MIN_STEPS} to {family.max_steps}: {family.name} "
+                                                f"models default to {family.default_steps}."),
     )
-    seed: Seed = None
-    stream: Stream = False
-    partial_images: PartialImages = 0
+
+
+def _guidance(model: str, family: Family) -> dict[str, tuple[object, object]]:
+    """The guidance field of a guidance-distilled model; for one without a guidance embedding, fields that refuse
+    any value (even null), absent from the schema (which allows no field it does not list)."""
+    if family.guidance:
+        return {"guidance_scale": (
+            float,
+            Field(family.default_guidance, ge=MIN_GUIDANCE_SCALE, le=family.max_guidance, allow_inf_nan=False,
+                  description=f"The distilled guidance of {family.name} models, {MIN_GUIDANCE_SCALE:g} to "
+                              f"{family.max_guidance:g}; default {family.default_guidance:g}."),
+        )}
+
+    def refuse(_: object, field) -> None:
+        raise PydanticCustomError(
+            "no_guidance", "{model} is {family}: it has no guidance embedding, so it takes no {field}",
+            {"model": model, "family": family.name, "field": field.field_name})
+
+    return {name: (SkipJsonSchema[Annotated[Any, BeforeValidator(refuse)]], None) for name in GUIDANCE_FIELDS}
+
+
+def generate_request_model(model: str, family: Family) -> type[BaseModel]:
+    """``POST /generate``'s body, as a server of this model (its family's steps and guidance) accepts it."""
+    return create_model(
+        "GenerateRequest",
+        __base__=_StrictBody,
+        prompt=(Prompt, ...),
+        num_inference_steps=_steps(family),
+        **_guidance(model, family),
+        seed=(Seed, None),
+        stream=(Stream, False),
+        partial_images=(PartialImages, 0),
+    )
 
 
 class GenerateResponse(BaseModel):
@@ -141,8 +156,9 @@ def openai_size(shape: Shape) -> str:
     return f"{shape.width}x{shape.height}"
 
 
-def images_request_model(shape: Shape, max_images: int) -> type[BaseModel]:
-    """OpenAI's ``POST /v1/images/generations`` body, as this server (its shape, its max n) accepts it."""
+def images_request_model(shape: Shape, max_images: int, model: str, family: Family) -> type[BaseModel]:
+    """OpenAI's ``POST /v1/images/generations`` body, as this server (its shape, its max n, its model's family)
+    accepts it."""
     size = openai_size(shape)
     return create_model(
         "ImagesGenerationRequest",
@@ -159,8 +175,8 @@ def images_request_model(shape: Shape, max_images: int) -> type[BaseModel]:
             Field(None, description=f"OpenAI's WIDTHxHEIGHT: '{size}' (the served shape) or 'auto'; default it."),
         ),
         quality=(
-            Literal[tuple(QUALITY_STEPS)] | None,  # type: ignore[valid-type]
-            Field(None, description=f"Denoising steps: {QUALITY_STEPS}. Default auto."),
+            Literal[tuple(family.quality_steps)] | None,  # type: ignore[valid-type]
+            Field(None, description=f"Denoising steps: {family.quality_steps}. Default auto."),
         ),
         response_format=(
             Literal["b64_json", "url"] | None,
@@ -191,6 +207,7 @@ def images_request_model(shape: Shape, max_images: int) -> type[BaseModel]:
             Field(None, max_length=MAX_USER_CHARS, description="Like user: written to the request's log line."),
         ),
         seed=(Seed, None),
+        **_guidance(model, family),
     )
 
 
@@ -209,13 +226,26 @@ class ImagesResponse(BaseModel):
     background: Literal["opaque"] = "opaque"
 
 
+class AdapterCard(BaseModel):
+    """A LoRA adapter merged into the served weights, as ``--lora`` names it."""
+
+    id: str = Field(description="Its HuggingFace repository.")
+    revision: str = Field(description="The commit it was read at.")
+    file: str | None = Field(description="Its weights file, when the repository holds several.")
+    scale: float = Field(description="The scale its update was added with.")
+
+
 class ModelCard(BaseModel):
-    id: str
+    id: str = Field(description="The model at its revision: <model>@<revision>.")
     object: Literal["model"] = "model"
     created: int = Field(description="Unix time the artifact was compiled.")
-    owned_by: str
+    owned_by: str = Field(description="The model's HuggingFace organisation; this project's for its tiny models.")
     size: str = Field(description="Extension: the one size served, OpenAI's WIDTHxHEIGHT.")
     shape: str = Field(description="Extension: the same shape as HEIGHTxWIDTH, as in the stack config.")
+    family: Family = Field(description="Extension: the model's FLUX.1 family, what requests may ask of it (steps, "
+                                       "guidance, quality as steps, T5 tokens).")
+    adapters: list[AdapterCard] = Field(description="Extension: the LoRA adapters merged into the served weights, "
+                                                    "in order.")
 
 
 class ModelList(BaseModel):

@@ -1,7 +1,9 @@
 "use strict";
-// The playground: POST generate with the form's prompt, steps and seed as a stream of server-sent events:
-// the place in the queue while it waits, a progress bar and live previews while it runs, then the PNG
-// and its time. Every URL is relative to the page, so it works under a path prefix as at the root.
+// The playground: POST generate with the form's prompt, steps, guidance (for a model that takes it) and seed as a
+// stream of server-sent events: the place in the queue while it waits, a progress bar and live previews while it
+// runs, then the PNG and its time. The model, its family and its adapters come from v1/models; the steps' and the
+// guidance's defaults and bounds from the request schema, the server's own rules. Every URL is relative to the
+// page, so it works under a path prefix as at the root.
 const base = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
 const $ = (id) => document.getElementById(id);
 let servedWidth = null;
@@ -13,6 +15,13 @@ function showStatus(text, isError) {
   $("status").className = isError ? "error" : "";
 }
 
+// A number input's default and bounds from its field's schema.
+function takeBounds(input, field) {
+  input.min = field.minimum;
+  input.max = field.maximum;
+  input.value = field.default;
+}
+
 async function checkReadiness() {
   try {
     const ready = await (await fetch(base + "readyz")).json();
@@ -20,8 +29,24 @@ async function checkReadiness() {
     const model = (await (await fetch(base + "v1/models")).json()).data[0];
     servedWidth = Number(model.size.split("x")[0]);
     const schema = await (await fetch(base + "openapi.json")).json();
-    previews = schema.components.schemas.GenerateRequest.properties.partial_images.maximum;
+    const request = schema.components.schemas.GenerateRequest.properties;
+    previews = request.partial_images.maximum;
+    takeBounds($("steps"), request.num_inference_steps);
+    // A model without a guidance embedding has no guidance field: the control stays hidden and disabled (a disabled
+    // input is neither validated nor sent).
+    if (request.guidance_scale) {
+      takeBounds($("guidance"), request.guidance_scale);
+      $("guidance").disabled = false;
+      $("guidance-control").hidden = false;
+    }
+    $("model").textContent = model.id;
+    $("family").textContent = model.family.name;
+    $("adapters").textContent = model.adapters.length
+      ? model.adapters.map((a) => `${a.id}@${a.revision}${a.file ? " " + a.file : ""} ×${a.scale}`).join(", ")
+      : "none";
+    // Last: what the page shows once it has taken everything it reads from the server, and may ask with it.
     $("shape").textContent = model.shape + " (HxW)";
+    $("generate").disabled = false;
   } catch (error) {
     $("readiness").textContent = "unreachable";
   }
@@ -90,6 +115,7 @@ async function generate(event) {
     stream: true,
     partial_images: previews,
   };
+  if (!$("guidance").disabled) body.guidance_scale = Number($("guidance").value);
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   $("generate").disabled = true;
   $("result").hidden = true;

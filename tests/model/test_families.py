@@ -18,16 +18,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import model.build
+import model.runtime
 from common.shapes import Shape
 from model import tiny
 from model.adapters import AdapterUnusable
-from model.artifacts import read_manifest
+from model.artifacts import ArtifactError, read_manifest
 from model.build import ensure_compiled, ensure_weights
 from model.components import TRANSFORMER, WEIGHTS_CONFIG_NAME
 from model.families import GUIDANCE_DISTILLED, TIMESTEP_DISTILLED, UnsupportedModel, family_of
 from common.adapters import Adapter, adapter_argument, parse_adapter
 from model.keys import TINY_SCHNELL, CompileOptions, artifact_name, graphs_key, weights_dir, weights_key
-from model.runtime import load_generator
+from model.runtime import ServedArtifact, load_generator
 
 PROMPT = "a photo of a red car in the city"
 ADAPTER_REPO, ADAPTER_COMMIT = "someone/tiny-flux-lora", "d" * 40
@@ -105,12 +106,31 @@ def test_an_architecture_this_project_cannot_compile_is_refused_in_one_line(
     assert "\n" not in str(refused.value)
 
 
-def test_the_tiny_schnell_compiles_and_generates_what_eager_diffusers_does(tmp_path: Path) -> None:
-    schnell = options(model=TINY_SCHNELL)
-    generator = load_generator(ensure_compiled(schnell, tmp_path))
+@pytest.fixture(scope="module")
+def schnell_graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_compiled(options(model=TINY_SCHNELL), tmp_path_factory.mktemp("schnell"))
+
+
+def test_the_tiny_schnell_compiles_and_generates_what_eager_diffusers_does(schnell_graphs: Path) -> None:
+    schnell, graphs = options(model=TINY_SCHNELL), schnell_graphs
+    served = ServedArtifact.read(graphs)
+    assert (served.model, served.family, served.adapters) == (TINY_SCHNELL, TIMESTEP_DISTILLED, ())
+    generator = load_generator(graphs, expected=served)
     assert generator.family == TIMESTEP_DISTILLED
     expected = _image(_eager(timestep_distilled=True), schnell, steps=2, guidance=0.0, seed=3)
     assert _differs(generator.generate(PROMPT, 2, 0.0, seed=3), expected) <= 1
+
+
+def test_a_load_refuses_artifacts_other_than_those_expected_before_any_graph_loads(
+    schnell_graphs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    announced = dataclasses.replace(ServedArtifact.read(schnell_graphs), family=GUIDANCE_DISTILLED, weights="other")
+    backends = []
+    monkeypatch.setattr(model.runtime, "get_backend", lambda *args: backends.append(args))
+    with pytest.raises(ArtifactError, match="^the artifacts loaded are not those announced: family timestep-distilled, "
+                                            "not guidance-distilled; weights tiny-schnell-tiny-2-.*, not other$"):
+        load_generator(schnell_graphs, expected=announced)
+    assert backends == [], "no graph was loaded"
 
 
 def test_a_text_length_beyond_the_family_s_is_refused_before_anything_compiles(tmp_path: Path) -> None:
@@ -155,6 +175,8 @@ def test_an_adapter_publishes_new_weights_and_reuses_every_graph(adapter_hub, tm
         worst = max((merged[name] - expected[name]).abs().max().item() for name in merged)
         assert worst <= 1e-5, f"{component}: merged weights differ from diffusers' fusion by {worst:.2e}"
     assert read_manifest(adapted_weights)["key"]["loras"] == [adapter().key()]
+    served = ServedArtifact.read(graphs, adapted_weights)
+    assert (served.adapters, served.weights, served.artifact) == ((adapter(),), adapted_weights.name, graphs.name)
 
 
 def test_adding_rescaling_or_removing_an_adapter_changes_the_weights_key_only() -> None:

@@ -8,7 +8,9 @@ until the test opens it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import os
 import re
 import signal
 import socket
@@ -19,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -26,12 +29,17 @@ import httpx
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from safetensors.torch import save
 
-from model.artifacts import read_manifest
-from model.runtime import FluxGenerator, load_generator
+from model import tiny
+from model.build import ensure_compiled
+from common.adapters import Adapter, adapter_argument
+from model.keys import TINY_MODEL, TINY_SCHNELL, CompileOptions, graphs_dir, weights_dir
+from model.runtime import FluxGenerator, ServedArtifact, load_generator
 from common import endpoints
+from common.shapes import Shape
 from serving import http_server
-from serving.app import ServedArtifact, ServerLimits, create_app
+from serving.app import ServerLimits, create_app
 from serving.health import HealthPolicy
 
 # A deadline for conditions that do come true, so a regression fails instead of hanging.
@@ -40,6 +48,8 @@ CLIENT_TIMEOUT_S = 120.0
 REPO = Path(__file__).resolve().parents[2]
 # How long `python -m serving` may take to listen, a tiny model compiled first included.
 STARTUP_S = 120.0
+# How long `python -m model.compile` of a tiny model may take.
+COMPILE_S = 300.0
 
 
 def wait_for(condition: Callable[[], object], what: str) -> object:
@@ -49,6 +59,15 @@ def wait_for(condition: Callable[[], object], what: str) -> object:
             raise AssertionError(f"gave up after {WAIT_S:g} s waiting for {what}")
         time.sleep(0.02)
     return result
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """The value of the sample of ``name`` with exactly these labels in a server's /metrics; 0 without one."""
+    for family in text_string_to_metric_families(client.get(endpoints.METRICS).text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
 
 
 class RunningServer:
@@ -67,12 +86,7 @@ class RunningServer:
         )
 
     def metric(self, name: str, **labels: str) -> float:
-        text = self.client.get(endpoints.METRICS).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and sample.labels == labels:
-                    return sample.value
-        return 0.0
+        return metric(self.client, name, **labels)
 
     def wait_for_metric(self, name: str, value: float) -> None:
         wait_for(lambda: self.metric(name) == value, f"{name} == {value}")
@@ -190,7 +204,7 @@ def serve_tiny_artifact(tiny_artifact_dir: Path, served: ServedArtifact) -> Call
 
     @contextmanager
     def serving(limits: ServerLimits) -> Iterator[RunningServer]:
-        with serve(create_app(partial(load_generator, tiny_artifact_dir), served, limits)) as server:
+        with serve(create_app(partial(load_generator, tiny_artifact_dir, expected=served), served, limits)) as server:
             assert server.wait_until_settled().status_code == 200
             yield server
 
@@ -199,8 +213,8 @@ def serve_tiny_artifact(tiny_artifact_dir: Path, served: ServedArtifact) -> Call
 
 @pytest.fixture(scope="session")
 def served(tiny_artifact_dir: Path) -> ServedArtifact:
-    """What the CLI reads from the manifest before loading."""
-    return ServedArtifact.from_manifest(read_manifest(tiny_artifact_dir))
+    """What the CLI reads from the manifests and the pipeline config before loading."""
+    return ServedArtifact.read(tiny_artifact_dir)
 
 
 @pytest.fixture(scope="session")
@@ -217,8 +231,8 @@ def png_size() -> Callable[[str], tuple[int, int]]:
 
 @pytest.fixture
 def start_server(served: ServedArtifact) -> Iterator[Callable[..., RunningServer]]:
-    """``start_server(load, queue_size=, request_timeout=, ..., connection_limits=, health=, clock=)``: a server
-    for this test only."""
+    """``start_server(load, queue_size=, request_timeout=, ..., connection_limits=, health=, clock=, announced=)``: a
+    server for this test only, announcing ``announced`` (by default the tiny artifact) before it loads."""
     with ExitStack() as servers:
 
         def start(
@@ -229,10 +243,11 @@ def start_server(served: ServedArtifact) -> Iterator[Callable[..., RunningServer
             connection_limits: http_server.ConnectionLimits | None = None,
             health: HealthPolicy = HealthPolicy(),
             clock: Callable[[], float] = time.monotonic,
+            announced: ServedArtifact = served,
             **limits,
         ):
             server_limits = ServerLimits(queue_size=queue_size, request_timeout=request_timeout, **limits)
-            app = create_app(load, served, server_limits, health, clock)
+            app = create_app(load, announced, server_limits, health, clock)
             return servers.enter_context(serve(app, connection_limits))
 
         yield start
@@ -278,10 +293,11 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(*argv: str) -> Iterator[ServerProcess]:
-    """Run ``python -m serving ARGV --port 0`` from the repository; yield it once it listens."""
+def server_process(*argv: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """Run ``python -m serving ARGV --port 0`` from the repository (in ``env``, by default this one's); yield it once
+    it listens."""
     command = [sys.executable, "-m", "serving", *argv, "--port", "0"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stderr_lines: list[str] = []
     listening = threading.Event()
 
@@ -300,3 +316,114 @@ def server_process(*argv: str) -> Iterator[ServerProcess]:
         process.kill()
         process.wait(WAIT_S)
         reader.join(WAIT_S)
+
+
+def compile_options_argv(options: CompileOptions) -> list[str]:
+    """The compile options as flags, as a compile Job and its serving pods both pass them."""
+    argv = ["--shape", str(options.shape), "--model", options.model, "--dtype", options.dtype, "--backend",
+            options.backend, "--tp-degree", str(options.tp_degree), "--max-text-length", str(options.max_text_length)]
+    if options.revision is not None:
+        argv += ["--revision", options.revision]
+    for adapter in options.loras:
+        argv += ["--lora", adapter_argument(adapter)]
+    return argv
+
+
+def graphs_root_argv(root: Path, options: CompileOptions) -> list[str]:
+    """The flags a serving pod passes for the options its compile Job used."""
+    return ["--graphs-root", str(root), *compile_options_argv(options)]
+
+
+# --- The FLUX.1 family as a stack publishes it: the tiny schnell, the tiny dev and the tiny dev with a tiny LoRA ---
+
+# Small (the compiles and generations take little) and not square (a swap of height and width shows).
+FAMILY_SHAPE = Shape(height=80, width=64)
+ADAPTER = Adapter("someone/tiny-flux-lora", "d" * 40, 0.8)
+
+
+def _tiny_options(model: str, **changes) -> CompileOptions:
+    return CompileOptions(model, None, FAMILY_SHAPE, dtype="float32", backend="cpu", max_text_length=32, **changes)
+
+
+def write_hub_cache(cache: Path, repo: str, commit: str, files: dict[str, bytes]) -> None:
+    """A repository at a commit in a HuggingFace hub cache, laid out as huggingface_hub writes it: each file a blob
+    named by its hash, the snapshot's files links to the blobs, refs/main naming the commit."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    for name, data in files.items():
+        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = folder / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+
+
+@dataclass(frozen=True)
+class PublishedFamily:
+    """The artifact root of the FLUX.1 family's tiny models and how they were published: the tiny dev-like model
+    (`dev`) and the tiny schnell-like one (`schnell`) compiled, and `python -m model.compile` run for the dev one
+    with a LoRA adapter merged (`adapted`), offline, from a HuggingFace cache that holds the adapter."""
+
+    root: Path
+    hub_env: dict[str, str]  # the environment of the compile and serving processes: the cache, offline
+    dev: CompileOptions
+    schnell: CompileOptions
+    adapted: CompileOptions
+    graph_files_before: list[str]  # the dev graphs' files before the adapted compile
+    adapted_compile: subprocess.CompletedProcess
+
+    def graphs(self, options: CompileOptions) -> Path:
+        return graphs_dir(options, self.root)[0]
+
+    def weights(self, options: CompileOptions) -> Path:
+        return weights_dir(options, self.root)[0]
+
+    def served(self, options: CompileOptions) -> ServedArtifact:
+        """What a server of these options announces before its load."""
+        return ServedArtifact.read(self.graphs(options), self.weights(options))
+
+    def load(self, options: CompileOptions) -> FluxGenerator:
+        return load_generator(self.graphs(options), self.weights(options))
+
+
+def files_under(directory: Path) -> list[str]:
+    return sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*"))
+
+
+@pytest.fixture(scope="session")
+def published_family(tmp_path_factory: pytest.TempPathFactory) -> PublishedFamily:
+    home = tmp_path_factory.mktemp("hf-home")
+    write_hub_cache(home / "hub", ADAPTER.repo, ADAPTER.revision, {tiny.LORA_FILE: save(tiny.lora_adapter())})
+    hub_env = {**os.environ, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1"}
+    root = tmp_path_factory.mktemp("family-artifacts")
+    dev, schnell, adapted = (_tiny_options(TINY_MODEL), _tiny_options(TINY_SCHNELL),
+                             _tiny_options(TINY_MODEL, loras=(ADAPTER,)))
+    graph_files_before = files_under(ensure_compiled(dev, root))
+    command = [sys.executable, "-m", "model.compile", *compile_options_argv(adapted), "--out", str(root)]
+    with subprocess.Popen(command, cwd=REPO, env=hub_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as process:
+        # Meanwhile (most of the command's time is starting Python and importing torch): the schnell, in this process.
+        ensure_compiled(schnell, root)
+        stdout, stderr = process.communicate(timeout=COMPILE_S)
+    assert process.returncode == 0, f"the adapted compile failed: {stderr[-3000:]}"
+    adapted_compile = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return PublishedFamily(root, hub_env, dev, schnell, adapted, graph_files_before, adapted_compile)
+
+
+@pytest.fixture(scope="session")
+def serve_published(published_family: PublishedFamily) -> Callable[..., AbstractContextManager[RunningServer]]:
+    """``with serve_published(options, limits) as server``: one of the family's artifacts served as the CLI serves
+    it (announced, then loaded, verified and warmed up in the background), yielded once it has settled ready."""
+
+    @contextmanager
+    def serving(options: CompileOptions, limits: ServerLimits) -> Iterator[RunningServer]:
+        served = published_family.served(options)
+        load = partial(load_generator, published_family.graphs(options), published_family.weights(options),
+                       expected=served)
+        with serve(create_app(load, served, limits)) as server:
+            assert server.wait_until_settled().status_code == 200
+            yield server
+
+    return serving

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -13,36 +14,19 @@ import pytest
 
 from common.shapes import parse_shape
 from common import endpoints
+from model.artifacts import read_manifest
+from model.families import TIMESTEP_DISTILLED
+from model.keys import TINY_SCHNELL
+from model.runtime import ServedArtifact
 from serving.cli import LOCAL_SHAPE, NotPublished, artifacts_from_args, build_parser, main
 from serving.logs import REQUEST_ID_HEADER
 
-from .conftest import server_process
-
+from .conftest import graphs_root_argv, server_process
 
 
 def resolve(argv: list[str]) -> Path:
     parser = build_parser()
     return artifacts_from_args(parser.parse_args(argv), parser)[0]
-
-
-def graphs_root_argv(root: Path, options) -> list[str]:
-    """The flags a serving pod passes for the options its compile Job used (tiny: no revision)."""
-    return [
-        "--graphs-root",
-        str(root),
-        "--shape",
-        str(options.shape),
-        "--model",
-        options.model,
-        "--dtype",
-        options.dtype,
-        "--backend",
-        options.backend,
-        "--tp-degree",
-        str(options.tp_degree),
-        "--max-text-length",
-        str(options.max_text_length),
-    ]
 
 
 def test_graphs_names_a_published_artifact_directory(tiny_artifact_dir):
@@ -67,13 +51,26 @@ def test_refuses_to_start_when_nothing_is_published(tiny_artifact_dir, tiny_comp
     assert "not serving: nothing published at" in caplog.text
 
 
+def test_refuses_to_start_when_the_graphs_weights_are_not_published(tiny_artifact_dir, tmp_path, caplog):
+    graphs = tmp_path / tiny_artifact_dir.name
+    shutil.copytree(tiny_artifact_dir, graphs)
+    with caplog.at_level(logging.ERROR):
+        assert main(["--graphs", str(graphs), "--port", "0"]) == 1
+    assert f"not serving: manifest.json missing in {tmp_path / 'weights'}" in caplog.text
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         ([], "one of the arguments --graphs --graphs-root --local is required"),
         (["--graphs", "dir", "--graphs-root", "root"], "not allowed with argument"),
         (["--graphs", "dir", "--shape", "256x144"], "--graphs takes no compile options"),
-        (["--local", "--model", "black-forest-labs/FLUX.1-dev"], "--local serves the tiny model"),
+        (["--local", "--model", "black-forest-labs/FLUX.1-dev"],
+         "--local serves a tiny model on the CPU: of the compile options it takes --shape and --model tiny or "
+         "tiny-schnell only"),
+        (["--local", "--model", "tiny-schnell", "--revision", "d" * 40], "--local serves a tiny model"),
+        (["--local", "--lora", f"id=a/b,revision={'d' * 40},scale=1"], "--local serves a tiny model"),
+        (["--local", "--dtype", "bfloat16"], "--local serves a tiny model"),
         (["--graphs-root", "root", "--shape", "256x144"], "needs at least --shape and --model"),
         (["--graphs-root", "root", "--shape", "65x64", "--model", "tiny"], "has height 65"),
         (["--graphs", "dir", "--queue-size", "-1"], "-1 is negative"),
@@ -95,6 +92,13 @@ def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
         resolve(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_local_mode_serves_the_tiny_schnell_too_with_its_family_s_text_length(tmp_path):
+    compiled = resolve(["--local", "--model", TINY_SCHNELL, "--shape", "80x64", "--cache-dir", str(tmp_path)])
+    served = ServedArtifact.read(compiled)
+    assert (served.model, served.family, str(served.shape)) == (TINY_SCHNELL, TIMESTEP_DISTILLED, "80x64")
+    assert read_manifest(compiled)["key"]["max_text_length"] == TIMESTEP_DISTILLED.max_text_length
 
 
 def test_bad_server_flags_exit_2_before_anything_else(capsys):

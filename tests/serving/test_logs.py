@@ -29,7 +29,7 @@ def test_the_server_s_stderr_is_json_lines_without_prompts(tiny_artifact_dir):
             assert client.post(endpoints.GENERATE, json={"prompt": LONG_PROMPT, "num_inference_steps": 2}).is_success
             assert client.post(endpoints.OPENAI_IMAGES, json={"prompt": LONG_PROMPT, "quality": "low"}).is_success
             # Refused ones too: a 400 names the field, never the input.
-            assert client.post(endpoints.GENERATE, json={"prompt": LONG_PROMPT}).status_code == 400
+            assert client.post(endpoints.GENERATE, json={"prompt": LONG_PROMPT, "num_inference_steps": 0}).status_code == 400
             assert client.get(f"{endpoints.STATIC}/x%00").status_code == 404
         host, port = server.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as malformed:

@@ -14,7 +14,6 @@ from serving.logs import REQUEST_ID_HEADER
 from prometheus_client import CollectorRegistry
 
 from serving.metrics import LATENCY_BUCKETS, RECENT_QUANTILES, RECENT_WINDOW_S, RecentQuantiles
-from serving.schemas import QUALITY_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def test_histograms_of_generation_queue_wait_and_latency_by_status_class(api):
     assert (LATENCY_BUCKETS[0], LATENCY_BUCKETS[-1]) == (0.1, 120)
     generated_before = api.metric("flux_generation_seconds_count")
     assert api.generate().status_code == 200
-    assert api.client.post(endpoints.GENERATE, json={"prompt": "a fox"}).status_code == 400
+    assert api.client.post(endpoints.GENERATE, json={"prompt": "a fox", "num_inference_steps": 0}).status_code == 400
     assert api.metric("flux_generation_seconds_count") == generated_before + 1
     assert api.metric("flux_generation_seconds_sum") > 0
     assert api.metric("flux_queue_wait_seconds_count") >= 1
@@ -45,7 +44,7 @@ def test_recent_quantiles_of_generations_and_queue_waits_for_cloudwatch(api):
         assert api.metric(f"{name}_count") >= 1
     # A refused request is not a generation's latency.
     count = api.metric(f"{endpoints.GENERATION_LATENCY_RECENT_METRIC}_count")
-    assert api.client.post(endpoints.GENERATE, json={"prompt": "a fox"}).status_code == 400
+    assert api.client.post(endpoints.GENERATE, json={"prompt": "a fox", "num_inference_steps": 0}).status_code == 400
     assert api.metric(f"{endpoints.GENERATION_LATENCY_RECENT_METRIC}_count") == count
 
 
@@ -72,6 +71,9 @@ def test_info_metric_names_the_artifact(api, served):
         "shape": str(served.shape),
         "backend": served.backend,
         "artifact": served.artifact,
+        "family": "guidance-distilled",
+        "weights": served.weights,
+        "adapters": "",
     }
     assert api.metric("flux_server_info", **labels) == 1
 
@@ -106,11 +108,11 @@ def test_request_id_is_honoured_or_made_and_logged_with_the_request(api, caplog)
     assert lines[made]["route"] == endpoints.HEALTHZ
 
 
-def test_the_openai_user_is_logged(api, caplog):
+def test_the_openai_user_is_logged(api, served, caplog):
     with caplog.at_level(logging.INFO, logger="serving.requests"):
         api.client.post(endpoints.OPENAI_IMAGES, json={"prompt": "a fox", "quality": "low", "user": "u-7"})
     (record,) = [record for record in caplog.records if record.fields.get("user") == "u-7"]
-    assert record.fields["status"] == 200 and record.fields["steps"] == QUALITY_STEPS["low"]
+    assert record.fields["status"] == 200 and record.fields["steps"] == served.family.quality_steps["low"]
 
 
 def test_a_log_line_is_one_json_object_whatever_the_fields_hold():

@@ -136,5 +136,6 @@ def test_bad_parameters_raise_bad_request_with_a_readable_message(client, argume
 
 def test_models_names_the_served_model_and_shape(client, served, size):
     (card,) = client.models.list().data
-    assert card.id == served.model
+    assert card.id == f"{served.model}@{served.revision}" == "tiny@tiny-2"
+    assert card.owned_by == "flux-neuron", "the tiny models are this project's"
     assert (card.model_extra["size"], card.model_extra["shape"]) == (size, str(served.shape))

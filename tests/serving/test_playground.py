@@ -127,10 +127,38 @@ def test_the_playground_shows_its_place_in_the_queue(start_server, gated_generat
     assert natural_size(browser, "image") == [gated_generator.shape.width, gated_generator.shape.height]
 
 
+@pytest.mark.parametrize("member", ["schnell", "adapted"])
+def test_the_playground_shows_the_model_its_family_and_adapters_and_asks_with_the_family_s_defaults(
+    member, published_family, start_server, browser
+):
+    options = getattr(published_family, member)
+    announced = published_family.served(options)
+    family = announced.family
+    server = start_server(lambda: published_family.load(options), announced=announced)
+    assert server.wait_until_settled().status_code == 200
+    wait = open_playground(browser, server, options.shape)
+    shown = {name: browser.find_element(By.ID, name).text for name in ("model", "family", "adapters")}
+    adapters = ", ".join(f"{adapter.repo}@{adapter.revision} ×{adapter.scale:g}" for adapter in options.loras)
+    assert shown == {"model": f"{options.model}@tiny-2", "family": family.name, "adapters": adapters or "none"}
+    steps = browser.find_element(By.ID, "steps")
+    assert (steps.get_attribute("value"), steps.get_attribute("max")) == (str(family.default_steps), str(family.max_steps))
+    assert browser.find_element(By.ID, "guidance").is_displayed() == family.guidance
+    if family.guidance:
+        guidance = browser.find_element(By.ID, "guidance")
+        assert (float(guidance.get_attribute("value")), float(guidance.get_attribute("max"))) == (
+            family.default_guidance, family.max_guidance)
+
+    # What the page asks with its defaults is what the server takes: the family's steps (and guidance).
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda _: browser.find_element(By.ID, "status").text == "done")
+    assert browser.find_element(By.ID, "progress").get_attribute("max") == str(family.default_steps)
+    assert natural_size(browser, "image") == [options.shape.width, options.shape.height]
+
+
 def test_the_playground_shows_the_server_s_error_message(start_server, tiny_generator, browser):
     server = start_server(lambda: tiny_generator)
     assert server.wait_until_settled().status_code == 200
-    browser.get(server.url + endpoints.PLAYGROUND)
+    open_playground(browser, server, tiny_generator.shape)
     prompt = browser.find_element(By.ID, "prompt")
     prompt.clear()
     prompt.send_keys("   ")

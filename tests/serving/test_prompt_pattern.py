@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.app import ServerLimits, create_app
-from serving.schemas import GenerateRequest
+from serving.schemas import generate_request_model
 
 SURROGATES = range(0xD800, 0xE000)  # Not characters: strict JSON refuses them before any schema.
 # What a prompt is for the server and for a client validating against /openapi.json.
@@ -24,15 +24,22 @@ def published_prompt_schemas(served) -> dict[str, dict]:
     return {name: schema["components"]["schemas"][name]["properties"]["prompt"] for name in REQUEST_BODIES}
 
 
-def server_accepts(prompt: str) -> bool:
-    try:
-        GenerateRequest.model_validate({"prompt": prompt, "num_inference_steps": 1})
-    except ValidationError:
-        return False
-    return True
+@pytest.fixture(scope="module")
+def server_accepts(served):
+    request_model = generate_request_model(served.model, served.family)
+
+    def accepts(prompt: str) -> bool:
+        try:
+            request_model.model_validate({"prompt": prompt, "num_inference_steps": 1})
+        except ValidationError:
+            return False
+        return True
+
+    return accepts
 
 
-def test_every_character_is_a_valid_prompt_to_the_schema_exactly_when_the_server_takes_it(published_prompt_schemas):
+def test_every_character_is_a_valid_prompt_to_the_schema_exactly_when_the_server_takes_it(published_prompt_schemas,
+                                                                                         server_accepts):
     characters = [chr(code) for code in range(0x10000) if code not in SURROGATES]
     accepted = {character for character in characters if server_accepts(character)}
     assert {" ", "\t", "\x1c", "\x85", "\ufeff", "\u3000"}.isdisjoint(accepted)
@@ -48,7 +55,7 @@ def test_every_character_is_a_valid_prompt_to_the_schema_exactly_when_the_server
 
 
 @pytest.mark.parametrize("prompt", ["  a fox  ", "\u3000fox", "fox\ufeff", "\x1c\x1d x"])
-def test_a_prompt_with_text_among_whitespace_is_valid_everywhere(published_prompt_schemas, prompt):
+def test_a_prompt_with_text_among_whitespace_is_valid_everywhere(published_prompt_schemas, server_accepts, prompt):
     assert server_accepts(prompt)
     for prompt_schema in published_prompt_schemas.values():
         assert jsonschema_rs.validator_for(prompt_schema).is_valid(prompt)

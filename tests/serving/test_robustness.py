@@ -107,8 +107,15 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(api):
 
 
 @pytest.fixture(scope="module")
-def schema(api):
-    return schemathesis.openapi.from_url(api.url + endpoints.OPENAPI)
+def schnell_api(serve_published, published_family):
+    with serve_published(published_family.schnell, ServerLimits(queue_size=4, request_timeout=120, max_images=1)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=["api", "schnell_api"], ids=["guidance-distilled", "timestep-distilled"])
+def schema(request):
+    """The schema of a server of each family: its bounds and fields differ (tests/serving/test_families.py)."""
+    return schemathesis.openapi.from_url(request.getfixturevalue(request.param).url + endpoints.OPENAPI)
 
 
 fuzzed = schemathesis.pytest.from_fixture("schema")

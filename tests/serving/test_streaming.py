@@ -18,7 +18,7 @@ from PIL import Image
 from common import endpoints
 from serving.app import ServerLimits
 from serving.previews import VAE_SCALE, preview_steps
-from serving.schemas import QUALITY_STEPS, openai_size
+from serving.schemas import openai_size
 
 from .conftest import CLIENT_TIMEOUT_S, HeldAtStep, server_sent_events, wait_for
 from .test_lifecycle import FailsOnPrompt
@@ -149,7 +149,7 @@ def test_a_streamed_request_reports_its_place_in_the_queue_while_it_waits(start_
         assert max(i for i, name in enumerate(names) if name == "queued") < names.index("progress")
 
 
-def test_the_sdk_shows_the_queue_position_as_comments_it_skips(start_server, gated_generator, background):
+def test_the_sdk_shows_the_queue_position_as_comments_it_skips(start_server, gated_generator, background, served):
     server, running = hold_one_running(start_server, gated_generator, background, queue_size=1)
     payload = {"prompt": "a red fox", "quality": "low", "stream": True}
     with httpx.stream("POST", server.url + endpoints.OPENAI_IMAGES, json=payload, timeout=CLIENT_TIMEOUT_S) as raw:
@@ -158,7 +158,8 @@ def test_the_sdk_shows_the_queue_position_as_comments_it_skips(start_server, gat
         gated_generator.gate.set()
         rest = list(server_sent_events(lines))
     assert running.result().status_code == 200
-    assert (None, f"image 1, step {QUALITY_STEPS['low']} of {QUALITY_STEPS['low']}") in rest
+    low = served.family.quality_steps["low"]
+    assert (None, f"image 1, step {low} of {low}") in rest
     assert rest[-1][0] == "image_generation.completed"
 
 
