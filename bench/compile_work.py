@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.compile_work                 # every stack
     .venv/bin/python -m bench.compile_work --stack dev
 
-- **old**: `parallel_model_trace`, as until COMPILE_CODE_VERSION 3: per shape, every tensor-parallel rank built
+- **old**: NxD's per-rank tracing (unsupported since Neuron 2.27), as until COMPILE_CODE_VERSION 3: per shape, every tensor-parallel rank built
   the whole T5 or transformer and compiled a graph of its own, and each shape's artifact carried all the
   weights inlined in its graphs;
 - **new**: ModelBuilder: per shape one build and one SPMD compile per component, graphs without weights; the

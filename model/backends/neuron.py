@@ -1,5 +1,5 @@
 """The neuron backend for trn1, trn1n and inf2: neuronx-distributed's ModelBuilder, the tracing API of
-Neuron SDK 2.31.1 (``parallel_model_trace`` is unsupported since 2.27).
+Neuron SDK 2.31.1 (NxD's per-rank tracing API, one trace and compile per rank, is unsupported since 2.27).
 
 ModelBuilder is SPMD: a component's module is built once, with this rank's structure (model/
 tensor_parallel.py) inside NxD's parallel state, traced once and compiled once by neuronx-cc for every
